@@ -1,0 +1,104 @@
+# dinomap — `make` builds ./dinomap; `make test` runs the tests (plain and ASan+UBSan builds);
+# `make bench` runs the benchmarks; `make deps` installs missing Debian packages (as root) or prints
+# the exact apt-get line.
+
+CC      ?= cc
+BUILD   ?= build
+PKGS    := gdal openblas libcjson
+DEB_PKGS := build-essential pkg-config libgdal-dev libproj-dev libopenblas-dev libtiff-dev \
+            libsqlite3-dev libcjson-dev gdal-bin python3-gdal
+
+# SIMD: AVX2+FMA when this CPU has them (override with SIMD=); the code is correct without.
+SIMD    ?= $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null && echo -mavx2 -mfma)
+OPT     ?= -O2
+SAN     ?=
+CFLAGS_ALL = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Werror -Wno-format-truncation -g -fopenmp-simd \
+             $(OPT) $(SIMD) $(SAN) -pthread $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
+LDLIBS_ALL = $(SAN) -pthread $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm $(LDLIBS)
+
+LIB_SRC  := src/dm_err.c src/npy.c src/dm_log.c \
+            models/weights.c models/pth.c models/safetensors.c models/vit_config.c \
+            models/model.c models/vit_math.c models/backend.c models/cpu/vit_cpu.c gis/image.c
+CLI_SRC  := src/main.c src/cmd_info.c src/cmd_forward.c
+TEST_SRC := $(wildcard tests/test_*.c)
+BENCH_SRC := tests/bench_vit.c
+
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+
+.PHONY: all deps deps-if-missing check-deps test test-plain test-asan bench clean demo
+
+# check-deps runs first (it may install packages); the build then runs in a sub-make so that the
+# pkg-config flags are read after the install.
+all: check-deps
+	@$(MAKE) --no-print-directory $(BUILD)/dinomap dinomap
+
+dinomap: $(BUILD)/dinomap
+	@[ "$(BUILD)" = build ] && ln -sf $(BUILD)/dinomap dinomap || true
+
+$(BUILD)/dinomap: $(CLI_OBJ) $(BUILD)/libdinomap.a
+	$(CC) -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/libdinomap.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/run_tests: $(TEST_OBJ) $(BUILD)/libdinomap.a
+	$(CC) -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/bench_vit: $(BUILD)/tests/bench_vit.o $(BUILD)/libdinomap.a
+	$(CC) -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -MMD -MP -c -o $@ $<
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# --- dependencies -------------------------------------------------------------------------------
+check-deps:
+	@missing=""; for p in $(PKGS); do pkg-config --exists $$p 2>/dev/null || missing="$$missing $$p"; done; \
+	command -v gdal_translate >/dev/null || missing="$$missing gdal-bin"; \
+	if [ -n "$$missing" ]; then \
+	  echo "dinomap: missing libraries:$$missing"; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "dinomap: installing Debian packages: $(DEB_PKGS)"; \
+	    $(MAKE) --no-print-directory deps || exit 1; \
+	  else \
+	    echo "dinomap: install them with:"; \
+	    echo "  sudo apt-get install -y $(DEB_PKGS)"; exit 1; \
+	  fi; \
+	fi
+
+deps-if-missing: check-deps
+
+deps:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PKGS)
+
+# --- tests --------------------------------------------------------------------------------------
+# One pass with the optimised build, one with AddressSanitizer + UndefinedBehaviorSanitizer.
+SHELL := /bin/bash
+
+test: check-deps
+	@$(MAKE) --no-print-directory test-plain test-asan 2>&1 | tee $(BUILD)-test.log; \
+	rc=$${PIPESTATUS[0]}; sh tests/summary.sh $(BUILD)-test.log; exit $$rc
+
+test-plain: $(BUILD)/run_tests $(BUILD)/dinomap
+	@echo "== tests (optimised build) =="
+	@DM_BIN=$(BUILD)/dinomap OPENBLAS_NUM_THREADS=2 ./$(BUILD)/run_tests
+
+test-asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	  build-asan/run_tests build-asan/dinomap
+	@echo "== tests (AddressSanitizer + UndefinedBehaviorSanitizer) =="
+	@DM_BIN=build-asan/dinomap ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  OPENBLAS_NUM_THREADS=1 ./build-asan/run_tests
+
+bench: check-deps
+	@$(MAKE) --no-print-directory $(BUILD)/bench_vit
+	./$(BUILD)/bench_vit 2 512
+
+clean:
+	rm -rf build build-asan dinomap build-test.log build-asan-test.log

@@ -1,0 +1,127 @@
+/* models/model.h — DINOv3 ViT backbones: configuration, weights bound to the architecture, the
+ * backend interface (CPU now, CUDA beside it later) and the forward-pass entry points. */
+#ifndef DM_MODEL_H
+#define DM_MODEL_H
+
+#include <stdint.h>
+
+#include "../src/dm_err.h"
+#include "weights.h"
+
+#define DM_PATCH 16
+#define DM_MAX_PERIODS 64
+
+/* Normalization presets (mean/std of RGB in [0,1]). */
+typedef struct dm_norm {
+    const char *name;
+    float mean[3], std[3];
+    const char *what;
+} dm_norm;
+const dm_norm *dm_norm_get(const char *name); /* "sat", "chm", "lvd"; NULL if unknown */
+const dm_norm *dm_norm_all(int *n);
+
+typedef struct dm_vit_config {
+    char arch[48];         /* preset name ("vitl16", ...) or "custom" */
+    int embed_dim;         /* D */
+    int depth;
+    int num_heads;
+    int head_dim;          /* D / num_heads */
+    int ffn_hidden;
+    int swiglu;            /* 0: fc1 → GELU(erf) → fc2; 1: w3(silu(w1 x) * w2 x) */
+    int n_storage;         /* register tokens (4) */
+    float ln_eps;          /* 1e-5 for every DINOv3 hub model */
+    float rope_base;       /* 100 */
+    int periods_from_file; /* 1: rope periods read from the file (Meta, bf16-rounded) */
+    float periods[DM_MAX_PERIODS]; /* head_dim/4 entries */
+    const char *layout;    /* "meta" or "hf" */
+    const char *default_norm; /* suggested normalization preset name */
+} dm_vit_config;
+
+/* One known architecture of the DINOv3 hub. */
+typedef struct dm_arch_preset {
+    const char *name;
+    int embed_dim, depth, num_heads, ffn_hidden, swiglu;
+} dm_arch_preset;
+const dm_arch_preset *dm_arch_find(const char *name);
+const dm_arch_preset *dm_arch_all(int *n);
+
+/* A [rows, cols] row-major slice of a weight tensor (e.g. the K third of a fused qkv). */
+typedef struct dm_mat {
+    const dm_tensor *t;
+    int64_t row0, rows, cols;
+} dm_mat;
+
+typedef struct dm_vit_block {
+    float *norm1_w, *norm1_b, *norm2_w, *norm2_b; /* [D] */
+    float *ls1, *ls2;                             /* layer scale gammas [D] */
+    dm_mat q, k, v;                               /* [D, D] each */
+    float *qkv_b;                                 /* [3D] effective bias = bias * bias_mask */
+    dm_mat proj;                                  /* [D, D] */
+    float *proj_b;
+    dm_mat fc1, fc2;                              /* mlp: fc1 [F, D], fc2 [D, F] */
+    dm_mat w1, w2;                                /* swiglu: w1 (gate), w2 (up) [F, D]; w3 = fc2 */
+    float *fc1_b, *w2_b, *fc2_b;                  /* fc1_b doubles as w1's bias */
+} dm_vit_block;
+
+typedef struct dm_model {
+    dm_vit_config cfg;
+    dm_weights *w;        /* owned unless borrowed */
+    int borrowed;
+    char prefix[64];      /* name prefix of the backbone in the file ("" or "backbone.") */
+    float *cls_token;     /* [D] */
+    float *storage;       /* [R, D] */
+    dm_mat patch_w;       /* [D, 3*16*16] */
+    float *patch_b;       /* [D] */
+    float *norm_w, *norm_b;
+    dm_vit_block *blocks;
+    uint64_t n_params;
+    int n_ignored;        /* tensors present but unused at inference (mask_token, local_cls_norm) */
+} dm_model;
+
+typedef struct dm_model_opts {
+    const char *arch; /* force an architecture preset (NULL: recognise from the tensors) */
+} dm_model_opts;
+
+/* Opens a weights file (see dm_weights_open) and binds it to a ViT. */
+int dm_model_open(const char *path, const dm_model_opts *o, dm_model **out, dm_err *err);
+/* Binds already-open weights (not owned, e.g. a CHMv2 file holding backbone and head). */
+int dm_model_bind(dm_weights *w, const dm_model_opts *o, dm_model **out, dm_err *err);
+void dm_model_free(dm_model *m);
+
+/* Number of tokens for an H×W input: 1 + R + (H/16)(W/16). */
+int dm_model_tokens(const dm_model *m, int H, int W);
+
+/* What a forward pass should produce. Buffers are caller-owned, [B, N, D] row-major with
+ * N = dm_model_tokens(); any may be NULL. layers are 0-based block indices, any order; layer_out[i]
+ * receives the raw residual stream after block layers[i]. */
+typedef struct dm_vit_request {
+    int n_layers;
+    const int *layers;
+    float **layer_out;
+    float *prenorm; /* after the last block, before the final norm */
+    float *normed;  /* after the final norm (forward_features) */
+} dm_vit_request;
+
+/* --- backends ---------------------------------------------------------------------------- */
+typedef struct dm_backend dm_backend;
+typedef struct dm_backend_opts {
+    int threads; /* BLAS/compute threads; <= 0: all cores */
+} dm_backend_opts;
+
+/* device: "cpu" (and "cuda" when built with CUDA). */
+int dm_backend_open(const char *device, const dm_model *m, const dm_backend_opts *o,
+                    dm_backend **out, dm_err *err);
+/* images: [B, 3, H, W] normalized fp32; H, W multiples of 16. */
+int dm_backend_forward(dm_backend *be, const float *images, int B, int H, int W,
+                       const dm_vit_request *req, dm_err *err);
+void dm_backend_close(dm_backend *be);
+const char *dm_backend_name(const dm_backend *be);
+
+/* Applies the model's final LayerNorm to n tokens (in may equal out). */
+void dm_model_norm_tokens(const dm_model *m, const float *in, float *out, int64_t n);
+
+/* Normalizes interleaved 8-bit RGB [H, W, 3] (stride in bytes per row) into [3, H, W] fp32:
+ * (u8/255 - mean)/std, as torchvision's ToDtype(scale=True) + Normalize. */
+void dm_normalize_rgb8(const uint8_t *rgb, int H, int W, const dm_norm *nm, float *out);
+
+#endif

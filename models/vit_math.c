@@ -1,0 +1,197 @@
+/* models/vit_math.c — see vit_math.h. Loops are written so the compiler vectorises them
+ * (-fopenmp-simd); exp and erf are polynomial forms that vectorise, accurate to ~1e-7. */
+#include "vit_math.h"
+
+#include <math.h>
+#include <string.h>
+
+static inline float exp_inl(float x)
+{
+    /* Cephes-style: x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-7 polynomial, then 2^n. */
+    x = fminf(fmaxf(x, -87.0f), 88.0f);
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+static inline float erf_inl(float a)
+{
+    /* Minimax polynomials (a widely used single-precision erff design, ~2 ulp): x·P(x²) near 0,
+     * 1 - exp(Q(|x|)) beyond. Both branches are computed and one selected, so loops vectorise. */
+    float t = fabsf(a), s = a * a;
+    float r = fmaf(-1.72853470e-5f, t, 3.83197126e-4f);
+    float u = fmaf(-3.88396438e-3f, t, 2.42546219e-2f);
+    r = fmaf(r, s, u);
+    r = fmaf(r, t, -1.06777877e-1f);
+    r = fmaf(r, t, -6.34846687e-1f);
+    r = fmaf(r, t, -1.28717512e-1f);
+    r = fmaf(r, t, -t);
+    float big = copysignf(1.0f - exp_inl(r), a);
+    float p = -5.96761703e-4f;
+    p = fmaf(p, s, 4.99119423e-3f);
+    p = fmaf(p, s, -2.67681349e-2f);
+    p = fmaf(p, s, 1.12819925e-1f);
+    p = fmaf(p, s, -3.76125336e-1f);
+    p = fmaf(p, s, 1.28379166e-1f);
+    float small = fmaf(p, a, a);
+    return t > 0.927734375f ? big : small;
+}
+
+float dm_expf(float x) { return exp_inl(x); }
+float dm_erff(float x) { return erf_inl(x); }
+
+void dm_layernorm(const float *x, float *y, int64_t rows, int D, const float *w, const float *b,
+                  float eps)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * D;
+        float *yr = y + r * D;
+        double s = 0.0;
+#pragma omp simd reduction(+ : s)
+        for (int i = 0; i < D; i++)
+            s += xr[i];
+        float mean = (float)(s / D);
+        double v = 0.0;
+#pragma omp simd reduction(+ : v)
+        for (int i = 0; i < D; i++) {
+            float d = xr[i] - mean;
+            v += (double)d * d;
+        }
+        float rstd = (float)(1.0 / sqrt(v / D + eps));
+#pragma omp simd
+        for (int i = 0; i < D; i++)
+            yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+    }
+}
+
+void dm_rope_tables(const float *periods, int hd, int h, int w, float *cosv, float *sinv)
+{
+    int nf = hd / 4;
+    for (int r = 0; r < h; r++) {
+        for (int c = 0; c < w; c++) {
+            /* fp32 exactly as the reference: coord = 2*((i+0.5)/n) - 1; angle = (2π·coord)/period */
+            float cy = 2.0f * (((float)r + 0.5f) / (float)h) - 1.0f;
+            float cx = 2.0f * (((float)c + 0.5f) / (float)w) - 1.0f;
+            float *co = cosv + ((int64_t)r * w + c) * hd, *si = sinv + ((int64_t)r * w + c) * hd;
+            for (int i = 0; i < nf; i++) {
+                float ay = (6.2831855f * cy) / periods[i];
+                float ax = (6.2831855f * cx) / periods[i];
+                co[i] = co[i + 2 * nf] = cosf(ay);
+                si[i] = si[i + 2 * nf] = sinf(ay);
+                co[i + nf] = co[i + 3 * nf] = cosf(ax);
+                si[i + nf] = si[i + 3 * nf] = sinf(ax);
+            }
+        }
+    }
+}
+
+void dm_rope_apply(float *z, int64_t ld, int n, int hd, const float *cosv, const float *sinv)
+{
+    int half = hd / 2;
+    for (int t = 0; t < n; t++) {
+        float *v = z + (int64_t)t * ld;
+        const float *co = cosv + (int64_t)t * hd, *si = sinv + (int64_t)t * hd;
+#pragma omp simd
+        for (int j = 0; j < half; j++) {
+            float lo = v[j], hi = v[j + half];
+            v[j] = lo * co[j] - hi * si[j];
+            v[j + half] = hi * co[j + half] + lo * si[j + half];
+        }
+    }
+}
+
+void dm_softmax_rows(float *s, int rows, int cols, int64_t ld)
+{
+    for (int r = 0; r < rows; r++) {
+        float *v = s + (int64_t)r * ld;
+        float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+        for (int j = 0; j < cols; j++)
+            mx = fmaxf(mx, v[j]);
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < cols; j++) {
+            float e = exp_inl(v[j] - mx);
+            v[j] = e;
+            sum += e;
+        }
+        float inv = 1.0f / sum;
+#pragma omp simd
+        for (int j = 0; j < cols; j++)
+            v[j] *= inv;
+    }
+}
+
+void dm_bias_gelu(float *x, int64_t rows, int cols, const float *bias)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *v = x + r * cols;
+#pragma omp simd
+        for (int j = 0; j < cols; j++) {
+            float a = v[j] + bias[j];
+            v[j] = 0.5f * a * (1.0f + erf_inl(a * 0.70710678118654752f));
+        }
+    }
+}
+
+void dm_bias_swiglu(float *g, const float *u, int64_t rows, int cols, const float *bg,
+                    const float *bu)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *gv = g + r * cols;
+        const float *uv = u + r * cols;
+#pragma omp simd
+        for (int j = 0; j < cols; j++) {
+            float a = gv[j] + bg[j];
+            float silu = a / (1.0f + exp_inl(-a));
+            gv[j] = silu * (uv[j] + bu[j]);
+        }
+    }
+}
+
+void dm_residual_ls(float *x, const float *y, int64_t rows, int D, const float *bias,
+                    const float *gamma)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *xr = x + r * D;
+        const float *yr = y + r * D;
+#pragma omp simd
+        for (int i = 0; i < D; i++)
+            xr[i] += gamma[i] * (yr[i] + bias[i]);
+    }
+}
+
+void dm_add_bias(float *x, int64_t rows, int cols, int64_t ld, const float *bias)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *v = x + r * ld;
+#pragma omp simd
+        for (int j = 0; j < cols; j++)
+            v[j] += bias[j];
+    }
+}
+
+void dm_im2patch(const float *img, int H, int W, float *out)
+{
+    int h = H / 16, w = W / 16;
+    for (int r = 0; r < h; r++)
+        for (int c = 0; c < w; c++) {
+            float *o = out + ((int64_t)r * w + c) * 768;
+            for (int ch = 0; ch < 3; ch++)
+                for (int ky = 0; ky < 16; ky++)
+                    memcpy(o + ch * 256 + ky * 16,
+                           img + (int64_t)ch * H * W + (int64_t)(16 * r + ky) * W + 16 * c,
+                           16 * sizeof(float));
+        }
+}

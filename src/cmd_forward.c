@@ -1,0 +1,290 @@
+/* src/cmd_forward.c — `dinomap forward`: one image (or a batch tensor) through the backbone,
+ * outputs as .npy files named like the official forward_features / get_intermediate_layers. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../gis/raster.h"
+#include "../models/model.h"
+#include "cli.h"
+#include "dm_log.h"
+#include "npy.h"
+
+#define MAX_LAYERS 64
+
+static void help(FILE *f)
+{
+    fprintf(f,
+        "usage: dinomap forward -m WEIGHTS -i INPUT -o OUTDIR [options]\n\n"
+        "Runs the DINOv3 backbone on one input and writes float32 .npy files to OUTDIR:\n"
+        "  x_norm_clstoken.npy [D], x_storage_tokens.npy [4,D], x_norm_patchtokens.npy [h*w,D],\n"
+        "  x_prenorm.npy [N,D], and for each --layers block K: layerK_patch_norm.npy,\n"
+        "  layerK_cls_norm.npy, layerK_storage_norm.npy, layerK_patch_raw.npy.\n"
+        "  (A batch input [B,3,H,W] adds a leading B dimension to every output.)\n\n"
+        "INPUT is one of:\n"
+        "  .npy float32 [3,H,W] or [B,3,H,W]  already normalized, used as is\n"
+        "  .npy uint8 [H,W,3]                 RGB, normalized with --norm\n"
+        "  any 8-bit raster GDAL reads          first three bands as RGB, normalized with --norm\n"
+        "H and W should be multiples of 16; otherwise the bottom/right remainder is dropped, as\n"
+        "the reference patch embedding does (a notice says so).\n\n"
+        "options:\n"
+        "  -m, --model WEIGHTS   .pth, .safetensors, index.json or directory (required)\n"
+        "  -i, --input INPUT     input (required)\n"
+        "  -o, --output OUTDIR   output directory, created if missing (required)\n"
+        "  --layers LIST         0-based blocks to export, e.g. 5,11,17,23 (default: none)\n"
+        "  --norm PRESET         sat (default: SAT-493M mean 0.430,0.411,0.296 std 0.213,0.156,\n"
+        "                        0.143), chm (CHMv2: mean 0.420,...), lvd (ImageNet)\n"
+        "  --arch NAME           force the architecture (default: recognised from the file)\n"
+        "  --threads N           CPU threads for the math (default: all cores)\n"
+        "  --device cpu          compute device (default: cpu)\n"
+        "  -q, --quiet           no progress messages\n"
+        "  -h, --help            this help\n");
+}
+
+typedef struct input {
+    float *img; /* [B,3,H,W] normalized */
+    int B, H, W;
+} input;
+
+/* Keeps the top-left multiple-of-16 part of each [3,H,W] image. */
+static int crop16(input *in, const char *path)
+{
+    int H2 = in->H / 16 * 16, W2 = in->W / 16 * 16;
+    if (H2 == in->H && W2 == in->W)
+        return 0;
+    if (H2 == 0 || W2 == 0)
+        return -1;
+    dm_info("%s: %d×%d px is not a multiple of 16: using the top-left %d×%d px (the reference "
+            "patch embedding drops the remainder)", path, in->W, in->H, W2, H2);
+    for (int b = 0; b < in->B; b++)
+        for (int c = 0; c < 3; c++)
+            for (int y = 0; y < H2; y++)
+                memmove(in->img + (((size_t)b * 3 + c) * H2 + y) * W2,
+                        in->img + (((size_t)b * 3 + c) * in->H + y) * in->W,
+                        (size_t)W2 * sizeof(float));
+    in->H = H2;
+    in->W = W2;
+    return 0;
+}
+
+static int load_input(const char *path, const dm_norm *nm, input *in, dm_err *err)
+{
+    size_t n = strlen(path);
+    memset(in, 0, sizeof *in);
+    if (n > 4 && !strcmp(path + n - 4, ".npy")) {
+        dm_npy a;
+        int rc = dm_npy_read(path, &a, err);
+        if (rc)
+            return rc;
+        char sb[128];
+        if (a.dtype == 'f' && (a.ndim == 3 || a.ndim == 4) && a.shape[a.ndim - 3] == 3) {
+            in->B = a.ndim == 4 ? (int)a.shape[0] : 1;
+            in->H = (int)a.shape[a.ndim - 2];
+            in->W = (int)a.shape[a.ndim - 1];
+            in->img = a.f;
+            a.f = NULL;
+        } else if (a.dtype == 'u' && a.ndim == 3 && a.shape[2] == 3) {
+            in->B = 1;
+            in->H = (int)a.shape[0];
+            in->W = (int)a.shape[1];
+            in->img = malloc((size_t)in->H * in->W * 3 * sizeof(float) + 1);
+            if (!in->img) {
+                dm_npy_free(&a);
+                return dm_err_oom(err);
+            }
+            dm_normalize_rgb8(a.u8, in->H, in->W, nm, in->img);
+        } else {
+            dm_err_set(err, DM_EFORMAT, "%s: shape %s %s: expected float32 [3,H,W] or "
+                       "[B,3,H,W] (normalized), or uint8 [H,W,3] (RGB)", path,
+                       dm_shape_str(a.shape, a.ndim, sb, sizeof sb),
+                       a.dtype == 'u' ? "uint8" : "float32");
+            dm_npy_free(&a);
+            return DM_EFORMAT;
+        }
+        dm_npy_free(&a);
+    } else {
+        uint8_t *rgb;
+        int rc = dm_gis_read_rgb8(path, &in->H, &in->W, &rgb, err);
+        if (rc)
+            return rc;
+        in->B = 1;
+        in->img = malloc((size_t)in->H * in->W * 3 * sizeof(float) + 1);
+        if (!in->img) {
+            free(rgb);
+            return dm_err_oom(err);
+        }
+        dm_normalize_rgb8(rgb, in->H, in->W, nm, in->img);
+        free(rgb);
+    }
+    if (crop16(in, path))
+        return dm_err_set(err, DM_EINVAL, "%s: %d×%d px is smaller than one 16×16 patch", path,
+                          in->W, in->H);
+    return 0;
+}
+
+typedef struct outset {
+    const char *dir;
+    char written[4 + 4 * MAX_LAYERS][64];
+    int nwritten;
+} outset;
+
+/* Writes tokens [t0, t0+nt) of each image; cls-like outputs (nt == 1) drop the token axis. */
+static int put(outset *o, const char *name, const float *tok, int B, int N, int D, int t0, int nt,
+               float *tmp, dm_err *err)
+{
+    for (int b = 0; b < B; b++)
+        memcpy(tmp + (size_t)b * nt * D, tok + ((size_t)b * N + t0) * D,
+               (size_t)nt * D * sizeof(float));
+    int64_t shape[3];
+    int nd = 0;
+    if (B > 1)
+        shape[nd++] = B;
+    if (nt > 1 || strstr(name, "storage") || strstr(name, "patch"))
+        shape[nd++] = nt;
+    shape[nd++] = D;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.npy", o->dir, name);
+    int rc = dm_npy_write_f32(path, tmp, nd, shape, err);
+    if (!rc)
+        snprintf(o->written[o->nwritten++], sizeof o->written[0], "%s", name);
+    return rc;
+}
+
+static void remove_written(outset *o)
+{
+    char path[4096];
+    for (int i = 0; i < o->nwritten; i++) {
+        snprintf(path, sizeof path, "%s/%s.npy", o->dir, o->written[i]);
+        unlink(path);
+    }
+}
+
+int cmd_forward(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "model", required_argument, 0, 'm' }, { "input", required_argument, 0, 'i' },
+        { "output", required_argument, 0, 'o' }, { "layers", required_argument, 0, 'L' },
+        { "norm", required_argument, 0, 'n' }, { "arch", required_argument, 0, 'a' },
+        { "threads", required_argument, 0, 't' }, { "device", required_argument, 0, 'd' },
+        { "quiet", no_argument, 0, 'q' }, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
+    };
+    const char *model = NULL, *inpath = NULL, *outdir = NULL, *arch = NULL, *device = "cpu";
+    const dm_norm *nm = dm_norm_get("sat");
+    int layers[MAX_LAYERS], nl = 0, threads = (int)sysconf(_SC_NPROCESSORS_ONLN), ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "m:i:o:qh", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'm': model = optarg; break;
+        case 'i': inpath = optarg; break;
+        case 'o': outdir = optarg; break;
+        case 'a': arch = optarg; break;
+        case 'd': device = optarg; break;
+        case 'q': dm_log_level = DM_LOG_WARN; break;
+        case 'L':
+            if ((nl = dm_parse_int_list(optarg, layers, MAX_LAYERS)) < 0) {
+                fprintf(stderr, "dinomap forward: --layers %s: expected a comma-separated list of "
+                        "block indices, e.g. 5,11,17,23\n", optarg);
+                return 2;
+            }
+            break;
+        case 'n':
+            if (!(nm = dm_norm_get(optarg))) {
+                fprintf(stderr, "dinomap forward: --norm %s: unknown preset (sat, chm, lvd)\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case 't':
+            if ((threads = dm_parse_pos_int(optarg)) < 0) {
+                fprintf(stderr, "dinomap forward: --threads %s: expected a positive number\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case 'h': help(stdout); return 0;
+        default: help(stderr); return 2;
+        }
+    }
+    if (!model || !inpath || !outdir || optind != argc) {
+        fprintf(stderr, "dinomap forward: -m WEIGHTS, -i INPUT and -o OUTDIR are required\n\n");
+        help(stderr);
+        return 2;
+    }
+    dm_err err = { 0 };
+    input in;
+    dm_model *m = NULL;
+    dm_backend *be = NULL;
+    float *normed = NULL, *prenorm = NULL, *tmp = NULL, *raw[MAX_LAYERS] = { 0 };
+    outset o = { .dir = outdir };
+    int rc;
+    dm_model_opts mo = { arch };
+    dm_backend_opts bo = { threads };
+    if ((rc = load_input(inpath, nm, &in, &err)) || (rc = dm_model_open(model, &mo, &m, &err)) ||
+        (rc = dm_backend_open(device, m, &bo, &be, &err)))
+        goto fail;
+    int D = m->cfg.embed_dim, N = dm_model_tokens(m, in.H, in.W), R = m->cfg.n_storage;
+    int hw = N - 1 - R;
+    size_t tok = (size_t)in.B * N * D;
+    if (!(normed = malloc(tok * sizeof(float))) || !(prenorm = malloc(tok * sizeof(float))) ||
+        !(tmp = malloc(tok * sizeof(float)))) {
+        rc = dm_err_oom(&err);
+        goto fail;
+    }
+    for (int k = 0; k < nl; k++)
+        if (!(raw[k] = malloc(tok * sizeof(float)))) {
+            rc = dm_err_oom(&err);
+            goto fail;
+        }
+    dm_info("%s: %s (D=%d, %d blocks), %d×%d px × %d, %d tokens, %s, %d threads", model,
+            m->cfg.arch, D, m->cfg.depth, in.W, in.H, in.B, N, dm_backend_name(be), threads);
+    dm_vit_request req = { nl, layers, raw, prenorm, normed };
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if ((rc = dm_backend_forward(be, in.img, in.B, in.H, in.W, &req, &err)))
+        goto fail;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    dm_info("forward pass: %.3f s", (double)(t1.tv_sec - t0.tv_sec) +
+                                        (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9);
+    if (dm_mkdir_p(outdir) != 0) {
+        rc = dm_err_set(&err, DM_EIO, "%s: cannot create output directory: %s", outdir,
+                        strerror(errno));
+        goto fail;
+    }
+    if ((rc = put(&o, "x_norm_clstoken", normed, in.B, N, D, 0, 1, tmp, &err)) ||
+        (rc = put(&o, "x_storage_tokens", normed, in.B, N, D, 1, R, tmp, &err)) ||
+        (rc = put(&o, "x_norm_patchtokens", normed, in.B, N, D, 1 + R, hw, tmp, &err)) ||
+        (rc = put(&o, "x_prenorm", prenorm, in.B, N, D, 0, N, tmp, &err)))
+        goto fail;
+    for (int k = 0; k < nl; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "layer%d_patch_raw", layers[k]);
+        if ((rc = put(&o, name, raw[k], in.B, N, D, 1 + R, hw, tmp, &err)))
+            goto fail;
+        dm_model_norm_tokens(m, raw[k], raw[k], (int64_t)in.B * N);
+        snprintf(name, sizeof name, "layer%d_patch_norm", layers[k]);
+        if ((rc = put(&o, name, raw[k], in.B, N, D, 1 + R, hw, tmp, &err)))
+            goto fail;
+        snprintf(name, sizeof name, "layer%d_cls_norm", layers[k]);
+        if ((rc = put(&o, name, raw[k], in.B, N, D, 0, 1, tmp, &err)))
+            goto fail;
+        snprintf(name, sizeof name, "layer%d_storage_norm", layers[k]);
+        if ((rc = put(&o, name, raw[k], in.B, N, D, 1, R, tmp, &err)))
+            goto fail;
+    }
+    dm_info("wrote %d files to %s", o.nwritten, outdir);
+fail:
+    if (rc) {
+        fprintf(stderr, "dinomap forward: %s\n", err.msg);
+        remove_written(&o);
+    }
+    for (int k = 0; k < nl; k++)
+        free(raw[k]);
+    free(normed), free(prenorm), free(tmp), free(in.img);
+    dm_backend_close(be);
+    dm_model_free(m);
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,107 @@
+/* src/main.c — the dinomap command: dispatches to one cmd_<name>.c per subcommand. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *what;
+} cmds[] = {
+    { "info", cmd_info, "describe a weights file: architecture, parameters, dtypes, tensors" },
+    { "forward", cmd_forward, "run the backbone on one image or tensor and write .npy outputs" },
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "dinomap %s — map satellite imagery with DINOv3 foundation models\n\n"
+               "usage: dinomap COMMAND [options]    (dinomap COMMAND --help for its options)\n\n"
+               "commands:\n", DINOMAP_VERSION);
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        fprintf(f, "  %-10s %s\n", cmds[i].name, cmds[i].what);
+    fprintf(f, "  %-10s %s\n", "version", "print the version");
+    fprintf(f, "\nWeights are never downloaded: pass a local .pth (Meta) or .safetensors (Hugging "
+               "Face) file.\n");
+}
+
+int dm_parse_int_list(const char *s, int *out, int max)
+{
+    int n = 0;
+    while (*s) {
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < 0 || v > 100000 || n == max)
+            return -1;
+        out[n++] = (int)v;
+        s = end;
+        if (*s == ',')
+            s++;
+        else if (*s)
+            return -1;
+    }
+    return n;
+}
+
+int dm_parse_pos_int(const char *s)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    return (end == s || *end || errno || v <= 0 || v > 1 << 20) ? -1 : (int)v;
+}
+
+int dm_mkdir_p(const char *path)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+        return -1;
+    struct stat st;
+    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *c = argv[1];
+    if (!strcmp(c, "-h") || !strcmp(c, "--help") || !strcmp(c, "help")) {
+        if (argc > 2 && strcmp(c, "help") == 0) {
+            char *sub[] = { argv[2], "--help", NULL };
+            for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+                if (!strcmp(cmds[i].name, argv[2]))
+                    return cmds[i].fn(2, sub);
+        }
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(c, "version") || !strcmp(c, "--version")) {
+        printf("dinomap %s\n", DINOMAP_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (!strcmp(cmds[i].name, c))
+            return cmds[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "dinomap: unknown command '%s'\n\n", c);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,20 @@
+/* tests/golden.h — helpers shared by the golden-parity tests. */
+#ifndef DM_TEST_GOLDEN_H
+#define DM_TEST_GOLDEN_H
+
+#include <stdint.h>
+
+/* max |a-b| / max |b| over n values (b the reference). */
+double dm_rel_err(const float *a, const float *b, int64_t n);
+/* Compares file OURS with golden REF (.npy, same shape): returns the relative error, or -1 with
+ * a message in why (shape mismatch, unreadable). */
+double dm_cmp_npy(const char *ours, const char *ref, char *why, int nwhy);
+/* Runs a shell command; returns its exit status (or -1). Output goes to dm_test_tmpdir()/out.txt
+ * which *outbuf receives (static buffer). */
+int dm_run(const char *cmd, const char **outbuf);
+/* The dinomap binary under test (DM_BIN, default ./dinomap). */
+const char *dm_bin(void);
+
+#define DM_GOLDEN_TOL 1e-4
+
+#endif
