@@ -10,15 +10,15 @@ DEB_PKGS := build-essential pkg-config libgdal-dev libproj-dev libopenblas-dev l
 
 # SIMD: AVX2+FMA when this CPU has them (override with SIMD=); the code is correct without.
 SIMD    ?= $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null && echo -mavx2 -mfma)
-OPT     ?= -O2
+OPT     ?= -O3
 SAN     ?=
-CFLAGS_ALL = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Werror -Wno-format-truncation -g -fopenmp-simd \
+CFLAGS_ALL = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Werror -Wno-format-truncation -g -fopenmp-simd -fno-trapping-math \
              $(OPT) $(SIMD) $(SAN) -pthread $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
 LDLIBS_ALL = $(SAN) -pthread $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm $(LDLIBS)
 
-LIB_SRC  := src/dm_err.c src/npy.c src/dm_log.c \
+LIB_SRC  := src/dm_err.c src/npy.c src/dm_log.c src/blas_core.c \
             models/weights.c models/pth.c models/safetensors.c models/vit_config.c \
-            models/model.c models/vit_math.c models/backend.c models/cpu/vit_cpu.c gis/image.c
+            models/model.c models/vit_math.c models/backend.c models/cpu/vit_cpu.c models/cpu/pool.c gis/image.c
 CLI_SRC  := src/main.c src/cmd_info.c src/cmd_forward.c
 TEST_SRC := $(wildcard tests/test_*.c)
 BENCH_SRC := tests/bench_vit.c
@@ -99,6 +99,18 @@ test-asan:
 bench: check-deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench_vit
 	./$(BUILD)/bench_vit 2 512
+
+# The main job on the bundled sample. For now: describe the weights and run the backbone on a
+# sample tile. DINOMAP_WEIGHTS selects real weights; else a tiny random test checkpoint is used.
+DEMO_WEIGHTS = $(or $(DINOMAP_WEIGHTS),tests/data/golden/vitl_sat_tiny/backbone.pth)
+demo: all
+	@if [ -n "$(DINOMAP_WEIGHTS)" ]; then echo "demo: using your weights $(DINOMAP_WEIGHTS)"; \
+	 else echo "demo: DINOMAP_WEIGHTS is not set: using the tiny RANDOM test checkpoint $(DEMO_WEIGHTS)"; \
+	      echo "      (valid outputs, meaningless features; see README: Getting the weights)"; fi
+	./dinomap info $(DEMO_WEIGHTS)
+	./dinomap forward -m $(DEMO_WEIGHTS) -i tests/data/golden/vitl_sat_tiny/input_u8.npy \
+	  -o out/demo --layers 0,1 --norm sat
+	@ls -l out/demo
 
 clean:
 	rm -rf build build-asan dinomap build-test.log build-asan-test.log

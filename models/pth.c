@@ -409,6 +409,19 @@ static int need(up *u, uint64_t k, size_t at)
     return 0;
 }
 
+/* Reads a k-byte (k <= 8) little-endian unsigned argument. */
+static int take(up *u, size_t k, size_t at, uint64_t *v)
+{
+    int rc = need(u, k, at);
+    if (rc)
+        return rc;
+    *v = 0;
+    for (size_t i = 0; i < k; i++)
+        *v |= (uint64_t)u->p[u->pos + i] << (8 * i);
+    u->pos += k;
+    return 0;
+}
+
 static int push_view(up *u, int kind, uint64_t len, size_t at)
 {
     obj *o = NULL;
@@ -679,16 +692,15 @@ static int unpickle(up *u, obj **result)
         const unsigned char *s1 = NULL, *s2 = NULL;
         size_t n1 = 0, n2 = 0, start = 0;
         obj *a = NULL, *b = NULL, *c = NULL, *o = NULL;
+        uint64_t v = 0, w = 0;
         int rc = 0;
         switch (op) {
         case 0x80: /* PROTO */
-            if (!(rc = need(u, 1, at)) && u->p[u->pos++] > 5)
-                rc = perr(u, DM_EUNSUPPORTED, "pickle protocol %u is newer than 5",
-                          u->p[u->pos - 1]);
+            if (!(rc = take(u, 1, at, &v)) && v > 5)
+                rc = perr(u, DM_EUNSUPPORTED, "pickle protocol %u is newer than 5", (unsigned)v);
             break;
         case 0x95: /* FRAME: framing is transparent when the whole pickle is in memory */
-            if (!(rc = need(u, 8, at)))
-                u->pos += 8;
+            rc = take(u, 8, at, &v);
             break;
         case 'c': /* GLOBAL */
             if (!(rc = read_line(u, &s1, &n1, at)) && !(rc = read_line(u, &s2, &n2, at)))
@@ -741,102 +753,56 @@ static int unpickle(up *u, obj **result)
                 rc = push(u, o);
             break;
         }
-        case 'X': /* BINUNICODE */
-        case 'B': /* BINBYTES */
-            if (!(rc = need(u, 4, at))) {
-                uint32_t len = le32(u->p + u->pos);
-                u->pos += 4;
-                rc = push_view(u, op == 'X' ? K_STR : K_BYTES, len, at);
-            }
-            break;
-        case 'T': /* BINSTRING: i32 length */
-            if (!(rc = need(u, 4, at))) {
-                uint32_t len = le32(u->p + u->pos);
-                u->pos += 4;
-                rc = len >> 31 ? perr(u, DM_EFORMAT, "negative BINSTRING length at offset %zu", at)
-                               : push_view(u, K_STR, len, at);
-            }
-            break;
+        case 'X':  /* BINUNICODE */
+        case 'B':  /* BINBYTES */
+        case 'T':  /* BINSTRING: i32 length */
         case 0x8c: /* SHORT_BINUNICODE */
         case 'U':  /* SHORT_BINSTRING */
         case 'C':  /* SHORT_BINBYTES */
-            if (!(rc = need(u, 1, at))) {
-                unsigned len = u->p[u->pos++];
-                rc = push_view(u, op == 'C' ? K_BYTES : K_STR, len, at);
-            }
-            break;
         case 0x8d: /* BINUNICODE8 */
-            if (!(rc = need(u, 8, at))) {
-                uint64_t len = le64(u->p + u->pos);
-                u->pos += 8;
-                rc = push_view(u, K_STR, len, at);
-            }
+            if ((rc = take(u, op == 0x8d ? 8 : strchr("XBT", (int)op) ? 4 : 1, at, &v)))
+                break;
+            rc = op == 'T' && v >> 31
+                     ? perr(u, DM_EFORMAT, "negative BINSTRING length at offset %zu", at)
+                     : push_view(u, op == 'B' || op == 'C' ? K_BYTES : K_STR, v, at);
             break;
-        case 'J': /* BININT */
-            if (!(rc = need(u, 4, at))) {
-                uint32_t v = le32(u->p + u->pos);
-                u->pos += 4;
+        case 'J': /* BININT: i32 */
+            if (!(rc = take(u, 4, at, &v)))
                 rc = push_int(u, v >> 31 ? (int64_t)v - ((int64_t)1 << 32) : (int64_t)v);
-            }
             break;
         case 'K': /* BININT1 */
-            if (!(rc = need(u, 1, at)))
-                rc = push_int(u, u->p[u->pos++]);
-            break;
         case 'M': /* BININT2 */
-            if (!(rc = need(u, 2, at))) {
-                rc = push_int(u, le16(u->p + u->pos));
-                u->pos += 2;
-            }
+            if (!(rc = take(u, op == 'K' ? 1 : 2, at, &v)))
+                rc = push_int(u, (int64_t)v);
             break;
         case 0x8a: /* LONG1: n-byte little-endian two's complement */
-            if (!(rc = need(u, 1, at))) {
-                unsigned k = u->p[u->pos++];
-                if (k > 8) {
-                    rc = perr(u, DM_EFORMAT, "integer wider than 64 bits at offset %zu", at);
-                } else if (!(rc = need(u, k, at))) {
-                    uint64_t v = 0;
-                    for (unsigned i = 0; i < k; i++)
-                        v |= (uint64_t)u->p[u->pos + i] << (8 * i);
-                    if (k && k < 8 && (v >> (8 * k - 1)) & 1)
-                        v |= ~(uint64_t)0 << (8 * k);
-                    u->pos += k;
-                    /* two's complement reinterpretation without implementation-defined casts */
-                    rc = push_int(u, v >> 63 ? -(int64_t)(~v) - 1 : (int64_t)v);
-                }
+            if ((rc = take(u, 1, at, &v)))
+                break;
+            if (v > 8) {
+                rc = perr(u, DM_EFORMAT, "integer wider than 64 bits at offset %zu", at);
+            } else if (!(rc = take(u, (size_t)v, at, &w))) {
+                if (v && v < 8 && (w >> (8 * v - 1)) & 1) /* sign-extend */
+                    w |= ~(uint64_t)0 << (8 * v);
+                /* two's complement reinterpretation without implementation-defined casts */
+                rc = push_int(u, w >> 63 ? -(int64_t)(~w) - 1 : (int64_t)w);
             }
             break;
         case 'G': /* BINFLOAT: big-endian f64 */
-            if (!(rc = need(u, 8, at)) && !(rc = new_obj(u, K_FLOAT, &o))) {
-                uint64_t v = 0;
-                for (int i = 0; i < 8; i++)
-                    v = v << 8 | u->p[u->pos + i];
-                u->pos += 8;
-                memcpy(&o->u.f, &v, 8);
-                rc = push(u, o);
-            }
+            if ((rc = take(u, 8, at, &v)) || (rc = new_obj(u, K_FLOAT, &o)))
+                break;
+            for (int i = 0; i < 8; i++)
+                w = w << 8 | (v >> (8 * i) & 0xff);
+            memcpy(&o->u.f, &w, 8);
+            rc = push(u, o);
             break;
         case 'q': /* BINPUT */
-            if (!(rc = need(u, 1, at)))
-                rc = memo_put(u, u->p[u->pos++], at);
-            break;
         case 'r': /* LONG_BINPUT */
-            if (!(rc = need(u, 4, at))) {
-                u->pos += 4;
-                rc = memo_put(u, le32(u->p + u->pos - 4), at);
-            }
+        case 'h': /* BINGET */
+        case 'j': /* LONG_BINGET */
+            if (!(rc = take(u, op == 'q' || op == 'h' ? 1 : 4, at, &v)))
+                rc = op == 'q' || op == 'r' ? memo_put(u, v, at) : memo_get(u, v, at);
             break;
         case 0x94: rc = memo_put(u, u->memo_count, at); break; /* MEMOIZE */
-        case 'h': /* BINGET */
-            if (!(rc = need(u, 1, at)))
-                rc = memo_get(u, u->p[u->pos++], at);
-            break;
-        case 'j': /* LONG_BINGET */
-            if (!(rc = need(u, 4, at))) {
-                u->pos += 4;
-                rc = memo_get(u, le32(u->p + u->pos - 4), at);
-            }
-            break;
         case 'Q': /* BINPERSID */
             if (!(rc = pop(u, &a, at)))
                 rc = persistent_load(u, a, at);
@@ -913,12 +879,12 @@ static size_t count_tensors(const obj *d)
 
 /* The top object is name → tensor. A checkpoint wrapped as {"model": {...}, "epoch": ...} is
  * accepted when exactly one value is a dict of tensors; other non-tensor values are ignored. */
-static int collect(up *u, const obj *top, int swap, dm_tensor_list *out)
+static int collect(up *u, const obj *root, int swap, dm_tensor_list *out)
 {
-    if (top->kind != K_DICT)
+    if (root->kind != K_DICT)
         return perr(u, DM_EFORMAT, "the pickled object is a %s, not a state dict",
-                    kind_name(top->kind));
-    const obj *d = top;
+                    kind_name(root->kind));
+    const obj *d = root;
     if (!count_tensors(d)) {
         const obj *inner = NULL;
         size_t found = 0;

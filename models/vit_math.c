@@ -5,10 +5,11 @@
 #include <math.h>
 #include <string.h>
 
-static inline float exp_inl(float x)
+static inline __attribute__((always_inline)) float exp_inl(float x)
 {
     /* Cephes-style: x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-7 polynomial, then 2^n. */
-    x = fminf(fmaxf(x, -87.0f), 88.0f);
+    x = x < -87.0f ? -87.0f : x; /* ternaries, not fminf/fmaxf: those are calls unless NaN-free */
+    x = x > 88.0f ? 88.0f : x;
     float n = floorf(x * 1.44269504088896341f + 0.5f);
     float r = fmaf(n, -0.693359375f, x);
     r = fmaf(n, 2.12194440e-4f, r);
@@ -25,7 +26,7 @@ static inline float exp_inl(float x)
     return p * scale;
 }
 
-static inline float erf_inl(float a)
+static inline __attribute__((always_inline)) float erf_inl(float a)
 {
     /* Minimax polynomials (a widely used single-precision erff design, ~2 ulp): x·P(x²) near 0,
      * 1 - exp(Q(|x|)) beyond. Both branches are computed and one selected, so loops vectorise. */
@@ -118,7 +119,7 @@ void dm_softmax_rows(float *s, int rows, int cols, int64_t ld)
         float mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
         for (int j = 0; j < cols; j++)
-            mx = fmaxf(mx, v[j]);
+            mx = v[j] > mx ? v[j] : mx;
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
         for (int j = 0; j < cols; j++) {

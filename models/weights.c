@@ -27,7 +27,7 @@ struct dm_weights {
     map maps[MAX_SHARDS];
     int nmaps;
     dm_tensor_list list;
-    size_t *order; /* indices into list sorted by name, for bsearch */
+    const dm_tensor **order; /* the tensors sorted by name, for binary search */
     char *config;
     uint64_t bytes;
 };
@@ -189,19 +189,30 @@ int dm_tensor_check_bounds(const char *name, const int64_t *shape, const int64_t
         return dm_err_set(err, DM_EFORMAT, "tensor %s has %d dimensions (at most %d supported)",
                           name, ndim, DM_MAX_DIMS);
     uint64_t last = 0; /* largest element index reached */
-    int empty = 0;
+    uint64_t numel = 1;
+    int empty = 0, too_far = 0;
     for (int i = 0; i < ndim; i++) {
+        /* the numel bound keeps dm_tensor_numel's int64 product (same order) from overflowing */
         if (shape[i] < 0 || shape[i] > (int64_t)1 << 40 || stride[i] < 0 ||
-            stride[i] > (int64_t)1 << 40)
+            stride[i] > (int64_t)1 << 40 ||
+            (shape[i] && numel > ((uint64_t)1 << 62) / (uint64_t)shape[i]))
             return dm_err_set(err, DM_EFORMAT, "tensor %s has an invalid shape %s or stride", name,
                               dm_shape_str(shape, ndim, sb, sizeof sb));
+        numel *= (uint64_t)shape[i];
         if (shape[i] == 0)
             empty = 1;
+        else if (stride[i] && (uint64_t)(shape[i] - 1) > blob_size / (uint64_t)stride[i])
+            too_far = 1; /* one term alone passes the blob; summing it could wrap to small */
         else
             last += (uint64_t)(shape[i] - 1) * (uint64_t)stride[i];
     }
     if (empty)
         return 0;
+    if (too_far)
+        return dm_err_set(err, DM_EFORMAT,
+                          "tensor %s %s reaches past the %llu bytes of its data (truncated file?)",
+                          name, dm_shape_str(shape, ndim, sb, sizeof sb),
+                          (unsigned long long)blob_size);
     uint64_t need = offset_bytes + (last + 1) * dm_dtype_size(dt);
     if (need > blob_size || offset_bytes > blob_size)
         return dm_err_set(err, DM_EFORMAT,
@@ -364,11 +375,9 @@ static int add_index(dm_weights *w, const char *path, dm_err *err)
     return rc;
 }
 
-static const dm_weights *sort_ctx;
 static int cmp_name(const void *a, const void *b)
 {
-    return strcmp(sort_ctx->list.v[*(const size_t *)a].name,
-                  sort_ctx->list.v[*(const size_t *)b].name);
+    return strcmp((*(const dm_tensor *const *)a)->name, (*(const dm_tensor *const *)b)->name);
 }
 
 int dm_weights_open(const char *path, dm_weights **out, dm_err *err)
@@ -401,15 +410,13 @@ int dm_weights_open(const char *path, dm_weights **out, dm_err *err)
         if (!w->order)
             rc = dm_err_oom(err);
         for (size_t i = 0; !rc && i < w->list.n; i++)
-            w->order[i] = i;
+            w->order[i] = &w->list.v[i];
         if (!rc) {
-            sort_ctx = w;
             qsort(w->order, w->list.n, sizeof *w->order, cmp_name);
-            sort_ctx = NULL;
             for (size_t i = 1; i < w->list.n && !rc; i++)
-                if (!strcmp(w->list.v[w->order[i]].name, w->list.v[w->order[i - 1]].name))
+                if (!strcmp(w->order[i]->name, w->order[i - 1]->name))
                     rc = dm_err_set(err, DM_EFORMAT, "%s: tensor %s appears twice", path,
-                                    w->list.v[w->order[i]].name);
+                                    w->order[i]->name);
         }
     }
     if (!rc) {
@@ -456,9 +463,9 @@ const dm_tensor *dm_weights_find(const dm_weights *w, const char *name)
     size_t lo = 0, hi = w->list.n;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        int c = strcmp(w->list.v[w->order[mid]].name, name);
+        int c = strcmp(w->order[mid]->name, name);
         if (c == 0)
-            return &w->list.v[w->order[mid]];
+            return w->order[mid];
         if (c < 0)
             lo = mid + 1;
         else

@@ -1,5 +1,6 @@
 /* src/cmd_forward.c — `dinomap forward`: one image (or a batch tensor) through the backbone,
  * outputs as .npy files named like the official forward_features / get_intermediate_layers. */
+#include <cblas.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -239,8 +240,9 @@ int cmd_forward(int argc, char **argv)
             rc = dm_err_oom(&err);
             goto fail;
         }
-    dm_info("%s: %s (D=%d, %d blocks), %d×%d px × %d, %d tokens, %s, %d threads", model,
-            m->cfg.arch, D, m->cfg.depth, in.W, in.H, in.B, N, dm_backend_name(be), threads);
+    dm_info("%s: %s (D=%d, %d blocks), %d×%d px × %d, %d tokens, %s, %d threads (OpenBLAS %s)",
+            model, m->cfg.arch, D, m->cfg.depth, in.W, in.H, in.B, N, dm_backend_name(be), threads,
+            openblas_get_corename());
     dm_vit_request req = { nl, layers, raw, prenorm, normed };
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "blas_core.h"
 #include "cli.h"
 
 static const struct {
@@ -79,6 +80,7 @@ int dm_mkdir_p(const char *path)
 
 int main(int argc, char **argv)
 {
+    dm_blas_pick_core(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;

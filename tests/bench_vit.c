@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "../models/model.h"
+#include "../src/blas_core.h"
 
 static double now(void)
 {
@@ -185,6 +186,7 @@ static double gemm_floor(const dm_model *m, int N, int hw, double *flops)
 
 int main(int argc, char **argv)
 {
+    dm_blas_pick_core(argv);
     int threads = argc > 1 ? atoi(argv[1]) : 2, size = argc > 2 ? atoi(argv[2]) : 512;
     const char *dir = "build/bench", *path = "build/bench/vitl16_random.safetensors";
     mkdir("build", 0777);

@@ -11,6 +11,7 @@
 
 #include "../backend_internal.h"
 #include "../vit_math.h"
+#include "pool.h"
 
 typedef struct cpu {
     const dm_model *m;
@@ -23,7 +24,68 @@ typedef struct cpu {
     int cap_n;           /* N the score buffer holds */
     float *rcos, *rsin;  /* rope tables for (rh, rw) */
     int rh, rw;
+    dm_pool *pool;       /* elementwise work on the same number of threads as the GEMMs */
 } cpu;
+
+/* --- elementwise work spread over the pool: one context type, one dispatcher per op ---- */
+typedef struct rows_job {
+    const dm_vit_config *cfg;
+    float *x, *y;              /* in/out rows */
+    const float *a, *b;        /* op parameters (weights, biases, gammas) */
+    int cols;
+    int64_t ld;
+    const float *rcos, *rsin;  /* rope */
+    int N, hw;
+} rows_job;
+
+static void job_layernorm(void *ctx, int64_t b, int64_t e)
+{
+    rows_job *j = ctx;
+    dm_layernorm(j->x + b * j->cols, j->y + b * j->cols, e - b, j->cols, j->a, j->b,
+                 j->cfg->ln_eps);
+}
+
+static void job_bias(void *ctx, int64_t b, int64_t e)
+{
+    rows_job *j = ctx;
+    dm_add_bias(j->x + b * j->ld, e - b, j->cols, j->ld, j->a);
+}
+
+static void job_gelu(void *ctx, int64_t b, int64_t e)
+{
+    rows_job *j = ctx;
+    dm_bias_gelu(j->x + b * j->cols, e - b, j->cols, j->a);
+}
+
+static void job_swiglu(void *ctx, int64_t b, int64_t e)
+{
+    rows_job *j = ctx;
+    dm_bias_swiglu(j->x + b * j->cols, j->y + b * j->cols, e - b, j->cols, j->a, j->b);
+}
+
+static void job_residual(void *ctx, int64_t b, int64_t e)
+{
+    rows_job *j = ctx;
+    dm_residual_ls(j->x + b * j->cols, j->y + b * j->cols, e - b, j->cols, j->a, j->b);
+}
+
+static void job_softmax(void *ctx, int64_t b, int64_t e)
+{
+    rows_job *j = ctx;
+    dm_softmax_rows(j->x + b * j->ld, (int)(e - b), j->cols, j->ld);
+}
+
+/* items = (image, head, q|k): rotate that head's patch tokens */
+static void job_rope(void *ctx, int64_t b, int64_t e)
+{
+    rows_job *j = ctx;
+    int nh = j->cfg->num_heads, hd = j->cfg->head_dim, D = j->cfg->embed_dim;
+    for (int64_t it = b; it < e; it++) {
+        int64_t img = it / (2 * nh), h = (it / 2) % nh, s = it % 2;
+        float *z = j->x + (img * j->N + (j->N - j->hw)) * j->ld + s * D + h * hd;
+        dm_rope_apply(z, j->ld, j->hw, hd, j->rcos, j->rsin);
+    }
+}
 
 static void cpu_destroy(void *state)
 {
@@ -32,6 +94,7 @@ static void cpu_destroy(void *state)
         return;
     free(c->scratch), free(c->x), free(c->y), free(c->qkv), free(c->att), free(c->hid);
     free(c->up), free(c->s), free(c->patches), free(c->rcos), free(c->rsin);
+    dm_pool_free(c->pool);
     free(c);
 }
 
@@ -41,16 +104,20 @@ static int cpu_create(const dm_model *m, const dm_backend_opts *o, void **state,
     if (!c)
         return dm_err_oom(err);
     c->m = m;
-    c->threads = o->threads > 0 ? o->threads : 0;
-    if (c->threads)
-        openblas_set_num_threads(c->threads);
+    c->threads = o->threads > 0 ? o->threads : openblas_get_num_threads();
+    openblas_set_num_threads(c->threads);
+    if (dm_pool_create(c->threads, &c->pool)) {
+        int n = c->threads;
+        free(c);
+        return dm_err_set(err, DM_ENOMEM, "cannot start %d threads", n);
+    }
     size_t D = (size_t)m->cfg.embed_dim, F = (size_t)m->cfg.ffn_hidden;
     c->scratch_n = F * D > D * 768 ? F * D : D * 768;
     if (D * D > c->scratch_n)
         c->scratch_n = D * D;
     c->scratch = malloc(c->scratch_n * sizeof(float));
     if (!c->scratch) {
-        free(c);
+        cpu_destroy(c);
         return dm_err_oom(err);
     }
     *state = c;
@@ -107,8 +174,8 @@ static int ensure(cpu *c, int B, int N, int h, int w, dm_err *err)
             return dm_err_oom(err);
         c->cap_tokens = T;
     }
-    if (N > c->cap_n) {
-        if (grow(&c->s, (size_t)N * N))
+    if (N > c->cap_n) { /* scores of every head at once: [nh, N, N] */
+        if (grow(&c->s, (size_t)cfg->num_heads * N * N))
             return dm_err_oom(err);
         c->cap_n = N;
     }
@@ -143,26 +210,43 @@ static int embed(cpu *c, const float *images, int B, int H, int W, int N, dm_err
     return 0;
 }
 
+/* Attention for every image: all heads' scores by sgemm, one softmax pass over all of them on
+ * the pool, then all P·V products (three phases, so the elementwise part is parallel too). */
 static void attention(cpu *c, int B, int N, int hw)
 {
     const dm_vit_config *cfg = &c->m->cfg;
-    int D = cfg->embed_dim, hd = cfg->head_dim, nh = cfg->num_heads, pre = N - hw;
+    int D = cfg->embed_dim, hd = cfg->head_dim, nh = cfg->num_heads;
     int64_t ld = 3 * (int64_t)D;
     float scale = 1.0f / sqrtf((float)hd);
+    /* RoPE on the patch tokens only (CLS and registers are not rotated) */
+    rows_job rj = { .cfg = cfg, .x = c->qkv, .ld = ld, .rcos = c->rcos, .rsin = c->rsin, .N = N,
+                    .hw = hw };
+    dm_pool_run(c->pool, job_rope, &rj, (int64_t)B * nh * 2);
     for (int b = 0; b < B; b++) {
         float *qkv = c->qkv + (size_t)b * N * ld;
-        for (int h = 0; h < nh; h++) {
-            float *q = qkv + h * hd, *k = qkv + D + h * hd, *v = qkv + 2 * D + h * hd;
-            /* RoPE on the patch tokens only (CLS and registers are not rotated) */
-            dm_rope_apply(q + pre * ld, ld, hw, hd, c->rcos, c->rsin);
-            dm_rope_apply(k + pre * ld, ld, hw, hd, c->rcos, c->rsin);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, q, (int)ld, k,
-                        (int)ld, 0.0f, c->s, N);
-            dm_softmax_rows(c->s, N, N, N);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, c->s, N, v,
-                        (int)ld, 0.0f, c->att + (size_t)b * N * D + h * hd, D);
-        }
+        for (int h = 0; h < nh; h++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, qkv + h * hd,
+                        (int)ld, qkv + D + h * hd, (int)ld, 0.0f, c->s + (size_t)h * N * N, N);
+        rows_job sj = { .cfg = cfg, .x = c->s, .cols = N, .ld = N };
+        dm_pool_run(c->pool, job_softmax, &sj, (int64_t)nh * N);
+        for (int h = 0; h < nh; h++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f,
+                        c->s + (size_t)h * N * N, N, qkv + 2 * D + h * hd, (int)ld, 0.0f,
+                        c->att + (size_t)b * N * D + h * hd, D);
     }
+}
+
+static void layernorm(cpu *c, const float *x, float *y, int64_t T, const float *w, const float *b)
+{
+    rows_job j = { .cfg = &c->m->cfg, .x = (float *)x, .y = y, .a = w, .b = b,
+                   .cols = c->m->cfg.embed_dim };
+    dm_pool_run(c->pool, job_layernorm, &j, T);
+}
+
+static void residual(cpu *c, const float *y, int64_t T, const float *bias, const float *gamma)
+{
+    rows_job j = { .x = c->x, .y = (float *)y, .a = bias, .b = gamma, .cols = c->m->cfg.embed_dim };
+    dm_pool_run(c->pool, job_residual, &j, T);
 }
 
 static int block(cpu *c, const dm_vit_block *blk, int B, int N, int hw, dm_err *err)
@@ -170,30 +254,33 @@ static int block(cpu *c, const dm_vit_block *blk, int B, int N, int hw, dm_err *
     const dm_vit_config *cfg = &c->m->cfg;
     int D = cfg->embed_dim, F = cfg->ffn_hidden, rc;
     int64_t T = (int64_t)B * N;
-    dm_layernorm(c->x, c->y, T, D, blk->norm1_w, blk->norm1_b, cfg->ln_eps);
+    layernorm(c, c->x, c->y, T, blk->norm1_w, blk->norm1_b);
     if ((rc = linear(c, c->y, D, T, &blk->q, c->qkv, 3 * D, err)) ||
         (rc = linear(c, c->y, D, T, &blk->k, c->qkv + D, 3 * D, err)) ||
         (rc = linear(c, c->y, D, T, &blk->v, c->qkv + 2 * D, 3 * D, err)))
         return rc;
-    dm_add_bias(c->qkv, T, 3 * D, 3 * D, blk->qkv_b);
+    rows_job bj = { .x = c->qkv, .a = blk->qkv_b, .cols = 3 * D, .ld = 3 * D };
+    dm_pool_run(c->pool, job_bias, &bj, T);
     attention(c, B, N, hw);
     if ((rc = linear(c, c->att, D, T, &blk->proj, c->y, D, err)))
         return rc;
-    dm_residual_ls(c->x, c->y, T, D, blk->proj_b, blk->ls1);
-    dm_layernorm(c->x, c->y, T, D, blk->norm2_w, blk->norm2_b, cfg->ln_eps);
+    residual(c, c->y, T, blk->proj_b, blk->ls1);
+    layernorm(c, c->x, c->y, T, blk->norm2_w, blk->norm2_b);
     if (cfg->swiglu) {
         if ((rc = linear(c, c->y, D, T, &blk->w1, c->hid, F, err)) ||
             (rc = linear(c, c->y, D, T, &blk->w2, c->up, F, err)))
             return rc;
-        dm_bias_swiglu(c->hid, c->up, T, F, blk->fc1_b, blk->w2_b);
+        rows_job j = { .x = c->hid, .y = c->up, .a = blk->fc1_b, .b = blk->w2_b, .cols = F };
+        dm_pool_run(c->pool, job_swiglu, &j, T);
     } else {
         if ((rc = linear(c, c->y, D, T, &blk->fc1, c->hid, F, err)))
             return rc;
-        dm_bias_gelu(c->hid, T, F, blk->fc1_b);
+        rows_job j = { .x = c->hid, .a = blk->fc1_b, .cols = F };
+        dm_pool_run(c->pool, job_gelu, &j, T);
     }
     if ((rc = linear(c, c->hid, F, T, &blk->fc2, c->y, D, err)))
         return rc;
-    dm_residual_ls(c->x, c->y, T, D, blk->fc2_b, blk->ls2);
+    residual(c, c->y, T, blk->fc2_b, blk->ls2);
     return 0;
 }
 
@@ -217,7 +304,7 @@ static int cpu_forward(void *state, const float *images, int B, int H, int W,
     if (req && req->prenorm)
         memcpy(req->prenorm, c->x, tokbytes);
     if (req && req->normed)
-        dm_model_norm_tokens(m, c->x, req->normed, (int64_t)B * N);
+        layernorm(c, c->x, req->normed, (int64_t)B * N, m->norm_w, m->norm_b);
     return 0;
 }
 
