@@ -246,6 +246,7 @@ static int bind_block(ctx *c, int i)
         const dm_tensor *qkv = need(c, NAME("attn.qkv.weight"), 2, 3 * D, D);
         if (!qkv)
             return c->err->code;
+        b->qkv = (dm_mat){ qkv, 0, 3 * D, D };
         b->q = (dm_mat){ qkv, 0, D, D };
         b->k = (dm_mat){ qkv, D, D, D };
         b->v = (dm_mat){ qkv, 2 * D, D, D };

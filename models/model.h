@@ -55,6 +55,7 @@ typedef struct dm_vit_block {
     float *norm1_w, *norm1_b, *norm2_w, *norm2_b; /* [D] */
     float *ls1, *ls2;                             /* layer scale gammas [D] */
     dm_mat q, k, v;                               /* [D, D] each */
+    dm_mat qkv;                                   /* [3D, D] when q, k, v are one tensor (Meta) */
     float *qkv_b;                                 /* [3D] effective bias = bias * bias_mask */
     dm_mat proj;                                  /* [D, D] */
     float *proj_b;

@@ -112,7 +112,7 @@ void dm_rope_apply(float *z, int64_t ld, int n, int hd, const float *cosv, const
     }
 }
 
-void dm_softmax_rows(float *s, int rows, int cols, int64_t ld)
+void dm_softmax_rows_unnorm(float *s, int rows, int cols, int64_t ld, float *inv_sum)
 {
     for (int r = 0; r < rows; r++) {
         float *v = s + (int64_t)r * ld;
@@ -127,7 +127,15 @@ void dm_softmax_rows(float *s, int rows, int cols, int64_t ld)
             v[j] = e;
             sum += e;
         }
-        float inv = 1.0f / sum;
+        inv_sum[r] = 1.0f / sum;
+    }
+}
+
+void dm_softmax_rows(float *s, int rows, int cols, int64_t ld)
+{
+    for (int r = 0; r < rows; r++) {
+        float inv, *v = s + (int64_t)r * ld;
+        dm_softmax_rows_unnorm(v, 1, cols, ld, &inv);
 #pragma omp simd
         for (int j = 0; j < cols; j++)
             v[j] *= inv;

@@ -20,6 +20,9 @@ void dm_rope_apply(float *z, int64_t ld, int n, int hd, const float *cosv, const
 
 /* Row-wise softmax in place over `cols` entries, rows `ld` apart. */
 void dm_softmax_rows(float *s, int rows, int cols, int64_t ld);
+/* The same without the final scaling: s = exp(s - rowmax), inv_sum[r] = 1 / Σ. softmax(S)·V then
+ * equals inv_sum ⊙ (exp(...)·V), which scales h·d values per row instead of N. */
+void dm_softmax_rows_unnorm(float *s, int rows, int cols, int64_t ld, float *inv_sum);
 
 /* x = gelu(x + bias[col]) exact erf form, for a [rows, cols] matrix. */
 void dm_bias_gelu(float *x, int64_t rows, int cols, const float *bias);

@@ -20,6 +20,7 @@ typedef struct cpu {
     size_t scratch_n;
     /* activations, grown on demand */
     float *x, *y, *qkv, *att, *hid, *up, *s, *patches;
+    float *rowscale;     /* 1/Σ of each softmax row, [nh, N] */
     size_t cap_tokens;   /* B*N the buffers hold */
     int cap_n;           /* N the score buffer holds */
     float *rcos, *rsin;  /* rope tables for (rh, rw) */
@@ -32,6 +33,8 @@ typedef struct rows_job {
     const dm_vit_config *cfg;
     float *x, *y;              /* in/out rows */
     const float *a, *b;        /* op parameters (weights, biases, gammas) */
+    const float *lw, *lb;      /* LayerNorm after a residual add (NULL: none) */
+    float *rs;                 /* softmax row scales */
     int cols;
     int64_t ld;
     const float *rcos, *rsin;  /* rope */
@@ -45,10 +48,34 @@ static void job_layernorm(void *ctx, int64_t b, int64_t e)
                  j->cfg->ln_eps);
 }
 
-static void job_bias(void *ctx, int64_t b, int64_t e)
+/* x += gamma ⊙ (y + bias), then y = LN(x) with the next norm, row by row while it is in cache */
+static void job_residual_ln(void *ctx, int64_t b, int64_t e)
 {
     rows_job *j = ctx;
-    dm_add_bias(j->x + b * j->ld, e - b, j->cols, j->ld, j->a);
+    for (int64_t r = b; r < e; r++) {
+        float *x = j->x + r * j->cols, *y = j->y + r * j->cols;
+        dm_residual_ls(x, y, 1, j->cols, j->a, j->b);
+        if (j->lw)
+            dm_layernorm(x, y, 1, j->cols, j->lw, j->lb, j->cfg->ln_eps);
+    }
+}
+
+/* qkv rows: add the effective bias, then RoPE on q and k of patch tokens (not CLS/registers) */
+static void job_qkv(void *ctx, int64_t b, int64_t e)
+{
+    rows_job *j = ctx;
+    int nh = j->cfg->num_heads, hd = j->cfg->head_dim, D = j->cfg->embed_dim;
+    for (int64_t r = b; r < e; r++) {
+        float *z = j->x + r * j->ld;
+        dm_add_bias(z, 1, 3 * D, j->ld, j->a);
+        int64_t p = r % j->N - (j->N - j->hw); /* patch index within its image */
+        if (p < 0)
+            continue;
+        for (int h = 0; h < nh; h++) {
+            dm_rope_apply(z + h * hd, j->ld, 1, hd, j->rcos + p * hd, j->rsin + p * hd);
+            dm_rope_apply(z + D + h * hd, j->ld, 1, hd, j->rcos + p * hd, j->rsin + p * hd);
+        }
+    }
 }
 
 static void job_gelu(void *ctx, int64_t b, int64_t e)
@@ -63,37 +90,13 @@ static void job_swiglu(void *ctx, int64_t b, int64_t e)
     dm_bias_swiglu(j->x + b * j->cols, j->y + b * j->cols, e - b, j->cols, j->a, j->b);
 }
 
-static void job_residual(void *ctx, int64_t b, int64_t e)
-{
-    rows_job *j = ctx;
-    dm_residual_ls(j->x + b * j->cols, j->y + b * j->cols, e - b, j->cols, j->a, j->b);
-}
-
-static void job_softmax(void *ctx, int64_t b, int64_t e)
-{
-    rows_job *j = ctx;
-    dm_softmax_rows(j->x + b * j->ld, (int)(e - b), j->cols, j->ld);
-}
-
-/* items = (image, head, q|k): rotate that head's patch tokens */
-static void job_rope(void *ctx, int64_t b, int64_t e)
-{
-    rows_job *j = ctx;
-    int nh = j->cfg->num_heads, hd = j->cfg->head_dim, D = j->cfg->embed_dim;
-    for (int64_t it = b; it < e; it++) {
-        int64_t img = it / (2 * nh), h = (it / 2) % nh, s = it % 2;
-        float *z = j->x + (img * j->N + (j->N - j->hw)) * j->ld + s * D + h * hd;
-        dm_rope_apply(z, j->ld, j->hw, hd, j->rcos, j->rsin);
-    }
-}
-
 static void cpu_destroy(void *state)
 {
     cpu *c = state;
     if (!c)
         return;
     free(c->scratch), free(c->x), free(c->y), free(c->qkv), free(c->att), free(c->hid);
-    free(c->up), free(c->s), free(c->patches), free(c->rcos), free(c->rsin);
+    free(c->up), free(c->s), free(c->patches), free(c->rcos), free(c->rsin), free(c->rowscale);
     dm_pool_free(c->pool);
     free(c);
 }
@@ -105,7 +108,10 @@ static int cpu_create(const dm_model *m, const dm_backend_opts *o, void **state,
         return dm_err_oom(err);
     c->m = m;
     c->threads = o->threads > 0 ? o->threads : openblas_get_num_threads();
-    openblas_set_num_threads(c->threads);
+    /* The pool's threads run everything, GEMMs included: each calls single-threaded sgemm on
+     * its share of the output columns (linear layers) or of the heads (attention). One set of
+     * threads, no hand-over between OpenBLAS's and ours, and attention stays per-thread. */
+    openblas_set_num_threads(1);
     if (dm_pool_create(c->threads, &c->pool)) {
         int n = c->threads;
         free(c);
@@ -113,8 +119,8 @@ static int cpu_create(const dm_model *m, const dm_backend_opts *o, void **state,
     }
     size_t D = (size_t)m->cfg.embed_dim, F = (size_t)m->cfg.ffn_hidden;
     c->scratch_n = F * D > D * 768 ? F * D : D * 768;
-    if (D * D > c->scratch_n)
-        c->scratch_n = D * D;
+    if (3 * D * D > c->scratch_n)
+        c->scratch_n = 3 * D * D;
     c->scratch = malloc(c->scratch_n * sizeof(float));
     if (!c->scratch) {
         cpu_destroy(c);
@@ -143,14 +149,38 @@ static const float *weights_f32(cpu *c, const dm_mat *mm, dm_err *err)
 }
 
 /* C[rows, mm.rows] (ldc) = A[rows, mm.cols] (lda) · W^T */
+typedef struct gemm_job {
+    const float *a, *w;
+    float *c;
+    int64_t lda, ldc, rows, outs, k;
+    int parts;
+} gemm_job;
+
+/* part i of C[:, o0:o1] = A · W[o0:o1, :]^T, o split in multiples of 16 */
+static void job_gemm(void *ctx, int64_t b, int64_t e)
+{
+    gemm_job *g = ctx;
+    for (int64_t i = b; i < e; i++) {
+        int64_t blocks = (g->outs + 15) / 16;
+        int64_t o0 = blocks * i / g->parts * 16, o1 = blocks * (i + 1) / g->parts * 16;
+        if (o1 > g->outs)
+            o1 = g->outs;
+        if (o1 > o0)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)g->rows, (int)(o1 - o0),
+                        (int)g->k, 1.0f, g->a, (int)g->lda, g->w + o0 * g->k, (int)g->k, 0.0f,
+                        g->c + o0, (int)g->ldc);
+    }
+}
+
+/* C[rows, mm.rows] (ldc) = A[rows, mm.cols] (lda) · W^T, spread over the pool */
 static int linear(cpu *c, const float *a, int64_t lda, int64_t rows, const dm_mat *mm, float *out,
                   int64_t ldc, dm_err *err)
 {
     const float *w = weights_f32(c, mm, err);
     if (!w)
         return err ? err->code : DM_EFORMAT;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)mm->rows, (int)mm->cols,
-                1.0f, a, (int)lda, w, (int)mm->cols, 0.0f, out, (int)ldc);
+    gemm_job g = { a, w, out, lda, ldc, rows, mm->rows, mm->cols, c->threads };
+    dm_pool_run(c->pool, job_gemm, &g, c->threads);
     return 0;
 }
 
@@ -175,7 +205,8 @@ static int ensure(cpu *c, int B, int N, int h, int w, dm_err *err)
         c->cap_tokens = T;
     }
     if (N > c->cap_n) { /* scores of every head at once: [nh, N, N] */
-        if (grow(&c->s, (size_t)cfg->num_heads * N * N))
+        if (grow(&c->s, (size_t)cfg->num_heads * N * N) ||
+            grow(&c->rowscale, (size_t)cfg->num_heads * N))
             return dm_err_oom(err);
         c->cap_n = N;
     }
@@ -210,29 +241,44 @@ static int embed(cpu *c, const float *images, int B, int H, int W, int N, dm_err
     return 0;
 }
 
-/* Attention for every image: all heads' scores by sgemm, one softmax pass over all of them on
- * the pool, then all P·V products (three phases, so the elementwise part is parallel too). */
-static void attention(cpu *c, int B, int N, int hw)
+typedef struct attn_job {
+    cpu *c;
+    float *qkv, *att; /* one image */
+    int N;
+} attn_job;
+
+/* heads [b, e) of one image, each start to finish on this thread: S = QK^T·scale, exp(S - max)
+ * with 1/Σ kept aside, O = S·V, O rows times 1/Σ (so S is touched twice, not three times) */
+static void job_attention(void *ctx, int64_t b, int64_t e)
 {
-    const dm_vit_config *cfg = &c->m->cfg;
-    int D = cfg->embed_dim, hd = cfg->head_dim, nh = cfg->num_heads;
+    attn_job *j = ctx;
+    const dm_vit_config *cfg = &j->c->m->cfg;
+    int D = cfg->embed_dim, hd = cfg->head_dim, N = j->N;
     int64_t ld = 3 * (int64_t)D;
     float scale = 1.0f / sqrtf((float)hd);
-    /* RoPE on the patch tokens only (CLS and registers are not rotated) */
-    rows_job rj = { .cfg = cfg, .x = c->qkv, .ld = ld, .rcos = c->rcos, .rsin = c->rsin, .N = N,
-                    .hw = hw };
-    dm_pool_run(c->pool, job_rope, &rj, (int64_t)B * nh * 2);
+    for (int64_t h = b; h < e; h++) {
+        float *s = j->c->s + (size_t)h * N * N, *rs = j->c->rowscale + h * N;
+        float *o = j->att + h * hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, j->qkv + h * hd,
+                    (int)ld, j->qkv + D + h * hd, (int)ld, 0.0f, s, N);
+        dm_softmax_rows_unnorm(s, N, N, N, rs);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, s, N,
+                    j->qkv + 2 * D + h * hd, (int)ld, 0.0f, o, D);
+        for (int r = 0; r < N; r++) {
+            float *v = o + (int64_t)r * D, sc = rs[r];
+#pragma omp simd
+            for (int i = 0; i < hd; i++)
+                v[i] *= sc;
+        }
+    }
+}
+
+static void attention(cpu *c, int B, int N)
+{
+    int D = c->m->cfg.embed_dim;
     for (int b = 0; b < B; b++) {
-        float *qkv = c->qkv + (size_t)b * N * ld;
-        for (int h = 0; h < nh; h++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, hd, scale, qkv + h * hd,
-                        (int)ld, qkv + D + h * hd, (int)ld, 0.0f, c->s + (size_t)h * N * N, N);
-        rows_job sj = { .cfg = cfg, .x = c->s, .cols = N, .ld = N };
-        dm_pool_run(c->pool, job_softmax, &sj, (int64_t)nh * N);
-        for (int h = 0; h < nh; h++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f,
-                        c->s + (size_t)h * N * N, N, qkv + 2 * D + h * hd, (int)ld, 0.0f,
-                        c->att + (size_t)b * N * D + h * hd, D);
+        attn_job j = { c, c->qkv + (size_t)b * N * 3 * D, c->att + (size_t)b * N * D, N };
+        dm_pool_run(c->pool, job_attention, &j, c->m->cfg.num_heads);
     }
 }
 
@@ -243,29 +289,38 @@ static void layernorm(cpu *c, const float *x, float *y, int64_t T, const float *
     dm_pool_run(c->pool, job_layernorm, &j, T);
 }
 
-static void residual(cpu *c, const float *y, int64_t T, const float *bias, const float *gamma)
+/* x += gamma ⊙ (y + bias); then, if lw, y = LN(x). */
+static void residual_ln(cpu *c, int64_t T, const float *bias, const float *gamma, const float *lw,
+                        const float *lb)
 {
-    rows_job j = { .x = c->x, .y = (float *)y, .a = bias, .b = gamma, .cols = c->m->cfg.embed_dim };
-    dm_pool_run(c->pool, job_residual, &j, T);
+    rows_job j = { .cfg = &c->m->cfg, .x = c->x, .y = c->y, .a = bias, .b = gamma, .lw = lw,
+                   .lb = lb, .cols = c->m->cfg.embed_dim };
+    dm_pool_run(c->pool, job_residual_ln, &j, T);
 }
 
-static int block(cpu *c, const dm_vit_block *blk, int B, int N, int hw, dm_err *err)
+/* One block. On entry y = LN1(x) (done by the previous step); on exit x is the block's output
+ * and, if next is not NULL, y = next's LN1(x). */
+static int block(cpu *c, const dm_vit_block *blk, const dm_vit_block *next, int B, int N, int hw,
+                 dm_err *err)
 {
     const dm_vit_config *cfg = &c->m->cfg;
     int D = cfg->embed_dim, F = cfg->ffn_hidden, rc;
     int64_t T = (int64_t)B * N;
-    layernorm(c, c->x, c->y, T, blk->norm1_w, blk->norm1_b);
-    if ((rc = linear(c, c->y, D, T, &blk->q, c->qkv, 3 * D, err)) ||
-        (rc = linear(c, c->y, D, T, &blk->k, c->qkv + D, 3 * D, err)) ||
-        (rc = linear(c, c->y, D, T, &blk->v, c->qkv + 2 * D, 3 * D, err)))
+    if (blk->qkv.t) { /* one [3D, D] product is faster than three [D, D] ones */
+        if ((rc = linear(c, c->y, D, T, &blk->qkv, c->qkv, 3 * D, err)))
+            return rc;
+    } else if ((rc = linear(c, c->y, D, T, &blk->q, c->qkv, 3 * D, err)) ||
+               (rc = linear(c, c->y, D, T, &blk->k, c->qkv + D, 3 * D, err)) ||
+               (rc = linear(c, c->y, D, T, &blk->v, c->qkv + 2 * D, 3 * D, err))) {
         return rc;
-    rows_job bj = { .x = c->qkv, .a = blk->qkv_b, .cols = 3 * D, .ld = 3 * D };
-    dm_pool_run(c->pool, job_bias, &bj, T);
-    attention(c, B, N, hw);
+    }
+    rows_job qj = { .cfg = cfg, .x = c->qkv, .a = blk->qkv_b, .ld = 3 * D, .rcos = c->rcos,
+                    .rsin = c->rsin, .N = N, .hw = hw };
+    dm_pool_run(c->pool, job_qkv, &qj, T);
+    attention(c, B, N);
     if ((rc = linear(c, c->att, D, T, &blk->proj, c->y, D, err)))
         return rc;
-    residual(c, c->y, T, blk->proj_b, blk->ls1);
-    layernorm(c, c->x, c->y, T, blk->norm2_w, blk->norm2_b);
+    residual_ln(c, T, blk->proj_b, blk->ls1, blk->norm2_w, blk->norm2_b);
     if (cfg->swiglu) {
         if ((rc = linear(c, c->y, D, T, &blk->w1, c->hid, F, err)) ||
             (rc = linear(c, c->y, D, T, &blk->w2, c->up, F, err)))
@@ -280,7 +335,8 @@ static int block(cpu *c, const dm_vit_block *blk, int B, int N, int hw, dm_err *
     }
     if ((rc = linear(c, c->hid, F, T, &blk->fc2, c->y, D, err)))
         return rc;
-    residual(c, c->y, T, blk->fc2_b, blk->ls2);
+    residual_ln(c, T, blk->fc2_b, blk->ls2, next ? next->norm1_w : NULL,
+                next ? next->norm1_b : NULL);
     return 0;
 }
 
@@ -294,8 +350,10 @@ static int cpu_forward(void *state, const float *images, int B, int H, int W,
     int rc = ensure(c, B, N, h, w, err);
     if (rc || (rc = embed(c, images, B, H, W, N, err)))
         return rc;
+    layernorm(c, c->x, c->y, (int64_t)B * N, m->blocks[0].norm1_w, m->blocks[0].norm1_b);
     for (int i = 0; i < m->cfg.depth; i++) {
-        if ((rc = block(c, &m->blocks[i], B, N, hw, err)))
+        const dm_vit_block *next = i + 1 < m->cfg.depth ? &m->blocks[i + 1] : NULL;
+        if ((rc = block(c, &m->blocks[i], next, B, N, hw, err)))
             return rc;
         for (int k = 0; req && k < req->n_layers; k++)
             if (req->layers[k] == i && req->layer_out && req->layer_out[k])
