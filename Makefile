@@ -16,10 +16,10 @@ CFLAGS_ALL = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra 
              $(OPT) $(SIMD) $(SAN) -pthread $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
 LDLIBS_ALL = $(SAN) -pthread $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm $(LDLIBS)
 
-LIB_SRC  := src/dm_err.c src/npy.c src/dm_log.c src/blas_core.c \
-            models/weights.c models/pth.c models/safetensors.c models/vit_config.c \
-            models/model.c models/vit_math.c models/backend.c models/cpu/vit_cpu.c models/cpu/pool.c gis/image.c
-CLI_SRC  := src/main.c src/cmd_info.c src/cmd_forward.c
+# The library: everything but the command-line front ends and the tests.
+CLI_SRC  := src/main.c $(wildcard src/cmd_*.c)
+LIB_SRC  := $(filter-out $(CLI_SRC),$(wildcard src/*.c)) $(wildcard models/*.c models/cpu/*.c) \
+            $(wildcard heads/*.c tiling/*.c gis/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 BENCH_SRC := tests/bench_vit.c
 
@@ -93,7 +93,7 @@ test-asan:
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	  build-asan/run_tests build-asan/dinomap
 	@echo "== tests (AddressSanitizer + UndefinedBehaviorSanitizer) =="
-	@DM_BIN=build-asan/dinomap ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	@DM_SANITIZED=1 DM_BIN=build-asan/dinomap ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  OPENBLAS_NUM_THREADS=1 ./build-asan/run_tests
 
 bench: check-deps

@@ -6,6 +6,7 @@
 
 int cmd_info(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
+int cmd_features(int argc, char **argv);
 
 /* Parses "0,2,5" into out (at most max values); returns the count or -1 on a bad list. */
 int dm_parse_int_list(const char *s, int *out, int max);

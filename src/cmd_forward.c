@@ -1,5 +1,6 @@
 /* src/cmd_forward.c — `dinomap forward`: one image (or a batch tensor) through the backbone,
- * outputs as .npy files named like the official forward_features / get_intermediate_layers. */
+ * outputs as .npy files named like the official forward_features / get_intermediate_layers; with
+ * a CHMv2 head (--head, or inside a Hugging Face CHMv2 file) also the head's logits and heights. */
 #include <cblas.h>
 #include <errno.h>
 #include <getopt.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include "../gis/raster.h"
+#include "../heads/chmv2.h"
 #include "../models/model.h"
 #include "cli.h"
 #include "dm_log.h"
@@ -25,20 +27,32 @@ static void help(FILE *f)
         "  x_norm_clstoken.npy [D], x_storage_tokens.npy [4,D], x_norm_patchtokens.npy [h*w,D],\n"
         "  x_prenorm.npy [N,D], and for each --layers block K: layerK_patch_norm.npy,\n"
         "  layerK_cls_norm.npy, layerK_storage_norm.npy, layerK_patch_raw.npy.\n"
-        "  (A batch input [B,3,H,W] adds a leading B dimension to every output.)\n\n"
+        "  (A batch input [B,3,H,W] adds a leading B dimension to every output.)\n"
+        "With a CHMv2 canopy-height head (--head, or found inside a Hugging Face CHMv2 -m file)\n"
+        "it also writes head_logits.npy [256,Ho,Wo] (the DPT decoder output) and height.npy\n"
+        "[Ho,Wo] (canopy height in metres), Ho = 32*ceil(H/32) (likewise Wo): the model's own\n"
+        "output grid, before any resize back to H×W.\n\n"
         "INPUT is one of:\n"
         "  .npy float32 [3,H,W] or [B,3,H,W]  already normalized, used as is\n"
         "  .npy uint8 [H,W,3]                 RGB, normalized with --norm\n"
         "  any 8-bit raster GDAL reads          first three bands as RGB, normalized with --norm\n"
         "H and W should be multiples of 16; otherwise the bottom/right remainder is dropped, as\n"
-        "the reference patch embedding does (a notice says so).\n\n"
+        "the reference patch embedding does (a notice says so). With a CHMv2 head the image is\n"
+        "instead centre-padded to multiples of 16 with zeros (normalized), as the CHMv2 model\n"
+        "does, and every output refers to the padded image.\n\n"
         "options:\n"
         "  -m, --model WEIGHTS   .pth, .safetensors, index.json or directory (required)\n"
         "  -i, --input INPUT     input (required)\n"
         "  -o, --output OUTDIR   output directory, created if missing (required)\n"
         "  --layers LIST         0-based blocks to export, e.g. 5,11,17,23 (default: none)\n"
         "  --norm PRESET         sat (default: SAT-493M mean 0.430,0.411,0.296 std 0.213,0.156,\n"
-        "                        0.143), chm (CHMv2: mean 0.420,...), lvd (ImageNet)\n"
+        "                        0.143), chm (CHMv2: mean 0.420,...; the default with a head),\n"
+        "                        lvd (ImageNet)\n"
+        "  --head HEAD           CHMv2 head checkpoint (Meta dinov3_vitl16_chmv2_dpt_head-*.pth)\n"
+        "                        for the backbone given with -m; not needed for a Hugging Face\n"
+        "                        CHMv2 model.safetensors, which holds its head\n"
+        "  --taps LIST           the 4 backbone blocks the head reads, e.g. 5,11,17,23 (default:\n"
+        "                        config.json out_indices - 1, else k*depth/4 - 1 for k = 1..4)\n"
         "  --arch NAME           force the architecture (default: recognised from the file)\n"
         "  --threads N           CPU threads for the math (default: all cores)\n"
         "  --device cpu          compute device (default: cpu)\n"
@@ -72,7 +86,30 @@ static int crop16(input *in, const char *path)
     return 0;
 }
 
-static int load_input(const char *path, const dm_norm *nm, input *in, dm_err *err)
+/* Centre-pads each [3,H,W] image to multiples of 16, zero in normalized space (CHMv2, §5.3). */
+static int pad16(input *in, const char *path)
+{
+    int Hp, Wp;
+    dm_chm_pad_size(in->H, in->W, &Hp, &Wp);
+    if (Hp == in->H && Wp == in->W)
+        return 0;
+    size_t px = (size_t)3 * Hp * Wp;
+    float *p = malloc((size_t)in->B * px * sizeof *p);
+    if (!p)
+        return -1;
+    dm_info("%s: %d×%d px is not a multiple of 16: centre-padded to %d×%d px with zeros "
+            "(normalized), as the CHMv2 model pads", path, in->W, in->H, Wp, Hp);
+    for (int b = 0; b < in->B; b++)
+        dm_chm_center_pad(in->img + (size_t)b * 3 * in->H * in->W, in->H, in->W, p + b * px);
+    free(in->img);
+    in->img = p;
+    in->H = Hp;
+    in->W = Wp;
+    return 0;
+}
+
+/* pad: centre-pad to multiples of 16 (CHMv2) instead of cropping (plain backbone). */
+static int load_input(const char *path, const dm_norm *nm, int pad, input *in, dm_err *err)
 {
     size_t n = strlen(path);
     memset(in, 0, sizeof *in);
@@ -121,6 +158,10 @@ static int load_input(const char *path, const dm_norm *nm, input *in, dm_err *er
         dm_normalize_rgb8(rgb, in->H, in->W, nm, in->img);
         free(rgb);
     }
+    if (in->H < 1 || in->W < 1)
+        return dm_err_set(err, DM_EINVAL, "%s: the image is empty (%d×%d px)", path, in->W, in->H);
+    if (pad)
+        return pad16(in, path) ? dm_err_oom(err) : 0;
     if (crop16(in, path))
         return dm_err_set(err, DM_EINVAL, "%s: %d×%d px is smaller than one 16×16 patch", path,
                           in->W, in->H);
@@ -129,7 +170,7 @@ static int load_input(const char *path, const dm_norm *nm, input *in, dm_err *er
 
 typedef struct outset {
     const char *dir;
-    char written[4 + 4 * MAX_LAYERS][64];
+    char written[6 + 4 * MAX_LAYERS][64];
     int nwritten;
 } outset;
 
@@ -155,6 +196,24 @@ static int put(outset *o, const char *name, const float *tok, int B, int N, int 
     return rc;
 }
 
+/* Writes a whole array (the head outputs); a batch of one drops the leading B. */
+static int put_array(outset *o, const char *name, const float *data, int B, int ndim,
+                     const int64_t *shape, dm_err *err)
+{
+    int64_t sh[8];
+    int nd = 0;
+    if (B > 1)
+        sh[nd++] = B;
+    for (int i = 0; i < ndim; i++)
+        sh[nd++] = shape[i];
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.npy", o->dir, name);
+    int rc = dm_npy_write_f32(path, data, nd, sh, err);
+    if (!rc)
+        snprintf(o->written[o->nwritten++], sizeof o->written[0], "%s", name);
+    return rc;
+}
+
 static void remove_written(outset *o)
 {
     char path[4096];
@@ -171,11 +230,15 @@ int cmd_forward(int argc, char **argv)
         { "output", required_argument, 0, 'o' }, { "layers", required_argument, 0, 'L' },
         { "norm", required_argument, 0, 'n' }, { "arch", required_argument, 0, 'a' },
         { "threads", required_argument, 0, 't' }, { "device", required_argument, 0, 'd' },
+        { "head", required_argument, 0, 'H' }, { "taps", required_argument, 0, 'T' },
         { "quiet", no_argument, 0, 'q' }, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
     };
     const char *model = NULL, *inpath = NULL, *outdir = NULL, *arch = NULL, *device = "cpu";
-    const dm_norm *nm = dm_norm_get("sat");
-    int layers[MAX_LAYERS], nl = 0, threads = (int)sysconf(_SC_NPROCESSORS_ONLN), ch;
+    const char *headpath = NULL;
+    const dm_norm *nm = NULL; /* NULL: chm with a head, else sat */
+    /* layers[] = the --layers blocks, then the head's taps not among them */
+    int layers[MAX_LAYERS + DM_CHM_TAPS], nl = 0, threads = (int)sysconf(_SC_NPROCESSORS_ONLN), ch;
+    int taps[MAX_LAYERS], ntaps = 0;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "m:i:o:qh", opts, NULL)) != -1) {
         switch (ch) {
@@ -184,7 +247,15 @@ int cmd_forward(int argc, char **argv)
         case 'o': outdir = optarg; break;
         case 'a': arch = optarg; break;
         case 'd': device = optarg; break;
+        case 'H': headpath = optarg; break;
         case 'q': dm_log_level = DM_LOG_WARN; break;
+        case 'T':
+            if ((ntaps = dm_parse_int_list(optarg, taps, MAX_LAYERS)) != DM_CHM_TAPS) {
+                fprintf(stderr, "dinomap forward: --taps %s: expected %d comma-separated block "
+                        "indices, e.g. 5,11,17,23\n", optarg, DM_CHM_TAPS);
+                return 2;
+            }
+            break;
         case 'L':
             if ((nl = dm_parse_int_list(optarg, layers, MAX_LAYERS)) < 0) {
                 fprintf(stderr, "dinomap forward: --layers %s: expected a comma-separated list of "
@@ -216,34 +287,76 @@ int cmd_forward(int argc, char **argv)
         return 2;
     }
     dm_err err = { 0 };
-    input in;
+    input in = { 0 };
+    dm_weights *wf = NULL;
     dm_model *m = NULL;
+    dm_chm *chm = NULL;
     dm_backend *be = NULL;
-    float *normed = NULL, *prenorm = NULL, *tmp = NULL, *raw[MAX_LAYERS] = { 0 };
+    float *normed = NULL, *prenorm = NULL, *tmp = NULL, *raw[MAX_LAYERS + DM_CHM_TAPS] = { 0 };
+    float *logits = NULL, *height = NULL;
     outset o = { .dir = outdir };
-    int rc;
+    int rc, nreq = nl, tap_at[DM_CHM_TAPS];
     dm_model_opts mo = { arch };
     dm_backend_opts bo = { threads };
-    if ((rc = load_input(inpath, nm, &in, &err)) || (rc = dm_model_open(model, &mo, &m, &err)) ||
+    /* the weights stay open beside the model: a Hugging Face CHMv2 file also holds the head */
+    if ((rc = dm_weights_open(model, &wf, &err)) || (rc = dm_model_bind(wf, &mo, &m, &err)))
+        goto fail;
+    if (headpath || dm_chm_detect(wf)) {
+        if ((rc = dm_chm_open(headpath, wf, m, ntaps ? taps : NULL, &chm, &err)))
+            goto fail;
+        dm_info("%s", dm_chm_describe(chm));
+        if (!nm)
+            dm_info("CHMv2 head: 8-bit input is normalized with the CHMv2 preset (--norm chm: "
+                    "mean 0.420,0.411,0.296); --norm overrides");
+        const int *tp = dm_chm_taps(chm);
+        for (int k = 0; k < DM_CHM_TAPS; k++) {
+            int j = 0;
+            while (j < nreq && layers[j] != tp[k])
+                j++;
+            if (j == nreq)
+                layers[nreq++] = tp[k];
+            tap_at[k] = j;
+        }
+    } else if (ntaps) {
+        rc = dm_err_set(&err, DM_EINVAL, "--taps: %s holds no CHMv2 head; pass the head with "
+                        "--head HEAD", model);
+        goto fail;
+    }
+    if (!nm)
+        nm = dm_norm_get(chm ? "chm" : "sat");
+    if ((rc = load_input(inpath, nm, chm != NULL, &in, &err)) ||
         (rc = dm_backend_open(device, m, &bo, &be, &err)))
         goto fail;
     int D = m->cfg.embed_dim, N = dm_model_tokens(m, in.H, in.W), R = m->cfg.n_storage;
     int hw = N - 1 - R;
     size_t tok = (size_t)in.B * N * D;
+    /* tmp also holds normed copies of the head's taps, one image at a time */
+    size_t ntmp = chm && (size_t)DM_CHM_TAPS * N * D > tok ? (size_t)DM_CHM_TAPS * N * D : tok;
     if (!(normed = malloc(tok * sizeof(float))) || !(prenorm = malloc(tok * sizeof(float))) ||
-        !(tmp = malloc(tok * sizeof(float)))) {
+        !(tmp = malloc(ntmp * sizeof(float)))) {
         rc = dm_err_oom(&err);
         goto fail;
     }
-    for (int k = 0; k < nl; k++)
+    for (int k = 0; k < nreq; k++)
         if (!(raw[k] = malloc(tok * sizeof(float)))) {
             rc = dm_err_oom(&err);
             goto fail;
         }
+    int Ho = 0, Wo = 0, nbins = chm ? dm_chm_bins(chm) : 0;
+    size_t npix = 0;
+    if (chm) {
+        dm_chm_out_size(in.H, in.W, &Ho, &Wo);
+        npix = (size_t)Ho * Wo;
+        if (!(logits = malloc((size_t)in.B * nbins * npix * sizeof(float))) ||
+            !(height = malloc((size_t)in.B * npix * sizeof(float)))) {
+            rc = dm_err_oom(&err);
+            goto fail;
+        }
+    }
     dm_info("%s: %s (D=%d, %d blocks), %d×%d px × %d, %d tokens, %s, %d threads (OpenBLAS %s)",
             model, m->cfg.arch, D, m->cfg.depth, in.W, in.H, in.B, N, dm_backend_name(be), threads,
             openblas_get_corename());
-    dm_vit_request req = { nl, layers, raw, prenorm, normed };
+    dm_vit_request req = { nreq, layers, raw, prenorm, normed };
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if ((rc = dm_backend_forward(be, in.img, in.B, in.H, in.W, &req, &err)))
@@ -251,6 +364,29 @@ int cmd_forward(int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     dm_info("forward pass: %.3f s", (double)(t1.tv_sec - t0.tv_sec) +
                                         (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9);
+    if (chm) {
+        /* the head reads the taps through the final norm; --layers buffers are normed in place
+         * below too, so the head runs first on normed copies of those it shares */
+        for (int b = 0; b < in.B; b++) {
+            const float *tp[DM_CHM_TAPS];
+            for (int k = 0; k < DM_CHM_TAPS; k++) {
+                float *src = raw[tap_at[k]] + (size_t)b * N * D;
+                if (tap_at[k] < nl) { /* keep the raw values for layerK_patch_raw */
+                    memcpy(tmp + (size_t)k * N * D, src, (size_t)N * D * sizeof(float));
+                    src = tmp + (size_t)k * N * D;
+                }
+                dm_model_norm_tokens(m, src, src, N);
+                tp[k] = src;
+            }
+            if ((rc = dm_chm_decode(chm, tp, in.H / DM_PATCH, in.W / DM_PATCH,
+                                    logits + (size_t)b * nbins * npix, height + (size_t)b * npix,
+                                    &err)))
+                goto fail;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        dm_info("CHMv2 head: %.3f s, %d×%d px out", (double)(t0.tv_sec - t1.tv_sec) +
+                (double)(t0.tv_nsec - t1.tv_nsec) * 1e-9, Wo, Ho);
+    }
     if (dm_mkdir_p(outdir) != 0) {
         rc = dm_err_set(&err, DM_EIO, "%s: cannot create output directory: %s", outdir,
                         strerror(errno));
@@ -277,16 +413,24 @@ int cmd_forward(int argc, char **argv)
         if ((rc = put(&o, name, raw[k], in.B, N, D, 1, R, tmp, &err)))
             goto fail;
     }
+    if (chm) {
+        int64_t ls[3] = { nbins, Ho, Wo };
+        if ((rc = put_array(&o, "head_logits", logits, in.B, 3, ls, &err)) ||
+            (rc = put_array(&o, "height", height, in.B, 2, ls + 1, &err)))
+            goto fail;
+    }
     dm_info("wrote %d files to %s", o.nwritten, outdir);
 fail:
     if (rc) {
         fprintf(stderr, "dinomap forward: %s\n", err.msg);
         remove_written(&o);
     }
-    for (int k = 0; k < nl; k++)
+    for (int k = 0; k < nreq; k++)
         free(raw[k]);
-    free(normed), free(prenorm), free(tmp), free(in.img);
+    free(normed), free(prenorm), free(tmp), free(in.img), free(logits), free(height);
     dm_backend_close(be);
+    dm_chm_free(chm);
     dm_model_free(m);
+    dm_weights_close(wf);
     return rc ? 1 : 0;
 }

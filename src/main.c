@@ -5,6 +5,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <gdal.h>
+
 #include "blas_core.h"
 #include "cli.h"
 
@@ -14,6 +16,7 @@ static const struct {
     const char *what;
 } cmds[] = {
     { "info", cmd_info, "describe a weights file: architecture, parameters, dtypes, tensors" },
+    { "features", cmd_features, "map a GeoTIFF mosaic to a feature raster (+ PCA preview, tile index)" },
     { "forward", cmd_forward, "run the backbone on one image or tensor and write .npy outputs" },
 };
 
@@ -81,6 +84,10 @@ int dm_mkdir_p(const char *path)
 int main(int argc, char **argv)
 {
     dm_blas_pick_core(argv);
+    /* GDAL's block cache defaults to 5% of RAM; a fixed size keeps a run's memory bounded and
+     * predictable (GDAL_CACHEMAX still wins when set) */
+    if (!getenv("GDAL_CACHEMAX"))
+        GDALSetCacheMax64((GIntBig)256 << 20);
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -1,0 +1,414 @@
+/* gis/mosaic.c — see mosaic.h. Everything stays virtual (VRTs in /vsimem) so reads are windowed
+ * and memory does not grow with the mosaic. */
+#include "mosaic.h"
+
+#include <gdal.h>
+#include <cpl_string.h>
+#include <gdal_utils.h>
+#include <math.h>
+#include <ogr_srs_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_INPUTS 4096
+
+struct dm_mosaic {
+    GDALDatasetH ds;          /* the mosaic every read goes to */
+    GDALRasterBandH band[3], mask[3];
+    int all_valid[3];
+    int W, H;
+    double gt[6];
+    char *wkt;
+    int georef;
+    GDALDataType type;
+    double lo, hi;            /* scaling to 8 bits (non-Byte input) */
+    char scaling[160];
+    char notes[1024];
+    char vsi[MAX_INPUTS + 2][64]; /* /vsimem files to unlink */
+    int nvsi;
+    float *fbuf;              /* read buffer for non-Byte input */
+    size_t fcap;
+};
+
+static void note(dm_mosaic *m, const char *fmt, const char *a, double x)
+{
+    size_t n = strlen(m->notes);
+    snprintf(m->notes + n, sizeof m->notes - n, fmt, a, x);
+}
+
+static const char *vsi_name(dm_mosaic *m, const char *what)
+{
+    char *s = m->vsi[m->nvsi++];
+    snprintf(s, 64, "/vsimem/dinomap_%p_%s_%d.vrt", (void *)m, what, m->nvsi);
+    return s;
+}
+
+/* GDAL utility (warp / buildvrt) argument list helper */
+static char **args(char **l, const char *a)
+{
+    return CSLAddString(l, a);
+}
+
+static int is_geographic(const char *wkt)
+{
+    OGRSpatialReferenceH s = OSRNewSpatialReference(NULL);
+    int geo = s && OSRImportFromWkt(s, (char **)&wkt) == OGRERR_NONE && OSRIsGeographic(s);
+    OSRDestroySpatialReference(s);
+    return geo;
+}
+
+static int same_crs(const char *a, const char *b)
+{
+    if (!a[0] || !b[0])
+        return !a[0] && !b[0];
+    OGRSpatialReferenceH x = OSRNewSpatialReference(a), y = OSRNewSpatialReference(b);
+    int same = x && y && OSRIsSame(x, y);
+    OSRDestroySpatialReference(x);
+    OSRDestroySpatialReference(y);
+    return same;
+}
+
+/* "EPSG:326zz" / "EPSG:327zz" for the centre of the dataset (geographic coordinates) */
+static void utm_for(GDALDatasetH ds, char *out, size_t n)
+{
+    double gt[6];
+    GDALGetGeoTransform(ds, gt);
+    double lon = gt[0] + gt[1] * GDALGetRasterXSize(ds) / 2.0 + gt[2] * GDALGetRasterYSize(ds) / 2.0;
+    double lat = gt[3] + gt[4] * GDALGetRasterXSize(ds) / 2.0 + gt[5] * GDALGetRasterYSize(ds) / 2.0;
+    /* axis order of a geographic CRS in a GeoTIFF geotransform is lon, lat */
+    int zone = (int)floor((lon + 180.0) / 6.0) + 1;
+    zone = zone < 1 ? 1 : zone > 60 ? 60 : zone;
+    snprintf(out, n, "EPSG:%d", (lat >= 0 ? 32600 : 32700) + zone);
+}
+
+static int warp(dm_mosaic *m, GDALDatasetH src, const char *crs, double gsd, GDALDatasetH *out,
+                dm_err *err)
+{
+    char **a = NULL;
+    char buf[64];
+    a = args(a, "-of"), a = args(a, "VRT");
+    if (crs)
+        a = args(a, "-t_srs"), a = args(a, crs);
+    if (gsd > 0) {
+        snprintf(buf, sizeof buf, "%.17g", gsd);
+        a = args(a, "-tr"), a = args(a, buf), a = args(a, buf), a = args(a, "-tap");
+    }
+    a = args(a, "-r"), a = args(a, "bilinear");
+    a = args(a, "-dstalpha"); /* the area outside the source becomes invalid, not black */
+    GDALWarpAppOptions *wo = GDALWarpAppOptionsNew(a, NULL);
+    CSLDestroy(a);
+    int usage = 0;
+    const char *name = vsi_name(m, "warp");
+    GDALDatasetH d = wo ? GDALWarp(name, NULL, 1, &src, wo, &usage) : NULL;
+    GDALWarpAppOptionsFree(wo);
+    if (!d)
+        return dm_err_set(err, DM_EINVAL, "cannot warp %s to %s: %s", GDALGetDescription(src),
+                          crs ? crs : "its own CRS", CPLGetLastErrorMsg());
+    *out = d;
+    return 0;
+}
+
+static int percentiles(dm_mosaic *m, double p1, double p2, dm_err *err)
+{
+    double lo = INFINITY, hi = -INFINITY;
+    for (int b = 0; b < 3; b++) {
+        double mn, mx, mean, sd;
+        if (GDALComputeRasterStatistics(m->band[b], TRUE, &mn, &mx, &mean, &sd, NULL, NULL) !=
+            CE_None)
+            return dm_err_set(err, DM_EIO, "cannot compute statistics of the mosaic: %s",
+                              CPLGetLastErrorMsg());
+        lo = mn < lo ? mn : lo;
+        hi = mx > hi ? mx : hi;
+    }
+    enum { NB = 4096 };
+    GUIntBig *hist = calloc(NB, sizeof *hist), *sum = calloc(NB, sizeof *sum);
+    if (!hist || !sum) {
+        free(hist), free(sum);
+        return dm_err_oom(err);
+    }
+    double step = hi > lo ? (hi - lo) / NB : 1.0;
+    int rc = 0;
+    for (int b = 0; b < 3 && !rc; b++) {
+        if (GDALGetRasterHistogramEx(m->band[b], lo, lo + step * NB, NB, hist, FALSE, TRUE, NULL,
+                                     NULL) != CE_None)
+            rc = dm_err_set(err, DM_EIO, "cannot compute a histogram of the mosaic: %s",
+                            CPLGetLastErrorMsg());
+        for (int i = 0; i < NB; i++)
+            sum[i] += hist[i];
+    }
+    GUIntBig total = 0, acc = 0;
+    for (int i = 0; i < NB; i++)
+        total += sum[i];
+    double v1 = lo, v2 = hi;
+    int got1 = 0;
+    for (int i = 0; i < NB && total; i++) {
+        acc += sum[i];
+        if (!got1 && (double)acc >= p1 / 100.0 * (double)total) {
+            v1 = lo + step * i;
+            got1 = 1;
+        }
+        if ((double)acc >= p2 / 100.0 * (double)total) {
+            v2 = lo + step * (i + 1);
+            break;
+        }
+    }
+    free(hist), free(sum);
+    if (rc)
+        return rc;
+    m->lo = v1;
+    m->hi = v2 > v1 ? v2 : v1 + 1;
+    snprintf(m->scaling, sizeof m->scaling, "stretch %g-%g percentiles of the mosaic: %g..%g", p1,
+             p2, m->lo, m->hi);
+    return 0;
+}
+
+static int open_one(const char *path, GDALDatasetH *out, dm_err *err)
+{
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    GDALDatasetH d = GDALOpenEx(path, GDAL_OF_RASTER | GDAL_OF_READONLY | GDAL_OF_VERBOSE_ERROR,
+                                NULL, NULL, NULL);
+    CPLPopErrorHandler();
+    if (!d)
+        return dm_err_set(err, DM_EFORMAT, "%s: not a raster GDAL can open (%s)", path,
+                          CPLGetLastErrorMsg()[0] ? CPLGetLastErrorMsg() : "unknown format");
+    *out = d;
+    return 0;
+}
+
+int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
+{
+    *out = NULL;
+    GDALAllRegister();
+    if (o->n_inputs < 1 || o->n_inputs > MAX_INPUTS)
+        return dm_err_set(err, DM_EINVAL, "need 1 to %d input rasters, got %d", MAX_INPUTS,
+                          o->n_inputs);
+    dm_mosaic *m = calloc(1, sizeof *m);
+    GDALDatasetH *src = calloc((size_t)o->n_inputs, sizeof *src);
+    char (*names)[64] = calloc((size_t)o->n_inputs, 64);
+    const char **paths = calloc((size_t)o->n_inputs + 1, sizeof *paths);
+    int rc = (!m || !src || !names || !paths) ? dm_err_oom(err) : 0;
+    char target[64] = "";
+    const char *crs = o->crs;
+    char *wkt0 = NULL;
+    for (int i = 0; !rc && i < o->n_inputs; i++) {
+        rc = open_one(o->inputs[i], &src[i], err);
+        if (rc)
+            break;
+        int nb = GDALGetRasterCount(src[i]);
+        for (int b = 0; b < 3 && !rc; b++)
+            if (o->bands[b] < 1 || o->bands[b] > nb)
+                rc = dm_err_set(err, DM_EINVAL, "%s: has %d band%s; --bands %d,%d,%d asks for band "
+                                "%d", o->inputs[i], nb, nb == 1 ? "" : "s", o->bands[0],
+                                o->bands[1], o->bands[2], o->bands[b]);
+        double gt[6];
+        const char *w = GDALGetProjectionRef(src[i]);
+        int has_gt = GDALGetGeoTransform(src[i], gt) == CE_None;
+        if (!rc && (!has_gt || !w || !w[0]) && !o->allow_ungeoreferenced)
+            rc = dm_err_set(err, DM_EINVAL, "%s: has no georeferencing (%s); outputs could not be "
+                            "placed on a map. Georeference it first (e.g. gdal_translate -a_srs "
+                            "... -a_ullr ...), or pass --allow-ungeoreferenced to map it in pixel "
+                            "coordinates", o->inputs[i], has_gt ? "no CRS" : "no geotransform");
+        if (!rc && i == 0)
+            wkt0 = strdup(w ? w : "");
+        paths[i] = o->inputs[i];
+    }
+    /* target CRS: --crs, else the first input's; geographic → its UTM zone */
+    if (!rc && !crs && wkt0 && wkt0[0] && is_geographic(wkt0)) {
+        utm_for(src[0], target, sizeof target);
+        crs = target;
+        note(m, "the input CRS is geographic: warping to %s (square metric pixels, as the model "
+                "saw)%.0f\n", target, 0);
+    }
+    int need_warp = crs || o->gsd > 0;
+    for (int i = 0; !rc && !need_warp && i < o->n_inputs; i++) {
+        double gt[6];
+        if (GDALGetGeoTransform(src[i], gt) == CE_None && (gt[2] != 0 || gt[4] != 0 || gt[5] > 0))
+            need_warp = 1; /* rotated or south-up: make it north-up */
+        if (i > 0 && !same_crs(wkt0, GDALGetProjectionRef(src[i])))
+            need_warp = 1;
+    }
+    if (!rc && need_warp) {
+        for (int i = 0; !rc && i < o->n_inputs; i++) {
+            GDALDatasetH w = NULL;
+            rc = warp(m, src[i], crs ? crs : wkt0, o->gsd, &w, err);
+            if (!rc) {
+                snprintf(names[i], 64, "%s", m->vsi[m->nvsi - 1]);
+                paths[i] = names[i];
+                GDALClose(w);
+            }
+        }
+        if (!rc && o->gsd > 0)
+            note(m, "warped to a %s pixel size of %g\n", "", o->gsd);
+    }
+    if (!rc) {
+        if (o->n_inputs == 1 && !need_warp) {
+            m->ds = src[0];
+            src[0] = NULL;
+        } else {
+            char **a = NULL;
+            if (o->n_inputs > 1)
+                a = args(a, "-addalpha"); /* gaps between inputs are invalid, not black */
+            GDALBuildVRTOptions *bo = GDALBuildVRTOptionsNew(a, NULL);
+            CSLDestroy(a);
+            int usage = 0;
+            CPLPushErrorHandler(CPLQuietErrorHandler);
+            m->ds = bo ? GDALBuildVRT(vsi_name(m, "mosaic"), o->n_inputs, NULL, paths, bo, &usage)
+                       : NULL;
+            CPLPopErrorHandler();
+            GDALBuildVRTOptionsFree(bo);
+            if (!m->ds)
+                rc = dm_err_set(err, DM_EFORMAT, "cannot build a mosaic of the inputs: %s",
+                                CPLGetLastErrorMsg());
+        }
+    }
+    if (!rc) {
+        m->W = GDALGetRasterXSize(m->ds);
+        m->H = GDALGetRasterYSize(m->ds);
+        m->georef = GDALGetGeoTransform(m->ds, m->gt) == CE_None;
+        if (!m->georef) { /* pixel coordinates, north-up like QGIS shows such rasters */
+            double id[6] = { 0, 1, 0, 0, 0, -1 };
+            memcpy(m->gt, id, sizeof id);
+        }
+        const char *w = GDALGetProjectionRef(m->ds);
+        m->wkt = strdup(w ? w : "");
+        for (int b = 0; b < 3; b++) {
+            m->band[b] = GDALGetRasterBand(m->ds, o->bands[b]);
+            m->mask[b] = GDALGetMaskBand(m->band[b]);
+            m->all_valid[b] = GDALGetMaskFlags(m->band[b]) == GMF_ALL_VALID;
+        }
+        m->type = GDALGetRasterDataType(m->band[0]);
+        for (int b = 1; b < 3; b++)
+            if (GDALGetRasterDataType(m->band[b]) != GDT_Byte)
+                m->type = GDALGetRasterDataType(m->band[b]);
+        if (o->scale_set) {
+            m->lo = o->scale_min;
+            m->hi = o->scale_max;
+            snprintf(m->scaling, sizeof m->scaling, "scale %g..%g to 0..255", m->lo, m->hi);
+            if (m->type == GDT_Byte)
+                m->type = GDT_Float32; /* scale even 8-bit input when asked */
+        } else if (m->type != GDT_Byte) {
+            double p1 = o->stretch_set ? o->p1 : 2, p2 = o->stretch_set ? o->p2 : 98;
+            if (!o->stretch_set)
+                note(m, "input is %s, not 8-bit: stretching its 2-98 percentiles to 0..255 "
+                        "(--scale or --stretch to choose)%.0f\n",
+                     GDALGetDataTypeName(m->type), 0);
+            rc = percentiles(m, p1, p2, err);
+            m->type = GDT_Float32;
+        } else if (o->stretch_set) {
+            rc = percentiles(m, o->p1, o->p2, err);
+            m->type = GDT_Float32;
+        } else {
+            snprintf(m->scaling, sizeof m->scaling, "8-bit input used as is");
+        }
+    }
+    for (int i = 0; src && i < o->n_inputs; i++)
+        if (src[i])
+            GDALClose(src[i]);
+    free(src), free(names), free(paths), free(wkt0);
+    if (rc) {
+        dm_mosaic_close(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+void dm_mosaic_close(dm_mosaic *m)
+{
+    if (!m)
+        return;
+    if (m->ds)
+        GDALClose(m->ds);
+    for (int i = 0; i < m->nvsi; i++)
+        VSIUnlink(m->vsi[i]);
+    free(m->wkt);
+    free(m->fbuf);
+    free(m);
+}
+
+void dm_mosaic_size(const dm_mosaic *m, int *W, int *H)
+{
+    *W = m->W;
+    *H = m->H;
+}
+
+void dm_mosaic_geotransform(const dm_mosaic *m, double gt[6]) { memcpy(gt, m->gt, 6 * sizeof *gt); }
+const char *dm_mosaic_wkt(const dm_mosaic *m) { return m->wkt; }
+int dm_mosaic_georeferenced(const dm_mosaic *m) { return m->georef && m->wkt[0]; }
+const char *dm_mosaic_scaling(const dm_mosaic *m) { return m->scaling; }
+const char *dm_mosaic_notes(const dm_mosaic *m) { return m->notes; }
+
+int dm_mosaic_read(dm_mosaic *m, int x0, int y0, int w, int h, uint8_t *rgb, uint8_t *valid,
+                   dm_err *err)
+{
+    size_t plane = (size_t)w * h;
+    memset(rgb, 0, 3 * plane);
+    memset(valid, 0, plane);
+    int ix0 = x0 < 0 ? 0 : x0, iy0 = y0 < 0 ? 0 : y0;
+    int ix1 = x0 + w > m->W ? m->W : x0 + w, iy1 = y0 + h > m->H ? m->H : y0 + h;
+    if (ix1 <= ix0 || iy1 <= iy0)
+        return 0;
+    int rw = ix1 - ix0, rh = iy1 - iy0;
+    size_t off = (size_t)(iy0 - y0) * w + (ix0 - x0);
+    GSpacing line = w;
+    /* validity first: inside the raster, then every selected band's mask */
+    for (int y = 0; y < rh; y++)
+        memset(valid + off + (size_t)y * w, 1, (size_t)rw);
+    uint8_t *mbuf = NULL;
+    for (int b = 0; b < 3; b++) {
+        if (m->all_valid[b])
+            continue;
+        if (!mbuf && !(mbuf = malloc((size_t)rw * rh)))
+            return dm_err_oom(err);
+        if (GDALRasterIO(m->mask[b], GF_Read, ix0, iy0, rw, rh, mbuf, rw, rh, GDT_Byte, 0, 0) !=
+            CE_None) {
+            free(mbuf);
+            return dm_err_set(err, DM_EIO, "reading the mask at (%d,%d): %s", ix0, iy0,
+                              CPLGetLastErrorMsg());
+        }
+        for (int y = 0; y < rh; y++)
+            for (int x = 0; x < rw; x++)
+                if (!mbuf[(size_t)y * rw + x])
+                    valid[off + (size_t)y * w + x] = 0;
+    }
+    free(mbuf);
+    for (int b = 0; b < 3; b++) {
+        uint8_t *dst = rgb + b * plane + off;
+        if (m->type == GDT_Byte) {
+            if (GDALRasterIO(m->band[b], GF_Read, ix0, iy0, rw, rh, dst, rw, rh, GDT_Byte, 1,
+                             line) != CE_None)
+                return dm_err_set(err, DM_EIO, "reading pixels at (%d,%d): %s", ix0, iy0,
+                                  CPLGetLastErrorMsg());
+            continue;
+        }
+        size_t need = (size_t)rw * rh;
+        if (need > m->fcap) {
+            float *f = realloc(m->fbuf, need * sizeof *f);
+            if (!f)
+                return dm_err_oom(err);
+            m->fbuf = f;
+            m->fcap = need;
+        }
+        if (GDALRasterIO(m->band[b], GF_Read, ix0, iy0, rw, rh, m->fbuf, rw, rh, GDT_Float32, 0,
+                         0) != CE_None)
+            return dm_err_set(err, DM_EIO, "reading pixels at (%d,%d): %s", ix0, iy0,
+                              CPLGetLastErrorMsg());
+        double k = 255.0 / (m->hi - m->lo);
+        for (int y = 0; y < rh; y++)
+            for (int x = 0; x < rw; x++) {
+                float v = m->fbuf[(size_t)y * rw + x];
+                if (isnan(v)) {
+                    valid[off + (size_t)y * w + x] = 0;
+                    continue;
+                }
+                double q = floor((v - m->lo) * k + 0.5);
+                dst[(size_t)y * w + x] = (uint8_t)(q < 0 ? 0 : q > 255 ? 255 : q);
+            }
+    }
+    for (size_t y = 0; y < (size_t)h; y++) /* invalid pixels carry no colour */
+        for (size_t x = 0; x < (size_t)w; x++)
+            if (!valid[y * w + x])
+                rgb[y * w + x] = rgb[plane + y * w + x] = rgb[2 * plane + y * w + x] = 0;
+    return 0;
+}

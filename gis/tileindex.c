@@ -1,0 +1,675 @@
+/* gis/tileindex.c — the run's tile index `tiles.gpkg`, written through OGR's GeoPackage driver so
+ * that QGIS (and ogr2ogr, for merging shards) read it with no dinomap code. See tileindex.h.
+ *
+ * Schema (every table is an OGR layer, so all of it is registered in gpkg_contents and visible to
+ * GIS tools; the FID of each layer is its INTEGER PRIMARY KEY, named as below):
+ *   tiles       (tile_id PK, geom POLYGON in the run CRS + R-tree, row, col, chunk, px0, py0, pw,
+ *                ph, state TEXT, valid_fraction REAL, updated DATETIME)   indexes on state, chunk
+ *   chunks      (chunk PK, state TEXT 'pending'|'done', file TEXT, updated DATETIME)  index on state
+ *   embeddings  (tile_id PK, dim INTEGER, cls BLOB, mean BLOB)  float32 little-endian, unit length
+ *   runs        (run_id PK, started DATETIME, params TEXT (JSON), dim INTEGER)  one row per
+ *                invocation, so a resumed run leaves a trace of every attempt
+ * tile_id (row * ncols + col) and chunk ids are global to the grid, so the index files of shards
+ * merge with `ogr2ogr -append` (or INSERT OR REPLACE) without renumbering. A rerun reopens the
+ * file (dm_tileindex_open) and skips the chunks whose state is 'done'; a chunk and its tiles change
+ * state in one SQLite transaction, so the file never says "done" for half a chunk.
+ *
+ * SQLite locking is unsafe over NFS: one index per machine (shard), merged afterwards
+ * (`ogr2ogr -append -preserve_fid all.gpkg shard.gpkg`, per layer). A dm_tileindex is used by one
+ * thread at a time (the pipeline's writer). */
+#define _LARGEFILE64_SOURCE /* VSIStatBufL is a struct stat64 */
+#include "tileindex.h"
+
+#include <gdal.h>
+#include <ogr_api.h>
+#include <ogr_srs_api.h>
+#include <cpl_conv.h>
+#include <cpl_error.h>
+#include <cpl_string.h>
+#include <cpl_vsi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+struct dm_tileindex {
+    char *path;
+    GDALDatasetH ds;
+    OGRLayerH tiles, chunks, emb, runs;
+    int dim;
+    unsigned char *blob; /* [dim * 4] little-endian scratch for one vector */
+    /* field indices, looked up by name so a reopened file need not have our column order */
+    int t_row, t_col, t_chunk, t_px0, t_py0, t_pw, t_ph, t_state, t_vf, t_upd;
+    int c_state, c_file, c_upd;
+    int e_dim, e_cls, e_mean;
+    int r_started, r_params, r_dim;
+};
+
+const char *dm_tile_state_name(dm_tile_state s)
+{
+    static const char *names[] = { "pending", "done", "empty", "outside_aoi", "failed" };
+    return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "?";
+}
+
+static int state_from_name(const char *s)
+{
+    for (int i = 0; i < 5; i++)
+        if (s && strcmp(s, dm_tile_state_name((dm_tile_state)i)) == 0)
+            return i;
+    return -1;
+}
+
+/* GDAL's last message, or a fallback, for "path: what: why" errors. */
+static const char *gdal_msg(void)
+{
+    const char *m = CPLGetLastErrorMsg();
+    return m && *m ? m : "no details from GDAL";
+}
+
+static int gdal_fail(const dm_tileindex *ti, int code, const char *what, dm_err *err)
+{
+    return dm_err_set(err, code, "tile index %s: %s: %s", ti->path, what, gdal_msg());
+}
+
+/* OGR_F_SetFieldDateTimeEx wants broken-down UTC; milliseconds make successive updates
+ * distinguishable in a fast run. */
+static void set_now(OGRFeatureH f, int idx)
+{
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    OGR_F_SetFieldDateTimeEx(f, idx, tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                             tm.tm_min, (float)tm.tm_sec + (float)(ts.tv_nsec / 1000000) / 1000.0f,
+                             100 /* UTC */);
+}
+
+/* Blobs are little-endian by contract, whatever the host. */
+static void put_f32le(unsigned char *b, const float *v, int n)
+{
+    for (int i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &v[i], 4);
+        b[4 * i] = (unsigned char)u;
+        b[4 * i + 1] = (unsigned char)(u >> 8);
+        b[4 * i + 2] = (unsigned char)(u >> 16);
+        b[4 * i + 3] = (unsigned char)(u >> 24);
+    }
+}
+
+/* Runs a statement that returns no rows (GPKG hands it to SQLite). ExecuteSQL reports failure only
+ * through CPLError, hence the reset before. */
+static int exec_sql(dm_tileindex *ti, const char *sql, dm_err *err)
+{
+    CPLErrorReset();
+    OGRLayerH r = GDALDatasetExecuteSQL(ti->ds, sql, NULL, NULL);
+    if (r)
+        GDALDatasetReleaseResultSet(ti->ds, r);
+    if (CPLGetLastErrorType() >= CE_Failure)
+        return dm_err_set(err, DM_EIO, "tile index %s: `%s` failed: %s", ti->path, sql, gdal_msg());
+    return 0;
+}
+
+static int add_field(dm_tileindex *ti, OGRLayerH l, const char *name, OGRFieldType t,
+                     OGRFieldSubType st, dm_err *err)
+{
+    OGRFieldDefnH fd = OGR_Fld_Create(name, t);
+    OGR_Fld_SetSubType(fd, st);
+    OGRErr e = OGR_L_CreateField(l, fd, TRUE);
+    OGR_Fld_Destroy(fd);
+    if (e != OGRERR_NONE) {
+        char what[128];
+        snprintf(what, sizeof what, "cannot create field %s", name);
+        return gdal_fail(ti, DM_EIO, what, err);
+    }
+    return 0;
+}
+
+static int field_index(dm_tileindex *ti, OGRLayerH l, const char *name, int *idx, dm_err *err)
+{
+    *idx = OGR_FD_GetFieldIndex(OGR_L_GetLayerDefn(l), name);
+    if (*idx < 0)
+        return dm_err_set(err, DM_EFORMAT, "tile index %s: layer %s has no field %s; is this a "
+                          "dinomap tiles.gpkg? Start a new run folder", ti->path,
+                          OGR_L_GetName(l), name);
+    return 0;
+}
+
+/* Finds the four layers and their fields (after create, and when reopening). */
+static int bind_layers(dm_tileindex *ti, dm_err *err)
+{
+    static const char *names[4] = { "tiles", "chunks", "embeddings", "runs" };
+    OGRLayerH *ls[4] = { &ti->tiles, &ti->chunks, &ti->emb, &ti->runs };
+    for (int i = 0; i < 4; i++)
+        if (!(*ls[i] = GDALDatasetGetLayerByName(ti->ds, names[i])))
+            return dm_err_set(err, DM_EFORMAT, "tile index %s: no layer `%s`; is this a dinomap "
+                              "tiles.gpkg? Start a new run folder", ti->path, names[i]);
+    struct { OGRLayerH l; const char *name; int *idx; } f[] = {
+        { ti->tiles, "row", &ti->t_row }, { ti->tiles, "col", &ti->t_col },
+        { ti->tiles, "chunk", &ti->t_chunk }, { ti->tiles, "px0", &ti->t_px0 },
+        { ti->tiles, "py0", &ti->t_py0 }, { ti->tiles, "pw", &ti->t_pw },
+        { ti->tiles, "ph", &ti->t_ph }, { ti->tiles, "state", &ti->t_state },
+        { ti->tiles, "valid_fraction", &ti->t_vf }, { ti->tiles, "updated", &ti->t_upd },
+        { ti->chunks, "state", &ti->c_state }, { ti->chunks, "file", &ti->c_file },
+        { ti->chunks, "updated", &ti->c_upd }, { ti->emb, "dim", &ti->e_dim },
+        { ti->emb, "cls", &ti->e_cls }, { ti->emb, "mean", &ti->e_mean },
+        { ti->runs, "started", &ti->r_started }, { ti->runs, "params", &ti->r_params },
+        { ti->runs, "dim", &ti->r_dim },
+    };
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        int rc = field_index(ti, f[i].l, f[i].name, f[i].idx, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int create_layers(dm_tileindex *ti, const char *crs_wkt, dm_err *err)
+{
+    OGRSpatialReferenceH srs = NULL;
+    if (crs_wkt && *crs_wkt) {
+        CPLErrorReset();
+        if (!(srs = OSRNewSpatialReference(crs_wkt)))
+            return dm_err_set(err, DM_EINVAL, "tile index %s: the output CRS is not valid WKT: %s",
+                              ti->path, gdal_msg());
+    }
+    /* FID=tile_id makes the tile id the table's INTEGER PRIMARY KEY: look-ups by id are rowid
+     * look-ups and QGIS shows it as the first column. */
+    const char *topt[] = { "FID=tile_id", "GEOMETRY_NAME=geom", "SPATIAL_INDEX=YES",
+                           "IDENTIFIER=dinomap tiles", "DESCRIPTION=dinomap tile footprints (core, "
+                           "without halo) and their processing state", NULL };
+    ti->tiles = GDALDatasetCreateLayer(ti->ds, "tiles", srs, wkbPolygon, (char **)topt);
+    if (srs)
+        OSRRelease(srs);
+    if (!ti->tiles)
+        return gdal_fail(ti, DM_EIO, "cannot create layer tiles", err);
+    static const struct { const char *name; OGRFieldType t; } tf[] = {
+        { "row", OFTInteger }, { "col", OFTInteger }, { "chunk", OFTInteger },
+        { "px0", OFTInteger }, { "py0", OFTInteger }, { "pw", OFTInteger }, { "ph", OFTInteger },
+        { "state", OFTString }, { "valid_fraction", OFTReal }, { "updated", OFTDateTime },
+    };
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < sizeof tf / sizeof tf[0]; i++)
+        rc = add_field(ti, ti->tiles, tf[i].name, tf[i].t, OFSTNone, err);
+
+    /* The other tables are attribute-only layers (wkbNone): plain SQLite tables that GPKG also
+     * registers, so QGIS lists them and ogr2ogr copies them. */
+    const char *copt[] = { "FID=chunk", "DESCRIPTION=dinomap chunks: a rerun skips state=done",
+                           NULL };
+    if (rc == 0 && !(ti->chunks = GDALDatasetCreateLayer(ti->ds, "chunks", NULL, wkbNone,
+                                                         (char **)copt)))
+        rc = gdal_fail(ti, DM_EIO, "cannot create table chunks", err);
+    if (rc == 0)
+        rc = add_field(ti, ti->chunks, "state", OFTString, OFSTNone, err);
+    if (rc == 0)
+        rc = add_field(ti, ti->chunks, "file", OFTString, OFSTNone, err);
+    if (rc == 0)
+        rc = add_field(ti, ti->chunks, "updated", OFTDateTime, OFSTNone, err);
+
+    const char *eopt[] = { "FID=tile_id", "DESCRIPTION=dinomap per-tile embeddings: float32 "
+                           "little-endian, unit length", NULL };
+    if (rc == 0 && !(ti->emb = GDALDatasetCreateLayer(ti->ds, "embeddings", NULL, wkbNone,
+                                                      (char **)eopt)))
+        rc = gdal_fail(ti, DM_EIO, "cannot create table embeddings", err);
+    if (rc == 0)
+        rc = add_field(ti, ti->emb, "dim", OFTInteger, OFSTNone, err);
+    if (rc == 0)
+        rc = add_field(ti, ti->emb, "cls", OFTBinary, OFSTNone, err);
+    if (rc == 0)
+        rc = add_field(ti, ti->emb, "mean", OFTBinary, OFSTNone, err);
+
+    const char *ropt[] = { "FID=run_id", "DESCRIPTION=dinomap runs (one row per invocation)",
+                           NULL };
+    if (rc == 0 && !(ti->runs = GDALDatasetCreateLayer(ti->ds, "runs", NULL, wkbNone,
+                                                       (char **)ropt)))
+        rc = gdal_fail(ti, DM_EIO, "cannot create table runs", err);
+    if (rc == 0)
+        rc = add_field(ti, ti->runs, "started", OFTDateTime, OFSTNone, err);
+    if (rc == 0)
+        rc = add_field(ti, ti->runs, "params", OFTString, OFSTJSON, err);
+    if (rc == 0)
+        rc = add_field(ti, ti->runs, "dim", OFTInteger, OFSTNone, err);
+
+    /* state: counts and "what is left"; chunk: a chunk's tiles. ExecuteSQL first creates the
+     * deferred tables, so the indexes find them. */
+    if (rc == 0)
+        rc = exec_sql(ti, "CREATE INDEX tiles_state_idx ON tiles(state)", err);
+    if (rc == 0)
+        rc = exec_sql(ti, "CREATE INDEX tiles_chunk_idx ON tiles(chunk)", err);
+    if (rc == 0)
+        rc = exec_sql(ti, "CREATE INDEX chunks_state_idx ON chunks(state)", err);
+    return rc;
+}
+
+/* One row in `runs` for this invocation. */
+static int add_run(dm_tileindex *ti, const char *run_json, dm_err *err)
+{
+    OGRFeatureH f = OGR_F_Create(OGR_L_GetLayerDefn(ti->runs));
+    if (!f)
+        return dm_err_oom(err);
+    set_now(f, ti->r_started);
+    if (run_json)
+        OGR_F_SetFieldString(f, ti->r_params, run_json);
+    OGR_F_SetFieldInteger(f, ti->r_dim, ti->dim);
+    int rc = 0;
+    if (OGR_L_CreateFeature(ti->runs, f) != OGRERR_NONE)
+        rc = gdal_fail(ti, DM_EIO, "cannot record the run", err);
+    OGR_F_Destroy(f);
+    return rc;
+}
+
+static int check_path(const char *path, int dim, dm_err *err)
+{
+    size_t n = path ? strlen(path) : 0;
+    if (n < 6 || strcasecmp(path + n - 5, ".gpkg") != 0)
+        return dm_err_set(err, DM_EINVAL, "tile index %s: the name must end in .gpkg (GDAL and "
+                          "QGIS recognise GeoPackages by it), e.g. tiles.gpkg",
+                          path ? path : "(null)");
+    if (dim <= 0 || dim > (1 << 20))
+        return dm_err_set(err, DM_EINVAL, "tile index %s: embedding length %d is not valid", path,
+                          dim);
+    return 0;
+}
+
+static dm_tileindex *alloc_index(const char *path, int dim, dm_err *err)
+{
+    dm_tileindex *ti = calloc(1, sizeof *ti);
+    if (ti) {
+        ti->path = strdup(path);
+        ti->blob = malloc((size_t)dim * 4);
+        ti->dim = dim;
+    }
+    if (!ti || !ti->path || !ti->blob) {
+        if (ti) {
+            free(ti->path);
+            free(ti->blob);
+            free(ti);
+        }
+        dm_err_oom(err);
+        return NULL;
+    }
+    return ti;
+}
+
+static void free_index(dm_tileindex *ti)
+{
+    if (ti->ds)
+        GDALClose(ti->ds);
+    free(ti->path);
+    free(ti->blob);
+    free(ti);
+}
+
+int dm_tileindex_create(const char *path, const char *crs_wkt, const char *run_json, int dim,
+                        dm_tileindex **out, dm_err *err)
+{
+    *out = NULL;
+    int rc = check_path(path, dim, err);
+    if (rc)
+        return rc;
+    VSIStatBufL st; /* VSI, not stat(): /vsi paths work too */
+    if (VSIStatExL(path, &st, VSI_STAT_EXISTS_FLAG) == 0)
+        return dm_err_set(err, DM_EIO, "tile index %s: already exists; a new run needs a new "
+                          "output folder (or delete the file; to resume, reopen it instead)", path);
+    dm_tileindex *ti = alloc_index(path, dim, err);
+    if (!ti)
+        return DM_ENOMEM;
+    GDALAllRegister();
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    CPLErrorReset();
+    GDALDriverH drv = GDALGetDriverByName("GPKG");
+    if (!drv)
+        rc = dm_err_set(err, DM_EUNSUPPORTED, "tile index %s: this GDAL has no GPKG driver; "
+                        "install a GDAL built with SQLite (Debian: libgdal32)", path);
+    else if (!(ti->ds = GDALCreate(drv, path, 0, 0, 0, GDT_Unknown, NULL)))
+        rc = gdal_fail(ti, DM_EIO, "cannot create (is the folder writable?)", err);
+    int created = ti->ds != NULL;
+    /* One transaction for the whole schema: fewer fsyncs, and no half-made file on success. */
+    if (rc == 0 && GDALDatasetStartTransaction(ti->ds, FALSE) != OGRERR_NONE)
+        rc = gdal_fail(ti, DM_EIO, "cannot start a transaction", err);
+    if (rc == 0)
+        rc = create_layers(ti, crs_wkt, err);
+    if (rc == 0)
+        rc = bind_layers(ti, err);
+    if (rc == 0)
+        rc = add_run(ti, run_json, err);
+    if (rc == 0 && GDALDatasetCommitTransaction(ti->ds) != OGRERR_NONE)
+        rc = gdal_fail(ti, DM_EIO, "cannot commit the new schema", err);
+    if (rc) {
+        free_index(ti);
+        if (created)
+            VSIUnlink(path); /* a half-made index would block the rerun */
+    }
+    CPLPopErrorHandler();
+    if (rc == 0)
+        *out = ti;
+    return rc;
+}
+
+int dm_tileindex_open(const char *path, const char *run_json, int dim, dm_tileindex **out,
+                      dm_err *err)
+{
+    *out = NULL;
+    int rc = check_path(path, dim, err);
+    if (rc)
+        return rc;
+    dm_tileindex *ti = alloc_index(path, dim, err);
+    if (!ti)
+        return DM_ENOMEM;
+    GDALAllRegister();
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    CPLErrorReset();
+    const char *drivers[] = { "GPKG", NULL };
+    ti->ds = GDALOpenEx(path, GDAL_OF_VECTOR | GDAL_OF_UPDATE, drivers, NULL, NULL);
+    if (!ti->ds)
+        rc = gdal_fail(ti, DM_EIO, "cannot open as a GeoPackage for update", err);
+    if (rc == 0)
+        rc = bind_layers(ti, err);
+    /* The embeddings already stored must have the same length as the ones this run adds. */
+    if (rc == 0) {
+        OGRFeatureH f;
+        int stored = 0;
+        GIntBig last = -1;
+        OGR_L_ResetReading(ti->runs);
+        while ((f = OGR_L_GetNextFeature(ti->runs))) {
+            if (OGR_F_GetFID(f) > last) {
+                last = OGR_F_GetFID(f);
+                stored = OGR_F_GetFieldAsInteger(f, ti->r_dim);
+            }
+            OGR_F_Destroy(f);
+        }
+        if (stored != dim)
+            rc = dm_err_set(err, DM_EINVAL, "tile index %s: holds embeddings of length %d but "
+                            "this run makes %d; resume with the same model, or start a new run "
+                            "folder", path, stored, dim);
+    }
+    if (rc == 0)
+        rc = add_run(ti, run_json, err);
+    if (rc)
+        free_index(ti);
+    CPLPopErrorHandler();
+    if (rc == 0)
+        *out = ti;
+    return rc;
+}
+
+/* Makes sure `chunks` has a row for chunk c (state pending when new). */
+static int ensure_chunk(dm_tileindex *ti, int c, dm_err *err)
+{
+    OGRFeatureH f = OGR_L_GetFeature(ti->chunks, c);
+    if (f) {
+        OGR_F_Destroy(f);
+        return 0;
+    }
+    f = OGR_F_Create(OGR_L_GetLayerDefn(ti->chunks));
+    if (!f)
+        return dm_err_oom(err);
+    OGR_F_SetFID(f, c);
+    OGR_F_SetFieldString(f, ti->c_state, "pending");
+    set_now(f, ti->c_upd);
+    int rc = 0;
+    if (OGR_L_CreateFeature(ti->chunks, f) != OGRERR_NONE) {
+        char what[64];
+        snprintf(what, sizeof what, "cannot add chunk %d", c);
+        rc = gdal_fail(ti, DM_EIO, what, err);
+    }
+    OGR_F_Destroy(f);
+    return rc;
+}
+
+static int rollback(dm_tileindex *ti, int rc)
+{
+    GDALDatasetRollbackTransaction(ti->ds);
+    return rc;
+}
+
+int dm_tileindex_add_tiles(dm_tileindex *ti, const dm_tile_rec *tiles, const dm_tile_state *states,
+                           int n, dm_err *err)
+{
+    if (n <= 0)
+        return 0;
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    CPLErrorReset();
+    int rc = 0;
+    /* One feature and one polygon reused for every tile: only their values change. */
+    OGRFeatureH f = OGR_F_Create(OGR_L_GetLayerDefn(ti->tiles));
+    OGRGeometryH poly = OGR_G_CreateGeometry(wkbPolygon);
+    OGRGeometryH ring = OGR_G_CreateGeometry(wkbLinearRing);
+    if (!f || !poly || !ring) {
+        rc = dm_err_oom(err);
+        OGR_G_DestroyGeometry(ring);
+        ring = NULL;
+    } else {
+        for (int k = 0; k < 5; k++)
+            OGR_G_AddPoint_2D(ring, 0, 0);
+        OGR_G_AddGeometryDirectly(poly, ring);
+        ring = OGR_G_GetGeometryRef(poly, 0);
+    }
+    if (rc == 0 && GDALDatasetStartTransaction(ti->ds, FALSE) != OGRERR_NONE)
+        rc = gdal_fail(ti, DM_EIO, "cannot start a transaction", err);
+    int last_chunk = -1, have_last = 0;
+    for (int i = 0; rc == 0 && i < n; i++) {
+        const dm_tile_rec *t = &tiles[i];
+        dm_tile_state s = states ? states[i] : DM_TILE_PENDING;
+        if (t->id < 0 || !(t->minx < t->maxx && t->miny < t->maxy) || (unsigned)s > 4) {
+            rc = rollback(ti, dm_err_set(err, DM_EINVAL, "tile index %s: tile %lld: bad id, "
+                                         "footprint or state (a bug in the caller)", ti->path,
+                                         (long long)t->id));
+            break;
+        }
+        if (!have_last || t->chunk != last_chunk) {
+            if ((rc = ensure_chunk(ti, t->chunk, err)) != 0) {
+                rollback(ti, rc);
+                break;
+            }
+            last_chunk = t->chunk;
+            have_last = 1;
+        }
+        /* counter-clockwise exterior, as GeoPackage readers expect */
+        OGR_G_SetPoint_2D(ring, 0, t->minx, t->miny);
+        OGR_G_SetPoint_2D(ring, 1, t->maxx, t->miny);
+        OGR_G_SetPoint_2D(ring, 2, t->maxx, t->maxy);
+        OGR_G_SetPoint_2D(ring, 3, t->minx, t->maxy);
+        OGR_G_SetPoint_2D(ring, 4, t->minx, t->miny);
+        OGR_F_SetFID(f, t->id);
+        OGR_F_SetGeometry(f, poly);
+        OGR_F_SetFieldInteger(f, ti->t_row, t->row);
+        OGR_F_SetFieldInteger(f, ti->t_col, t->col);
+        OGR_F_SetFieldInteger(f, ti->t_chunk, t->chunk);
+        OGR_F_SetFieldInteger(f, ti->t_px0, t->px0);
+        OGR_F_SetFieldInteger(f, ti->t_py0, t->py0);
+        OGR_F_SetFieldInteger(f, ti->t_pw, t->pw);
+        OGR_F_SetFieldInteger(f, ti->t_ph, t->ph);
+        OGR_F_SetFieldString(f, ti->t_state, dm_tile_state_name(s));
+        OGR_F_SetFieldNull(f, ti->t_vf);
+        set_now(f, ti->t_upd);
+        if (OGR_L_CreateFeature(ti->tiles, f) != OGRERR_NONE) {
+            char what[96];
+            snprintf(what, sizeof what, "cannot add tile %lld (already there?)",
+                     (long long)t->id);
+            rc = rollback(ti, gdal_fail(ti, DM_EIO, what, err));
+        }
+    }
+    if (rc == 0 && GDALDatasetCommitTransaction(ti->ds) != OGRERR_NONE)
+        rc = rollback(ti, gdal_fail(ti, DM_EIO, "cannot commit the tiles", err));
+    OGR_G_DestroyGeometry(poly);
+    if (f)
+        OGR_F_Destroy(f);
+    CPLPopErrorHandler();
+    return rc;
+}
+
+/* Updates one tile's state and replaces its embeddings row. */
+static int tile_result(dm_tileindex *ti, int chunk, const dm_tile_result *r, OGRFeatureH ef,
+                       dm_err *err)
+{
+    if ((unsigned)r->state > 4)
+        return dm_err_set(err, DM_EINVAL, "tile index %s: tile %lld: state %d is not valid",
+                          ti->path, (long long)r->id, (int)r->state);
+    OGRFeatureH f = OGR_L_GetFeature(ti->tiles, r->id);
+    if (!f)
+        return dm_err_set(err, DM_EINVAL, "tile index %s: tile %lld is not in the index (a bug "
+                          "in the caller: results must come from the indexed grid)", ti->path,
+                          (long long)r->id);
+    int rc = 0, tc = OGR_F_GetFieldAsInteger(f, ti->t_chunk);
+    if (tc != chunk) {
+        rc = dm_err_set(err, DM_EINVAL, "tile index %s: tile %lld belongs to chunk %d, not %d",
+                        ti->path, (long long)r->id, tc, chunk);
+    } else {
+        OGR_F_SetFieldString(f, ti->t_state, dm_tile_state_name(r->state));
+        OGR_F_SetFieldDouble(f, ti->t_vf, r->valid_fraction);
+        set_now(f, ti->t_upd);
+        if (OGR_L_SetFeature(ti->tiles, f) != OGRERR_NONE)
+            rc = gdal_fail(ti, DM_EIO, "cannot update a tile", err);
+    }
+    OGR_F_Destroy(f);
+    if (rc)
+        return rc;
+    /* Replace, not merge: a redone tile must not keep a vector from an earlier attempt. */
+    OGRErr e = OGR_L_DeleteFeature(ti->emb, r->id);
+    if (e != OGRERR_NONE && e != OGRERR_NON_EXISTING_FEATURE)
+        return gdal_fail(ti, DM_EIO, "cannot replace an embedding", err);
+    if (!r->cls && !r->mean)
+        return 0;
+    OGR_F_SetFID(ef, r->id);
+    OGR_F_SetFieldInteger(ef, ti->e_dim, ti->dim);
+    const float *v[2] = { r->cls, r->mean };
+    int idx[2] = { ti->e_cls, ti->e_mean };
+    for (int k = 0; k < 2; k++) {
+        if (v[k]) {
+            put_f32le(ti->blob, v[k], ti->dim);
+            OGR_F_SetFieldBinary(ef, idx[k], ti->dim * 4, ti->blob);
+        } else {
+            OGR_F_SetFieldNull(ef, idx[k]);
+        }
+    }
+    if (OGR_L_CreateFeature(ti->emb, ef) != OGRERR_NONE)
+        return gdal_fail(ti, DM_EIO, "cannot store an embedding", err);
+    return 0;
+}
+
+int dm_tileindex_chunk_done(dm_tileindex *ti, int chunk, const char *file,
+                            const dm_tile_result *res, int n, dm_err *err)
+{
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    CPLErrorReset();
+    int rc = 0;
+    OGRFeatureH ef = OGR_F_Create(OGR_L_GetLayerDefn(ti->emb)), cf = NULL;
+    if (!ef)
+        rc = dm_err_oom(err);
+    if (rc == 0 && GDALDatasetStartTransaction(ti->ds, FALSE) != OGRERR_NONE)
+        rc = gdal_fail(ti, DM_EIO, "cannot start a transaction", err);
+    int in_tx = rc == 0;
+    for (int i = 0; rc == 0 && i < n; i++)
+        rc = tile_result(ti, chunk, &res[i], ef, err);
+    if (rc == 0 && !(cf = OGR_L_GetFeature(ti->chunks, chunk)))
+        rc = dm_err_set(err, DM_EINVAL, "tile index %s: chunk %d is not in the index (add its "
+                        "tiles first)", ti->path, chunk);
+    if (rc == 0) {
+        OGR_F_SetFieldString(cf, ti->c_state, "done");
+        if (file)
+            OGR_F_SetFieldString(cf, ti->c_file, file);
+        else
+            OGR_F_SetFieldNull(cf, ti->c_file);
+        set_now(cf, ti->c_upd);
+        if (OGR_L_SetFeature(ti->chunks, cf) != OGRERR_NONE)
+            rc = gdal_fail(ti, DM_EIO, "cannot mark the chunk done", err);
+    }
+    if (rc == 0 && GDALDatasetCommitTransaction(ti->ds) != OGRERR_NONE)
+        rc = gdal_fail(ti, DM_EIO, "cannot commit the chunk", err);
+    if (rc && in_tx)
+        GDALDatasetRollbackTransaction(ti->ds);
+    if (rc)
+        dm_err_prefix(err, "chunk %d not recorded", chunk);
+    if (cf)
+        OGR_F_Destroy(cf);
+    if (ef)
+        OGR_F_Destroy(ef);
+    CPLPopErrorHandler();
+    return rc;
+}
+
+int dm_tileindex_counts(dm_tileindex *ti, int64_t counts[5], dm_err *err)
+{
+    for (int i = 0; i < 5; i++)
+        counts[i] = 0;
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    CPLErrorReset();
+    int rc = 0;
+    OGRLayerH r = GDALDatasetExecuteSQL(ti->ds, "SELECT state, COUNT(*) AS n FROM tiles "
+                                        "GROUP BY state", NULL, NULL);
+    if (!r) {
+        rc = gdal_fail(ti, DM_EIO, "cannot count tiles", err);
+    } else {
+        OGRFeatureH f;
+        while (rc == 0 && (f = OGR_L_GetNextFeature(r))) {
+            const char *name = OGR_F_GetFieldAsString(f, 0);
+            int s = state_from_name(name);
+            if (s < 0)
+                rc = dm_err_set(err, DM_EFORMAT, "tile index %s: unknown tile state '%s'",
+                                ti->path, name);
+            else
+                counts[s] = OGR_F_GetFieldAsInteger64(f, 1);
+            OGR_F_Destroy(f);
+        }
+        GDALDatasetReleaseResultSet(ti->ds, r);
+    }
+    CPLPopErrorHandler();
+    return rc;
+}
+
+int dm_tileindex_done_chunks(dm_tileindex *ti, int **chunks, int *n, dm_err *err)
+{
+    *chunks = NULL;
+    *n = 0;
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    CPLErrorReset();
+    int rc = 0, cap = 0;
+    OGRLayerH r = GDALDatasetExecuteSQL(ti->ds, "SELECT chunk FROM chunks WHERE state = 'done' "
+                                        "ORDER BY chunk", NULL, NULL);
+    if (!r) {
+        rc = gdal_fail(ti, DM_EIO, "cannot list the chunks", err);
+    } else {
+        OGRFeatureH f;
+        while (rc == 0 && (f = OGR_L_GetNextFeature(r))) {
+            /* the selected primary key comes back as the FID, not as a field */
+            GIntBig c = OGR_FD_GetFieldCount(OGR_F_GetDefnRef(f)) > 0
+                            ? OGR_F_GetFieldAsInteger64(f, 0) : OGR_F_GetFID(f);
+            if (*n == cap) {
+                int *p = realloc(*chunks, sizeof **chunks * (size_t)(cap = cap ? 2 * cap : 64));
+                if (!p)
+                    rc = dm_err_oom(err);
+                else
+                    *chunks = p;
+            }
+            if (rc == 0)
+                (*chunks)[(*n)++] = (int)c;
+            OGR_F_Destroy(f);
+        }
+        GDALDatasetReleaseResultSet(ti->ds, r);
+    }
+    if (rc) {
+        free(*chunks);
+        *chunks = NULL;
+        *n = 0;
+    }
+    CPLPopErrorHandler();
+    return rc;
+}
+
+int dm_tileindex_close(dm_tileindex *ti, dm_err *err)
+{
+    if (!ti)
+        return 0;
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    CPLErrorReset();
+    GDALClose(ti->ds); /* GDAL 3.6's GDALClose reports failure only through CPLError */
+    ti->ds = NULL;
+    int rc = 0;
+    if (CPLGetLastErrorType() >= CE_Failure)
+        rc = gdal_fail(ti, DM_EIO, "closing failed (disk full?)", err);
+    CPLPopErrorHandler();
+    free_index(ti);
+    return rc;
+}

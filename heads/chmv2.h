@@ -1,0 +1,75 @@
+/* heads/chmv2.h — the CHMv2 canopy-height head (spec §5): the DPT decoder on four normed
+ * backbone taps (reassemble with CLS readout, channel convs, fusion, UpConv head) followed by the
+ * mixed linear/log bins that turn 256 logits per pixel into a height in metres.
+ *
+ * Weights come from Meta's separate head .pth (flat DPTHead names, optionally prefixed "head." or
+ * wrapped) or from the head.* tensors of a Hugging Face CHMv2ForDepthEstimation file that also
+ * holds the backbone. Every width comes from the tensor shapes; they are all checked.
+ *
+ * Typical use:
+ *   dm_chm_open(head_or_NULL, weights, model, NULL, &h, &err);
+ *   dm_chm_out_size(H, W, &Ho, &Wo);             // allocate logits [bins, Ho, Wo], height [Ho, Wo]
+ *   dm_chm_run(h, backend, img, H, W, logits, height, &err);
+ *   dm_chm_resize_to_input(height, Ho, Wo, H, W, out, &err);   // the notebook's last step */
+#ifndef DM_HEADS_CHMV2_H
+#define DM_HEADS_CHMV2_H
+
+#include "../models/model.h"
+
+#define DM_CHM_TAPS 4
+
+typedef struct dm_chm dm_chm;
+
+/* 1 if the weights file holds a CHMv2 DPT head (Meta or Hugging Face names, any known prefix):
+ * lets `forward -m model.safetensors` find the head inside an HF CHMv2 file. */
+int dm_chm_detect(const dm_weights *w);
+
+/* Binds a CHMv2 head to the backbone m (which must outlive the head).
+ * head_path: Meta head .pth (or any weights file holding the head); NULL: the head is read from
+ *   backbone_file (the Hugging Face layout: backbone.* and head.* in one file).
+ * backbone_file: the open file m was bound from; needed when head_path is NULL, else may be NULL.
+ * taps: NULL, or DM_CHM_TAPS distinct 0-based block indices overriding the default, which is
+ *   config.json backbone_config.out_indices − 1 when the head's file has one, else the quarter
+ *   rule k·depth/4 − 1 (spec §5.1). Taps are used in ascending block order, as
+ *   get_intermediate_layers returns them. */
+int dm_chm_open(const char *head_path, dm_weights *backbone_file, const dm_model *m,
+                const int *taps, dm_chm **out, dm_err *err);
+void dm_chm_free(dm_chm *h); /* NULL-safe */
+
+/* The four blocks tapped (ascending), the number of output bins/logit channels (256 for CHMv2),
+ * and a one-line description (source file, layout, widths) for logs. */
+const int *dm_chm_taps(const dm_chm *h);
+int dm_chm_bins(const dm_chm *h);
+const char *dm_chm_describe(const dm_chm *h);
+/* The bin centres in metres before the ×8 rescale (spec §5.8), dm_chm_bins() values. */
+const float *dm_chm_bin_values(const dm_chm *h);
+
+/* Output size for an H×W input of any size: with h = ceil(H/16), w = ceil(W/16) patches,
+ * Ho = 32·ceil(h/2), Wo = 32·ceil(w/2) (spec §5.9; equals the padded input when h, w are even). */
+void dm_chm_out_size(int H, int W, int *Ho, int *Wo);
+/* Padded size (multiples of 16) and the zero-filled centre padding of a [3, H, W] image
+ * (spec §5.3: top/left get the smaller half; zero in normalized space). out: [3, Hp, Wp]. */
+void dm_chm_pad_size(int H, int W, int *Hp, int *Wp);
+void dm_chm_center_pad(const float *img, int H, int W, float *out);
+
+/* The whole model on one normalized image [3, H, W] (any H, W >= 1): centre padding, backbone
+ * with the taps, decoder, bins. logits [bins, Ho, Wo] may be NULL; height [Ho, Wo] in metres. */
+int dm_chm_run(dm_chm *h, dm_backend *be, const float *img, int H, int W, float *logits,
+               float *height, dm_err *err);
+
+/* The decoder alone, for callers that ran the backbone themselves (e.g. with more layers):
+ * taps[k] holds the N = 1 + R + gh·gw tokens [N, D] after block dm_chm_taps()[k], passed through
+ * the final norm (dm_model_norm_tokens); gh×gw is the patch grid. logits may be NULL; height may
+ * be NULL. Outputs as dm_chm_run with Ho = 32·ceil(gh/2), Wo = 32·ceil(gw/2). */
+int dm_chm_decode(dm_chm *h, const float *const taps[DM_CHM_TAPS], int gh, int gw, float *logits,
+                  float *height, dm_err *err);
+
+/* Logits [bins, npix] (channel-first) → heights [npix] in metres (spec §5.8). */
+void dm_chm_heights(const dm_chm *h, const float *logits, int64_t npix, float *height);
+
+/* The notebook's post-processing (spec §5.10): bilinear resize of the Ho×Wo height map to the
+ * original H×W with align_corners=False (no crop of the padding). out: [H, W]. */
+int dm_chm_resize_to_input(const float *height, int Ho, int Wo, int H, int W, float *out,
+                           dm_err *err);
+
+#endif

@@ -1,0 +1,502 @@
+/* tests/test_features.c — `dinomap features` as a user runs it: georeferencing, the patch ↔ pixel
+ * correspondence (against `dinomap forward` on the same pixels), COG validity, metadata, mosaics
+ * of several inputs, nodata, AOI, quantisation, the tile index, bounded memory, bad inputs. */
+#include <cpl_string.h>
+#include <gdal.h>
+#include <limits.h>
+#include <math.h>
+#include <ogr_srs_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../src/npy.h"
+#include "golden.h"
+#include "test.h"
+
+static const char *tiny(void)
+{
+    static char p[PATH_MAX + 64];
+    char root[PATH_MAX];
+    if (!realpath(dm_test_data(), root))
+        snprintf(root, sizeof root, "%s", dm_test_data());
+    snprintf(p, sizeof p, "%s/golden/vitl_sat_tiny/backbone.pth", root);
+    return p;
+}
+
+static uint32_t hash32(uint32_t x)
+{
+    x ^= x >> 16;
+    x *= 0x7feb352dU;
+    x ^= x >> 15;
+    x *= 0x846ca68bU;
+    return x ^ (x >> 16);
+}
+
+/* A GeoTIFF of w×h px, `bands` Byte bands of smooth-ish random texture; epsg 0 = no CRS;
+ * gt NULL = no geotransform; nodata >= 0 sets a nodata value (and paints a nodata block). */
+static int make_tif(const char *path, int w, int h, int bands, const double *gt, int epsg,
+                    int nodata, uint32_t seed)
+{
+    GDALAllRegister();
+    GDALDatasetH d = GDALCreate(GDALGetDriverByName("GTiff"), path, w, h, bands, GDT_Byte, NULL);
+    if (!d)
+        return -1;
+    if (gt)
+        GDALSetGeoTransform(d, (double *)gt);
+    if (epsg) {
+        OGRSpatialReferenceH s = OSRNewSpatialReference(NULL);
+        OSRImportFromEPSG(s, epsg);
+        char *wkt = NULL;
+        OSRExportToWkt(s, &wkt);
+        GDALSetProjection(d, wkt);
+        CPLFree(wkt);
+        OSRDestroySpatialReference(s);
+    }
+    uint8_t *buf = malloc((size_t)w * h);
+    for (int b = 1; b <= bands; b++) {
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++) {
+                uint32_t v = hash32(seed * 7919u + (uint32_t)b * 104729u + (uint32_t)(y / 4) * 613u +
+                                    (uint32_t)(x / 4));
+                buf[(size_t)y * w + x] = (uint8_t)(40 + v % 180 + (x + y) % 16);
+            }
+        if (nodata >= 0) {
+            for (int y = 0; y < h / 2; y++) /* top-left quarter is nodata */
+                for (int x = 0; x < w / 2; x++)
+                    buf[(size_t)y * w + x] = (uint8_t)nodata;
+            GDALSetRasterNoDataValue(GDALGetRasterBand(d, b), nodata);
+        }
+        if (GDALRasterIO(GDALGetRasterBand(d, b), GF_Write, 0, 0, w, h, buf, w, h, GDT_Byte, 0,
+                         0) != CE_None) {
+            free(buf);
+            GDALClose(d);
+            return -1;
+        }
+    }
+    free(buf);
+    GDALClose(d);
+    return 0;
+}
+
+static int run_features(const char *args, const char **out)
+{
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "%s features --progress none -m %s %s", dm_bin(), tiny(), args);
+    return dm_run(cmd, out);
+}
+
+static GDALDatasetH open_ro(const char *p)
+{
+    GDALAllRegister();
+    return GDALOpenEx(p, GDAL_OF_RASTER | GDAL_OF_READONLY, NULL, NULL, NULL);
+}
+
+TEST(features_georef_projected_odd_size)
+{
+    const char *t = dm_test_tmpdir();
+    char in[1024], args[4096];
+    const char *out;
+    snprintf(in, sizeof in, "%s/in.tif", t);
+    double gt[6] = { 431234.5, 0.5, 0, 5412345.25, 0, -0.5 };
+    CHECK(make_tif(in, 203, 117, 3, gt, 32631, -1, 1) == 0);
+    snprintf(args, sizeof args, "%s -o %s/o --tile 64 --halo 16", in, t);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    snprintf(in, sizeof in, "%s/o/features.tif", t);
+    GDALDatasetH d = open_ro(in);
+    CHECK(d != NULL);
+    double g[6];
+    GDALGetGeoTransform(d, g);
+    int w = GDALGetRasterXSize(d), h = GDALGetRasterYSize(d), nb = GDALGetRasterCount(d);
+    OGRSpatialReferenceH s = OSRNewSpatialReference(GDALGetProjectionRef(d));
+    const char *code = OSRGetAuthorityCode(s, NULL);
+    int epsg = code ? atoi(code) : 0;
+    OSRDestroySpatialReference(s);
+    const char *layer = GDALGetMetadataItem(d, "DINOMAP_LAYER", NULL);
+    const char *sha = GDALGetMetadataItem(d, "DINOMAP_WEIGHTS_SHA256", NULL);
+    const char *desc = GDALGetDescription(GDALGetRasterBand(d, 128));
+    int has_nd = 0;
+    double nd = GDALGetRasterNoDataValue(GDALGetRasterBand(d, 1), &has_nd);
+    int ovr = GDALGetOverviewCount(GDALGetRasterBand(d, 1));
+    (void)ovr;
+    int ok_desc = desc && !strcmp(desc, "f0127");
+    int ok_meta = layer && sha && strlen(sha) == 64;
+    GDALClose(d);
+    /* exactly the input's origin, 16× its pixel size, ceil(size/16): no dropped edge */
+    CHECKF(g[0] == gt[0] && g[3] == gt[3] && g[1] == 8.0 && g[5] == -8.0 && g[2] == 0 && g[4] == 0,
+           "geotransform %.17g %.17g %.17g %.17g", g[0], g[1], g[3], g[5]);
+    CHECKF(w == 13 && h == 8 && nb == 128, "%d×%d×%d", w, h, nb);
+    CHECKF(epsg == 32631, "EPSG %d", epsg);
+    CHECK(has_nd && isnan(nd));
+    CHECK(ok_desc && ok_meta);
+}
+
+TEST(features_geographic_input_goes_to_utm)
+{
+    const char *t = dm_test_tmpdir();
+    char in[1024], args[4096], p[1100];
+    const char *out;
+    snprintf(in, sizeof in, "%s/geo.tif", t);
+    double gt[6] = { 2.30, 0.00001, 0, 48.86, 0, -0.00001 }; /* Paris, ~1 m */
+    CHECK(make_tif(in, 96, 96, 3, gt, 4326, -1, 2) == 0);
+    snprintf(args, sizeof args, "%s -o %s/o --tile 64 --halo 0", in, t);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    CHECKF(strstr(out, "EPSG:32631"), "no notice of the UTM zone: %s", out);
+    snprintf(p, sizeof p, "%s/o/features.tif", t);
+    GDALDatasetH d = open_ro(p);
+    CHECK(d != NULL);
+    OGRSpatialReferenceH s = OSRNewSpatialReference(GDALGetProjectionRef(d));
+    const char *code = OSRGetAuthorityCode(s, NULL);
+    int epsg = code ? atoi(code) : 0;
+    OSRDestroySpatialReference(s);
+    double g[6];
+    GDALGetGeoTransform(d, g);
+    GDALClose(d);
+    CHECKF(epsg == 32631, "EPSG %d", epsg);
+    CHECK(g[2] == 0 && g[4] == 0 && g[5] < 0 && fabs(g[1] + g[5]) < 1e-9);
+}
+
+/* A patch at output pixel (i, j) comes from input pixels [16i, 16i+16) × [16j, 16j+16): one tile
+ * covering the image exactly (no halo) equals `dinomap forward` on the same pixels. */
+TEST(features_patch_pixels_match_forward)
+{
+    const char *t = dm_test_tmpdir();
+    char in[1024], args[4096], p[1100];
+    const char *out;
+    snprintf(in, sizeof in, "%s/in.tif", t);
+    double gt[6] = { 1000, 2, 0, 2000, 0, -2 };
+    CHECK(make_tif(in, 96, 96, 3, gt, 32632, -1, 3) == 0);
+    snprintf(args, sizeof args, "%s -o %s/o --tile 96 --halo 0 --no-pca", in, t);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s forward -q -m %s -i %s -o %s/f", dm_bin(), tiny(), in, t);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    snprintf(p, sizeof p, "%s/f/x_norm_patchtokens.npy", t);
+    dm_npy ref;
+    CHECK(dm_npy_read(p, &ref, NULL) == 0);
+    snprintf(p, sizeof p, "%s/o/features.tif", t);
+    GDALDatasetH d = open_ro(p);
+    CHECK(d != NULL && GDALGetRasterXSize(d) == 6 && GDALGetRasterCount(d) == 128);
+    float *f = malloc(sizeof(float) * 36 * 128);
+    CHECK(GDALDatasetRasterIO(d, GF_Read, 0, 0, 6, 6, f, 6, 6, GDT_Float32, 128, NULL, 4 * 128,
+                        4 * 128 * 6, 4) == CE_None);
+    GDALClose(d);
+    double r = dm_rel_err(f, ref.f, 36 * 128);
+    free(f);
+    dm_npy_free(&ref);
+    CHECKF(r <= 1e-6, "features.tif differs from forward by %.3g", r);
+}
+
+static int validate_cog(const char *path, const char **out)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 -m osgeo_utils.samples."
+             "validate_cloud_optimized_geotiff %s", path);
+    return dm_run(cmd, out);
+}
+
+TEST(features_outputs_are_valid_cogs_with_overviews)
+{
+    const char *t = dm_test_tmpdir();
+    char in[1024], args[4096], p[1100];
+    const char *out;
+    snprintf(in, sizeof in, "%s/in.tif", t);
+    double gt[6] = { 0, 1, 0, 0, 0, -1 };
+    CHECK(make_tif(in, 1024 * 5, 640, 3, gt, 3857, -1, 4) == 0); /* 320×40 features: overviews */
+    snprintf(args, sizeof args, "%s -o %s/o --tile 512 --halo 0 --quantize int8", in, t);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    static const char *names[] = { "features.tif", "features_pca.tif" };
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/o/%s", t, names[i]);
+        CHECKF(validate_cog(p, &out) == 0, "%s: %s", names[i], out);
+        CHECKF(strstr(out, "is a valid cloud optimized GeoTIFF"), "%s", out);
+        GDALDatasetH d = open_ro(p);
+        CHECK(d != NULL);
+        int ovr = GDALGetOverviewCount(GDALGetRasterBand(d, 1));
+        const char *prod = GDALGetMetadataItem(d, "DINOMAP_PRODUCT", NULL);
+        int ok = prod && !strcmp(prod, i ? "features_pca" : "features");
+        GDALClose(d);
+        CHECKF(ovr >= 1, "%s has no overviews", names[i]);
+        CHECK(ok);
+    }
+    /* int8: GDAL's scale/offset give the value back within half a step */
+    snprintf(p, sizeof p, "%s/o/features.tif", t);
+    GDALDatasetH d = open_ro(p);
+    GDALRasterBandH b = GDALGetRasterBand(d, 5);
+    int ok = 0;
+    double sc = GDALGetRasterScale(b, &ok), off = GDALGetRasterOffset(b, NULL);
+    int hasnd = 0;
+    double nd = GDALGetRasterNoDataValue(b, &hasnd);
+    CHECK(GDALGetRasterDataType(b) == GDT_Byte && ok && sc > 0 && fabs(off + 128 * sc) < 1e-9 &&
+          hasnd && nd == 0);
+    CHECK(GDALGetMetadataItem(d, "DINOMAP_QUANTIZATION", NULL) != NULL);
+    GDALClose(d);
+}
+
+TEST(features_mosaic_of_four_equals_one)
+{
+    const char *t = dm_test_tmpdir();
+    char in[1024], args[8192], cmd[4096];
+    const char *out;
+    snprintf(in, sizeof in, "%s/whole.tif", t);
+    double gt[6] = { 500000, 1, 0, 4000000, 0, -1 };
+    CHECK(make_tif(in, 200, 160, 3, gt, 32633, -1, 5) == 0);
+    /* four quarters with uneven splits */
+    int xs[3] = { 0, 77, 200 }, ys[3] = { 0, 101, 160 };
+    char parts[1024] = "";
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++) {
+            snprintf(cmd, sizeof cmd, "gdal_translate -q -srcwin %d %d %d %d %s %s/q%d%d.tif",
+                     xs[b], ys[a], xs[b + 1] - xs[b], ys[a + 1] - ys[a], in, t, a, b);
+            CHECK(dm_run(cmd, NULL) == 0);
+            snprintf(parts + strlen(parts), sizeof parts - strlen(parts), " %s/q%d%d.tif", t, a,
+                     b);
+        }
+    snprintf(args, sizeof args, "%s -o %s/one --tile 64 --halo 16", in, t);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    snprintf(args, sizeof args, "%s -o %s/four --tile 64 --halo 16", parts, t);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    char p1[1100], p2[1100];
+    snprintf(p1, sizeof p1, "%s/one/features.tif", t);
+    snprintf(p2, sizeof p2, "%s/four/features.tif", t);
+    GDALDatasetH a = open_ro(p1), b = open_ro(p2);
+    CHECK(a && b);
+    int w = GDALGetRasterXSize(a), h = GDALGetRasterYSize(a);
+    double ga[6], gb[6];
+    GDALGetGeoTransform(a, ga);
+    GDALGetGeoTransform(b, gb);
+    int same_grid = w == GDALGetRasterXSize(b) && h == GDALGetRasterYSize(b) &&
+                    !memcmp(ga, gb, sizeof ga);
+    size_t n = (size_t)w * h * 128;
+    float *fa = malloc(n * 4), *fb = malloc(n * 4);
+    CHECK(GDALDatasetRasterIO(a, GF_Read, 0, 0, w, h, fa, w, h, GDT_Float32, 128, NULL, 0, 0, 0) == CE_None);
+    CHECK(GDALDatasetRasterIO(b, GF_Read, 0, 0, w, h, fb, w, h, GDT_Float32, 128, NULL, 0, 0, 0) == CE_None);
+    GDALClose(a);
+    GDALClose(b);
+    double r = same_grid ? dm_rel_err(fb, fa, (int64_t)n) : INFINITY;
+    free(fa), free(fb);
+    CHECK(same_grid);
+    CHECKF(r == 0, "mosaic of 4 differs from one input by %.3g", r);
+}
+
+TEST(features_nodata_aoi_and_tile_index)
+{
+    const char *t = dm_test_tmpdir();
+    char in[1024], args[4096], p[1100];
+    const char *out;
+    snprintf(in, sizeof in, "%s/in.tif", t);
+    double gt[6] = { 600000, 1, 0, 5000000, 0, -1 };
+    CHECK(make_tif(in, 256, 256, 3, gt, 32631, 0, 6) == 0); /* top-left 128×128 is nodata */
+    snprintf(args, sizeof args, "%s -o %s/o --tile 64 --halo 16 --chunk 2", in, t);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    snprintf(p, sizeof p, "%s/o/features.tif", t);
+    GDALDatasetH d = open_ro(p);
+    CHECK(d != NULL);
+    float v[2];
+    CHECK(GDALRasterIO(GDALGetRasterBand(d, 1), GF_Read, 2, 2, 1, 1, &v[0], 1, 1, GDT_Float32, 0, 0) == CE_None);
+    CHECK(GDALRasterIO(GDALGetRasterBand(d, 1), GF_Read, 12, 12, 1, 1, &v[1], 1, 1, GDT_Float32, 0, 0) == CE_None);
+    GDALClose(d);
+    CHECKF(isnan(v[0]) && !isnan(v[1]), "nodata area %g, data area %g", v[0], v[1]);
+    /* the index: 16 tiles, the 4 of the nodata quarter empty, 12 done with embeddings */
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "ogrinfo -q -sql \"SELECT state, COUNT(*) AS n FROM tiles GROUP BY "
+             "state ORDER BY state\" %s/o/tiles.gpkg", t);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    CHECKF(strstr(out, "state (String) = done") && strstr(out, "n (Integer) = 12") &&
+           strstr(out, "state (String) = empty") && strstr(out, "n (Integer) = 4"), "%s", out);
+    /* AOI: a polygon over the bottom-right corner only */
+    char aoi[1100];
+    snprintf(aoi, sizeof aoi, "%s/aoi.geojson", t);
+    FILE *f = fopen(aoi, "w");
+    CHECK(f != NULL);
+    fprintf(f, "{\"type\":\"FeatureCollection\",\"crs\":{\"type\":\"name\",\"properties\":"
+               "{\"name\":\"urn:ogc:def:crs:EPSG::32631\"}},\"features\":[{\"type\":\"Feature\","
+               "\"properties\":{},\"geometry\":{\"type\":\"Polygon\",\"coordinates\":[[[600200,"
+               "4999800],[600250,4999800],[600250,4999750],[600200,4999750],[600200,4999800]]]}}]}");
+    fclose(f);
+    snprintf(args, sizeof args, "%s -o %s/a --tile 64 --halo 16 --aoi %s", in, t, aoi);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    snprintf(cmd, sizeof cmd, "ogrinfo -q -sql \"SELECT COUNT(*) AS n FROM tiles WHERE state = "
+             "'done'\" %s/a/tiles.gpkg", t);
+    CHECKF(dm_run(cmd, &out) == 0 && strstr(out, "n (Integer) = 1"), "%s", out);
+    snprintf(p, sizeof p, "%s/a/features.tif", t);
+    d = open_ro(p);
+    CHECK(d != NULL);
+    CHECK(GDALRasterIO(GDALGetRasterBand(d, 1), GF_Read, 13, 13, 1, 1, &v[0], 1, 1, GDT_Float32, 0, 0) == CE_None);
+    CHECK(GDALRasterIO(GDALGetRasterBand(d, 1), GF_Read, 4, 12, 1, 1, &v[1], 1, 1, GDT_Float32, 0, 0) == CE_None);
+    GDALClose(d);
+    CHECKF(!isnan(v[0]) && isnan(v[1]), "inside AOI %g, outside %g", v[0], v[1]);
+}
+
+static int dir_empty_or_missing(const char *d)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "test ! -e %s || test -z \"$(ls -A %s)\"", d, d);
+    return dm_run(cmd, NULL) == 0;
+}
+
+TEST(features_bad_inputs)
+{
+    const char *t = dm_test_tmpdir();
+    char in[1024], one[1024], ungeo[1024], args[4096], od[1100];
+    const char *out;
+    snprintf(in, sizeof in, "%s/in.tif", t);
+    snprintf(one, sizeof one, "%s/one.tif", t);
+    snprintf(ungeo, sizeof ungeo, "%s/ungeo.tif", t);
+    double gt[6] = { 0, 1, 0, 0, 0, -1 };
+    CHECK(make_tif(in, 64, 64, 3, gt, 32631, -1, 7) == 0);
+    CHECK(make_tif(one, 64, 64, 1, gt, 32631, -1, 7) == 0);
+    CHECK(make_tif(ungeo, 64, 64, 3, NULL, 0, -1, 7) == 0);
+    snprintf(od, sizeof od, "%s/out", t);
+    struct {
+        const char *fmt;
+        int code;
+        const char *msg;
+    } cases[] = {
+        { "%s/missing.tif -o %s", 1, "not a raster GDAL can open" },
+        { "%s/in.tif -o %s --bands 1,2,9", 1, "asks for band 9" },
+        { "%s/one.tif -o %s", 1, "has 1 band" },
+        { "%s/ungeo.tif -o %s", 1, "no georeferencing" },
+        { "%s/in.tif -o %s --tile 100", 1, "multiple of 16" },
+        { "%s/in.tif -o %s --halo 8", 1, "multiple of 16" },
+        { "%s/in.tif -o %s --layer 7", 1, "--layer 7" },
+        { "%s/in.tif -o %s --quantize int4", 2, "none or int8" },
+        { "%s/in.tif -o %s --bands 1,2", 2, "three" },
+        { "%s/in.tif -o %s --aoi /nonexistent.geojson", 1, "nonexistent" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char a[2048];
+        snprintf(a, sizeof a, cases[i].fmt, t, od);
+        snprintf(args, sizeof args, "%s", a);
+        int st = run_features(args, &out);
+        CHECKF(st == cases[i].code, "`%s`: exit %d (want %d): %s", a, st, cases[i].code, out);
+        CHECKF(strstr(out, cases[i].msg), "`%s`: message lacks \"%s\": %s", a, cases[i].msg, out);
+        CHECKF(dir_empty_or_missing(od), "`%s` left files in OUTDIR", a);
+    }
+    /* not a weights file / weights of a head */
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s features -m %s -o %s %s", dm_bin(), in, od, in);
+    CHECKF(dm_run(cmd, &out) == 1 && strstr(out, "not a weights file"), "%s", out);
+    CHECK(dir_empty_or_missing(od));
+    /* unwritable OUTDIR */
+    snprintf(cmd, sizeof cmd, "%s features -m %s -o /proc/nope/out %s", dm_bin(), tiny(), in);
+    CHECKF(dm_run(cmd, &out) == 1 && strstr(out, "cannot create output directory"), "%s", out);
+    /* OUTDIR already holding a run */
+    snprintf(args, sizeof args, "%s -o %s --tile 64", in, od);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    CHECKF(run_features(args, &out) == 1 && strstr(out, "already holds a run"), "%s", out);
+    /* ungeoreferenced, allowed explicitly: runs with a warning */
+    snprintf(args, sizeof args, "%s -o %s/u --tile 64 --allow-ungeoreferenced", ungeo, t);
+    CHECKF(run_features(args, &out) == 0 && strstr(out, "pixel coordinates"), "%s", out);
+}
+
+/* Writes a minimal random DINOv3-shaped checkpoint (Meta names, D=16, 1 block, 1 head of 16) as
+ * safetensors: the pipeline's cost is then almost all I/O, which is what the memory test needs. */
+static int write_micro_checkpoint(const char *path)
+{
+    static const struct {
+        const char *name;
+        int nd;
+        int s[4];
+    } t[] = {
+        { "cls_token", 3, { 1, 1, 16 } }, { "storage_tokens", 3, { 1, 4, 16 } },
+        { "patch_embed.proj.weight", 4, { 16, 3, 16, 16 } }, { "patch_embed.proj.bias", 1, { 16 } },
+        { "rope_embed.periods", 1, { 4 } },
+        { "blocks.0.norm1.weight", 1, { 16 } }, { "blocks.0.norm1.bias", 1, { 16 } },
+        { "blocks.0.attn.qkv.weight", 2, { 48, 16 } }, { "blocks.0.attn.qkv.bias", 1, { 48 } },
+        { "blocks.0.attn.proj.weight", 2, { 16, 16 } }, { "blocks.0.attn.proj.bias", 1, { 16 } },
+        { "blocks.0.ls1.gamma", 1, { 16 } }, { "blocks.0.norm2.weight", 1, { 16 } },
+        { "blocks.0.norm2.bias", 1, { 16 } }, { "blocks.0.mlp.fc1.weight", 2, { 32, 16 } },
+        { "blocks.0.mlp.fc1.bias", 1, { 32 } }, { "blocks.0.mlp.fc2.weight", 2, { 16, 32 } },
+        { "blocks.0.mlp.fc2.bias", 1, { 16 } }, { "blocks.0.ls2.gamma", 1, { 16 } },
+        { "norm.weight", 1, { 16 } }, { "norm.bias", 1, { 16 } },
+    };
+    int n = (int)(sizeof t / sizeof t[0]);
+    char hdr[8192];
+    size_t k = 0, off = 0;
+    k += snprintf(hdr + k, sizeof hdr - k, "{");
+    for (int i = 0; i < n; i++) {
+        size_t ne = 1;
+        for (int d = 0; d < t[i].nd; d++)
+            ne *= (size_t)t[i].s[d];
+        k += snprintf(hdr + k, sizeof hdr - k, "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[", i ? "," : "",
+                      t[i].name);
+        for (int d = 0; d < t[i].nd; d++)
+            k += snprintf(hdr + k, sizeof hdr - k, "%s%d", d ? "," : "", t[i].s[d]);
+        k += snprintf(hdr + k, sizeof hdr - k, "],\"data_offsets\":[%zu,%zu]}", off, off + 4 * ne);
+        off += 4 * ne;
+    }
+    k += snprintf(hdr + k, sizeof hdr - k, "}");
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    uint64_t hl = k;
+    fwrite(&hl, 8, 1, f);
+    fwrite(hdr, 1, k, f);
+    uint32_t r = 1;
+    for (int i = 0; i < n; i++) {
+        size_t ne = 1;
+        for (int d = 0; d < t[i].nd; d++)
+            ne *= (size_t)t[i].s[d];
+        for (size_t j = 0; j < ne; j++) {
+            float v;
+            r = hash32(r + (uint32_t)j);
+            if (strstr(t[i].name, "periods"))
+                v = powf(100.0f, (float)j / 4.0f);
+            else if (strstr(t[i].name, "norm") && strstr(t[i].name, "weight"))
+                v = 1.0f;
+            else
+                v = ((float)(r % 2001) / 1000.0f - 1.0f) * 0.2f;
+            fwrite(&v, 4, 1, f);
+        }
+    }
+    return fclose(f);
+}
+
+/* A 20,000 × 20,000 px virtual mosaic keeps peak RSS far below its size (1.2 GB of RGB). */
+TEST(features_memory_bounded_on_large_mosaic)
+{
+    if (getenv("DM_SANITIZED")) /* sanitizer builds are too slow and use shadow memory */
+        return;
+    const char *t = dm_test_tmpdir();
+    char small[1024], vrt[1024];
+    const char *out;
+    snprintf(small, sizeof small, "%s/small.tif", t);
+    double gt[6] = { 300000, 0.5, 0, 5000000, 0, -0.5 };
+    CHECK(make_tif(small, 500, 500, 3, gt, 32631, -1, 8) == 0);
+    snprintf(vrt, sizeof vrt, "%s/big.vrt", t);
+    FILE *f = fopen(vrt, "w");
+    CHECK(f != NULL);
+    fprintf(f, "<VRTDataset rasterXSize=\"20000\" rasterYSize=\"20000\">\n"
+               "<GeoTransform>300000, 0.5, 0, 5000000, 0, -0.5</GeoTransform>\n");
+    fprintf(f, "<SRS>EPSG:32631</SRS>\n");
+    for (int b = 1; b <= 3; b++)
+        fprintf(f, "<VRTRasterBand dataType=\"Byte\" band=\"%d\"><SimpleSource>"
+                   "<SourceFilename relativeToVRT=\"1\">small.tif</SourceFilename>"
+                   "<SourceBand>%d</SourceBand><SrcRect xOff=\"0\" yOff=\"0\" xSize=\"500\" "
+                   "ySize=\"500\"/><DstRect xOff=\"0\" yOff=\"0\" xSize=\"20000\" ySize=\"20000\"/>"
+                   "</SimpleSource></VRTRasterBand>\n", b, b);
+    fprintf(f, "</VRTDataset>\n");
+    fclose(f);
+    char micro[1024], cmd[8192];
+    snprintf(micro, sizeof micro, "%s/micro.safetensors", t);
+    CHECK(write_micro_checkpoint(micro) == 0);
+    snprintf(cmd, sizeof cmd, "%s features --progress none -m %s %s -o %s/o --tile 512 --halo 0 "
+             "--threads 2", dm_bin(), micro, vrt, t);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    struct rusage ru;
+    getrusage(RUSAGE_CHILDREN, &ru);
+    double mb = (double)ru.ru_maxrss / 1024.0;
+    printf("    peak RSS of the 20000×20000 run: %.0f MB\n", mb);
+    /* the bound: GDAL's block cache (256 MB, set by dinomap) + a chunk + the model's buffers */
+    CHECKF(mb < 600, "peak RSS %.0f MB", mb);
+    char p[1100];
+    snprintf(p, sizeof p, "%s/o/features.tif", t);
+    GDALDatasetH d = open_ro(p);
+    CHECK(d && GDALGetRasterXSize(d) == 1250 && GDALGetRasterYSize(d) == 1250 &&
+          GDALGetRasterCount(d) == 16);
+    GDALClose(d);
+}

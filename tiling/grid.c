@@ -1,0 +1,78 @@
+/* tiling/grid.c — see grid.h. */
+#include "grid.h"
+
+static int min_i(int a, int b) { return a < b ? a : b; }
+
+int dm_grid_init(dm_grid *g, int W, int H, int tile, int halo, int chunk, dm_err *err)
+{
+    if (tile < DM_PATCH_PX || tile % DM_PATCH_PX || tile > 8192)
+        return dm_err_set(err, DM_EINVAL, "--tile %d: must be a multiple of 16 between 16 and "
+                          "8192", tile);
+    if (halo < 0 || halo % DM_PATCH_PX || halo > 4096)
+        return dm_err_set(err, DM_EINVAL, "--halo %d: must be a multiple of 16 between 0 and "
+                          "4096", halo);
+    if (chunk < 1 || chunk > 64)
+        return dm_err_set(err, DM_EINVAL, "--chunk %d: must be between 1 and 64 tiles", chunk);
+    if (W < 1 || H < 1)
+        return dm_err_set(err, DM_EINVAL, "the mosaic is empty (%d×%d px)", W, H);
+    g->W = W;
+    g->H = H;
+    g->tile = tile;
+    g->halo = halo;
+    g->tp = tile / DM_PATCH_PX;
+    g->fw = (W + DM_PATCH_PX - 1) / DM_PATCH_PX;
+    g->fh = (H + DM_PATCH_PX - 1) / DM_PATCH_PX;
+    g->ncols = (g->fw + g->tp - 1) / g->tp;
+    g->nrows = (g->fh + g->tp - 1) / g->tp;
+    g->chunk = chunk;
+    g->ccols = (g->ncols + chunk - 1) / chunk;
+    g->crows = (g->nrows + chunk - 1) / chunk;
+    return 0;
+}
+
+int dm_grid_ntiles(const dm_grid *g) { return g->ncols * g->nrows; }
+int dm_grid_nchunks(const dm_grid *g) { return g->ccols * g->crows; }
+
+dm_window dm_grid_tile_patches(const dm_grid *g, int r, int c)
+{
+    dm_window w = { c * g->tp, r * g->tp, 0, 0 };
+    w.w = min_i(g->tp, g->fw - w.x);
+    w.h = min_i(g->tp, g->fh - w.y);
+    return w;
+}
+
+dm_window dm_grid_tile_input(const dm_grid *g, int r, int c)
+{
+    dm_window w = { c * g->tile - g->halo, r * g->tile - g->halo, g->tile + 2 * g->halo,
+                    g->tile + 2 * g->halo };
+    return w;
+}
+
+void dm_grid_chunk(const dm_grid *g, int k, int *r0, int *c0, int *r1, int *c1, dm_window *p)
+{
+    int cr = k / g->ccols, cc = k % g->ccols;
+    *r0 = cr * g->chunk;
+    *c0 = cc * g->chunk;
+    *r1 = min_i(*r0 + g->chunk, g->nrows);
+    *c1 = min_i(*c0 + g->chunk, g->ncols);
+    p->x = *c0 * g->tp;
+    p->y = *r0 * g->tp;
+    p->w = min_i(*c1 * g->tp, g->fw) - p->x;
+    p->h = min_i(*r1 * g->tp, g->fh) - p->y;
+}
+
+void dm_grid_order(const dm_grid *g, int *rows, int *cols, int *chunks)
+{
+    int i = 0;
+    for (int k = 0; k < dm_grid_nchunks(g); k++) {
+        int r0, c0, r1, c1;
+        dm_window p;
+        dm_grid_chunk(g, k, &r0, &c0, &r1, &c1, &p);
+        for (int r = r0; r < r1; r++)
+            for (int c = c0; c < c1; c++, i++) {
+                rows[i] = r;
+                cols[i] = c;
+                chunks[i] = k;
+            }
+    }
+}

@@ -1,0 +1,42 @@
+/* tiling/grid.h — the deterministic tile grid of a run, aligned to the 16-px patch grid.
+ * Units: mosaic pixels (px) and patches (16×16 px, one output pixel of a feature raster).
+ * Tile (r, c) owns the core patches [c·tp, (c+1)·tp) × [r·tp, (r+1)·tp) (clipped to the
+ * feature grid); the model sees the core plus `halo` px of context on every side, so that
+ * neighbouring tiles never overlap and leave no gaps. Chunks group chunk×chunk tiles: the unit
+ * of crash-safe output. */
+#ifndef DM_TILING_GRID_H
+#define DM_TILING_GRID_H
+
+#include "../src/dm_err.h"
+
+#define DM_PATCH_PX 16
+
+typedef struct dm_grid {
+    int W, H;          /* mosaic size, px */
+    int tile, halo;    /* px, multiples of 16 */
+    int tp;            /* patches per tile side */
+    int fw, fh;        /* feature grid: ceil(W/16) × ceil(H/16) patches */
+    int ncols, nrows;  /* tiles */
+    int chunk;         /* tiles per chunk side */
+    int ccols, crows;  /* chunks */
+} dm_grid;
+
+typedef struct dm_window {
+    int x, y, w, h;
+} dm_window;
+
+int dm_grid_init(dm_grid *g, int W, int H, int tile, int halo, int chunk, dm_err *err);
+int dm_grid_ntiles(const dm_grid *g);
+int dm_grid_nchunks(const dm_grid *g);
+/* The core patches of tile (r, c), in patch units. */
+dm_window dm_grid_tile_patches(const dm_grid *g, int r, int c);
+/* The pixels the model reads for tile (r, c): the core's full tile plus the halo (may extend
+ * outside the mosaic; always (tile + 2·halo)² so that every tile has the same shape). */
+dm_window dm_grid_tile_input(const dm_grid *g, int r, int c);
+/* Chunk k: its tiles [r0, r1) × [c0, c1) and its patches. */
+void dm_grid_chunk(const dm_grid *g, int k, int *r0, int *c0, int *r1, int *c1, dm_window *patches);
+/* The processing order (chunk by chunk, row-major inside a chunk): fills rows/cols/chunks, each of
+ * dm_grid_ntiles() entries. */
+void dm_grid_order(const dm_grid *g, int *rows, int *cols, int *chunks);
+
+#endif
