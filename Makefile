@@ -86,31 +86,35 @@ test: check-deps
 
 test-plain: $(BUILD)/run_tests $(BUILD)/dinomap
 	@echo "== tests (optimised build) =="
-	@DM_BIN=$(BUILD)/dinomap OPENBLAS_NUM_THREADS=2 ./$(BUILD)/run_tests
+	@DINOMAP_CACHE_DIR=$(BUILD)/cache DM_BIN=$(BUILD)/dinomap OPENBLAS_NUM_THREADS=2 ./$(BUILD)/run_tests
 
 test-asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	  build-asan/run_tests build-asan/dinomap
 	@echo "== tests (AddressSanitizer + UndefinedBehaviorSanitizer) =="
-	@DM_SANITIZED=1 DM_BIN=build-asan/dinomap ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	@DINOMAP_CACHE_DIR=build-asan/cache DM_SANITIZED=1 DM_BIN=build-asan/dinomap ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  OPENBLAS_NUM_THREADS=1 ./build-asan/run_tests
 
 bench: check-deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench_vit
 	./$(BUILD)/bench_vit 2 512
+	@$(MAKE) --no-print-directory $(BUILD)/dinomap dinomap
+	sh tests/bench_features.sh 2
 
-# The main job on the bundled sample. For now: describe the weights and run the backbone on a
-# sample tile. DINOMAP_WEIGHTS selects real weights; else a tiny random test checkpoint is used.
+# The main job on the bundled sample: a feature raster of the Landsat scene in samples/.
+# DINOMAP_WEIGHTS selects real weights; else a tiny random test checkpoint is used (valid
+# rasters, meaningless features).
 DEMO_WEIGHTS = $(or $(DINOMAP_WEIGHTS),tests/data/golden/vitl_sat_tiny/backbone.pth)
 demo: all
 	@if [ -n "$(DINOMAP_WEIGHTS)" ]; then echo "demo: using your weights $(DINOMAP_WEIGHTS)"; \
 	 else echo "demo: DINOMAP_WEIGHTS is not set: using the tiny RANDOM test checkpoint $(DEMO_WEIGHTS)"; \
-	      echo "      (valid outputs, meaningless features; see README: Getting the weights)"; fi
+	      echo "      (valid rasters, meaningless features; see README: Getting the weights)"; fi
 	./dinomap info $(DEMO_WEIGHTS)
-	./dinomap forward -m $(DEMO_WEIGHTS) -i tests/data/golden/vitl_sat_tiny/input_u8.npy \
-	  -o out/demo --layers 0,1 --norm sat
+	rm -rf out/demo
+	./dinomap features -m $(DEMO_WEIGHTS) --bands 3,2,1 samples/L7_ETMs.tif -o out/demo
 	@ls -l out/demo
+	@echo "demo: open out/demo/features_pca.tif and out/demo/tiles.gpkg in QGIS"
 
 clean:
 	rm -rf build build-asan dinomap build-test.log build-asan-test.log

@@ -474,7 +474,7 @@ int dm_features_run(const dm_features_opts *o, dm_err *err)
     if (dm_mosaic_georeferenced(R.mo) && (gsd < 0.2 || gsd > 2.0))
         dm_info("pixel size %.3g: the SAT-493M models saw 0.6 m imagery; features at very "
                 "different scales are less meaningful (--gsd warps)", gsd);
-    if ((rc = dm_sha256_file(o->weights, sha, err)) && rc != DM_EIO)
+    if ((rc = dm_sha256_file_cached(o->weights, sha, err)) && rc != DM_EIO)
         goto out;
     rc = 0; /* a directory of shards has no single hash: leave it empty */
     R.D = R.m->cfg.embed_dim;

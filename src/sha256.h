@@ -19,5 +19,8 @@ void dm_sha256_update(dm_sha256 *s, const void *data, size_t n);
 void dm_sha256_hex(dm_sha256 *s, char out[65]); /* finishes the hash */
 /* Hash of a whole file as 64 hex digits. */
 int dm_sha256_file(const char *path, char out[65], dm_err *err);
+/* The same, remembered in a small cache ($DINOMAP_CACHE_DIR, else $XDG_CACHE_HOME/dinomap, else
+ * ~/.cache/dinomap) keyed by real path, size, mtime and inode. */
+int dm_sha256_file_cached(const char *path, char out[65], dm_err *err);
 
 #endif
