@@ -55,17 +55,6 @@ static void help(FILE *f)
         "  -h, --help            this help\n");
 }
 
-static int pair(const char *s, double *a, double *b)
-{
-    char *end;
-    *a = strtod(s, &end);
-    if (end == s || *end != ',')
-        return -1;
-    const char *t = end + 1;
-    *b = strtod(t, &end);
-    return (end == t || *end) ? -1 : 0;
-}
-
 int cmd_features(int argc, char **argv)
 {
     enum { O_BANDS = 256, O_SCALE, O_STRETCH, O_GSD, O_CRS, O_TILE, O_HALO, O_CHUNK, O_BATCH,
@@ -111,13 +100,13 @@ int cmd_features(int argc, char **argv)
             memcpy(o.mosaic.bands, list, sizeof o.mosaic.bands);
             break;
         case O_SCALE:
-            if (pair(optarg, &o.mosaic.scale_min, &o.mosaic.scale_max) ||
+            if (dm_parse_pair(optarg, &o.mosaic.scale_min, &o.mosaic.scale_max) ||
                 o.mosaic.scale_max <= o.mosaic.scale_min)
                 BAD("--scale %s: expected MIN,MAX with MIN < MAX", optarg);
             o.mosaic.scale_set = 1;
             break;
         case O_STRETCH:
-            if (pair(optarg, &o.mosaic.p1, &o.mosaic.p2) || o.mosaic.p1 < 0 || o.mosaic.p2 > 100 ||
+            if (dm_parse_pair(optarg, &o.mosaic.p1, &o.mosaic.p2) || o.mosaic.p1 < 0 || o.mosaic.p2 > 100 ||
                 o.mosaic.p1 >= o.mosaic.p2)
                 BAD("--stretch %s: expected percentiles P1,P2 with 0 <= P1 < P2 <= 100", optarg);
             o.mosaic.stretch_set = 1;

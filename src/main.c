@@ -17,6 +17,7 @@ static const struct {
 } cmds[] = {
     { "info", cmd_info, "describe a weights file: architecture, parameters, dtypes, tensors" },
     { "features", cmd_features, "map a GeoTIFF mosaic to a feature raster (+ PCA preview, tile index)" },
+    { "chm", cmd_chm, "canopy height map (metres) of a mosaic with Meta's CHMv2 head" },
     { "forward", cmd_forward, "run the backbone on one image or tensor and write .npy outputs" },
 };
 
@@ -49,6 +50,17 @@ int dm_parse_int_list(const char *s, int *out, int max)
             return -1;
     }
     return n;
+}
+
+int dm_parse_pair(const char *s, double *a, double *b)
+{
+    char *end;
+    *a = strtod(s, &end);
+    if (end == s || *end != ',')
+        return -1;
+    const char *t = end + 1;
+    *b = strtod(t, &end);
+    return (end == t || *end) ? -1 : 0;
 }
 
 int dm_parse_pos_int(const char *s)

@@ -15,6 +15,12 @@ int dm_run(const char *cmd, const char **outbuf);
 /* The dinomap binary under test (DM_BIN, default ./dinomap). */
 const char *dm_bin(void);
 
+/* A GeoTIFF of w×h px, `bands` Byte bands of blocky random texture; epsg 0 = no CRS; gt NULL =
+ * no geotransform; nodata >= 0 sets that nodata value and paints the top-left quarter with it. */
+int dm_make_tif(const char *path, int w, int h, int bands, const double *gt, int epsg, int nodata,
+                uint32_t seed);
+uint32_t dm_hash32(uint32_t x);
+
 #define DM_GOLDEN_TOL 1e-4
 
 #endif

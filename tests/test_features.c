@@ -27,61 +27,6 @@ static const char *tiny(void)
     return p;
 }
 
-static uint32_t hash32(uint32_t x)
-{
-    x ^= x >> 16;
-    x *= 0x7feb352dU;
-    x ^= x >> 15;
-    x *= 0x846ca68bU;
-    return x ^ (x >> 16);
-}
-
-/* A GeoTIFF of w×h px, `bands` Byte bands of smooth-ish random texture; epsg 0 = no CRS;
- * gt NULL = no geotransform; nodata >= 0 sets a nodata value (and paints a nodata block). */
-static int make_tif(const char *path, int w, int h, int bands, const double *gt, int epsg,
-                    int nodata, uint32_t seed)
-{
-    GDALAllRegister();
-    GDALDatasetH d = GDALCreate(GDALGetDriverByName("GTiff"), path, w, h, bands, GDT_Byte, NULL);
-    if (!d)
-        return -1;
-    if (gt)
-        GDALSetGeoTransform(d, (double *)gt);
-    if (epsg) {
-        OGRSpatialReferenceH s = OSRNewSpatialReference(NULL);
-        OSRImportFromEPSG(s, epsg);
-        char *wkt = NULL;
-        OSRExportToWkt(s, &wkt);
-        GDALSetProjection(d, wkt);
-        CPLFree(wkt);
-        OSRDestroySpatialReference(s);
-    }
-    uint8_t *buf = malloc((size_t)w * h);
-    for (int b = 1; b <= bands; b++) {
-        for (int y = 0; y < h; y++)
-            for (int x = 0; x < w; x++) {
-                uint32_t v = hash32(seed * 7919u + (uint32_t)b * 104729u + (uint32_t)(y / 4) * 613u +
-                                    (uint32_t)(x / 4));
-                buf[(size_t)y * w + x] = (uint8_t)(40 + v % 180 + (x + y) % 16);
-            }
-        if (nodata >= 0) {
-            for (int y = 0; y < h / 2; y++) /* top-left quarter is nodata */
-                for (int x = 0; x < w / 2; x++)
-                    buf[(size_t)y * w + x] = (uint8_t)nodata;
-            GDALSetRasterNoDataValue(GDALGetRasterBand(d, b), nodata);
-        }
-        if (GDALRasterIO(GDALGetRasterBand(d, b), GF_Write, 0, 0, w, h, buf, w, h, GDT_Byte, 0,
-                         0) != CE_None) {
-            free(buf);
-            GDALClose(d);
-            return -1;
-        }
-    }
-    free(buf);
-    GDALClose(d);
-    return 0;
-}
-
 static int run_features(const char *args, const char **out)
 {
     char cmd[8192];
@@ -102,7 +47,7 @@ TEST(features_georef_projected_odd_size)
     const char *out;
     snprintf(in, sizeof in, "%s/in.tif", t);
     double gt[6] = { 431234.5, 0.5, 0, 5412345.25, 0, -0.5 };
-    CHECK(make_tif(in, 203, 117, 3, gt, 32631, -1, 1) == 0);
+    CHECK(dm_make_tif(in, 203, 117, 3, gt, 32631, -1, 1) == 0);
     snprintf(args, sizeof args, "%s -o %s/o --tile 64 --halo 16", in, t);
     CHECKF(run_features(args, &out) == 0, "%s", out);
     snprintf(in, sizeof in, "%s/o/features.tif", t);
@@ -141,7 +86,7 @@ TEST(features_geographic_input_goes_to_utm)
     const char *out;
     snprintf(in, sizeof in, "%s/geo.tif", t);
     double gt[6] = { 2.30, 0.00001, 0, 48.86, 0, -0.00001 }; /* Paris, ~1 m */
-    CHECK(make_tif(in, 96, 96, 3, gt, 4326, -1, 2) == 0);
+    CHECK(dm_make_tif(in, 96, 96, 3, gt, 4326, -1, 2) == 0);
     snprintf(args, sizeof args, "%s -o %s/o --tile 64 --halo 0", in, t);
     CHECKF(run_features(args, &out) == 0, "%s", out);
     CHECKF(strstr(out, "EPSG:32631"), "no notice of the UTM zone: %s", out);
@@ -168,7 +113,7 @@ TEST(features_patch_pixels_match_forward)
     const char *out;
     snprintf(in, sizeof in, "%s/in.tif", t);
     double gt[6] = { 1000, 2, 0, 2000, 0, -2 };
-    CHECK(make_tif(in, 96, 96, 3, gt, 32632, -1, 3) == 0);
+    CHECK(dm_make_tif(in, 96, 96, 3, gt, 32632, -1, 3) == 0);
     snprintf(args, sizeof args, "%s -o %s/o --tile 96 --halo 0 --no-pca", in, t);
     CHECKF(run_features(args, &out) == 0, "%s", out);
     char cmd[4096];
@@ -205,7 +150,7 @@ TEST(features_outputs_are_valid_cogs_with_overviews)
     const char *out;
     snprintf(in, sizeof in, "%s/in.tif", t);
     double gt[6] = { 0, 1, 0, 0, 0, -1 };
-    CHECK(make_tif(in, 1024 * 5, 640, 3, gt, 3857, -1, 4) == 0); /* 320×40 features: overviews */
+    CHECK(dm_make_tif(in, 1024 * 5, 640, 3, gt, 3857, -1, 4) == 0); /* 320×40 features: overviews */
     snprintf(args, sizeof args, "%s -o %s/o --tile 512 --halo 0 --quantize int8", in, t);
     CHECKF(run_features(args, &out) == 0, "%s", out);
     static const char *names[] = { "features.tif", "features_pca.tif" };
@@ -243,7 +188,7 @@ TEST(features_mosaic_of_four_equals_one)
     const char *out;
     snprintf(in, sizeof in, "%s/whole.tif", t);
     double gt[6] = { 500000, 1, 0, 4000000, 0, -1 };
-    CHECK(make_tif(in, 200, 160, 3, gt, 32633, -1, 5) == 0);
+    CHECK(dm_make_tif(in, 200, 160, 3, gt, 32633, -1, 5) == 0);
     /* four quarters with uneven splits */
     int xs[3] = { 0, 77, 200 }, ys[3] = { 0, 101, 160 };
     char parts[1024] = "";
@@ -289,7 +234,7 @@ TEST(features_nodata_aoi_and_tile_index)
     const char *out;
     snprintf(in, sizeof in, "%s/in.tif", t);
     double gt[6] = { 600000, 1, 0, 5000000, 0, -1 };
-    CHECK(make_tif(in, 256, 256, 3, gt, 32631, 0, 6) == 0); /* top-left 128×128 is nodata */
+    CHECK(dm_make_tif(in, 256, 256, 3, gt, 32631, 0, 6) == 0); /* top-left 128×128 is nodata */
     snprintf(args, sizeof args, "%s -o %s/o --tile 64 --halo 16 --chunk 2", in, t);
     CHECKF(run_features(args, &out) == 0, "%s", out);
     snprintf(p, sizeof p, "%s/o/features.tif", t);
@@ -347,9 +292,9 @@ TEST(features_bad_inputs)
     snprintf(one, sizeof one, "%s/one.tif", t);
     snprintf(ungeo, sizeof ungeo, "%s/ungeo.tif", t);
     double gt[6] = { 0, 1, 0, 0, 0, -1 };
-    CHECK(make_tif(in, 64, 64, 3, gt, 32631, -1, 7) == 0);
-    CHECK(make_tif(one, 64, 64, 1, gt, 32631, -1, 7) == 0);
-    CHECK(make_tif(ungeo, 64, 64, 3, NULL, 0, -1, 7) == 0);
+    CHECK(dm_make_tif(in, 64, 64, 3, gt, 32631, -1, 7) == 0);
+    CHECK(dm_make_tif(one, 64, 64, 1, gt, 32631, -1, 7) == 0);
+    CHECK(dm_make_tif(ungeo, 64, 64, 3, NULL, 0, -1, 7) == 0);
     snprintf(od, sizeof od, "%s/out", t);
     struct {
         const char *fmt;
@@ -443,7 +388,7 @@ static int write_micro_checkpoint(const char *path)
             ne *= (size_t)t[i].s[d];
         for (size_t j = 0; j < ne; j++) {
             float v;
-            r = hash32(r + (uint32_t)j);
+            r = dm_hash32(r + (uint32_t)j);
             if (strstr(t[i].name, "periods"))
                 v = powf(100.0f, (float)j / 4.0f);
             else if (strstr(t[i].name, "norm") && strstr(t[i].name, "weight"))
@@ -466,7 +411,7 @@ TEST(features_memory_bounded_on_large_mosaic)
     const char *out;
     snprintf(small, sizeof small, "%s/small.tif", t);
     double gt[6] = { 300000, 0.5, 0, 5000000, 0, -0.5 };
-    CHECK(make_tif(small, 500, 500, 3, gt, 32631, -1, 8) == 0);
+    CHECK(dm_make_tif(small, 500, 500, 3, gt, 32631, -1, 8) == 0);
     snprintf(vrt, sizeof vrt, "%s/big.vrt", t);
     FILE *f = fopen(vrt, "w");
     CHECK(f != NULL);

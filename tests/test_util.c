@@ -1,5 +1,9 @@
 /* tests/test_util.c — comparisons and command runs for the tests (see golden.h). */
+#include <cpl_conv.h>
+#include <gdal.h>
 #include <math.h>
+#include <ogr_srs_api.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,3 +79,59 @@ int dm_run(const char *cmd, const char **outbuf)
         return -1;
     return WEXITSTATUS(st);
 }
+
+uint32_t dm_hash32(uint32_t x)
+{
+    x ^= x >> 16;
+    x *= 0x7feb352dU;
+    x ^= x >> 15;
+    x *= 0x846ca68bU;
+    return x ^ (x >> 16);
+}
+
+/* A GeoTIFF of w×h px, `bands` Byte bands of smooth-ish random texture; epsg 0 = no CRS;
+ * gt NULL = no geotransform; nodata >= 0 sets a nodata value (and paints a nodata block). */
+int dm_make_tif(const char *path, int w, int h, int bands, const double *gt, int epsg,
+                    int nodata, uint32_t seed)
+{
+    GDALAllRegister();
+    GDALDatasetH d = GDALCreate(GDALGetDriverByName("GTiff"), path, w, h, bands, GDT_Byte, NULL);
+    if (!d)
+        return -1;
+    if (gt)
+        GDALSetGeoTransform(d, (double *)gt);
+    if (epsg) {
+        OGRSpatialReferenceH s = OSRNewSpatialReference(NULL);
+        OSRImportFromEPSG(s, epsg);
+        char *wkt = NULL;
+        OSRExportToWkt(s, &wkt);
+        GDALSetProjection(d, wkt);
+        CPLFree(wkt);
+        OSRDestroySpatialReference(s);
+    }
+    uint8_t *buf = malloc((size_t)w * h);
+    for (int b = 1; b <= bands; b++) {
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++) {
+                uint32_t v = dm_hash32(seed * 7919u + (uint32_t)b * 104729u + (uint32_t)(y / 4) * 613u +
+                                    (uint32_t)(x / 4));
+                buf[(size_t)y * w + x] = (uint8_t)(40 + v % 180 + (x + y) % 16);
+            }
+        if (nodata >= 0) {
+            for (int y = 0; y < h / 2; y++) /* top-left quarter is nodata */
+                for (int x = 0; x < w / 2; x++)
+                    buf[(size_t)y * w + x] = (uint8_t)nodata;
+            GDALSetRasterNoDataValue(GDALGetRasterBand(d, b), nodata);
+        }
+        if (GDALRasterIO(GDALGetRasterBand(d, b), GF_Write, 0, 0, w, h, buf, w, h, GDT_Byte, 0,
+                         0) != CE_None) {
+            free(buf);
+            GDALClose(d);
+            return -1;
+        }
+    }
+    free(buf);
+    GDALClose(d);
+    return 0;
+}
+

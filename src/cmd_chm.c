@@ -1,0 +1,155 @@
+/* src/cmd_chm.c — `dinomap chm`: command line → dm_chm_map (chm_run.c). */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "chm_run.h"
+#include "cli.h"
+#include "dm_log.h"
+#include "features_run.h"
+
+static void help(FILE *f)
+{
+    fprintf(f,
+        "usage: dinomap chm -m BACKBONE [--head HEAD] INPUT... -o OUTDIR [options]\n\n"
+        "Canopy height in metres from RGB imagery with Meta's CHMv2 DPT head on the DINOv3\n"
+        "ViT-L/16 SAT-493M backbone, seamless over whole mosaics: overlapping tiles blended with a\n"
+        "Hann window. INPUT: one or more rasters GDAL opens (one mosaic).\n\n"
+        "Writes to OUTDIR:\n"
+        "  chm.tif    float32 metres, nodata NaN (0 m is a real height), Cloud-Optimized GeoTIFF\n"
+        "             with AVERAGE overviews, the input's grid and CRS\n"
+        "  chm.qml    QGIS style (green ramp 0-40 m), loaded with chm.tif\n"
+        "  run.json   parameters, hashes, timings\n\n"
+        "options:\n"
+        "  -m, --model BACKBONE  backbone weights; a Hugging Face CHMv2 model.safetensors holds the\n"
+        "                        head too (required)\n"
+        "  --head HEAD           Meta's head file (dinov3_vitl16_chmv2_dpt_head-*.pth)\n"
+        "  -o, --output OUTDIR   output directory, created if missing (required)\n"
+        "  --tile PX             tile size, multiple of 32 (default: 512)\n"
+        "  --overlap PX          px shared by neighbouring tiles, multiple of 16, at most tile/2\n"
+        "                        (default: 128; 0 = no blending, tiles abut and seams show)\n"
+        "  --gsd METRES          warp to this pixel size (default: native, as CHMv2's authors\n"
+        "                        recommend; a notice when outside 0.3-1.5 m)\n"
+        "  --crs CRS             output CRS (default: the input's; geographic → UTM)\n"
+        "  --bands R,G,B         input bands as red, green, blue (default: 1,2,3)\n"
+        "  --scale MIN,MAX       map input values MIN..MAX to 0..255 (non-8-bit imagery)\n"
+        "  --stretch P1,P2       map the mosaic's P1..P2 percentiles to 0..255 (default 2,98 for\n"
+        "                        non-8-bit input)\n"
+        "  --norm PRESET         chm (default: CHMv2 mean 0.420,0.411,0.296), sat, lvd\n"
+        "  --taps LIST           the 4 backbone blocks the head reads (default: from the file or\n"
+        "                        the quarter rule: 5,11,17,23 for ViT-L)\n"
+        "  --threads N           compute threads (default: all cores)\n"
+        "  --device cpu          compute device (default: cpu)\n"
+        "  --arch NAME           force the backbone architecture\n"
+        "  --allow-ungeoreferenced  map an input without georeferencing in pixel coordinates\n"
+        "  --progress MODE       auto, bar, json, none (default: auto)\n"
+        "  -q, --quiet           only warnings and errors\n"
+        "  -h, --help            this help\n\n"
+        "Edges: tiles reach past the mosaic; pixels outside it (and nodata pixels) are fed as zeros\n"
+        "in normalized space, the value the reference pads with, and are nodata in chm.tif.\n");
+}
+
+int cmd_chm(int argc, char **argv)
+{
+    enum { O_HEAD = 256, O_TILE, O_OVERLAP, O_GSD, O_CRS, O_BANDS, O_SCALE, O_STRETCH, O_NORM,
+           O_TAPS, O_THREADS, O_DEVICE, O_ARCH, O_UNGEO, O_PROGRESS };
+    static const struct option opts[] = {
+        { "model", required_argument, 0, 'm' }, { "output", required_argument, 0, 'o' },
+        { "head", required_argument, 0, O_HEAD }, { "tile", required_argument, 0, O_TILE },
+        { "overlap", required_argument, 0, O_OVERLAP }, { "gsd", required_argument, 0, O_GSD },
+        { "crs", required_argument, 0, O_CRS }, { "bands", required_argument, 0, O_BANDS },
+        { "scale", required_argument, 0, O_SCALE }, { "stretch", required_argument, 0, O_STRETCH },
+        { "norm", required_argument, 0, O_NORM }, { "taps", required_argument, 0, O_TAPS },
+        { "threads", required_argument, 0, O_THREADS }, { "device", required_argument, 0, O_DEVICE },
+        { "arch", required_argument, 0, O_ARCH },
+        { "allow-ungeoreferenced", no_argument, 0, O_UNGEO },
+        { "progress", required_argument, 0, O_PROGRESS }, { "quiet", no_argument, 0, 'q' },
+        { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
+    };
+    dm_chm_opts o;
+    memset(&o, 0, sizeof o);
+    o.mosaic.bands[0] = 1, o.mosaic.bands[1] = 2, o.mosaic.bands[2] = 3;
+    o.tile = 512, o.overlap = 128;
+    o.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    o.device = "cpu";
+    o.norm = "chm";
+    o.progress = DM_PROGRESS_AUTO;
+    int ch, list[8];
+    optind = 1;
+#define BAD(...) do { fprintf(stderr, "dinomap chm: " __VA_ARGS__); fputc('\n', stderr); \
+                      return 2; } while (0)
+    while ((ch = getopt_long(argc, argv, "m:o:qh", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'm': o.weights = optarg; break;
+        case 'o': o.outdir = optarg; break;
+        case 'q': dm_log_level = DM_LOG_WARN; break;
+        case 'h': help(stdout); return 0;
+        case O_HEAD: o.head = optarg; break;
+        case O_TILE: if ((o.tile = dm_parse_pos_int(optarg)) < 0) BAD("--tile %s: expected a positive number", optarg); break;
+        case O_OVERLAP:
+            if (dm_parse_int_list(optarg, list, 1) != 1)
+                BAD("--overlap %s: expected a number of pixels", optarg);
+            o.overlap = list[0];
+            break;
+        case O_GSD: {
+            char *end;
+            o.mosaic.gsd = strtod(optarg, &end);
+            if (end == optarg || *end || !(o.mosaic.gsd > 0))
+                BAD("--gsd %s: expected a positive pixel size", optarg);
+            break;
+        }
+        case O_CRS: o.mosaic.crs = optarg; break;
+        case O_BANDS:
+            if (dm_parse_int_list(optarg, list, 8) != 3 || !list[0] || !list[1] || !list[2])
+                BAD("--bands %s: expected three 1-based band numbers, e.g. 3,2,1", optarg);
+            memcpy(o.mosaic.bands, list, sizeof o.mosaic.bands);
+            break;
+        case O_SCALE:
+            if (dm_parse_pair(optarg, &o.mosaic.scale_min, &o.mosaic.scale_max) ||
+                o.mosaic.scale_max <= o.mosaic.scale_min)
+                BAD("--scale %s: expected MIN,MAX with MIN < MAX", optarg);
+            o.mosaic.scale_set = 1;
+            break;
+        case O_STRETCH:
+            if (dm_parse_pair(optarg, &o.mosaic.p1, &o.mosaic.p2) || o.mosaic.p1 < 0 ||
+                o.mosaic.p2 > 100 || o.mosaic.p1 >= o.mosaic.p2)
+                BAD("--stretch %s: expected percentiles P1,P2 with 0 <= P1 < P2 <= 100", optarg);
+            o.mosaic.stretch_set = 1;
+            break;
+        case O_NORM: o.norm = optarg; break;
+        case O_TAPS:
+            if (dm_parse_int_list(optarg, o.taps, 4) != 4)
+                BAD("--taps %s: expected four block indices, e.g. 5,11,17,23", optarg);
+            o.taps_set = 1;
+            break;
+        case O_THREADS: if ((o.threads = dm_parse_pos_int(optarg)) < 0) BAD("--threads %s: expected a positive number", optarg); break;
+        case O_DEVICE: o.device = optarg; break;
+        case O_ARCH: o.arch = optarg; break;
+        case O_UNGEO: o.mosaic.allow_ungeoreferenced = 1; break;
+        case O_PROGRESS:
+            if (!strcmp(optarg, "auto")) o.progress = DM_PROGRESS_AUTO;
+            else if (!strcmp(optarg, "bar")) o.progress = DM_PROGRESS_BAR;
+            else if (!strcmp(optarg, "json")) o.progress = DM_PROGRESS_JSON;
+            else if (!strcmp(optarg, "none")) o.progress = DM_PROGRESS_NONE;
+            else BAD("--progress %s: expected auto, bar, json or none", optarg);
+            break;
+        default: help(stderr); return 2;
+        }
+    }
+#undef BAD
+    if (!o.weights || !o.outdir || optind >= argc) {
+        fprintf(stderr, "dinomap chm: -m BACKBONE, -o OUTDIR and at least one INPUT are required\n\n");
+        help(stderr);
+        return 2;
+    }
+    o.mosaic.inputs = (const char *const *)(argv + optind);
+    o.mosaic.n_inputs = argc - optind;
+    dm_err err = { 0 };
+    if (dm_chm_map(&o, &err)) {
+        fprintf(stderr, "dinomap chm: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
