@@ -445,3 +445,51 @@ TEST(features_memory_bounded_on_large_mosaic)
           GDALGetRasterCount(d) == 16);
     GDALClose(d);
 }
+
+/* Inputs in another CRS are warped to the first's; an alpha band masks like nodata. */
+TEST(features_mixed_crs_and_alpha)
+{
+    const char *t = dm_test_tmpdir();
+    char a[1024], b[1024], rgba[1024], cmd[4096], args[4096], p[1100];
+    const char *out;
+    snprintf(a, sizeof a, "%s/a.tif", t);
+    snprintf(b, sizeof b, "%s/b.tif", t);
+    double gt[6] = { 448000, 1, 0, 5411000, 0, -1 }; /* UTM 31N, near 2.3E 48.9N */
+    CHECK(dm_make_tif(a, 128, 128, 3, gt, 32631, -1, 21) == 0);
+    /* the neighbouring area, in geographic coordinates */
+    snprintf(cmd, sizeof cmd, "gdal_translate -q %s %s/a_shift.tif -a_ullr 448128 5411000 448256 "
+             "5410872 && gdalwarp -q -t_srs EPSG:4326 %s/a_shift.tif %s", a, t, t, b);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    snprintf(args, sizeof args, "%s %s -o %s/o --tile 64 --halo 0 --no-pca", a, b, t);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    snprintf(p, sizeof p, "%s/o/features.tif", t);
+    GDALDatasetH d = open_ro(p);
+    CHECK(d != NULL);
+    OGRSpatialReferenceH s = OSRNewSpatialReference(GDALGetProjectionRef(d));
+    const char *code = OSRGetAuthorityCode(s, NULL);
+    int epsg = code ? atoi(code) : 0;
+    OSRDestroySpatialReference(s);
+    int w = GDALGetRasterXSize(d);
+    GDALClose(d);
+    CHECKF(epsg == 32631 && w >= 15, "EPSG %d, width %d", epsg, w);
+    /* RGBA: alpha 0 on the left half → nodata there */
+    snprintf(rgba, sizeof rgba, "%s/rgba.tif", t);
+    snprintf(cmd, sizeof cmd, "gdal_translate -q -b 1 -b 2 -b 3 -b 1 -colorinterp_4 alpha "
+             "-co ALPHA=YES %s %s/tmp.tif && /usr/bin/python3 -c "
+             "\"from osgeo import gdal; d = gdal.Open('%s/tmp.tif', 1); b = d.GetRasterBand(4); "
+             "import numpy as n; v = n.full((128, 128), 255, n.uint8); v[:, :64] = 0; "
+             "b.WriteArray(v); d = None\" && mv %s/tmp.tif %s", a, t, t, t, rgba);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    snprintf(args, sizeof args, "%s -o %s/r --tile 64 --halo 0 --no-pca", rgba, t);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    snprintf(p, sizeof p, "%s/r/features.tif", t);
+    d = open_ro(p);
+    CHECK(d != NULL);
+    float v[2];
+    CHECK(GDALRasterIO(GDALGetRasterBand(d, 1), GF_Read, 1, 3, 1, 1, &v[0], 1, 1, GDT_Float32, 0,
+                       0) == CE_None);
+    CHECK(GDALRasterIO(GDALGetRasterBand(d, 1), GF_Read, 6, 3, 1, 1, &v[1], 1, 1, GDT_Float32, 0,
+                       0) == CE_None);
+    GDALClose(d);
+    CHECKF(isnan(v[0]) && !isnan(v[1]), "alpha 0 gives %g, alpha 255 gives %g", v[0], v[1]);
+}
