@@ -219,31 +219,10 @@ static int write_qml(const char *path, dm_err *err)
     return 0;
 }
 
-static int check_outdir(const char *dir, int *made, dm_err *err)
-{
-    struct stat st;
-    *made = 0;
-    if (stat(dir, &st) != 0) {
-        if (dm_mkdir_p(dir) != 0)
-            return dm_err_set(err, DM_EIO, "%s: cannot create output directory: %s", dir,
-                              strerror(errno));
-        *made = 1;
-        return 0;
-    }
-    char p[4096];
-    snprintf(p, sizeof p, "%s/chm.tif", dir);
-    if (!S_ISDIR(st.st_mode))
-        return dm_err_set(err, DM_EIO, "%s: exists and is not a directory", dir);
-    if (access(p, F_OK) == 0)
-        return dm_err_set(err, DM_EINVAL, "%s already holds chm.tif; choose another OUTDIR or "
-                          "remove it", dir);
-    if (access(dir, W_OK | X_OK) != 0)
-        return dm_err_set(err, DM_EIO, "%s: not writable: %s", dir, strerror(errno));
-    return 0;
-}
 
 int dm_chm_map(const dm_chm_opts *o, dm_err *err)
 {
+    static const char *const products[] = { "chm.tif", NULL };
     crun R;
     memset(&R, 0, sizeof R);
     R.o = o;
@@ -273,7 +252,7 @@ int dm_chm_map(const dm_chm_opts *o, dm_err *err)
     if ((rc = dm_chm_open(o->head, R.m->w, R.m, o->taps_set ? o->taps : NULL, &R.head, err)) ||
         (rc = dm_backend_open(o->device, R.m, &bo, &R.be, err)) ||
         (rc = dm_mosaic_open(&o->mosaic, &R.mo, err)) ||
-        (rc = check_outdir(o->outdir, &made, err)))
+        (rc = dm_prepare_outdir(o->outdir, products, &made, err)))
         goto out;
     dm_mosaic_size(R.mo, &R.W, &R.H);
     dm_mosaic_geotransform(R.mo, R.gt);

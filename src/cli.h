@@ -2,7 +2,26 @@
 #ifndef DM_CLI_H
 #define DM_CLI_H
 
+#include "../gis/mosaic.h"
+#include "dm_err.h"
+
 #define DINOMAP_VERSION "0.1.0"
+
+/* getopt codes of the options every mapping command takes (see DM_MOSAIC_LONGOPTS) */
+enum { DM_OPT_BANDS = 400, DM_OPT_SCALE, DM_OPT_STRETCH, DM_OPT_GSD, DM_OPT_CRS, DM_OPT_UNGEO };
+#define DM_MOSAIC_LONGOPTS                                                                         \
+    { "bands", required_argument, 0, DM_OPT_BANDS },                                               \
+    { "scale", required_argument, 0, DM_OPT_SCALE },                                               \
+    { "stretch", required_argument, 0, DM_OPT_STRETCH },                                           \
+    { "gsd", required_argument, 0, DM_OPT_GSD }, { "crs", required_argument, 0, DM_OPT_CRS },     \
+    { "allow-ungeoreferenced", no_argument, 0, DM_OPT_UNGEO }
+/* Handles one mosaic option: 1 handled, 0 not a mosaic option, -1 bad value (message printed). */
+int dm_cli_mosaic_opt(int ch, const char *arg, dm_mosaic_opts *m, const char *cmd);
+/* "auto", "bar", "json", "none" → DM_PROGRESS_*; -1 if unknown. */
+int dm_parse_progress(const char *s);
+/* OUTDIR for a mapping run: created if missing (*made = 1), else it must be a writable directory
+ * holding none of `products` (NULL-terminated file names). */
+int dm_prepare_outdir(const char *dir, const char *const *products, int *made, dm_err *err);
 
 int cmd_info(int argc, char **argv);
 int cmd_forward(int argc, char **argv);

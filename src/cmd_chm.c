@@ -53,19 +53,15 @@ static void help(FILE *f)
 
 int cmd_chm(int argc, char **argv)
 {
-    enum { O_HEAD = 256, O_TILE, O_OVERLAP, O_GSD, O_CRS, O_BANDS, O_SCALE, O_STRETCH, O_NORM,
-           O_TAPS, O_THREADS, O_DEVICE, O_ARCH, O_UNGEO, O_PROGRESS };
+    enum { O_HEAD = 256, O_TILE, O_OVERLAP, O_NORM, O_TAPS, O_THREADS, O_DEVICE, O_ARCH, O_PROGRESS };
     static const struct option opts[] = {
         { "model", required_argument, 0, 'm' }, { "output", required_argument, 0, 'o' },
         { "head", required_argument, 0, O_HEAD }, { "tile", required_argument, 0, O_TILE },
-        { "overlap", required_argument, 0, O_OVERLAP }, { "gsd", required_argument, 0, O_GSD },
-        { "crs", required_argument, 0, O_CRS }, { "bands", required_argument, 0, O_BANDS },
-        { "scale", required_argument, 0, O_SCALE }, { "stretch", required_argument, 0, O_STRETCH },
-        { "norm", required_argument, 0, O_NORM }, { "taps", required_argument, 0, O_TAPS },
+        { "overlap", required_argument, 0, O_OVERLAP }, { "norm", required_argument, 0, O_NORM }, { "taps", required_argument, 0, O_TAPS },
         { "threads", required_argument, 0, O_THREADS }, { "device", required_argument, 0, O_DEVICE },
         { "arch", required_argument, 0, O_ARCH },
-        { "allow-ungeoreferenced", no_argument, 0, O_UNGEO },
-        { "progress", required_argument, 0, O_PROGRESS }, { "quiet", no_argument, 0, 'q' },
+        { "progress", required_argument, 0, O_PROGRESS }, DM_MOSAIC_LONGOPTS,
+        { "quiet", no_argument, 0, 'q' },
         { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
     };
     dm_chm_opts o;
@@ -93,31 +89,6 @@ int cmd_chm(int argc, char **argv)
                 BAD("--overlap %s: expected a number of pixels", optarg);
             o.overlap = list[0];
             break;
-        case O_GSD: {
-            char *end;
-            o.mosaic.gsd = strtod(optarg, &end);
-            if (end == optarg || *end || !(o.mosaic.gsd > 0))
-                BAD("--gsd %s: expected a positive pixel size", optarg);
-            break;
-        }
-        case O_CRS: o.mosaic.crs = optarg; break;
-        case O_BANDS:
-            if (dm_parse_int_list(optarg, list, 8) != 3 || !list[0] || !list[1] || !list[2])
-                BAD("--bands %s: expected three 1-based band numbers, e.g. 3,2,1", optarg);
-            memcpy(o.mosaic.bands, list, sizeof o.mosaic.bands);
-            break;
-        case O_SCALE:
-            if (dm_parse_pair(optarg, &o.mosaic.scale_min, &o.mosaic.scale_max) ||
-                o.mosaic.scale_max <= o.mosaic.scale_min)
-                BAD("--scale %s: expected MIN,MAX with MIN < MAX", optarg);
-            o.mosaic.scale_set = 1;
-            break;
-        case O_STRETCH:
-            if (dm_parse_pair(optarg, &o.mosaic.p1, &o.mosaic.p2) || o.mosaic.p1 < 0 ||
-                o.mosaic.p2 > 100 || o.mosaic.p1 >= o.mosaic.p2)
-                BAD("--stretch %s: expected percentiles P1,P2 with 0 <= P1 < P2 <= 100", optarg);
-            o.mosaic.stretch_set = 1;
-            break;
         case O_NORM: o.norm = optarg; break;
         case O_TAPS:
             if (dm_parse_int_list(optarg, o.taps, 4) != 4)
@@ -127,15 +98,19 @@ int cmd_chm(int argc, char **argv)
         case O_THREADS: if ((o.threads = dm_parse_pos_int(optarg)) < 0) BAD("--threads %s: expected a positive number", optarg); break;
         case O_DEVICE: o.device = optarg; break;
         case O_ARCH: o.arch = optarg; break;
-        case O_UNGEO: o.mosaic.allow_ungeoreferenced = 1; break;
         case O_PROGRESS:
-            if (!strcmp(optarg, "auto")) o.progress = DM_PROGRESS_AUTO;
-            else if (!strcmp(optarg, "bar")) o.progress = DM_PROGRESS_BAR;
-            else if (!strcmp(optarg, "json")) o.progress = DM_PROGRESS_JSON;
-            else if (!strcmp(optarg, "none")) o.progress = DM_PROGRESS_NONE;
-            else BAD("--progress %s: expected auto, bar, json or none", optarg);
+            if ((o.progress = dm_parse_progress(optarg)) < 0)
+                BAD("--progress %s: expected auto, bar, json or none", optarg);
             break;
-        default: help(stderr); return 2;
+        default: {
+            int r = dm_cli_mosaic_opt(ch, optarg, &o.mosaic, "chm");
+            if (r < 0)
+                return 2;
+            if (r == 0) {
+                help(stderr);
+                return 2;
+            }
+        }
         }
     }
 #undef BAD

@@ -57,22 +57,19 @@ static void help(FILE *f)
 
 int cmd_features(int argc, char **argv)
 {
-    enum { O_BANDS = 256, O_SCALE, O_STRETCH, O_GSD, O_CRS, O_TILE, O_HALO, O_CHUNK, O_BATCH,
-           O_THREADS, O_DEVICE, O_LAYER, O_NORM, O_ARCH, O_QUANT, O_NOPCA, O_AOI, O_UNGEO,
-           O_KEEP, O_PROGRESS };
+    enum { O_TILE = 256, O_HALO, O_CHUNK, O_BATCH, O_THREADS, O_DEVICE, O_LAYER, O_NORM, O_ARCH,
+           O_QUANT, O_NOPCA, O_AOI, O_KEEP, O_PROGRESS };
     static const struct option opts[] = {
         { "model", required_argument, 0, 'm' }, { "output", required_argument, 0, 'o' },
-        { "bands", required_argument, 0, O_BANDS }, { "scale", required_argument, 0, O_SCALE },
-        { "stretch", required_argument, 0, O_STRETCH }, { "gsd", required_argument, 0, O_GSD },
-        { "crs", required_argument, 0, O_CRS }, { "tile", required_argument, 0, O_TILE },
+        { "tile", required_argument, 0, O_TILE },
         { "halo", required_argument, 0, O_HALO }, { "chunk", required_argument, 0, O_CHUNK },
         { "batch", required_argument, 0, O_BATCH }, { "threads", required_argument, 0, O_THREADS },
         { "device", required_argument, 0, O_DEVICE }, { "layer", required_argument, 0, O_LAYER },
         { "norm", required_argument, 0, O_NORM }, { "arch", required_argument, 0, O_ARCH },
         { "quantize", required_argument, 0, O_QUANT }, { "no-pca", no_argument, 0, O_NOPCA },
         { "aoi", required_argument, 0, O_AOI },
-        { "allow-ungeoreferenced", no_argument, 0, O_UNGEO },
         { "keep-chunks", no_argument, 0, O_KEEP }, { "progress", required_argument, 0, O_PROGRESS },
+        DM_MOSAIC_LONGOPTS,
         { "quiet", no_argument, 0, 'q' }, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
     };
     dm_features_opts o;
@@ -94,31 +91,6 @@ int cmd_features(int argc, char **argv)
         case 'o': o.outdir = optarg; break;
         case 'q': dm_log_level = DM_LOG_WARN; break;
         case 'h': help(stdout); return 0;
-        case O_BANDS:
-            if (dm_parse_int_list(optarg, list, 8) != 3 || !list[0] || !list[1] || !list[2])
-                BAD("--bands %s: expected three 1-based band numbers, e.g. 3,2,1", optarg);
-            memcpy(o.mosaic.bands, list, sizeof o.mosaic.bands);
-            break;
-        case O_SCALE:
-            if (dm_parse_pair(optarg, &o.mosaic.scale_min, &o.mosaic.scale_max) ||
-                o.mosaic.scale_max <= o.mosaic.scale_min)
-                BAD("--scale %s: expected MIN,MAX with MIN < MAX", optarg);
-            o.mosaic.scale_set = 1;
-            break;
-        case O_STRETCH:
-            if (dm_parse_pair(optarg, &o.mosaic.p1, &o.mosaic.p2) || o.mosaic.p1 < 0 || o.mosaic.p2 > 100 ||
-                o.mosaic.p1 >= o.mosaic.p2)
-                BAD("--stretch %s: expected percentiles P1,P2 with 0 <= P1 < P2 <= 100", optarg);
-            o.mosaic.stretch_set = 1;
-            break;
-        case O_GSD: {
-            char *end;
-            o.mosaic.gsd = strtod(optarg, &end);
-            if (end == optarg || *end || !(o.mosaic.gsd > 0))
-                BAD("--gsd %s: expected a positive pixel size", optarg);
-            break;
-        }
-        case O_CRS: o.mosaic.crs = optarg; break;
         case O_TILE: if ((o.tile = dm_parse_pos_int(optarg)) < 0) BAD("--tile %s: expected a positive number", optarg); break;
         case O_HALO:
             if (dm_parse_int_list(optarg, list, 1) != 1)
@@ -143,16 +115,20 @@ int cmd_features(int argc, char **argv)
             break;
         case O_NOPCA: o.pca = 0; break;
         case O_AOI: o.aoi = optarg; break;
-        case O_UNGEO: o.mosaic.allow_ungeoreferenced = 1; break;
         case O_KEEP: o.keep_chunks = 1; break;
         case O_PROGRESS:
-            if (!strcmp(optarg, "auto")) o.progress = DM_PROGRESS_AUTO;
-            else if (!strcmp(optarg, "bar")) o.progress = DM_PROGRESS_BAR;
-            else if (!strcmp(optarg, "json")) o.progress = DM_PROGRESS_JSON;
-            else if (!strcmp(optarg, "none")) o.progress = DM_PROGRESS_NONE;
-            else BAD("--progress %s: expected auto, bar, json or none", optarg);
+            if ((o.progress = dm_parse_progress(optarg)) < 0)
+                BAD("--progress %s: expected auto, bar, json or none", optarg);
             break;
-        default: help(stderr); return 2;
+        default: {
+            int r = dm_cli_mosaic_opt(ch, optarg, &o.mosaic, "features");
+            if (r < 0)
+                return 2;
+            if (r == 0) {
+                help(stderr);
+                return 2;
+            }
+        }
         }
     }
 #undef BAD

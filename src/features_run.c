@@ -310,34 +310,6 @@ static int stage_write(void *ctx, dm_job *job, dm_err *err)
 
 /* --- set-up, run, finish ---------------------------------------------------------------- */
 
-/* OUTDIR must be a writable directory holding no earlier run; it is created when missing (and
- * removed again if the run fails before writing anything: *created tells). */
-static int check_outdir(const char *dir, int *created, dm_err *err)
-{
-    struct stat st;
-    *created = 0;
-    if (stat(dir, &st) != 0) {
-        if (dm_mkdir_p(dir) != 0)
-            return dm_err_set(err, DM_EIO, "%s: cannot create output directory: %s", dir,
-                              strerror(errno));
-        *created = 1;
-        return 0;
-    }
-    if (!S_ISDIR(st.st_mode))
-        return dm_err_set(err, DM_EIO, "%s: exists and is not a directory", dir);
-    char p[4096];
-    snprintf(p, sizeof p, "%s/tiles.gpkg", dir);
-    if (access(p, F_OK) == 0)
-        return dm_err_set(err, DM_EINVAL, "%s already holds a run (tiles.gpkg); choose another "
-                          "OUTDIR or remove that one", dir);
-    snprintf(p, sizeof p, "%s/features.tif", dir);
-    if (access(p, F_OK) == 0)
-        return dm_err_set(err, DM_EINVAL, "%s already holds features.tif; choose another OUTDIR "
-                          "or remove it", dir);
-    if (access(dir, W_OK | X_OK) != 0)
-        return dm_err_set(err, DM_EIO, "%s: not writable: %s", dir, strerror(errno));
-    return 0;
-}
 
 static char *run_json(const run *R, const char *sha, double secs, const char *created)
 {
@@ -432,6 +404,7 @@ static void cleanup(run *R)
 
 int dm_features_run(const dm_features_opts *o, dm_err *err)
 {
+    static const char *const products[] = { "tiles.gpkg", "features.tif", NULL };
     run R;
     memset(&R, 0, sizeof R);
     R.o = o;
@@ -463,7 +436,7 @@ int dm_features_run(const dm_features_opts *o, dm_err *err)
         goto out;
     if (o->aoi && (rc = dm_aoi_open(o->aoi, dm_mosaic_wkt(R.mo), &R.aoi, err)))
         goto out;
-    if ((rc = check_outdir(o->outdir, &made_dir, err)))
+    if ((rc = dm_prepare_outdir(o->outdir, products, &made_dir, err)))
         goto out;
     const char *notes = dm_mosaic_notes(R.mo);
     if (notes[0])

@@ -332,7 +332,8 @@ TEST(features_bad_inputs)
     /* OUTDIR already holding a run */
     snprintf(args, sizeof args, "%s -o %s --tile 64", in, od);
     CHECKF(run_features(args, &out) == 0, "%s", out);
-    CHECKF(run_features(args, &out) == 1 && strstr(out, "already holds a run"), "%s", out);
+    CHECKF(run_features(args, &out) == 1 && strstr(out, "already holds tiles.gpkg (a run)"), "%s",
+           out);
     /* ungeoreferenced, allowed explicitly: runs with a warning */
     snprintf(args, sizeof args, "%s -o %s/u --tile 64 --allow-ungeoreferenced", ungeo, t);
     CHECKF(run_features(args, &out) == 0 && strstr(out, "pixel coordinates"), "%s", out);
