@@ -50,6 +50,12 @@ $(BUILD)/run_tests: $(TEST_OBJ) $(BUILD)/libdinomap.a
 $(BUILD)/bench_vit: $(BUILD)/tests/bench_vit.o $(BUILD)/libdinomap.a
 	$(CC) -o $@ $^ $(LDLIBS_ALL)
 
+$(BUILD)/bench_chm_tiny: $(BUILD)/tests/bench_chm_tiny.o $(BUILD)/libdinomap.a
+	$(CC) -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/bench_chm: $(BUILD)/tests/bench_chm.o $(BUILD)/libdinomap.a
+	$(CC) -o $@ $^ $(LDLIBS_ALL)
+
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -MMD -MP -c -o $@ $<
@@ -101,6 +107,9 @@ bench: check-deps
 	./$(BUILD)/bench_vit 2 512
 	@$(MAKE) --no-print-directory $(BUILD)/dinomap dinomap
 	sh tests/bench_features.sh 2
+	@$(MAKE) --no-print-directory $(BUILD)/bench_chm_tiny $(BUILD)/bench_chm
+	./$(BUILD)/bench_chm_tiny 2 512
+	./$(BUILD)/bench_chm 2
 
 # The main job on the bundled sample: a feature raster of the Landsat scene in samples/.
 # DINOMAP_WEIGHTS selects real weights; else a tiny random test checkpoint is used (valid

@@ -1,7 +1,8 @@
 /* heads/chmv2.c — the CHMv2 DPT head (spec §5): binding the head weights (Meta or Hugging Face
  * names, widths read from the shapes and all checked), choosing the backbone taps, and the decoder
  * (reassemble → channel convs → fusion → UpConv head → mixlog bins) on channel-first fp32 maps.
- * The dense operators live in conv.c; every convolution is a GEMM. */
+ * The dense operators live in conv.c; every convolution is a GEMM, and every step of the decoder
+ * is spread over the head's threads (dm_chm_set_threads). */
 #include <cblas.h>
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../models/vit_math.h"
 #include "chmv2.h"
@@ -16,6 +18,8 @@
 
 #define MAX_OWN 96     /* fp32 parameter copies (68 tensors for CHMv2) */
 #define MAX_WIDTH 65536
+#define MAX_THREADS 1024
+#define TAIL_COLS 512 /* pixels per piece of the head's last 1×1 conv + heights */
 
 typedef struct rcu {
     float *wa, *ba, *wb, *bb; /* conv1, conv2: [F, F, 3, 3], [F] */
@@ -40,6 +44,11 @@ struct dm_chm {
     float *own[MAX_OWN];
     int nown;
     char desc[1024];
+    dm_conv_ws *ws;           /* the decoder's threads and their scratch */
+    float *arena;             /* the decoder's maps, kept between calls (grown when needed) */
+    size_t arena_n;
+    float *tok, *pad;         /* dm_chm_run: the taps' tokens, the padded image (likewise) */
+    size_t tok_n, pad_n;
 };
 
 /* --- finding and binding the head ------------------------------------------------------------ */
@@ -418,6 +427,8 @@ int dm_chm_open(const char *head_path, dm_weights *backbone_file, const dm_model
     }
     h->m = m;
     h->D = m->cfg.embed_dim;
+    if ((rc = dm_conv_ws_create(1, &h->ws, err)))
+        goto fail;
     bctx c = { h, w, file, NULL, 0, used, err };
     if (locate(w, &c.prefix, &c.hf)) {
         if (head_path)
@@ -488,6 +499,10 @@ void dm_chm_free(dm_chm *h)
     for (int i = 0; i < h->nown; i++)
         free(h->own[i]);
     free(h->bins);
+    dm_conv_ws_free(h->ws);
+    free(h->arena);
+    free(h->tok);
+    free(h->pad);
     free(h);
 }
 
@@ -525,7 +540,32 @@ void dm_chm_center_pad(const float *img, int H, int W, float *out)
 
 /* --- decoder --------------------------------------------------------------------------------- */
 
-void dm_chm_heights(const dm_chm *h, const float *logits, int64_t npix, float *height)
+int dm_chm_set_threads(dm_chm *h, int n, dm_err *err)
+{
+    if (n < 1) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c > 0 ? (int)c : 1;
+    }
+    if (n > MAX_THREADS)
+        return dm_err_set(err, DM_EINVAL, "CHMv2 head: %d threads is too many (at most %d)", n,
+                          MAX_THREADS);
+    openblas_set_num_threads(1); /* the decoder's own threads do all the work */
+    if (h->ws && dm_conv_ws_threads(h->ws) == n)
+        return 0;
+    dm_conv_ws *ws;
+    int rc = dm_conv_ws_create(n, &ws, err);
+    if (rc)
+        return rc;
+    dm_conv_ws_free(h->ws);
+    h->ws = ws;
+    return 0;
+}
+
+int dm_chm_threads(const dm_chm *h) { return dm_conv_ws_threads(h->ws); }
+
+/* Heights of n pixels whose logits are channel-first with row stride ld (spec §5.8). */
+static void heights_ld(const dm_chm *h, const float *logits, size_t ld, int64_t npix,
+                       float *height)
 {
     enum { CH = 256 };
     float den[CH], num[CH];
@@ -534,7 +574,7 @@ void dm_chm_heights(const dm_chm *h, const float *logits, int64_t npix, float *h
         for (int i = 0; i < n; i++)
             den[i] = num[i] = 0.0f;
         for (int k = 0; k < h->nbins; k++) {
-            const float *z = logits + (size_t)k * npix + p0;
+            const float *z = logits + (size_t)k * ld + p0;
             float b = h->bins[k];
             for (int i = 0; i < n; i++) {
                 /* ReLU, then the shift clamp(−min, 0, 1e-4) + 1e-8, which is always 1e-8 */
@@ -552,67 +592,201 @@ void dm_chm_heights(const dm_chm *h, const float *logits, int64_t npix, float *h
     }
 }
 
-static float *alloc_f(size_t n, float **list, int *nl)
+void dm_chm_heights(const dm_chm *h, const float *logits, int64_t npix, float *height)
 {
-    float *p = malloc((n ? n : 1) * sizeof *p);
-    if (p)
-        list[(*nl)++] = p;
-    return p;
+    heights_ld(h, logits, (size_t)npix, npix, height);
 }
 
-/* x += s elementwise */
-static void add_to(float *x, const float *s, size_t n)
+/* x += s elementwise, over the threads */
+typedef struct add_job {
+    float *x;
+    const float *s;
+    size_t n;
+} add_job;
+
+static void add_task(void *ctx, int tid, int nt)
 {
-    for (size_t i = 0; i < n; i++)
-        x[i] += s[i];
+    const add_job *j = ctx;
+    int64_t b, e;
+    dm_conv_share((int64_t)j->n, tid, nt, &b, &e);
+    for (int64_t i = b; i < e; i++)
+        j->x[i] += j->s[i];
 }
 
 /* Pre-activation residual unit: x += conv_b(ReLU(conv_a(ReLU(src)))) + conv biases, where src is
  * x itself or (fusion's first unit) the skip, which the caller has already added to x. */
-static int rcu_apply(const rcu *r, const float *src, float *x, float *tmp, int F, int H, int W,
-                     dm_err *err)
+static int rcu_apply(dm_conv_ws *ws, const rcu *r, const float *src, float *x, float *tmp, int F,
+                     int H, int W, dm_err *err)
 {
-    int rc = dm_conv2d(src, F, H, W, r->wa, r->ba, F, 3, 1, 1, DM_CONV_RELU_IN, tmp, err);
+    int rc = dm_conv2d(ws, src, F, H, W, r->wa, r->ba, F, 3, 1, 1, DM_CONV_RELU_IN, tmp, err);
     if (!rc)
-        rc = dm_conv2d(tmp, F, H, W, r->wb, r->bb, F, 3, 1, 1, DM_CONV_RELU_IN | DM_CONV_ACCUM, x,
-                       err);
+        rc = dm_conv2d(ws, tmp, F, H, W, r->wb, r->bb, F, 3, 1, 1,
+                       DM_CONV_RELU_IN | DM_CONV_ACCUM, x, err);
     return rc;
 }
 
+/* Readout + GELU + 1×1 project of one tap (spec §5.4 steps 1–3), in chunks of patch tokens:
+ * Y = GELU(patch·Wro[:, :D]ᵀ + cb) in the thread's scratch, then P[:, chunk] = Wp·Yᵀ + b. */
+typedef struct ro_job {
+    const dm_chm *h;
+    int k, hw, rows; /* tap, patch tokens, tokens per chunk */
+    const float *patch, *cb;
+    float *P;        /* [C_k, hw] */
+    dm_conv_ws *ws;
+} ro_job;
+
+static void ro_task(void *ctx, int tid, int nt)
+{
+    const ro_job *j = ctx;
+    const dm_chm *h = j->h;
+    int D = h->D, C = h->C[j->k];
+    float *Y = dm_conv_ws_buf(j->ws, tid, DM_CONV_SLOT_USER);
+    int64_t b, e;
+    dm_conv_share((j->hw + j->rows - 1) / j->rows, tid, nt, &b, &e);
+    for (int64_t c = b; c < e; c++) {
+        int i0 = (int)c * j->rows, n = j->hw - i0 < j->rows ? j->hw - i0 : j->rows;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, D, D, 1.0f,
+                    j->patch + (size_t)i0 * D, D, h->ro_w[j->k], 2 * D, 0.0f, Y, D);
+        dm_bias_gelu(Y, n, D, j->cb);
+        for (int o = 0; o < C; o++)
+            for (int i = 0; i < n; i++)
+                j->P[(size_t)o * j->hw + i0 + i] = h->pj_b[j->k][o];
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, n, D, 1.0f, h->pj_w[j->k], D, Y,
+                    D, 1.0f, j->P + i0, j->hw);
+    }
+}
+
+/* cb = b + W·cls for the readout's CLS half (W [D, D], row stride 2D), in blocks of rows. */
+typedef struct cls_job {
+    const float *w, *b, *cls;
+    float *cb;
+    int D;
+} cls_job;
+
+static void cls_task(void *ctx, int tid, int nt)
+{
+    const cls_job *j = ctx;
+    enum { ROWS = 64 };
+    int64_t b, e;
+    dm_conv_share((j->D + ROWS - 1) / ROWS, tid, nt, &b, &e);
+    for (int64_t c = b; c < e; c++) {
+        int r0 = (int)c * ROWS, n = j->D - r0 < ROWS ? j->D - r0 : ROWS;
+        memcpy(j->cb + r0, j->b + r0, (size_t)n * sizeof *j->cb);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, n, j->D, 1.0f, j->w + (size_t)r0 * 2 * j->D,
+                    2 * j->D, j->cls, 1, 1.0f, j->cb + r0, 1);
+    }
+}
+
 /* Reassemble (spec §5.4) + channel conv (§5.5) of tap k: tokens → G [F, size_k]. */
-static int reassemble(const dm_chm *h, int k, const float *tok, int gh, int gw, float *Y, float *P,
-                      float *Rb, float *G, dm_err *err)
+static int reassemble(dm_chm *h, int k, const float *tok, int gh, int gw, float *P, float *Rb,
+                      float *G, dm_err *err)
 {
     const dm_model *m = h->m;
     int D = h->D, hw = gh * gw, C = h->C[k];
     const float *cls = tok, *patch = tok + (size_t)(1 + m->cfg.n_storage) * D;
     /* readout "project": GELU(W[:, :D]·f + (W[:, D:]·cls + b)); the bracket once per image */
     float *cb = Rb; /* D floats of scratch, used before Rb is needed */
-    memcpy(cb, h->ro_b[k], (size_t)D * sizeof *cb);
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, D, D, 1.0f, h->ro_w[k] + D, 2 * D, cls, 1, 1.0f, cb,
-                1);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, hw, D, D, 1.0f, patch, D, h->ro_w[k],
-                2 * D, 0.0f, Y, D);
-    dm_bias_gelu(Y, hw, D, cb);
-    /* 1×1 project to C channels, channel-first: P[C, hw] = Wp[C, D] · Yᵀ + b */
-    for (int o = 0; o < C; o++)
-        for (int i = 0; i < hw; i++)
-            P[(size_t)o * hw + i] = h->pj_b[k][o];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, hw, D, 1.0f, h->pj_w[k], D, Y, D,
-                1.0f, P, hw);
+    cls_job cj = { h->ro_w[k] + D, h->ro_b[k], cls, cb, D };
+    dm_conv_ws_run(h->ws, cls_task, &cj);
+    /* chunks of 64..256 tokens: enough to share out, big enough to amortise the weights */
+    int rows = (hw + 7) / 8;
+    rows = rows < 64 ? 64 : rows > 256 ? 256 : rows;
+    int rc = dm_conv_ws_reserve(h->ws, DM_CONV_SLOT_USER, (size_t)rows * D, err);
+    if (rc)
+        return rc;
+    ro_job rj = { h, k, hw, rows, patch, cb, P, h->ws };
+    dm_conv_ws_run(h->ws, ro_task, &rj);
     const float *R = P;
-    int rh = gh, rw = gw, rc = 0;
+    int rh = gh, rw = gw;
     if (k == 0 || k == 1) {
         int f = k == 0 ? 4 : 2;
-        rc = dm_conv_transpose2d(P, C, gh, gw, h->rs_w[k], h->rs_b[k], C, f, Rb, err);
+        rc = dm_conv_transpose2d(h->ws, P, C, gh, gw, h->rs_w[k], h->rs_b[k], C, f, Rb, err);
         R = Rb, rh = f * gh, rw = f * gw;
     } else if (k == 3) {
-        rc = dm_conv2d(P, C, gh, gw, h->rs_w[k], h->rs_b[k], C, 3, 2, 1, 0, Rb, err);
+        rc = dm_conv2d(h->ws, P, C, gh, gw, h->rs_w[k], h->rs_b[k], C, 3, 2, 1, 0, Rb, err);
         R = Rb, rh = (gh + 1) / 2, rw = (gw + 1) / 2;
     }
     if (!rc)
-        rc = dm_conv2d(R, C, rh, rw, h->cv_w[k], NULL, h->F, 3, 1, 1, 0, G, err);
+        rc = dm_conv2d(h->ws, R, C, rh, rw, h->cv_w[k], NULL, h->F, 3, 1, 1, 0, G, err);
     return rc;
+}
+
+/* The head's second half, band by band of output rows (spec §5.7): the 3×3 conv on the ×2
+ * upsampled map with its ReLU comes in as `band`; here the 1×1 conv to the bin logits (into the
+ * caller's logits, or scratch) and the heights of the band's pixels. */
+typedef struct tail_ctx {
+    const dm_chm *h;
+    float *logits, *height; /* either may be NULL */
+    size_t npix;
+    int Wo;
+    dm_conv_ws *ws;
+} tail_ctx;
+
+static void tail_band(void *ctx, int tid, int y0, int n, float *band, size_t ld)
+{
+    const tail_ctx *t = ctx;
+    const dm_chm *h = t->h;
+    size_t N = (size_t)n * t->Wo;
+    /* in pieces of TAIL_COLS pixels, so that the heights read logits still in cache */
+    for (size_t c0 = 0; c0 < N; c0 += TAIL_COLS) {
+        size_t nc = N - c0 < TAIL_COLS ? N - c0 : TAIL_COLS, off = (size_t)y0 * t->Wo + c0;
+        float *L = t->logits ? t->logits + off : dm_conv_ws_buf(t->ws, tid, DM_CONV_SLOT_USER);
+        size_t ldl = t->logits ? t->npix : nc;
+        for (int o = 0; o < h->nbins; o++)
+            for (size_t i = 0; i < nc; i++)
+                L[(size_t)o * ldl + i] = h->hd_b[2][o];
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, h->nbins, (int)nc, h->H2, 1.0f,
+                    h->hd_w[2], h->H2, band + c0, (int)ld, 1.0f, L, (int)ldl);
+        if (t->height)
+            heights_ld(h, L, ldl, (int64_t)nc, t->height + off);
+    }
+}
+
+/* The maps of one decode, carved from h->arena (kept and grown between calls). */
+typedef struct maps {
+    float *G[4];
+    float *P, *Rb;          /* reassembly scratch; shares its room with the fusion maps */
+    float *X, *X2, *T, *S, *A;
+} maps;
+
+static int carve(dm_chm *h, int gh, int gw, const int *gsz_h, const int *gsz_w, maps *mp,
+                 dm_err *err)
+{
+    size_t F = (size_t)h->F, hw = (size_t)gh * gw, a = (size_t)(gh + 1) / 2,
+           b = (size_t)(gw + 1) / 2, ab = a * b, g = 0;
+    size_t gn[4];
+    for (int k = 0; k < 4; k++)
+        g += gn[k] = F * gsz_h[k] * gsz_w[k];
+    int Cmax = 0;
+    for (int k = 0; k < 4; k++)
+        Cmax = h->C[k] > Cmax ? h->C[k] : Cmax;
+    size_t rmax = (size_t)h->D, r;
+    if ((r = (size_t)h->C[0] * 16 * hw) > rmax)
+        rmax = r;
+    if ((r = (size_t)h->C[1] * 4 * hw) > rmax)
+        rmax = r;
+    if ((r = (size_t)h->C[3] * ab) > rmax)
+        rmax = r;
+    size_t nre = (size_t)Cmax * hw + rmax;
+    /* fusion outputs alternate: X gets those at 2a×2b and 8a×8b, X2 at 4a×4b and 16a×16b; the
+     * RCU scratch T and the resized skip S are at most 8a×8b; A is the head's first conv */
+    size_t nx = F * 64 * ab, nx2 = F * 256 * ab, nt = F * 64 * ab,
+           ns = (gh % 2 || gw % 2) ? F * 64 * ab : 0, na = (size_t)h->H1 * 256 * ab;
+    size_t nfu = nx + nx2 + nt + ns + na, need = g + (nre > nfu ? nre : nfu);
+    if (need > h->arena_n) {
+        free(h->arena);
+        h->arena_n = 0;
+        if (!(h->arena = malloc(need * sizeof *h->arena)))
+            return dm_err_oom(err);
+        h->arena_n = need;
+    }
+    float *p = h->arena;
+    for (int k = 0; k < 4; k++)
+        mp->G[k] = p, p += gn[k];
+    mp->P = p, mp->Rb = p + (size_t)Cmax * hw;
+    mp->X = p, mp->X2 = p + nx, mp->T = p + nx + nx2, mp->S = p + nx + nx2 + nt;
+    mp->A = p + nx + nx2 + nt + ns;
+    return 0;
 }
 
 int dm_chm_decode(dm_chm *h, const float *const taps[DM_CHM_TAPS], int gh, int gw, float *logits,
@@ -620,104 +794,94 @@ int dm_chm_decode(dm_chm *h, const float *const taps[DM_CHM_TAPS], int gh, int g
 {
     if (gh < 1 || gw < 1 || gh > 8192 || gw > 8192)
         return dm_err_set(err, DM_EINVAL, "CHMv2 head: bad patch grid %d×%d", gw, gh);
-    int D = h->D, F = h->F, a = (gh + 1) / 2, b = (gw + 1) / 2;
-    size_t hw = (size_t)gh * gw, ab = (size_t)a * b;
-    float *bufs[16];
-    int nb = 0, rc = 0;
+    int F = h->F, a = (gh + 1) / 2, b = (gw + 1) / 2, rc;
+    dm_conv_ws *ws = h->ws;
     /* per tap k the channel-conv output G_k: (4gh,4gw), (2gh,2gw), (gh,gw), (a,b) */
     static const int up[3] = { 4, 2, 1 };
     int gsz_h[4], gsz_w[4];
     for (int k = 0; k < 3; k++)
         gsz_h[k] = up[k] * gh, gsz_w[k] = up[k] * gw;
     gsz_h[3] = a, gsz_w[3] = b;
-    float *G[4];
+    maps mp;
+    memset(&mp, 0, sizeof mp);
+    if ((rc = carve(h, gh, gw, gsz_h, gsz_w, &mp, err)))
+        return rc;
     for (int k = 0; k < 4; k++)
-        if (!(G[k] = alloc_f((size_t)F * gsz_h[k] * gsz_w[k], bufs, &nb)))
-            goto oom;
+        if ((rc = reassemble(h, k, taps[k], gh, gw, mp.P, mp.Rb, mp.G[k], err)))
+            return rc;
 
-    /* reassemble + channel convs; scratch freed right after */
-    {
-        int Cmax = 0;
-        size_t rmax = (size_t)D;
-        for (int k = 0; k < 4; k++)
-            Cmax = h->C[k] > Cmax ? h->C[k] : Cmax;
-        size_t r0 = (size_t)h->C[0] * 16 * hw, r1 = (size_t)h->C[1] * 4 * hw,
-               r3 = (size_t)h->C[3] * ab;
-        rmax = r0 > rmax ? r0 : rmax;
-        rmax = r1 > rmax ? r1 : rmax;
-        rmax = r3 > rmax ? r3 : rmax;
-        float *Y = malloc(hw * D * sizeof *Y), *P = malloc((size_t)Cmax * hw * sizeof *P),
-              *Rb = malloc(rmax * sizeof *Rb);
-        for (int k = 0; Y && P && Rb && !rc && k < 4; k++)
-            rc = reassemble(h, k, taps[k], gh, gw, Y, P, Rb, G[k], err);
-        if (!Y || !P || !Rb)
-            rc = dm_err_oom(err);
-        free(Y), free(P), free(Rb);
-        if (rc)
-            goto done;
-    }
-
-    /* fusion, coarse to fine (spec §5.6): the skip is resized to the running map */
-    float *X, *U, *T, *S;
-    if (!(X = alloc_f((size_t)F * 256 * ab, bufs, &nb)) ||
-        !(U = alloc_f((size_t)F * 256 * ab, bufs, &nb)) ||
-        !(T = alloc_f((size_t)F * 64 * ab, bufs, &nb)) ||
-        !(S = alloc_f((size_t)F * 64 * ab, bufs, &nb)))
-        goto oom;
+    /* fusion, coarse to fine (spec §5.6): the skip is resized to the running map; block 0 works
+     * on G_3 in place; each block's ×2 upsampling is made band by band inside its 1×1 project */
+    float *cur = mp.G[3], *nxt = mp.X;
     int ch = a, cw = b;
-    memcpy(X, G[3], (size_t)F * ab * sizeof *X);
     for (int j = 0; j < 4; j++) {
         const fusion *fu = &h->fu[j];
-        size_t n = (size_t)F * ch * cw;
         if (j > 0) {
             int k = 3 - j;
-            const float *s = G[k];
+            const float *s = mp.G[k];
             if (gsz_h[k] != ch || gsz_w[k] != cw) {
-                if ((rc = dm_resize_bilinear(G[k], F, gsz_h[k], gsz_w[k], S, ch, cw, 0, err)))
-                    goto done;
-                s = S;
+                if ((rc = dm_resize_bilinear(ws, mp.G[k], F, gsz_h[k], gsz_w[k], mp.S, ch, cw, 0,
+                                             err)))
+                    return rc;
+                s = mp.S;
             }
-            add_to(X, s, n);
-            if ((rc = rcu_apply(&fu->r1, s, X, T, F, ch, cw, err)))
-                goto done;
+            add_job aj = { cur, s, (size_t)F * ch * cw };
+            dm_conv_ws_run(ws, add_task, &aj);
+            if ((rc = rcu_apply(ws, &fu->r1, s, cur, mp.T, F, ch, cw, err)))
+                return rc;
         }
-        if ((rc = rcu_apply(&fu->r2, X, X, T, F, ch, cw, err)) ||
-            (rc = dm_resize_bilinear(X, F, ch, cw, U, 2 * ch, 2 * cw, 1, err)))
-            goto done;
+        if ((rc = rcu_apply(ws, &fu->r2, cur, cur, mp.T, F, ch, cw, err)))
+            return rc;
+        dm_conv_spec pj = { cur, F, ch, cw, 1, fu->pw, fu->pb, F, 1, 1, 0, 0, nxt, NULL, NULL };
+        if ((rc = dm_conv_run(ws, &pj, err)))
+            return rc;
         ch *= 2, cw *= 2;
-        if ((rc = dm_conv2d(U, F, ch, cw, fu->pw, fu->pb, F, 1, 1, 0, 0, X, err)))
-            goto done;
+        cur = nxt;
+        nxt = nxt == mp.X ? mp.X2 : mp.X;
     }
 
-    /* UpConv head (spec §5.7): 3×3 → ×2 (align_corners) → 3×3 → ReLU → 1×1 to the bins */
-    {
-        int Ho = 2 * ch, Wo = 2 * cw;
-        size_t npix = (size_t)Ho * Wo;
-        float *A, *B, *Cc, *L = logits;
-        if (!(A = alloc_f((size_t)h->H1 * ch * cw, bufs, &nb)) ||
-            !(B = alloc_f((size_t)h->H1 * npix, bufs, &nb)) ||
-            !(Cc = alloc_f((size_t)h->H2 * npix, bufs, &nb)) ||
-            (!L && !(L = alloc_f((size_t)h->nbins * npix, bufs, &nb))))
-            goto oom;
-        if ((rc = dm_conv2d(X, F, ch, cw, h->hd_w[0], h->hd_b[0], h->H1, 3, 1, 1, 0, A, err)) ||
-            (rc = dm_resize_bilinear(A, h->H1, ch, cw, B, Ho, Wo, 1, err)) ||
-            (rc = dm_conv2d(B, h->H1, Ho, Wo, h->hd_w[1], h->hd_b[1], h->H2, 3, 1, 1, 0, Cc, err)))
-            goto done;
-        for (size_t i = 0; i < (size_t)h->H2 * npix; i++)
-            Cc[i] = Cc[i] > 0.0f ? Cc[i] : 0.0f;
-        if ((rc = dm_conv2d(Cc, h->H2, Ho, Wo, h->hd_w[2], h->hd_b[2], h->nbins, 1, 1, 0, 0, L,
-                            err)))
-            goto done;
-        if (height)
-            dm_chm_heights(h, L, (int64_t)npix, height);
-    }
-    goto done;
-oom:
-    rc = dm_err_oom(err);
-done:
-    for (int i = 0; i < nb; i++)
-        free(bufs[i]);
-    return rc;
+    /* UpConv head (spec §5.7): 3×3 → ×2 (align_corners) → 3×3 → ReLU → 1×1 to the bins; from
+     * the upsampling on, band by band (no full-size map but the logits, if asked for) */
+    int Ho = 2 * ch, Wo = 2 * cw;
+    if ((rc = dm_conv2d(ws, cur, F, ch, cw, h->hd_w[0], h->hd_b[0], h->H1, 3, 1, 1, 0, mp.A, err)))
+        return rc;
+    tail_ctx tc = { h, logits, height, (size_t)Ho * Wo, Wo, ws };
+    dm_conv_spec tl = { mp.A, h->H1, ch, cw, 1, h->hd_w[1], h->hd_b[1], h->H2, 3, 1, 1,
+                        DM_CONV_RELU_OUT, NULL, tail_band, &tc };
+    if (!logits && (rc = dm_conv_ws_reserve(ws, DM_CONV_SLOT_USER, (size_t)h->nbins * TAIL_COLS,
+                                            err)))
+        return rc;
+    return dm_conv_run(ws, &tl, err);
+}
+
+/* The final norm on the taps' tokens, over the threads (each token on its own). */
+typedef struct norm_job {
+    const dm_model *m;
+    float *tok;
+    int64_t n;
+} norm_job;
+
+static void norm_task(void *ctx, int tid, int nt)
+{
+    const norm_job *j = ctx;
+    int64_t b, e;
+    dm_conv_share(j->n, tid, nt, &b, &e);
+    if (e > b)
+        dm_model_norm_tokens(j->m, j->tok + b * j->m->cfg.embed_dim,
+                             j->tok + b * j->m->cfg.embed_dim, e - b);
+}
+
+/* Grows *p to n floats (contents not kept). */
+static int grow(float **p, size_t *cap, size_t n, dm_err *err)
+{
+    if (*cap >= n)
+        return 0;
+    free(*p);
+    *cap = 0;
+    if (!(*p = malloc((n ? n : 1) * sizeof **p)))
+        return dm_err_oom(err);
+    *cap = n;
+    return 0;
 }
 
 int dm_chm_run(dm_chm *h, dm_backend *be, const float *img, int H, int W, float *logits,
@@ -729,36 +893,30 @@ int dm_chm_run(dm_chm *h, dm_backend *be, const float *img, int H, int W, float 
     dm_chm_pad_size(H, W, &Hp, &Wp);
     const dm_model *m = h->m;
     int N = dm_model_tokens(m, Hp, Wp), D = h->D;
-    float *pad = NULL, *tok = malloc((size_t)DM_CHM_TAPS * N * D * sizeof *tok);
-    if (!tok)
-        return dm_err_oom(err);
+    /* the taps' tokens and the padded image stay allocated for the next call */
+    if ((rc = grow(&h->tok, &h->tok_n, (size_t)DM_CHM_TAPS * N * D, err)))
+        return rc;
     const float *x = img;
     if (Hp != H || Wp != W) {
-        if (!(pad = malloc((size_t)3 * Hp * Wp * sizeof *pad))) {
-            free(tok);
-            return dm_err_oom(err);
-        }
-        dm_chm_center_pad(img, H, W, pad);
-        x = pad;
+        if ((rc = grow(&h->pad, &h->pad_n, (size_t)3 * Hp * Wp, err)))
+            return rc;
+        dm_chm_center_pad(img, H, W, h->pad);
+        x = h->pad;
     }
     float *outs[DM_CHM_TAPS];
     for (int k = 0; k < DM_CHM_TAPS; k++)
-        outs[k] = tok + (size_t)k * N * D;
+        outs[k] = h->tok + (size_t)k * N * D;
     dm_vit_request req = { DM_CHM_TAPS, h->taps, outs, NULL, NULL };
-    rc = dm_backend_forward(be, x, 1, Hp, Wp, &req, err);
-    free(pad);
-    if (!rc) {
-        for (int k = 0; k < DM_CHM_TAPS; k++)
-            dm_model_norm_tokens(m, outs[k], outs[k], N);
-        const float *const *tp = (const float *const *)outs;
-        rc = dm_chm_decode(h, tp, Hp / DM_PATCH, Wp / DM_PATCH, logits, height, err);
-    }
-    free(tok);
-    return rc;
+    if ((rc = dm_backend_forward(be, x, 1, Hp, Wp, &req, err)))
+        return rc;
+    norm_job nj = { m, h->tok, (int64_t)DM_CHM_TAPS * N };
+    dm_conv_ws_run(h->ws, norm_task, &nj);
+    const float *const *tp = (const float *const *)outs;
+    return dm_chm_decode(h, tp, Hp / DM_PATCH, Wp / DM_PATCH, logits, height, err);
 }
 
 int dm_chm_resize_to_input(const float *height, int Ho, int Wo, int H, int W, float *out,
                            dm_err *err)
 {
-    return dm_resize_bilinear(height, 1, Ho, Wo, out, H, W, 0, err);
+    return dm_resize_bilinear(NULL, height, 1, Ho, Wo, out, H, W, 0, err);
 }

@@ -8,6 +8,7 @@
  *
  * Typical use:
  *   dm_chm_open(head_or_NULL, weights, model, NULL, &h, &err);
+ *   dm_chm_set_threads(h, threads, &err);        // the decoder's threads (default 1)
  *   dm_chm_out_size(H, W, &Ho, &Wo);             // allocate logits [bins, Ho, Wo], height [Ho, Wo]
  *   dm_chm_run(h, backend, img, H, W, logits, height, &err);
  *   dm_chm_resize_to_input(height, Ho, Wo, H, W, out, &err);   // the notebook's last step */
@@ -36,6 +37,17 @@ int dm_chm_open(const char *head_path, dm_weights *backbone_file, const dm_model
                 const int *taps, dm_chm **out, dm_err *err);
 void dm_chm_free(dm_chm *h); /* NULL-safe */
 
+/* Threads the decoder runs on, the calling thread included (n <= 0: all online cores); 1 after
+ * open. Every step of dm_chm_run after the backbone and of dm_chm_decode is spread over them.
+ * The head keeps its pool and its buffers between calls (for a 512×512 tile at CHMv2 widths
+ * about 175 MB of maps and tokens, plus about 25 MB of scratch per thread); a head is used by
+ * one caller thread at a time. The decoder's GEMMs run on these threads, so this sets OpenBLAS
+ * single-threaded (process-wide), as the CPU backend does. Results do not depend on n, bit for
+ * bit. Returns 0, DM_EINVAL (n above 1024) or DM_ENOMEM (threads could not start; the head keeps
+ * its previous ones). */
+int dm_chm_set_threads(dm_chm *h, int n, dm_err *err);
+int dm_chm_threads(const dm_chm *h);
+
 /* The four blocks tapped (ascending), the number of output bins/logit channels (256 for CHMv2),
  * and a one-line description (source file, layout, widths) for logs. */
 const int *dm_chm_taps(const dm_chm *h);
@@ -53,7 +65,8 @@ void dm_chm_pad_size(int H, int W, int *Hp, int *Wp);
 void dm_chm_center_pad(const float *img, int H, int W, float *out);
 
 /* The whole model on one normalized image [3, H, W] (any H, W >= 1): centre padding, backbone
- * with the taps, decoder, bins. logits [bins, Ho, Wo] may be NULL; height [Ho, Wo] in metres. */
+ * with the taps, decoder, bins. logits [bins, Ho, Wo] may be NULL (then no full-size logit map
+ * is made at all: each band's logits become heights while in cache); height [Ho, Wo] in metres. */
 int dm_chm_run(dm_chm *h, dm_backend *be, const float *img, int H, int W, float *logits,
                float *height, dm_err *err);
 

@@ -1,40 +1,95 @@
 /* heads/conv.h — the dense image operators of the DPT heads (spec §5.4–5.7), on channel-first fp32
- * maps [C, H, W] (row-major, one image):
- *   - 2-D convolution as im2col in bands of output rows + one SGEMM per band (bands bound the
- *     scratch memory and are independent, so they can be spread over threads later);
+ * maps [C, H, W] (row-major, one image), spread over a thread pool:
+ *   - 2-D convolution as im2col of a band of output rows + one SGEMM per band, the bands (and, for
+ *     small maps, slices of the output channels) shared out over the threads, each with its own
+ *     scratch; optionally on the bilinear ×2 upsampling of the input, made band by band and never
+ *     stored whole, and with a per-band callback that consumes the output while it is in cache;
  *   - transposed convolution with kernel == stride and no padding (the DPT ×4/×2 reassemble
- *     layers) as one SGEMM followed by a scatter;
+ *     layers) as SGEMMs over bands of input rows followed by a scatter;
  *   - bilinear resizing in both PyTorch conventions (align_corners True and False), as
- *     torch.nn.functional.interpolate computes it on the CPU. */
+ *     torch.nn.functional.interpolate computes it on the CPU.
+ * How the work is cut depends only on the shapes, never on the thread count, so results are the
+ * same bit for bit with any number of threads. */
 #ifndef DM_HEADS_CONV_H
 #define DM_HEADS_CONV_H
+
+#include <stddef.h>
+#include <stdint.h>
 
 #include "../src/dm_err.h"
 
 enum {
-    DM_CONV_RELU_IN = 1, /* ReLU applied to the input as it is read (pre-activation units) */
-    DM_CONV_ACCUM = 2,   /* out += conv(in) + bias instead of out = conv(in) + bias */
+    DM_CONV_RELU_IN = 1,  /* ReLU applied to the input as it is read (pre-activation units) */
+    DM_CONV_ACCUM = 2,    /* out += conv(in) + bias instead of out = conv(in) + bias */
+    DM_CONV_RELU_OUT = 4, /* ReLU applied to the result (after bias and accumulation) */
 };
+
+/* --- threads and scratch --------------------------------------------------------------------- */
+
+/* A workspace: a pool of threads (the caller's included) and per-thread scratch buffers kept
+ * between calls, in DM_CONV_SLOTS slots per thread; slots below DM_CONV_SLOT_USER belong to the
+ * operators here, the others to callers running their own jobs. One caller thread at a time.
+ * With more than one thread the GEMMs run on the pool's threads, so creating one sets OpenBLAS
+ * single-threaded (process-wide), as the CPU backend does. Every operator accepts ws = NULL: it
+ * then runs on the caller's thread with scratch allocated for the call. */
+typedef struct dm_conv_ws dm_conv_ws;
+enum { DM_CONV_SLOTS = 6, DM_CONV_SLOT_USER = 4 };
+
+int dm_conv_ws_create(int threads, dm_conv_ws **out, dm_err *err); /* threads < 1: 1 */
+void dm_conv_ws_free(dm_conv_ws *ws);                              /* NULL-safe */
+int dm_conv_ws_threads(const dm_conv_ws *ws);                      /* 1 for NULL */
+/* Makes every thread's buffer in `slot` hold at least n floats (contents are not kept). */
+int dm_conv_ws_reserve(dm_conv_ws *ws, int slot, size_t n, dm_err *err);
+float *dm_conv_ws_buf(const dm_conv_ws *ws, int tid, int slot);
+
+/* Runs fn(ctx, tid, nthreads) once on each thread, tid = 0..nthreads-1 (0 is the caller), and
+ * waits for all. dm_conv_share gives thread tid its contiguous share [b, e) of n work items. */
+typedef void (*dm_conv_job)(void *ctx, int tid, int nthreads);
+void dm_conv_ws_run(dm_conv_ws *ws, dm_conv_job fn, void *ctx);
+void dm_conv_share(int64_t n, int tid, int nthreads, int64_t *b, int64_t *e);
+
+/* --- convolution ----------------------------------------------------------------------------- */
 
 /* Output side of a convolution: (n + 2·pad − k) / stride + 1 (floor), as Conv2d. */
 int dm_conv_out_size(int n, int k, int stride, int pad);
 
+/* Called after each band of output rows [y0, y0+n) is complete (all channels), on the thread that
+ * made it: band holds [cout, n·Wo] with row stride ld (channel o at band + o·ld). */
+typedef void (*dm_conv_band_fn)(void *ctx, int tid, int y0, int n, float *band, size_t ld);
+
+typedef struct dm_conv_spec {
+    const float *in; /* [cin, H, W] */
+    int cin, H, W;
+    int up2;         /* 1: convolve the bilinear ×2 upsampling of in (align_corners=True, 2H×2W) */
+    const float *w;  /* [cout, cin, k, k] (PyTorch Conv2d layout) */
+    const float *bias; /* [cout] or NULL */
+    int cout, k, stride, pad, flags;
+    float *out;      /* [cout, Ho, Wo], not overlapping in; NULL: each band is made in scratch
+                      * and handed to epi (then epi is required and DM_CONV_ACCUM not allowed) */
+    dm_conv_band_fn epi; /* NULL or the per-band callback (then bands span all channels) */
+    void *epi_ctx;
+} dm_conv_spec;
+
+/* The convolution s describes. Returns 0 or DM_ENOMEM / DM_EINVAL. */
+int dm_conv_run(dm_conv_ws *ws, const dm_conv_spec *s, dm_err *err);
+
 /* out[Cout, Ho, Wo] = conv(in[Cin, H, W]) with weights w[Cout, Cin, k, k] (PyTorch Conv2d layout),
  * optional bias[Cout] (NULL: none), zero padding `pad`, stride `stride`, flags DM_CONV_*.
  * in and out must not overlap. Returns 0 or DM_ENOMEM / DM_EINVAL. */
-int dm_conv2d(const float *in, int cin, int H, int W, const float *w, const float *bias, int cout,
-              int k, int stride, int pad, int flags, float *out, dm_err *err);
+int dm_conv2d(dm_conv_ws *ws, const float *in, int cin, int H, int W, const float *w,
+              const float *bias, int cout, int k, int stride, int pad, int flags, float *out,
+              dm_err *err);
 
 /* ConvTranspose2d with kernel = stride = k, padding 0: out[Cout, k·H, k·W],
  * out[o, k·y+ky, k·x+kx] = bias[o] + Σ_i w[i, o, ky, kx] · in[i, y, x]; w is in PyTorch's
  * transposed layout [Cin, Cout, k, k]; bias may be NULL. */
-int dm_conv_transpose2d(const float *in, int cin, int H, int W, const float *w, const float *bias,
-                        int cout, int k, float *out, dm_err *err);
+int dm_conv_transpose2d(dm_conv_ws *ws, const float *in, int cin, int H, int W, const float *w,
+                        const float *bias, int cout, int k, float *out, dm_err *err);
 
 /* Bilinear resize of C planes Hi×Wi to Ho×Wo (torch interpolate, mode "bilinear", given size).
  * align_corners 1: src = dst·(in−1)/(out−1); 0: src = max((dst+0.5)·in/out − 0.5, 0).
  * in and out must not overlap. */
-int dm_resize_bilinear(const float *in, int C, int Hi, int Wi, float *out, int Ho, int Wo,
-                       int align_corners, dm_err *err);
+int dm_resize_bilinear(dm_conv_ws *ws, const float *in, int C, int Hi, int Wi, float *out, int Ho,
+                       int Wo, int align_corners, dm_err *err);
 
 #endif

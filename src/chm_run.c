@@ -250,6 +250,7 @@ int dm_chm_map(const dm_chm_opts *o, dm_err *err)
         goto out;
     }
     if ((rc = dm_chm_open(o->head, R.m->w, R.m, o->taps_set ? o->taps : NULL, &R.head, err)) ||
+        (rc = dm_chm_set_threads(R.head, o->threads, err)) ||
         (rc = dm_backend_open(o->device, R.m, &bo, &R.be, err)) ||
         (rc = dm_mosaic_open(&o->mosaic, &R.mo, err)) ||
         (rc = dm_prepare_outdir(o->outdir, products, &made, err)))

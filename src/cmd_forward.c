@@ -302,7 +302,8 @@ int cmd_forward(int argc, char **argv)
     if ((rc = dm_weights_open(model, &wf, &err)) || (rc = dm_model_bind(wf, &mo, &m, &err)))
         goto fail;
     if (headpath || dm_chm_detect(wf)) {
-        if ((rc = dm_chm_open(headpath, wf, m, ntaps ? taps : NULL, &chm, &err)))
+        if ((rc = dm_chm_open(headpath, wf, m, ntaps ? taps : NULL, &chm, &err)) ||
+            (rc = dm_chm_set_threads(chm, threads, &err)))
             goto fail;
         dm_info("%s", dm_chm_describe(chm));
         if (!nm)

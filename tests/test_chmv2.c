@@ -5,7 +5,8 @@
  *     written here from the spec's formulas;
  *   - an odd patch grid (3×5: skip resizes, output larger than the input) against a whole slow
  *     reference decoder written here from spec §5.4–5.8;
- *   - bad heads and bad options: clear errors, no crash, no files left. */
+ *   - bad heads and bad options: clear errors, no crash, no files left;
+ *   - threads: the operators and the whole decoder give the same bits on 1 and 3 threads. */
 #include <limits.h>
 #include <dirent.h>
 #include <math.h>
@@ -176,9 +177,11 @@ static double conv_case(int cin, int cout, int H, int W, int k, int s, int p, in
     if (flags & DM_CONV_ACCUM)
         for (size_t i = 0; i < no; i++)
             ref[i] += init[i];
+    for (size_t i = 0; (flags & DM_CONV_RELU_OUT) && i < no; i++)
+        ref[i] = ref[i] > 0 ? ref[i] : 0;
     dm_err err = { 0 };
-    double r = dm_conv2d(in, cin, H, W, w, b, cout, k, s, p, flags, out, &err) ? INFINITY
-                                                                               : dm_rel_err(out, ref, (int64_t)no);
+    double r = dm_conv2d(NULL, in, cin, H, W, w, b, cout, k, s, p, flags, out, &err)
+                   ? INFINITY : dm_rel_err(out, ref, (int64_t)no);
     free(in), free(w), free(b), free(out), free(ref), free(in2), free(init);
     return r;
 }
@@ -188,6 +191,7 @@ TEST(chmv2_conv2d_matches_direct_loops)
     struct { int cin, cout, H, W, k, s, p, flags; } c[] = {
         { 5, 7, 9, 11, 3, 1, 1, 0 },                                /* 3×3 pad 1 */
         { 4, 6, 8, 8, 3, 1, 1, DM_CONV_RELU_IN | DM_CONV_ACCUM },   /* pre-activation residual */
+        { 4, 6, 8, 8, 3, 1, 1, DM_CONV_RELU_IN | DM_CONV_ACCUM | DM_CONV_RELU_OUT },
         { 5, 3, 9, 7, 3, 2, 1, 0 },                                 /* 3×3 stride 2 pad 1, odd */
         { 6, 4, 6, 10, 3, 2, 1, 0 },                                /* stride 2, even */
         { 1, 1, 3, 5, 3, 2, 1, 0 },                                 /* ceil(h/2) of odd grids */
@@ -217,7 +221,8 @@ TEST(chmv2_conv_transpose_matches_direct_loops)
         float *out = rand_buf(no), *ref = malloc(no * sizeof *ref);
         ref_convT(in, c[i].cin, c[i].H, c[i].W, w, b, c[i].cout, k, k, ref);
         dm_err err = { 0 };
-        int rc = dm_conv_transpose2d(in, c[i].cin, c[i].H, c[i].W, w, b, c[i].cout, k, out, &err);
+        int rc = dm_conv_transpose2d(NULL, in, c[i].cin, c[i].H, c[i].W, w, b, c[i].cout, k, out,
+                                     &err);
         double r = rc ? INFINITY : dm_rel_err(out, ref, (int64_t)no);
         free(in), free(w), free(b), free(out), free(ref);
         CHECKF(r <= 1e-5, "transposed conv case %zu (k=s=%d): %.3g %s", i, k, r, err.msg);
@@ -239,7 +244,8 @@ TEST(chmv2_bilinear_matches_formula)
         float *ref = malloc(no * sizeof *ref);
         ref_bilinear(in, C, c[i].Hi, c[i].Wi, ref, c[i].Ho, c[i].Wo, c[i].ac);
         dm_err err = { 0 };
-        int rc = dm_resize_bilinear(in, C, c[i].Hi, c[i].Wi, out, c[i].Ho, c[i].Wo, c[i].ac, &err);
+        int rc = dm_resize_bilinear(NULL, in, C, c[i].Hi, c[i].Wi, out, c[i].Ho, c[i].Wo, c[i].ac,
+                                    &err);
         double r = rc ? INFINITY : dm_rel_err(out, ref, (int64_t)no);
         /* same size with align_corners=False is an exact identity */
         if (!rc && c[i].Hi == c[i].Ho && c[i].Wi == c[i].Wo)
@@ -248,6 +254,100 @@ TEST(chmv2_bilinear_matches_formula)
         CHECKF(r <= 1e-5, "bilinear %dx%d -> %dx%d align_corners=%d: %.3g", c[i].Hi, c[i].Wi,
                c[i].Ho, c[i].Wo, c[i].ac, r);
     }
+}
+
+/* --- threads: the same bits with any number of threads ---------------------------------------- */
+
+typedef struct band_copy {
+    float *dst;
+    size_t plane;
+    int Wo, cout;
+} band_copy;
+
+static void copy_band(void *ctx, int tid, int y0, int n, float *band, size_t ld)
+{
+    const band_copy *c = ctx;
+    (void)tid;
+    for (int o = 0; o < c->cout; o++)
+        memcpy(c->dst + o * c->plane + (size_t)y0 * c->Wo, band + o * ld,
+               (size_t)n * c->Wo * sizeof(float));
+}
+
+/* One convolution on one thread (ws NULL) and on ws's threads. Returns 1 if those differ in any
+ * bit, or if the per-band callback path or (up2) an explicit ×2 resize + conv is off by more than
+ * 1e-6 (these cut the GEMMs differently: the same bits with some OpenBLAS kernels, not all). */
+static int conv_threads_case(dm_conv_ws *ws, int cin, int cout, int H, int W, int k, int s, int p,
+                             int up2, int flags)
+{
+    int Hi = up2 ? 2 * H : H, Wi = up2 ? 2 * W : W;
+    int Ho = dm_conv_out_size(Hi, k, s, p), Wo = dm_conv_out_size(Wi, k, s, p);
+    size_t no = (size_t)cout * Ho * Wo;
+    float *in = rand_buf((size_t)cin * H * W), *w = rand_buf((size_t)cout * cin * k * k);
+    float *b = rand_buf(cout), *o[4], *big = malloc((size_t)cin * Hi * Wi * sizeof *big);
+    o[0] = rand_buf(no);
+    for (int i = 1; i < 4; i++)
+        o[i] = malloc(no * sizeof *o[i]), memcpy(o[i], o[0], no * sizeof *o[0]);
+    dm_conv_spec sp = { in, cin, H, W, up2, w, b, cout, k, s, p, flags, o[0], NULL, NULL };
+    int bad = dm_conv_run(NULL, &sp, NULL) != 0;
+    sp.out = o[1];
+    bad |= dm_conv_run(ws, &sp, NULL) != 0;
+    if (up2)
+        bad |= dm_resize_bilinear(ws, in, cin, H, W, big, Hi, Wi, 1, NULL) != 0 ||
+               dm_conv2d(ws, big, cin, Hi, Wi, w, b, cout, k, s, p, flags, o[2], NULL) != 0;
+    else
+        memcpy(o[2], o[0], no * sizeof *o[0]);
+    band_copy bc = { o[3], (size_t)Ho * Wo, Wo, cout };
+    dm_conv_spec sb = { in, cin, H, W, up2, w, b, cout, k, s, p, flags, NULL, copy_band, &bc };
+    if (flags & DM_CONV_ACCUM)
+        memcpy(o[3], o[0], no * sizeof *o[0]);
+    else
+        bad |= dm_conv_run(ws, &sb, NULL) != 0;
+    bad |= memcmp(o[0], o[1], no * sizeof *o[0]) != 0;
+    for (int i = 2; i < 4; i++)
+        bad |= !(dm_rel_err(o[i], o[0], (int64_t)no) <= 1e-6);
+    for (int i = 0; i < 4; i++)
+        free(o[i]);
+    free(in), free(w), free(b), free(big);
+    return bad;
+}
+
+TEST(chmv2_operators_same_bits_on_threads)
+{
+    dm_conv_ws *ws;
+    dm_err err = { 0 };
+    CHECKF(dm_conv_ws_create(3, &ws, &err) == 0 && dm_conv_ws_threads(ws) == 3, "%s", err.msg);
+    struct { int cin, cout, H, W, k, s, p, up2, flags; } c[] = {
+        { 5, 7, 9, 11, 3, 1, 1, 0, 0 },
+        { 256, 128, 16, 16, 3, 1, 1, 0, 0 },            /* one band, slices of the outputs */
+        { 64, 96, 40, 24, 3, 2, 1, 0, 0 },              /* stride 2 */
+        { 16, 24, 20, 12, 3, 1, 1, 1, DM_CONV_RELU_OUT }, /* ×2 upsampled input, as the head */
+        { 32, 40, 24, 16, 1, 1, 0, 1, 0 },              /* ×2 then 1×1, as the fusion project */
+        { 8, 12, 30, 10, 3, 1, 1, 0, DM_CONV_RELU_IN | DM_CONV_ACCUM },
+        { 8, 5, 7, 9, 1, 1, 0, 0, 0 },                  /* 1×1 reading its input in place */
+        { 3, 4, 1, 1, 3, 1, 1, 1, 0 },                  /* 1 px, upsampled to 2 */
+        { 16, 8, 600, 9, 3, 1, 1, 0, 0 },               /* many bands, the last one shorter */
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++)
+        CHECKF(!conv_threads_case(ws, c[i].cin, c[i].cout, c[i].H, c[i].W, c[i].k, c[i].s, c[i].p,
+                                  c[i].up2, c[i].flags), "conv case %zu differs", i);
+    /* transposed conv and resize: 3 threads = 1 thread */
+    int ok = 1;
+    size_t no = (size_t)64 * 320 * 256;
+    float *in = rand_buf((size_t)8 * 80 * 64), *w = rand_buf(8 * 64 * 16), *b = rand_buf(64);
+    float *o1 = malloc(no * sizeof *o1), *o2 = malloc(no * sizeof *o2);
+    ok &= !dm_conv_transpose2d(NULL, in, 8, 80, 64, w, b, 64, 4, o1, &err) &&
+          !dm_conv_transpose2d(ws, in, 8, 80, 64, w, b, 64, 4, o2, &err) &&
+          !memcmp(o1, o2, no * sizeof *o1);
+    ok &= !dm_resize_bilinear(NULL, in, 8, 80, 64, o1, 48, 88, 0, &err) &&
+          !dm_resize_bilinear(ws, in, 8, 80, 64, o2, 48, 88, 0, &err) &&
+          !memcmp(o1, o2, (size_t)8 * 48 * 88 * sizeof *o1);
+    /* no output at all is refused */
+    dm_conv_spec none = { in, 8, 80, 64, 0, w, b, 8, 1, 1, 0, 0, NULL, NULL, NULL };
+    ok &= dm_conv_run(ws, &none, &err) == DM_EINVAL;
+    free(in), free(w), free(b), free(o1), free(o2);
+    dm_conv_ws_free(ws);
+    dm_conv_ws_free(NULL);
+    CHECK(ok);
 }
 
 TEST(chmv2_geometry)
@@ -592,6 +692,45 @@ TEST(chmv2_run_pads_like_the_reference)
     setup_free(&s);
     CHECKF(rc == 0, "%s", err.msg);
     CHECK(Hp == 48 && Wp == 80 && Ho == 64 && Wo == 96 && same);
+}
+
+/* The decoder on 3 threads gives the 1-thread bits (even and odd grids, in the other order the
+ * second time: buffers reused across sizes); thread counts are checked. */
+TEST(chmv2_threads_same_bits)
+{
+    setup s;
+    dm_err err = { 0 };
+    CHECKF(setup_open(&s, gpath("chmv2_tiny/backbone.pth"), gpath("chmv2_tiny/head.pth"), NULL,
+                      &err) == 0, "%s", err.msg);
+    static const int sz[2][2] = { { 48, 80 }, { 64, 64 } };
+    float *img[2], *out[2][2]; /* [size][1 or 3 threads]: logits then heights */
+    size_t n[2];
+    int rc = dm_chm_threads(s.h) != 1, same = 1, Ho, Wo;
+    for (int j = 0; j < 2; j++) {
+        dm_chm_out_size(sz[j][0], sz[j][1], &Ho, &Wo);
+        n[j] = (size_t)Ho * Wo;
+        img[j] = rand_buf((size_t)3 * sz[j][0] * sz[j][1]);
+        for (int t = 0; t < 2; t++)
+            out[j][t] = malloc(257 * n[j] * sizeof(float));
+    }
+    for (int t = 0; t < 2 && !rc; t++) {
+        if (t)
+            rc = dm_chm_set_threads(s.h, 3, &err) || dm_chm_threads(s.h) != 3;
+        for (int i = 0; i < 2 && !rc; i++) {
+            int j = t ? 1 - i : i;
+            rc = dm_chm_run(s.h, s.be, img[j], sz[j][0], sz[j][1], out[j][t],
+                            out[j][t] + 256 * n[j], &err);
+        }
+    }
+    for (int j = 0; j < 2; j++) {
+        same &= !rc && !memcmp(out[j][0], out[j][1], 257 * n[j] * sizeof(float));
+        free(img[j]), free(out[j][0]), free(out[j][1]);
+    }
+    int big = dm_chm_set_threads(s.h, 1 << 20, NULL) == DM_EINVAL && dm_chm_threads(s.h) == 3;
+    int all = dm_chm_set_threads(s.h, 0, NULL) == 0 && dm_chm_threads(s.h) >= 1;
+    setup_free(&s);
+    CHECKF(rc == 0, "%s", err.msg);
+    CHECK(same && big && all);
 }
 
 /* --- crafted heads: a safetensors copy of head.pth with edits ------------------------------------ */

@@ -494,3 +494,33 @@ TEST(features_mixed_crs_and_alpha)
     GDALClose(d);
     CHECKF(isnan(v[0]) && !isnan(v[1]), "alpha 0 gives %g, alpha 255 gives %g", v[0], v[1]);
 }
+
+/* --batch N runs several tiles per forward pass: the raster is the same as one at a time. */
+TEST(features_batch_equals_single)
+{
+    const char *t = dm_test_tmpdir();
+    char in[1024], args[4096], p1[1100], p2[1100];
+    const char *out;
+    snprintf(in, sizeof in, "%s/in.tif", t);
+    double gt[6] = { 1000, 1, 0, 2000, 0, -1 };
+    CHECK(dm_make_tif(in, 150, 120, 3, gt, 32631, -1, 31) == 0);
+    snprintf(args, sizeof args, "%s -o %s/one --tile 64 --halo 16 --no-pca", in, t);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    snprintf(args, sizeof args, "%s -o %s/three --tile 64 --halo 16 --no-pca --batch 3", in, t);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    snprintf(p1, sizeof p1, "%s/one/features.tif", t);
+    snprintf(p2, sizeof p2, "%s/three/features.tif", t);
+    GDALDatasetH a = open_ro(p1), b = open_ro(p2);
+    CHECK(a && b);
+    size_t n = 10 * 8 * 128;
+    float *fa = malloc(n * 4), *fb = malloc(n * 4);
+    CHECK(GDALDatasetRasterIO(a, GF_Read, 0, 0, 10, 8, fa, 10, 8, GDT_Float32, 128, NULL, 0, 0,
+                              0) == CE_None);
+    CHECK(GDALDatasetRasterIO(b, GF_Read, 0, 0, 10, 8, fb, 10, 8, GDT_Float32, 128, NULL, 0, 0,
+                              0) == CE_None);
+    GDALClose(a);
+    GDALClose(b);
+    double r = dm_rel_err(fb, fa, (int64_t)n);
+    free(fa), free(fb);
+    CHECKF(r <= 1e-6, "batch 3 vs batch 1: %.3g", r);
+}
