@@ -66,6 +66,7 @@ $(BUILD)/%.o: %.c
 check-deps:
 	@missing=""; for p in $(PKGS); do pkg-config --exists $$p 2>/dev/null || missing="$$missing $$p"; done; \
 	command -v gdal_translate >/dev/null || missing="$$missing gdal-bin"; \
+	/usr/bin/python3 -c "import osgeo.gdal, numpy" 2>/dev/null || missing="$$missing python3-gdal"; \
 	if [ -n "$$missing" ]; then \
 	  echo "dinomap: missing libraries:$$missing"; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
