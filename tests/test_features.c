@@ -524,3 +524,28 @@ TEST(features_batch_equals_single)
     free(fa), free(fb);
     CHECKF(r <= 1e-6, "batch 3 vs batch 1: %.3g", r);
 }
+
+/* --gsd warps to the asked pixel size (features 16× that); --progress json prints JSON lines. */
+TEST(features_gsd_and_json_progress)
+{
+    const char *t = dm_test_tmpdir();
+    char in[1024], cmd[8192], p[1100];
+    const char *out;
+    snprintf(in, sizeof in, "%s/in.tif", t);
+    double gt[6] = { 500000, 1, 0, 4000000, 0, -1 };
+    CHECK(dm_make_tif(in, 128, 96, 3, gt, 32631, -1, 41) == 0);
+    snprintf(cmd, sizeof cmd, "%s features --progress json -m %s %s -o %s/o --gsd 2 --tile 32 "
+             "--halo 0 --no-pca 2>&1 >/dev/null", dm_bin(), tiny(), in, t);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    CHECKF(strstr(out, "{\"what\":\"tiles\",\"done\":") && strstr(out, "\"percent\":100"),
+           "no JSON progress: %s", out);
+    snprintf(p, sizeof p, "%s/o/features.tif", t);
+    GDALDatasetH d = open_ro(p);
+    CHECK(d != NULL);
+    double g[6];
+    GDALGetGeoTransform(d, g);
+    int w = GDALGetRasterXSize(d), h = GDALGetRasterYSize(d);
+    GDALClose(d);
+    CHECKF(g[1] == 32 && g[5] == -32 && g[0] == 500000 && g[3] == 4000000 && w == 4 && h == 3,
+           "gt %.17g %.17g %.17g %.17g, %d×%d", g[0], g[1], g[3], g[5], w, h);
+}
