@@ -9,7 +9,8 @@ DEB_PKGS := build-essential pkg-config libgdal-dev libproj-dev libopenblas-dev l
             libsqlite3-dev libcjson-dev gdal-bin python3-gdal
 
 # SIMD: AVX2+FMA when this CPU has them (override with SIMD=); the code is correct without.
-SIMD    ?= $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null && echo -mavx2 -mfma)
+SIMD    ?= $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null && echo -mavx2 -mfma) \
+           $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && grep -qw avx512bw /proc/cpuinfo 2>/dev/null && grep -qw avx512vl /proc/cpuinfo 2>/dev/null && echo -mavx512f -mavx512bw -mavx512vl -mavx512dq -mprefer-vector-width=512)
 OPT     ?= -O3
 SAN     ?=
 CFLAGS_ALL = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Werror -Wno-format-truncation -g -fopenmp-simd -fno-trapping-math \
