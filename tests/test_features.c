@@ -130,9 +130,31 @@ TEST(features_patch_pixels_match_forward)
                         4 * 128 * 6, 4) == CE_None);
     GDALClose(d);
     double r = dm_rel_err(f, ref.f, 36 * 128);
-    free(f);
     dm_npy_free(&ref);
     CHECKF(r <= 1e-6, "features.tif differs from forward by %.3g", r);
+    /* --layer 1: block 1's output through the final norm = forward's layer1_patch_norm */
+    snprintf(args, sizeof args, "%s -o %s/l1 --tile 96 --halo 0 --no-pca --layer 1", in, t);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    snprintf(cmd, sizeof cmd, "%s forward -q -m %s -i %s -o %s/f1 --layers 1", dm_bin(), tiny(),
+             in, t);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    snprintf(p, sizeof p, "%s/f1/layer1_patch_norm.npy", t);
+    CHECK(dm_npy_read(p, &ref, NULL) == 0);
+    snprintf(p, sizeof p, "%s/l1/features.tif", t);
+    d = open_ro(p);
+    CHECK(d != NULL);
+    CHECK(GDALDatasetRasterIO(d, GF_Read, 0, 0, 6, 6, f, 6, 6, GDT_Float32, 128, NULL, 4 * 128,
+                              4 * 128 * 6, 4) == CE_None);
+    const char *lm = GDALGetMetadataItem(d, "DINOMAP_LAYER", NULL);
+    char lay[256];
+    snprintf(lay, sizeof lay, "%s", lm ? lm : "(none)");
+    int ok = !strncmp(lay, "1 ", 2);
+    GDALClose(d);
+    r = dm_rel_err(f, ref.f, 36 * 128);
+    free(f);
+    dm_npy_free(&ref);
+    CHECKF(ok, "DINOMAP_LAYER = %s", lay);
+    CHECKF(r <= 1e-6, "--layer 1 differs from forward's layer1_patch_norm by %.3g", r);
 }
 
 static int validate_cog(const char *path, const char **out)
