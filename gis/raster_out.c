@@ -188,9 +188,9 @@ int dm_gis_features_finalize(const dm_features_final *f, dm_err *err)
     if (!rc && f->pca && !(pca = tmp_tiff(ptmp, f->fw, f->fh, 3, GDT_Byte)))
         rc = dm_err_set(err, DM_EIO, "%s: cannot create: %s", ptmp, CPLGetLastErrorMsg());
     if (!rc && (q || pca)) {
-        if (f->progress)
-            fprintf(stderr, "dinomap: %s\n", q ? "quantising features and colouring the PCA preview"
-                                               : "colouring the PCA preview");
+        if (f->note)
+            f->note(q ? "quantising features and colouring the PCA preview"
+                      : "colouring the PCA preview");
         rc = pass2(f, vrt, q, pca, err);
     }
     /* metadata, band descriptions and nodata, then the COGs */
@@ -211,8 +211,8 @@ int dm_gis_features_finalize(const dm_features_final *f, dm_err *err)
                 GDALSetRasterOffset(bh, -128.0 * f->qscale[i - 1]);
             }
         }
-        if (f->progress)
-            fprintf(stderr, "dinomap: writing features.tif (Cloud-Optimized GeoTIFF)\n");
+        if (f->note)
+            f->note("writing features.tif (Cloud-Optimized GeoTIFF)");
         snprintf(out, sizeof out, "%s/features.tif", f->outdir);
         rc = dm_gis_cog(feat, out, "AVERAGE", err);
     }

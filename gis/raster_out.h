@@ -30,7 +30,7 @@ typedef struct dm_features_final {
     int pca;                   /* also write features_pca.tif */
     dm_pixel_fn pixel;
     void *pixel_ctx;
-    int progress;              /* print a line per stage on stderr */
+    void (*note)(const char *stage); /* told of each stage (for progress messages); may be NULL */
 } dm_features_final;
 
 /* Builds OUTDIR/features.tif (and features_pca.tif) as COGs from the chunk files; areas no chunk

@@ -375,6 +375,11 @@ typedef struct quant_ctx {
     int D, quantize, want_pca;
 } quant_ctx;
 
+static void stage_note(const char *stage)
+{
+    dm_info("%s", stage);
+}
+
 static void pixel_fn(void *ctx, const float *v, uint8_t *q, uint8_t rgb[3])
 {
     quant_ctx *c = ctx;
@@ -582,7 +587,7 @@ int dm_features_run(const dm_features_opts *o, dm_err *err)
     dm_features_final fin = { o->outdir, (const char *const *)R.chunk_files, R.nchunk_files,
                               R.D, R.g.fw, R.g.fh, { 0 }, dm_mosaic_wkt(R.mo), mp, o->quantize,
                               qscale, qc.want_pca, pixel_fn, &qc,
-                              o->progress != DM_PROGRESS_NONE && dm_log_level >= DM_LOG_INFO };
+                              o->progress != DM_PROGRESS_NONE ? stage_note : NULL };
     memcpy(fin.gt, fgt, sizeof fgt);
     rc = dm_gis_features_finalize(&fin, err);
     free(qinv), free(qscale);
