@@ -15,6 +15,21 @@ enum { DM_OPT_BANDS = 400, DM_OPT_SCALE, DM_OPT_STRETCH, DM_OPT_GSD, DM_OPT_CRS,
     { "stretch", required_argument, 0, DM_OPT_STRETCH },                                           \
     { "gsd", required_argument, 0, DM_OPT_GSD }, { "crs", required_argument, 0, DM_OPT_CRS },     \
     { "allow-ungeoreferenced", no_argument, 0, DM_OPT_UNGEO }
+/* getopt codes of the run options every mapping command takes (see DM_RUN_LONGOPTS) */
+enum { DM_OPT_THREADS = 420, DM_OPT_DEVICE, DM_OPT_ARCH, DM_OPT_NORM, DM_OPT_PROGRESS };
+#define DM_RUN_LONGOPTS                                                                            \
+    { "threads", required_argument, 0, DM_OPT_THREADS },                                           \
+    { "device", required_argument, 0, DM_OPT_DEVICE },                                             \
+    { "arch", required_argument, 0, DM_OPT_ARCH }, { "norm", required_argument, 0, DM_OPT_NORM }, \
+    { "progress", required_argument, 0, DM_OPT_PROGRESS }
+/* Where the run options go (fields of the command's options struct). */
+typedef struct dm_run_fields {
+    int *threads;
+    const char **device, **arch, **norm;
+    int *progress;
+} dm_run_fields;
+/* Handles one run option: 1 handled, 0 not a run option, -1 bad value (message printed). */
+int dm_cli_run_opt(int ch, const char *arg, const dm_run_fields *f, const char *cmd);
 /* Handles one mosaic option: 1 handled, 0 not a mosaic option, -1 bad value (message printed). */
 int dm_cli_mosaic_opt(int ch, const char *arg, dm_mosaic_opts *m, const char *cmd);
 /* "auto", "bar", "json", "none" → DM_PROGRESS_*; -1 if unknown. */

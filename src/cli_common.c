@@ -50,6 +50,29 @@ int dm_cli_mosaic_opt(int ch, const char *arg, dm_mosaic_opts *m, const char *cm
     return 1;
 }
 
+int dm_cli_run_opt(int ch, const char *arg, const dm_run_fields *f, const char *cmd)
+{
+    switch (ch) {
+    case DM_OPT_THREADS:
+        if ((*f->threads = dm_parse_pos_int(arg)) < 0) {
+            fprintf(stderr, "dinomap %s: --threads %s: expected a positive number\n", cmd, arg);
+            return -1;
+        }
+        return 1;
+    case DM_OPT_DEVICE: *f->device = arg; return 1;
+    case DM_OPT_ARCH: *f->arch = arg; return 1;
+    case DM_OPT_NORM: *f->norm = arg; return 1;
+    case DM_OPT_PROGRESS:
+        if ((*f->progress = dm_parse_progress(arg)) < 0) {
+            fprintf(stderr, "dinomap %s: --progress %s: expected auto, bar, json or none\n", cmd,
+                    arg);
+            return -1;
+        }
+        return 1;
+    default: return 0;
+    }
+}
+
 int dm_parse_progress(const char *s)
 {
     static const char *names[] = { "auto", "bar", "json", "none" };

@@ -53,16 +53,19 @@ static void help(FILE *f)
 
 int cmd_chm(int argc, char **argv)
 {
-    enum { O_HEAD = 256, O_TILE, O_OVERLAP, O_NORM, O_TAPS, O_THREADS, O_DEVICE, O_ARCH, O_PROGRESS };
+    enum { O_HEAD = 256, O_TILE, O_OVERLAP, O_TAPS };
     static const struct option opts[] = {
-        { "model", required_argument, 0, 'm' }, { "output", required_argument, 0, 'o' },
-        { "head", required_argument, 0, O_HEAD }, { "tile", required_argument, 0, O_TILE },
-        { "overlap", required_argument, 0, O_OVERLAP }, { "norm", required_argument, 0, O_NORM }, { "taps", required_argument, 0, O_TAPS },
-        { "threads", required_argument, 0, O_THREADS }, { "device", required_argument, 0, O_DEVICE },
-        { "arch", required_argument, 0, O_ARCH },
-        { "progress", required_argument, 0, O_PROGRESS }, DM_MOSAIC_LONGOPTS,
+        { "model", required_argument, 0, 'm' },
+        { "output", required_argument, 0, 'o' },
+        { "head", required_argument, 0, O_HEAD },
+        { "tile", required_argument, 0, O_TILE },
+        { "overlap", required_argument, 0, O_OVERLAP },
+        { "taps", required_argument, 0, O_TAPS },
+        DM_MOSAIC_LONGOPTS,
+        DM_RUN_LONGOPTS,
         { "quiet", no_argument, 0, 'q' },
-        { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
+        { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 },
     };
     dm_chm_opts o;
     memset(&o, 0, sizeof o);
@@ -89,21 +92,16 @@ int cmd_chm(int argc, char **argv)
                 BAD("--overlap %s: expected a number of pixels", optarg);
             o.overlap = list[0];
             break;
-        case O_NORM: o.norm = optarg; break;
         case O_TAPS:
             if (dm_parse_int_list(optarg, o.taps, 4) != 4)
                 BAD("--taps %s: expected four block indices, e.g. 5,11,17,23", optarg);
             o.taps_set = 1;
             break;
-        case O_THREADS: if ((o.threads = dm_parse_pos_int(optarg)) < 0) BAD("--threads %s: expected a positive number", optarg); break;
-        case O_DEVICE: o.device = optarg; break;
-        case O_ARCH: o.arch = optarg; break;
-        case O_PROGRESS:
-            if ((o.progress = dm_parse_progress(optarg)) < 0)
-                BAD("--progress %s: expected auto, bar, json or none", optarg);
-            break;
         default: {
+            dm_run_fields rf = { &o.threads, &o.device, &o.arch, &o.norm, &o.progress };
             int r = dm_cli_mosaic_opt(ch, optarg, &o.mosaic, "chm");
+            if (r == 0)
+                r = dm_cli_run_opt(ch, optarg, &rf, "chm");
             if (r < 0)
                 return 2;
             if (r == 0) {

@@ -57,20 +57,24 @@ static void help(FILE *f)
 
 int cmd_features(int argc, char **argv)
 {
-    enum { O_TILE = 256, O_HALO, O_CHUNK, O_BATCH, O_THREADS, O_DEVICE, O_LAYER, O_NORM, O_ARCH,
-           O_QUANT, O_NOPCA, O_AOI, O_KEEP, O_PROGRESS };
+    enum { O_TILE = 256, O_HALO, O_CHUNK, O_BATCH, O_LAYER, O_QUANT, O_NOPCA, O_AOI, O_KEEP };
     static const struct option opts[] = {
-        { "model", required_argument, 0, 'm' }, { "output", required_argument, 0, 'o' },
+        { "model", required_argument, 0, 'm' },
+        { "output", required_argument, 0, 'o' },
         { "tile", required_argument, 0, O_TILE },
-        { "halo", required_argument, 0, O_HALO }, { "chunk", required_argument, 0, O_CHUNK },
-        { "batch", required_argument, 0, O_BATCH }, { "threads", required_argument, 0, O_THREADS },
-        { "device", required_argument, 0, O_DEVICE }, { "layer", required_argument, 0, O_LAYER },
-        { "norm", required_argument, 0, O_NORM }, { "arch", required_argument, 0, O_ARCH },
-        { "quantize", required_argument, 0, O_QUANT }, { "no-pca", no_argument, 0, O_NOPCA },
+        { "halo", required_argument, 0, O_HALO },
+        { "chunk", required_argument, 0, O_CHUNK },
+        { "batch", required_argument, 0, O_BATCH },
+        { "layer", required_argument, 0, O_LAYER },
+        { "quantize", required_argument, 0, O_QUANT },
+        { "no-pca", no_argument, 0, O_NOPCA },
         { "aoi", required_argument, 0, O_AOI },
-        { "keep-chunks", no_argument, 0, O_KEEP }, { "progress", required_argument, 0, O_PROGRESS },
+        { "keep-chunks", no_argument, 0, O_KEEP },
         DM_MOSAIC_LONGOPTS,
-        { "quiet", no_argument, 0, 'q' }, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 }
+        DM_RUN_LONGOPTS,
+        { "quiet", no_argument, 0, 'q' },
+        { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 },
     };
     dm_features_opts o;
     memset(&o, 0, sizeof o);
@@ -99,15 +103,11 @@ int cmd_features(int argc, char **argv)
             break;
         case O_CHUNK: if ((o.chunk = dm_parse_pos_int(optarg)) < 0) BAD("--chunk %s: expected a positive number", optarg); break;
         case O_BATCH: if ((o.batch = dm_parse_pos_int(optarg)) < 0 || o.batch > 256) BAD("--batch %s: expected 1..256", optarg); break;
-        case O_THREADS: if ((o.threads = dm_parse_pos_int(optarg)) < 0) BAD("--threads %s: expected a positive number", optarg); break;
-        case O_DEVICE: o.device = optarg; break;
         case O_LAYER:
             if ((v = dm_parse_int_list(optarg, list, 1)) != 1)
                 BAD("--layer %s: expected a 0-based block index", optarg);
             o.layer = list[0];
             break;
-        case O_NORM: o.norm = optarg; break;
-        case O_ARCH: o.arch = optarg; break;
         case O_QUANT:
             if (!strcmp(optarg, "none")) o.quantize = 0;
             else if (!strcmp(optarg, "int8")) o.quantize = 1;
@@ -116,12 +116,11 @@ int cmd_features(int argc, char **argv)
         case O_NOPCA: o.pca = 0; break;
         case O_AOI: o.aoi = optarg; break;
         case O_KEEP: o.keep_chunks = 1; break;
-        case O_PROGRESS:
-            if ((o.progress = dm_parse_progress(optarg)) < 0)
-                BAD("--progress %s: expected auto, bar, json or none", optarg);
-            break;
         default: {
+            dm_run_fields rf = { &o.threads, &o.device, &o.arch, &o.norm, &o.progress };
             int r = dm_cli_mosaic_opt(ch, optarg, &o.mosaic, "features");
+            if (r == 0)
+                r = dm_cli_run_opt(ch, optarg, &rf, "features");
             if (r < 0)
                 return 2;
             if (r == 0) {
