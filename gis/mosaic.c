@@ -74,8 +74,10 @@ static void utm_for(GDALDatasetH ds, char *out, size_t n)
 {
     double gt[6];
     GDALGetGeoTransform(ds, gt);
-    double lon = gt[0] + gt[1] * GDALGetRasterXSize(ds) / 2.0 + gt[2] * GDALGetRasterYSize(ds) / 2.0;
-    double lat = gt[3] + gt[4] * GDALGetRasterXSize(ds) / 2.0 + gt[5] * GDALGetRasterYSize(ds) / 2.0;
+    double lon =
+        gt[0] + gt[1] * GDALGetRasterXSize(ds) / 2.0 + gt[2] * GDALGetRasterYSize(ds) / 2.0;
+    double lat =
+        gt[3] + gt[4] * GDALGetRasterXSize(ds) / 2.0 + gt[5] * GDALGetRasterYSize(ds) / 2.0;
     /* axis order of a geographic CRS in a GeoTIFF geotransform is lon, lat */
     int zone = (int)floor((lon + 180.0) / 6.0) + 1;
     zone = zone < 1 ? 1 : zone > 60 ? 60 : zone;

@@ -136,7 +136,8 @@ static int pass2(const dm_features_final *f, GDALDatasetH vrt, GDALDatasetH q, G
             }
             if (q && GDALDatasetRasterIO(q, GF_Write, x, y, w, h, qb, w, h, GDT_Byte, D, NULL, D,
                                          (GSpacing)D * w, 1) != CE_None)
-                rc = dm_err_set(err, DM_EIO, "writing quantised features: %s", CPLGetLastErrorMsg());
+                rc =
+                    dm_err_set(err, DM_EIO, "writing quantised features: %s", CPLGetLastErrorMsg());
             if (!rc && pca && GDALDatasetRasterIO(pca, GF_Write, x, y, w, h, rgb, w, h, GDT_Byte, 3,
                                                   NULL, 3, (GSpacing)3 * w, 1) != CE_None)
                 rc = dm_err_set(err, DM_EIO, "writing the PCA preview: %s", CPLGetLastErrorMsg());

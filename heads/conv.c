@@ -554,8 +554,8 @@ int dm_resize_bilinear(dm_conv_ws *ws, const float *in, int C, int Hi, int Wi, f
                        int Wo, int align_corners, dm_err *err)
 {
     if (C < 1 || Hi < 1 || Wi < 1 || Ho < 1 || Wo < 1)
-        return dm_err_set(err, DM_EINVAL, "bilinear resize: bad size (%d planes, %d×%d → %d×%d)",
-                          C, Wi, Hi, Wo, Ho);
+        return dm_err_set(err, DM_EINVAL, "bilinear resize: bad size (%d planes, %d×%d → %d×%d)", C,
+                          Wi, Hi, Wo, Ho);
     lin2 t;
     int rc = lin2_make(&t, Hi, Wi, Ho, Wo, align_corners, err);
     if (rc)

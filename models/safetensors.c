@@ -68,8 +68,8 @@ static int read_tensor(const cJSON *e, const unsigned char *data, uint64_t data_
     t.dtype = dtypes[found].dt;
     int nd = cJSON_GetArraySize(js);
     if (nd > DM_MAX_DIMS)
-        return ferr(err, DM_EUNSUPPORTED, path, "tensor %s has %d dimensions (at most %d supported)",
-                    name, nd, DM_MAX_DIMS);
+        return ferr(err, DM_EUNSUPPORTED, path,
+                    "tensor %s has %d dimensions (at most %d supported)", name, nd, DM_MAX_DIMS);
     t.ndim = nd;
     /* Bytes the shape needs, saturated: a lying shape must not overflow into a plausible size. */
     uint64_t need = dm_dtype_size(t.dtype);

@@ -141,7 +141,8 @@ static int flush_rows(crun *R, int n, dm_err *err)
         int y = R->acc_y0 + k;
         if (y < 0 || y >= R->H)
             continue;
-        const float *s = R->sum + (size_t)k * R->Wb + R->half, *w = R->wsum + (size_t)k * R->Wb + R->half;
+        const float *s = R->sum + (size_t)k * R->Wb + R->half,
+                    *w = R->wsum + (size_t)k * R->Wb + R->half;
         for (int x = 0; x < R->W; x++)
             R->line[x] = w[x] > 0 ? s[x] / w[x] : NAN;
         if (GDALRasterIO(GDALGetRasterBand(R->out, 1), GF_Write, 0, y, R->W, 1, R->line, R->W, 1,

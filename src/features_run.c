@@ -480,8 +480,9 @@ int dm_features_run(const dm_features_opts *o, dm_err *err)
         (rc = dm_pca_create(R.D, 4096, 0x5eed, &R.pca, err)))
         goto out;
     dm_info("%s: %s (D=%d), %d×%d px mosaic → %d×%d features, %d tiles of %d px (+%d px halo) in "
-            "%d chunks, %s", o->weights, R.m->cfg.arch, R.D, W, H, R.g.fw, R.g.fh, nt, o->tile,
-            o->halo, nch, dm_mosaic_scaling(R.mo));
+            "%d chunks, %s",
+            o->weights, R.m->cfg.arch, R.D, W, H, R.g.fw, R.g.fh, nt, o->tile, o->halo, nch,
+            dm_mosaic_scaling(R.mo));
     /* 2. the run's files */
     char path[4096];
     wrote = 1;
@@ -568,7 +569,8 @@ int dm_features_run(const dm_features_opts *o, dm_err *err)
     snprintf(meta[nm++], 512, "DINOMAP_GSD=%.17g", gsd);
     snprintf(meta[nm++], 512, "DINOMAP_TILE=%d", o->tile);
     snprintf(meta[nm++], 512, "DINOMAP_HALO=%d", o->halo);
-    snprintf(meta[nm++], 512, "DINOMAP_OVERVIEW_RESAMPLING=AVERAGE (mean embedding of the patches)");
+    snprintf(meta[nm++], 512,
+             "DINOMAP_OVERVIEW_RESAMPLING=AVERAGE (mean embedding of the patches)");
     snprintf(meta[nm++], 512, "DINOMAP_CREATED=%s", created);
     if (o->quantize)
         snprintf(meta[nm++], 512, "DINOMAP_QUANTIZATION=uint8 q per band: value = (q - 128) * "

@@ -109,7 +109,8 @@ static int generate(const char *path)
     len += snprintf(h + len, cap - len, "{\"__metadata__\":{\"format\":\"pt\"}");
     for (int i = 0; i < nspecs; i++) {
         int64_t bytes = numel(&specs[i]) * 4;
-        len += snprintf(h + len, cap - len, ",\"%s\":{\"dtype\":\"F32\",\"shape\":[", specs[i].name);
+        len +=
+            snprintf(h + len, cap - len, ",\"%s\":{\"dtype\":\"F32\",\"shape\":[", specs[i].name);
         for (int d = 0; d < specs[i].nd; d++)
             len += snprintf(h + len, cap - len, "%s%lld", d ? "," : "",
                             (long long)specs[i].shape[d]);

@@ -20,6 +20,11 @@ const char *dm_bin(void);
 int dm_make_tif(const char *path, int w, int h, int bands, const double *gt, int epsg, int nodata,
                 uint32_t seed);
 uint32_t dm_hash32(uint32_t x);
+/* Absolute path of tests/data/golden/REL (some runs start in a temporary directory); the result
+ * lives until 8 more calls: copy it to keep it longer. */
+const char *dm_golden(const char *rel);
+/* 1 if the directory does not exist or holds nothing. */
+int dm_dir_empty_or_missing(const char *d);
 
 #define DM_GOLDEN_TOL 1e-4
 

@@ -11,18 +11,6 @@
 #include "golden.h"
 #include "test.h"
 
-static const char *gold(const char *rel)
-{
-    static char buf[4][PATH_MAX + 200];
-    static int k;
-    char root[PATH_MAX];
-    if (!realpath(dm_test_data(), root))
-        snprintf(root, sizeof root, "%s", dm_test_data());
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/golden/%s", root, rel);
-    return buf[k];
-}
-
 static float *read_band(const char *path, int *w, int *h)
 {
     GDALAllRegister();
@@ -45,7 +33,7 @@ static float *read_band(const char *path, int *w, int *h)
 static int golden_tif(const char *dir, char *out, size_t n)
 {
     dm_npy a;
-    if (dm_npy_read(gold("chmv2_tiny/input_u8.npy"), &a, NULL))
+    if (dm_npy_read(dm_golden("chmv2_tiny/input_u8.npy"), &a, NULL))
         return -1;
     char raw[1024], vrt[1024], cmd[4096];
     snprintf(raw, sizeof raw, "%s/in.rgb", dir);
@@ -78,9 +66,11 @@ TEST(chm_one_tile_equals_reference)
     char in[1100], cmd[8192], p[1100];
     const char *out;
     CHECK(golden_tif(t, in, sizeof in) == 0);
-    snprintf(cmd, sizeof cmd, "%s chm --progress none -m %s --head %s %s -o %s/o --tile 64 "
-             "--overlap 0", dm_bin(), gold("chmv2_tiny/backbone.pth"), gold("chmv2_tiny/head.pth"),
-             in, t);
+    snprintf(cmd, sizeof cmd,
+             "%s chm --progress none -m %s --head %s %s -o %s/o --tile 64 "
+             "--overlap 0",
+             dm_bin(), dm_golden("chmv2_tiny/backbone.pth"), dm_golden("chmv2_tiny/head.pth"), in,
+             t);
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
     CHECKF(!strstr(out, "outside 0.3-1.5 m"), "a GSD notice at 0.6 m: %s", out);
     snprintf(p, sizeof p, "%s/o/chm.tif", t);
@@ -88,14 +78,14 @@ TEST(chm_one_tile_equals_reference)
     float *v = read_band(p, &w, &h);
     CHECK(v != NULL);
     dm_npy ref;
-    CHECK(dm_npy_read(gold("chmv2_tiny/height.npy"), &ref, NULL) == 0);
+    CHECK(dm_npy_read(dm_golden("chmv2_tiny/height.npy"), &ref, NULL) == 0);
     double r = w == 64 && h == 64 ? dm_rel_err(v, ref.f, ref.numel) : INFINITY;
     free(v);
     dm_npy_free(&ref);
     CHECKF(r <= DM_GOLDEN_TOL, "chm.tif vs reference heights: %.3g (%d×%d)", r, w, h);
     /* the same through the Hugging Face file alone (head found inside it) */
     snprintf(cmd, sizeof cmd, "%s chm --progress none -m %s %s -o %s/hf --tile 64 --overlap 32",
-             dm_bin(), gold("chmv2_tiny_hf/model.safetensors"), in, t);
+             dm_bin(), dm_golden("chmv2_tiny_hf/model.safetensors"), in, t);
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
 }
 
@@ -145,7 +135,7 @@ TEST(chm_seams_blended_away)
     double ratio[2];
     for (int i = 0; i < 2; i++) {
         snprintf(cmd, sizeof cmd, "%s chm --progress none -m %s %s -o %s/o%d --tile 64 "
-                 "--overlap %d", dm_bin(), gold("chmv2_tiny_hf/model.safetensors"), in, t, i,
+                 "--overlap %d", dm_bin(), dm_golden("chmv2_tiny_hf/model.safetensors"), in, t, i,
                  ov[i]);
         CHECKF(dm_run(cmd, &out) == 0, "%s", out);
         snprintf(p, sizeof p, "%s/o%d/chm.tif", t, i);
@@ -171,7 +161,7 @@ TEST(chm_nodata_edges_cog_and_style)
     double gt[6] = { 500000, 2.0, 0, 4000000, 0, -2.0 };
     CHECK(dm_make_tif(in, 150, 130, 3, gt, 32631, 0, 12) == 0); /* odd size, nodata quarter */
     snprintf(cmd, sizeof cmd, "%s chm --progress none -m %s %s -o %s/o --tile 64 --overlap 16",
-             dm_bin(), gold("chmv2_tiny_hf/model.safetensors"), in, t);
+             dm_bin(), dm_golden("chmv2_tiny_hf/model.safetensors"), in, t);
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
     CHECKF(strstr(out, "outside 0.3-1.5 m"), "no notice for 2 m pixels: %s", out);
     snprintf(p, sizeof p, "%s/o/chm.tif", t);
@@ -235,13 +225,13 @@ TEST(chm_bad_inputs)
     for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
         char a[4096];
         if (i == 0)
-            snprintf(a, sizeof a, c[i].args, gold("chmv2_tiny/backbone.pth"), in, t);
+            snprintf(a, sizeof a, c[i].args, dm_golden("chmv2_tiny/backbone.pth"), in, t);
         else if (i == 3)
-            snprintf(a, sizeof a, c[i].args, gold("chmv2_tiny/backbone.pth"),
-                     gold("chmv2_tiny/head.pth"), t, t);
+            snprintf(a, sizeof a, c[i].args, dm_golden("chmv2_tiny/backbone.pth"),
+                     dm_golden("chmv2_tiny/head.pth"), t, t);
         else
-            snprintf(a, sizeof a, c[i].args, gold("chmv2_tiny/backbone.pth"),
-                     gold("chmv2_tiny/head.pth"), in, t);
+            snprintf(a, sizeof a, c[i].args, dm_golden("chmv2_tiny/backbone.pth"),
+                     dm_golden("chmv2_tiny/head.pth"), in, t);
         snprintf(cmd, sizeof cmd, "%s chm --progress none %s", dm_bin(), a);
         int st = dm_run(cmd, &out);
         CHECKF(st == c[i].code && strstr(out, c[i].msg), "case %zu: exit %d: %s", i, st, out);

@@ -24,19 +24,6 @@
 
 /* --- helpers ------------------------------------------------------------------------------------ */
 
-/* Absolute path of a golden file (some runs start in a temporary directory); the result lives
- * until 8 more calls: copy it to keep it longer. */
-static const char *gpath(const char *rel)
-{
-    static char buf[8][PATH_MAX + 700], root[PATH_MAX];
-    static int k;
-    if (!root[0] && !realpath(dm_test_data(), root))
-        snprintf(root, sizeof root, "%s", dm_test_data());
-    k = (k + 1) % 8;
-    snprintf(buf[k], sizeof buf[k], "%s/golden/%s", root, rel);
-    return buf[k];
-}
-
 static uint64_t rng_state = 88172645463325252ull;
 static float frand(void) /* uniform in [-1, 1) */
 {
@@ -78,7 +65,8 @@ static int setup_open(setup *s, const char *backbone, const char *head, const in
     memset(s, 0, sizeof *s);
     int rc;
     dm_backend_opts bo = { 1 };
-    if ((rc = dm_weights_open(backbone, &s->w, err)) || (rc = dm_model_bind(s->w, NULL, &s->m, err)) ||
+    if ((rc = dm_weights_open(backbone, &s->w, err)) ||
+        (rc = dm_model_bind(s->w, NULL, &s->m, err)) ||
         (rc = dm_chm_open(head, s->w, s->m, taps, &s->h, err)) ||
         (rc = dm_backend_open("cpu", s->m, &bo, &s->be, err)))
         setup_free(s);
@@ -120,7 +108,8 @@ static void ref_convT(const float *in, int cin, int H, int W, const float *w, co
                     for (int ky = 0; ky < k; ky++)
                         for (int kx = 0; kx < k; kx++)
                             acc[((size_t)o * Ho + y * s + ky) * Wo + x * s + kx] +=
-                                (double)in[(i * H + y) * W + x] * w[((i * cout + o) * k + ky) * k + kx];
+                                (double)in[(i * H + y) * W + x] *
+                                w[((i * cout + o) * k + ky) * k + kx];
     for (int o = 0; o < cout; o++)
         for (int j = 0; j < Ho * Wo; j++)
             out[(size_t)o * Ho * Wo + j] = (float)(acc[(size_t)o * Ho * Wo + j] + (b ? b[o] : 0));
@@ -133,7 +122,8 @@ static void ref_convT(const float *in, int cin, int H, int W, const float *w, co
  * ~1e-5 relative on large downscales, which is PyTorch's own rounding, not an error. */
 static void ref_src(int in, int out, int ac, int d, int *i0, int *i1, double *l)
 {
-    float scale = ac ? (out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f) : (float)in / (float)out;
+    float scale =
+        ac ? (out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f) : (float)in / (float)out;
     double s = ac ? scale * (float)d : scale * ((float)d + 0.5f) - 0.5f;
     if (s < 0)
         s = 0;
@@ -375,7 +365,8 @@ TEST(chmv2_geometry)
         for (int y = 0; y < Hp; y++)
             for (int x = 0; x < Wp; x++) {
                 int sy = y - 3, sx = x - 4;
-                float want = sy >= 0 && sy < H && sx >= 0 && sx < W ? img[(c * H + sy) * W + sx] : 0;
+                float want =
+                    sy >= 0 && sy < H && sx >= 0 && sx < W ? img[(c * H + sy) * W + sx] : 0;
                 ok &= p[(c * Hp + y) * Wp + x] == want;
             }
     free(img), free(p);
@@ -388,8 +379,9 @@ TEST(chmv2_bins_and_heights)
 {
     setup s;
     dm_err err = { 0 };
-    CHECKF(setup_open(&s, gpath("chmv2_tiny/backbone.pth"), gpath("chmv2_tiny/head.pth"), NULL,
-                      &err) == 0, "%s", err.msg);
+    CHECKF(setup_open(&s, dm_golden("chmv2_tiny/backbone.pth"), dm_golden("chmv2_tiny/head.pth"),
+                      NULL, &err) == 0,
+           "%s", err.msg);
     CHECK(dm_chm_bins(s.h) == 256);
     const float *b = dm_chm_bin_values(s.h);
     /* spec §5.8 reference values (fp32; a correctly rounded expf may differ by an ulp) */
@@ -442,13 +434,14 @@ static void golden_lib(const char *cs, const char *backbone, const char *head)
     snprintf(p1, sizeof p1, "%s/%s", dir, backbone);
     if (head)
         snprintf(p2, sizeof p2, "%s/%s", dir, head);
-    CHECKF(setup_open(&s, gpath(p1), head ? gpath(p2) : NULL, NULL, &err) == 0, "%s", err.msg);
+    CHECKF(setup_open(&s, dm_golden(p1), head ? dm_golden(p2) : NULL, NULL, &err) == 0, "%s",
+           err.msg);
     const int *t = dm_chm_taps(s.h);
     CHECKF(t[0] == 0 && t[1] == 1 && t[2] == 2 && t[3] == 3, "taps %d,%d,%d,%d", t[0], t[1], t[2],
            t[3]);
     dm_npy in;
     snprintf(p1, sizeof p1, "%s/input.npy", dir);
-    CHECK(dm_npy_read(gpath(p1), &in, &err) == 0);
+    CHECK(dm_npy_read(dm_golden(p1), &in, &err) == 0);
     int H = (int)in.shape[1], W = (int)in.shape[2], Ho, Wo;
     dm_chm_out_size(H, W, &Ho, &Wo);
     size_t npix = (size_t)Ho * Wo;
@@ -457,9 +450,9 @@ static void golden_lib(const char *cs, const char *backbone, const char *head)
     double el = INFINITY, eh = INFINITY;
     if (!rc) {
         snprintf(p1, sizeof p1, "%s/head_logits.npy", dir);
-        el = cmp_file(lg, 256 * (int64_t)npix, gpath(p1));
+        el = cmp_file(lg, 256 * (int64_t)npix, dm_golden(p1));
         snprintf(p1, sizeof p1, "%s/height.npy", dir);
-        eh = cmp_file(hg, (int64_t)npix, gpath(p1));
+        eh = cmp_file(hg, (int64_t)npix, dm_golden(p1));
     }
     /* the notebook's resize back to the input size is an identity here (multiples of 32) */
     float *back = malloc(npix * sizeof *back);
@@ -508,7 +501,8 @@ static void ref_rcu(rw *r, const char *unit, int j, const float *x, float *out, 
     snprintf(n2, sizeof n2, "fusion_blocks.%%d.%s.conv2.conv.weight", unit);
     snprintf(b2, sizeof b2, "fusion_blocks.%%d.%s.conv2.conv.bias", unit);
     size_t n = (size_t)F * H * W;
-    float *a = calloc(n, sizeof *a), *t = calloc(n, sizeof *t); /* calloc: quiets -O1 -Wmaybe-uninitialized */
+    float *a = calloc(n, sizeof *a),
+          *t = calloc(n, sizeof *t); /* calloc: quiets -O1 -Wmaybe-uninitialized */
     for (size_t i = 0; i < n; i++)
         a[i] = x[i] > 0 ? x[i] : 0;
     ref_conv(a, F, H, W, W_(r, n1, j), W_(r, b1, j), F, 3, 1, 1, t);
@@ -540,7 +534,8 @@ static void ref_decoder(rw *r, const dm_model *m, float *const taps[4], int gh, 
             for (int o = 0; o < D; o++) {
                 double acc = rob[o];
                 for (int i = 0; i < D; i++)
-                    acc += (double)ro[o * 2 * D + i] * x[i] + (double)ro[o * 2 * D + D + i] * cls[i];
+                    acc +=
+                        (double)ro[o * 2 * D + i] * x[i] + (double)ro[o * 2 * D + D + i] * cls[i];
                 f[o] = (float)(0.5 * acc * (1.0 + erf(acc / sqrt(2.0))));
             }
             for (int o = 0; o < C[k]; o++) {
@@ -622,8 +617,9 @@ TEST(chmv2_odd_grid_matches_reference)
 {
     setup s;
     dm_err err = { 0 };
-    CHECKF(setup_open(&s, gpath("chmv2_tiny/backbone.pth"), gpath("chmv2_tiny/head.pth"), NULL,
-                      &err) == 0, "%s", err.msg);
+    CHECKF(setup_open(&s, dm_golden("chmv2_tiny/backbone.pth"), dm_golden("chmv2_tiny/head.pth"),
+                      NULL, &err) == 0,
+           "%s", err.msg);
     enum { H = 48, W = 80 }; /* 3×5 patches: every fusion skip is resized */
     int Ho, Wo;
     dm_chm_out_size(H, W, &Ho, &Wo);
@@ -645,7 +641,7 @@ TEST(chmv2_odd_grid_matches_reference)
         for (int k = 0; k < 4; k++)
             dm_model_norm_tokens(s.m, tk[k], tk[k], N);
         rw r = { 0 };
-        CHECK(dm_weights_open(gpath("chmv2_tiny/head.pth"), &r.w, NULL) == 0);
+        CHECK(dm_weights_open(dm_golden("chmv2_tiny/head.pth"), &r.w, NULL) == 0);
         ref_decoder(&r, s.m, tk, H / 16, W / 16, rlg, rhg);
         el = dm_rel_err(lg, rlg, 256 * (int64_t)np);
         eh = dm_rel_err(hg, rhg, (int64_t)np);
@@ -677,8 +673,9 @@ TEST(chmv2_run_pads_like_the_reference)
 {
     setup s;
     dm_err err = { 0 };
-    CHECKF(setup_open(&s, gpath("chmv2_tiny/backbone.pth"), gpath("chmv2_tiny/head.pth"), NULL,
-                      &err) == 0, "%s", err.msg);
+    CHECKF(setup_open(&s, dm_golden("chmv2_tiny/backbone.pth"), dm_golden("chmv2_tiny/head.pth"),
+                      NULL, &err) == 0,
+           "%s", err.msg);
     int H = 40, W = 72, Hp, Wp, Ho, Wo;
     dm_chm_pad_size(H, W, &Hp, &Wp);
     dm_chm_out_size(H, W, &Ho, &Wo);
@@ -700,8 +697,9 @@ TEST(chmv2_threads_same_bits)
 {
     setup s;
     dm_err err = { 0 };
-    CHECKF(setup_open(&s, gpath("chmv2_tiny/backbone.pth"), gpath("chmv2_tiny/head.pth"), NULL,
-                      &err) == 0, "%s", err.msg);
+    CHECKF(setup_open(&s, dm_golden("chmv2_tiny/backbone.pth"), dm_golden("chmv2_tiny/head.pth"),
+                      NULL, &err) == 0,
+           "%s", err.msg);
     static const int sz[2][2] = { { 48, 80 }, { 64, 64 } };
     float *img[2], *out[2][2]; /* [size][1 or 3 threads]: logits then heights */
     size_t n[2];
@@ -834,7 +832,7 @@ static const char *craft(const char *edit)
     static char path[PATH_MAX];
     ctensor *t;
     int n;
-    if (load_tensors(gpath("chmv2_tiny/head.pth"), &t, &n))
+    if (load_tensors(dm_golden("chmv2_tiny/head.pth"), &t, &n))
         return NULL;
     if (!strcmp(edit, "drop")) {
         find_t(t, n, "fusion_blocks.2.res_conv_unit1.conv2.conv.bias")->name[0] = '\0';
@@ -884,7 +882,7 @@ static int open_fails(const char *backbone, const char *head, const int *taps, c
 TEST(chmv2_bad_heads_library)
 {
     char msg[1100], bb[PATH_MAX];
-    snprintf(bb, sizeof bb, "%s", gpath("chmv2_tiny/backbone.pth"));
+    snprintf(bb, sizeof bb, "%s", dm_golden("chmv2_tiny/backbone.pth"));
     const char *p = craft("drop");
     CHECK(p);
     CHECKF(open_fails(bb, p, NULL, "missing tensor fusion_blocks.2.res_conv_unit1.conv2.conv.bias",
@@ -900,17 +898,20 @@ TEST(chmv2_bad_heads_library)
                       "[16,16,4,4]", NULL, msg, sizeof msg), "%s", msg);
     /* a backbone given as the head; a backbone-only HF file without --head */
     CHECKF(open_fails(bb, bb, NULL, "no CHMv2 DPT head", "--head", msg, sizeof msg), "%s", msg);
-    CHECKF(open_fails(gpath("vitl_sat_tiny_hf/model.safetensors"), NULL, NULL, "no CHMv2 head",
+    CHECKF(open_fails(dm_golden("vitl_sat_tiny_hf/model.safetensors"), NULL, NULL, "no CHMv2 head",
                       "--head", msg, sizeof msg), "%s", msg);
-    CHECKF(open_fails(bb, gpath("chmv2_tiny/nothere.pth"), NULL, "nothere.pth", NULL, msg,
+    CHECKF(open_fails(bb, dm_golden("chmv2_tiny/nothere.pth"), NULL, "nothere.pth", NULL, msg,
                       sizeof msg), "%s", msg);
     /* taps: a 2-block backbone has no quarter points; bad overrides */
-    CHECKF(open_fails(gpath("vitl_sat_tiny_hf/model.safetensors"), gpath("chmv2_tiny/head.pth"),
-                      NULL, "not a multiple of 4", "--taps", msg, sizeof msg), "%s", msg);
-    int dup[4] = { 0, 1, 1, 2 }, big[4] = { 0, 1, 2, 9 };
-    CHECKF(open_fails(bb, gpath("chmv2_tiny/head.pth"), dup, "tapped twice", NULL, msg, sizeof msg),
+    CHECKF(open_fails(dm_golden("vitl_sat_tiny_hf/model.safetensors"),
+                      dm_golden("chmv2_tiny/head.pth"), NULL, "not a multiple of 4", "--taps", msg,
+                      sizeof msg),
            "%s", msg);
-    CHECKF(open_fails(bb, gpath("chmv2_tiny/head.pth"), big, "tap block 9 does not exist", NULL,
+    int dup[4] = { 0, 1, 1, 2 }, big[4] = { 0, 1, 2, 9 };
+    CHECKF(open_fails(bb, dm_golden("chmv2_tiny/head.pth"), dup, "tapped twice", NULL, msg,
+                      sizeof msg),
+           "%s", msg);
+    CHECKF(open_fails(bb, dm_golden("chmv2_tiny/head.pth"), big, "tap block 9 does not exist", NULL,
                       msg, sizeof msg), "%s", msg);
     /* the same head under a "head." prefix binds; so does another backbone of the same width
      * and depth, with taps given in any order (used ascending) */
@@ -920,8 +921,9 @@ TEST(chmv2_bad_heads_library)
     CHECKF(setup_open(&s, bb, p, NULL, &err) == 0, "%s", err.msg);
     setup_free(&s);
     int rev[4] = { 3, 2, 1, 0 };
-    CHECKF(setup_open(&s, gpath("vitl_sat_tiny/backbone.pth"), gpath("chmv2_tiny/head.pth"), rev,
-                      &err) == 0, "%s", err.msg);
+    CHECKF(setup_open(&s, dm_golden("vitl_sat_tiny/backbone.pth"), dm_golden("chmv2_tiny/head.pth"),
+                      rev, &err) == 0,
+           "%s", err.msg);
     const int *t = dm_chm_taps(s.h);
     int sorted = t[0] == 0 && t[1] == 1 && t[2] == 2 && t[3] == 3;
     setup_free(&s);
@@ -945,7 +947,7 @@ static void cli_case(const char *args, const char *cs, int want_layers)
         char ours[PATH_MAX], ref[256], why[600];
         snprintf(ours, sizeof ours, "%s/o/%s.npy", tmp, names[i]);
         snprintf(ref, sizeof ref, "%s/%s.npy", cs, names[i]);
-        double r = dm_cmp_npy(ours, gpath(ref), why, sizeof why);
+        double r = dm_cmp_npy(ours, dm_golden(ref), why, sizeof why);
         CHECKF(r >= 0, "`%s`: %s", args, why);
         CHECKF(r <= DM_GOLDEN_TOL, "`%s`: %s relative error %.3g", args, names[i], r);
     }
@@ -964,24 +966,24 @@ static void cli_case(const char *args, const char *cs, int want_layers)
 TEST(chmv2_golden_cli)
 {
     char a[4096], bb[PATH_MAX], hd[PATH_MAX], hf[PATH_MAX];
-    snprintf(bb, sizeof bb, "%s", gpath("chmv2_tiny/backbone.pth"));
-    snprintf(hd, sizeof hd, "%s", gpath("chmv2_tiny/head.pth"));
-    snprintf(hf, sizeof hf, "%s", gpath("chmv2_tiny_hf/model.safetensors"));
-    snprintf(a, sizeof a, "-m %s --head %s -i %s", bb, hd, gpath("chmv2_tiny/input.npy"));
+    snprintf(bb, sizeof bb, "%s", dm_golden("chmv2_tiny/backbone.pth"));
+    snprintf(hd, sizeof hd, "%s", dm_golden("chmv2_tiny/head.pth"));
+    snprintf(hf, sizeof hf, "%s", dm_golden("chmv2_tiny_hf/model.safetensors"));
+    snprintf(a, sizeof a, "-m %s --head %s -i %s", bb, hd, dm_golden("chmv2_tiny/input.npy"));
     cli_case(a, "chmv2_tiny", 0);
-    snprintf(a, sizeof a, "-m %s -i %s", hf, gpath("chmv2_tiny_hf/input.npy"));
+    snprintf(a, sizeof a, "-m %s -i %s", hf, dm_golden("chmv2_tiny_hf/input.npy"));
     cli_case(a, "chmv2_tiny_hf", 0);
     /* uint8 pixels: the default normalization becomes chm with a head */
-    snprintf(a, sizeof a, "-m %s --head %s -i %s", bb, hd, gpath("chmv2_tiny/input_u8.npy"));
+    snprintf(a, sizeof a, "-m %s --head %s -i %s", bb, hd, dm_golden("chmv2_tiny/input_u8.npy"));
     cli_case(a, "chmv2_tiny", 0);
-    snprintf(a, sizeof a, "-m %s -i %s", hf, gpath("chmv2_tiny_hf/input_u8.npy"));
+    snprintf(a, sizeof a, "-m %s -i %s", hf, dm_golden("chmv2_tiny_hf/input_u8.npy"));
     cli_case(a, "chmv2_tiny_hf", 0);
     /* --layers sharing blocks with the taps, and explicit taps in any order */
     snprintf(a, sizeof a, "-m %s --head %s -i %s --layers 0,2 --taps 3,2,1,0 --threads 2", bb, hd,
-             gpath("chmv2_tiny/input.npy"));
+             dm_golden("chmv2_tiny/input.npy"));
     cli_case(a, "chmv2_tiny", 1);
     snprintf(a, sizeof a, "-m %s -i %s --layers 0 --taps 0,1,2,3", hf,
-             gpath("chmv2_tiny_hf/input_u8.npy"));
+             dm_golden("chmv2_tiny_hf/input_u8.npy"));
     cli_case(a, "chmv2_tiny_hf", 1);
 }
 
@@ -992,10 +994,11 @@ TEST(chmv2_cli_norm_override_and_odd_size)
     const char *out;
     /* --norm sat on u8 input: a different input, so the golden heights no longer match */
     snprintf(cmd, sizeof cmd, "%s forward -q -m %s -i %s -o %s/o --norm sat", dm_bin(),
-             gpath("chmv2_tiny_hf/model.safetensors"), gpath("chmv2_tiny_hf/input_u8.npy"), tmp);
+             dm_golden("chmv2_tiny_hf/model.safetensors"), dm_golden("chmv2_tiny_hf/input_u8.npy"),
+             tmp);
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
     snprintf(ours, sizeof ours, "%s/o/height.npy", tmp);
-    double r = dm_cmp_npy(ours, gpath("chmv2_tiny_hf/height.npy"), why, sizeof why);
+    double r = dm_cmp_npy(ours, dm_golden("chmv2_tiny_hf/height.npy"), why, sizeof why);
     CHECKF(r > 1e-3, "--norm sat was ignored (%.3g)", r);
     /* a 40×72 normalized image: padded to 48×80 (3×5 patches), heights 64×96, as the library */
     int H = 40, W = 72;
@@ -1005,7 +1008,7 @@ TEST(chmv2_cli_norm_override_and_odd_size)
     int64_t sh[3] = { 3, H, W };
     CHECK(dm_npy_write_f32(in, img, 3, sh, NULL) == 0);
     snprintf(cmd, sizeof cmd, "%s forward -m %s --head %s -i %s -o %s/p", dm_bin(),
-             gpath("chmv2_tiny/backbone.pth"), gpath("chmv2_tiny/head.pth"), in, tmp);
+             dm_golden("chmv2_tiny/backbone.pth"), dm_golden("chmv2_tiny/head.pth"), in, tmp);
     int st = dm_run(cmd, &out);
     CHECKF(st == 0 && strstr(out, "centre-padded to 80×48"), "exit %d: %s", st, out);
     dm_npy hgt, lg, pt;
@@ -1021,7 +1024,7 @@ TEST(chmv2_cli_norm_override_and_odd_size)
     setup s;
     dm_err err = { 0 };
     double e = INFINITY;
-    if (setup_open(&s, gpath("chmv2_tiny/backbone.pth"), gpath("chmv2_tiny/head.pth"), NULL,
+    if (setup_open(&s, dm_golden("chmv2_tiny/backbone.pth"), dm_golden("chmv2_tiny/head.pth"), NULL,
                    &err) == 0) {
         float *h = malloc(sizeof(float) * 64 * 96);
         if (dm_chm_run(s.h, s.be, img, H, W, NULL, h, &err) == 0)
@@ -1033,19 +1036,6 @@ TEST(chmv2_cli_norm_override_and_odd_size)
     dm_npy_free(&hgt), dm_npy_free(&lg), dm_npy_free(&pt);
     CHECK(shapes);
     CHECKF(e <= 1e-6, "CLI vs library on a padded image: %.3g %s", e, err.msg);
-}
-
-static int dir_is_empty_or_missing(const char *d)
-{
-    DIR *dp = opendir(d);
-    if (!dp)
-        return 1;
-    struct dirent *e;
-    int n = 0;
-    while ((e = readdir(dp)))
-        n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
-    closedir(dp);
-    return n == 0;
 }
 
 static void bad(const char *args, int want_code, const char *want_msg)
@@ -1060,15 +1050,15 @@ static void bad(const char *args, int want_code, const char *want_msg)
     snprintf(od, sizeof od, "%s/out", tmp);
     CHECKF(st == want_code, "`%s`: exit %d, want %d: %s", args, st, want_code, out);
     CHECKF(strstr(out, want_msg) != NULL, "`%s`: message lacks \"%s\": %s", args, want_msg, out);
-    CHECKF(dir_is_empty_or_missing(od), "`%s`: left files in the output directory", args);
+    CHECKF(dm_dir_empty_or_missing(od), "`%s`: left files in the output directory", args);
 }
 
 TEST(chmv2_cli_bad_inputs)
 {
     char a[4096], bb[PATH_MAX], hd[PATH_MAX], in[PATH_MAX];
-    snprintf(bb, sizeof bb, "%s", gpath("chmv2_tiny/backbone.pth"));
-    snprintf(hd, sizeof hd, "%s", gpath("chmv2_tiny/head.pth"));
-    snprintf(in, sizeof in, "%s", gpath("chmv2_tiny/input.npy"));
+    snprintf(bb, sizeof bb, "%s", dm_golden("chmv2_tiny/backbone.pth"));
+    snprintf(hd, sizeof hd, "%s", dm_golden("chmv2_tiny/head.pth"));
+    snprintf(in, sizeof in, "%s", dm_golden("chmv2_tiny/input.npy"));
     snprintf(a, sizeof a, "-m %s --head %s -i %s", bb, bb, in);
     bad(a, 1, "no CHMv2 DPT head");
     snprintf(a, sizeof a, "-m %s --head nothere.pth -i %s", bb, in);
@@ -1079,8 +1069,8 @@ TEST(chmv2_cli_bad_inputs)
     bad(a, 1, "tap block 7 does not exist");
     snprintf(a, sizeof a, "-m %s -i %s --taps 0,1,2,3", bb, in);
     bad(a, 1, "holds no CHMv2 head");
-    snprintf(a, sizeof a, "-m %s --head %s -i %s", gpath("vitl_sat_tiny_hf/model.safetensors"), hd,
-             gpath("vitl_sat_tiny_hf/input.npy"));
+    snprintf(a, sizeof a, "-m %s --head %s -i %s", dm_golden("vitl_sat_tiny_hf/model.safetensors"),
+             hd, dm_golden("vitl_sat_tiny_hf/input.npy"));
     bad(a, 1, "not a multiple of 4");
     const char *p = craft("narrow");
     CHECK(p);
@@ -1100,7 +1090,7 @@ TEST(chmv2_cli_batch)
 {
     const char *tmp = dm_test_tmpdir();
     dm_npy a;
-    CHECK(dm_npy_read(gpath("chmv2_tiny/input.npy"), &a, NULL) == 0);
+    CHECK(dm_npy_read(dm_golden("chmv2_tiny/input.npy"), &a, NULL) == 0);
     size_t px = (size_t)a.numel;
     float *two = malloc(2 * px * sizeof *two);
     for (size_t i = 0; i < px; i++)
@@ -1114,15 +1104,15 @@ TEST(chmv2_cli_batch)
     CHECK(wrc == 0);
     const char *out;
     snprintf(cmd, sizeof cmd, "%s forward -q -m %s --head %s -i %s -o %s/o", dm_bin(),
-             gpath("chmv2_tiny/backbone.pth"), gpath("chmv2_tiny/head.pth"), in, tmp);
+             dm_golden("chmv2_tiny/backbone.pth"), dm_golden("chmv2_tiny/head.pth"), in, tmp);
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
     dm_npy h, l, rh, rl;
     snprintf(p, sizeof p, "%s/o/height.npy", tmp);
     CHECK(dm_npy_read(p, &h, NULL) == 0);
     snprintf(p, sizeof p, "%s/o/head_logits.npy", tmp);
     CHECK(dm_npy_read(p, &l, NULL) == 0);
-    CHECK(dm_npy_read(gpath("chmv2_tiny/height.npy"), &rh, NULL) == 0);
-    CHECK(dm_npy_read(gpath("chmv2_tiny/head_logits.npy"), &rl, NULL) == 0);
+    CHECK(dm_npy_read(dm_golden("chmv2_tiny/height.npy"), &rh, NULL) == 0);
+    CHECK(dm_npy_read(dm_golden("chmv2_tiny/head_logits.npy"), &rl, NULL) == 0);
     int shapes = h.ndim == 3 && h.shape[0] == 2 && h.numel == 2 * rh.numel && l.ndim == 4 &&
                  l.shape[0] == 2 && l.numel == 2 * rl.numel;
     double eh = shapes ? dm_rel_err(h.f + rh.numel, rh.f, rh.numel) : INFINITY;

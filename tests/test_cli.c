@@ -10,31 +10,6 @@
 #include "golden.h"
 #include "test.h"
 
-static const char *golden(const char *rel)
-{
-    /* absolute, since the bad-input runs start in a temporary directory */
-    static char buf[4][PATH_MAX + 700], root[PATH_MAX];
-    static int k;
-    if (!root[0] && !realpath(dm_test_data(), root))
-        snprintf(root, sizeof root, "%s", dm_test_data());
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/golden/%s", root, rel);
-    return buf[k];
-}
-
-static int dir_is_empty_or_missing(const char *d)
-{
-    DIR *dp = opendir(d);
-    if (!dp)
-        return 1;
-    struct dirent *e;
-    int n = 0;
-    while ((e = readdir(dp)))
-        n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
-    closedir(dp);
-    return n == 0;
-}
-
 TEST(cli_help_everywhere)
 {
     static const char *cmds[] = { "--help", "help", "info --help", "forward --help",
@@ -58,21 +33,22 @@ TEST(cli_info_meta_and_hf)
 {
     char cmd[2048];
     const char *out;
-    snprintf(cmd, sizeof cmd, "%s info %s", dm_bin(), golden("vitl_sat_tiny/backbone.pth"));
+    snprintf(cmd, sizeof cmd, "%s info %s", dm_bin(), dm_golden("vitl_sat_tiny/backbone.pth"));
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
     CHECKF(strstr(out, "D=128, 4 blocks, 2 heads × 64") && strstr(out, "Meta names") &&
            strstr(out, "from the file") && strstr(out, "1.3359375"), "%s", out);
     snprintf(cmd, sizeof cmd, "%s info --tensors %s", dm_bin(),
-             golden("vit7b_sat_tiny_bf16/backbone.pth"));
+             dm_golden("vit7b_sat_tiny_bf16/backbone.pth"));
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
     CHECKF(strstr(out, "SwiGLU") && strstr(out, "bf16") && strstr(out, "blocks.0.mlp.w3.weight"),
            "%s", out);
-    snprintf(cmd, sizeof cmd, "%s info %s", dm_bin(), golden("vitl_sat_tiny_hf/model.safetensors"));
+    snprintf(cmd, sizeof cmd, "%s info %s", dm_bin(),
+             dm_golden("vitl_sat_tiny_hf/model.safetensors"));
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
     CHECKF(strstr(out, "Hugging Face names") && strstr(out, "computed from rope_theta") &&
            strstr(out, "D=128, 2 blocks"), "%s", out);
     /* a CHMv2 file: the backbone under "backbone.", the head beside it */
-    snprintf(cmd, sizeof cmd, "%s info %s", dm_bin(), golden("chmv2_tiny_hf/model.safetensors"));
+    snprintf(cmd, sizeof cmd, "%s info %s", dm_bin(), dm_golden("chmv2_tiny_hf/model.safetensors"));
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
     CHECKF(strstr(out, "prefix \"backbone.\"") && strstr(out, "outside the backbone"), "%s", out);
 }
@@ -90,24 +66,24 @@ static void bad(const char *args, int want_code, const char *want_msg)
     snprintf(od, sizeof od, "%s/out", tmp);
     CHECKF(st == want_code, "`%s`: exit %d, want %d: %s", args, st, want_code, out);
     CHECKF(strstr(out, want_msg) != NULL, "`%s`: message lacks \"%s\": %s", args, want_msg, out);
-    CHECKF(dir_is_empty_or_missing(od), "`%s`: left files in the output directory", args);
+    CHECKF(dm_dir_empty_or_missing(od), "`%s`: left files in the output directory", args);
 }
 
 TEST(cli_forward_bad_inputs)
 {
     char a[4096];
     char pth[PATH_MAX + 700], in[PATH_MAX + 700];
-    snprintf(pth, sizeof pth, "%s", golden("vitl_sat_tiny/backbone.pth"));
-    snprintf(in, sizeof in, "%s", golden("vitl_sat_tiny/input.npy"));
+    snprintf(pth, sizeof pth, "%s", dm_golden("vitl_sat_tiny/backbone.pth"));
+    snprintf(in, sizeof in, "%s", dm_golden("vitl_sat_tiny/input.npy"));
     snprintf(a, sizeof a, "forward -m nothere.pth -i %s -o out", in);
     bad(a, 1, "nothere.pth: cannot open");
     snprintf(a, sizeof a, "forward -m %s -i nothere.npy -o out", pth);
     bad(a, 1, "nothere.npy");
-    snprintf(a, sizeof a, "forward -m %s -i %s -o out", golden("vitl_sat_tiny/case.json"), in);
+    snprintf(a, sizeof a, "forward -m %s -i %s -o out", dm_golden("vitl_sat_tiny/case.json"), in);
     bad(a, 1, "not a weights file");
-    snprintf(a, sizeof a, "forward -m %s -i %s -o out", golden("chmv2_tiny/head.pth"), in);
+    snprintf(a, sizeof a, "forward -m %s -i %s -o out", dm_golden("chmv2_tiny/head.pth"), in);
     bad(a, 1, "no DINOv3 backbone");
-    snprintf(a, sizeof a, "forward -m %s -i %s -o out", pth, golden("vitl_sat_tiny/case.json"));
+    snprintf(a, sizeof a, "forward -m %s -i %s -o out", pth, dm_golden("vitl_sat_tiny/case.json"));
     bad(a, 1, "not a raster");
     snprintf(a, sizeof a, "forward -m %s -i %s -o out --layers 0,9", pth, in);
     bad(a, 1, "layer 9 does not exist");
@@ -126,7 +102,8 @@ TEST(cli_forward_bad_inputs)
     snprintf(a, sizeof a, "forward -m %s -i %s -o /proc/forbidden/out", pth, in);
     bad(a, 1, "cannot create output directory");
     /* a float tensor of the wrong layout */
-    snprintf(a, sizeof a, "forward -m %s -i %s -o out", pth, golden("vitl_sat_tiny/x_prenorm.npy"));
+    snprintf(a, sizeof a, "forward -m %s -i %s -o out", pth,
+             dm_golden("vitl_sat_tiny/x_prenorm.npy"));
     bad(a, 1, "expected float32 [3,H,W]");
 }
 
@@ -149,16 +126,16 @@ TEST(cli_forward_crops_to_multiple_of_16)
                    "<SourceFilename relativetoVRT=\"0\">%s</SourceFilename>"
                    "<ImageOffset>%d</ImageOffset><PixelOffset>3</PixelOffset>"
                    "<LineOffset>240</LineOffset></VRTRasterBand>\n",
-                b + 1, golden("vitl_sat_tiny/input_u8.npy"), 128 + b);
+                b + 1, dm_golden("vitl_sat_tiny/input_u8.npy"), 128 + b);
     fprintf(f, "</VRTDataset>\n");
     fclose(f);
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
     snprintf(cmd, sizeof cmd, "%s forward -m %s -i %s/big.tif -o %s/o", dm_bin(),
-             golden("vitl_sat_tiny/backbone.pth"), tmp, tmp);
+             dm_golden("vitl_sat_tiny/backbone.pth"), tmp, tmp);
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
     CHECKF(strstr(out, "not a multiple of 16"), "no notice: %s", out);
     char ours[700], why[600];
     snprintf(ours, sizeof ours, "%s/o/x_norm_patchtokens.npy", tmp);
-    double r = dm_cmp_npy(ours, golden("vitl_sat_tiny/x_norm_patchtokens.npy"), why, sizeof why);
+    double r = dm_cmp_npy(ours, dm_golden("vitl_sat_tiny/x_norm_patchtokens.npy"), why, sizeof why);
     CHECKF(r >= 0 && r <= DM_GOLDEN_TOL, "%s %.3g", why, r);
 }

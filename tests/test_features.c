@@ -239,8 +239,10 @@ TEST(features_mosaic_of_four_equals_one)
                     !memcmp(ga, gb, sizeof ga);
     size_t n = (size_t)w * h * 128;
     float *fa = malloc(n * 4), *fb = malloc(n * 4);
-    CHECK(GDALDatasetRasterIO(a, GF_Read, 0, 0, w, h, fa, w, h, GDT_Float32, 128, NULL, 0, 0, 0) == CE_None);
-    CHECK(GDALDatasetRasterIO(b, GF_Read, 0, 0, w, h, fb, w, h, GDT_Float32, 128, NULL, 0, 0, 0) == CE_None);
+    CHECK(GDALDatasetRasterIO(a, GF_Read, 0, 0, w, h, fa, w, h, GDT_Float32, 128, NULL, 0, 0, 0) ==
+          CE_None);
+    CHECK(GDALDatasetRasterIO(b, GF_Read, 0, 0, w, h, fb, w, h, GDT_Float32, 128, NULL, 0, 0, 0) ==
+          CE_None);
     GDALClose(a);
     GDALClose(b);
     double r = same_grid ? dm_rel_err(fb, fa, (int64_t)n) : INFINITY;
@@ -263,8 +265,10 @@ TEST(features_nodata_aoi_and_tile_index)
     GDALDatasetH d = open_ro(p);
     CHECK(d != NULL);
     float v[2];
-    CHECK(GDALRasterIO(GDALGetRasterBand(d, 1), GF_Read, 2, 2, 1, 1, &v[0], 1, 1, GDT_Float32, 0, 0) == CE_None);
-    CHECK(GDALRasterIO(GDALGetRasterBand(d, 1), GF_Read, 12, 12, 1, 1, &v[1], 1, 1, GDT_Float32, 0, 0) == CE_None);
+    CHECK(GDALRasterIO(GDALGetRasterBand(d, 1), GF_Read, 2, 2, 1, 1, &v[0], 1, 1, GDT_Float32, 0,
+                       0) == CE_None);
+    CHECK(GDALRasterIO(GDALGetRasterBand(d, 1), GF_Read, 12, 12, 1, 1, &v[1], 1, 1, GDT_Float32, 0,
+                       0) == CE_None);
     GDALClose(d);
     CHECKF(isnan(v[0]) && !isnan(v[1]), "nodata area %g, data area %g", v[0], v[1]);
     /* the index: 16 tiles, the 4 of the nodata quarter empty, 12 done with embeddings */
@@ -279,10 +283,11 @@ TEST(features_nodata_aoi_and_tile_index)
     snprintf(aoi, sizeof aoi, "%s/aoi.geojson", t);
     FILE *f = fopen(aoi, "w");
     CHECK(f != NULL);
-    fprintf(f, "{\"type\":\"FeatureCollection\",\"crs\":{\"type\":\"name\",\"properties\":"
-               "{\"name\":\"urn:ogc:def:crs:EPSG::32631\"}},\"features\":[{\"type\":\"Feature\","
-               "\"properties\":{},\"geometry\":{\"type\":\"Polygon\",\"coordinates\":[[[600200,"
-               "4999800],[600250,4999800],[600250,4999750],[600200,4999750],[600200,4999800]]]}}]}");
+    fprintf(f,
+            "{\"type\":\"FeatureCollection\",\"crs\":{\"type\":\"name\",\"properties\":"
+            "{\"name\":\"urn:ogc:def:crs:EPSG::32631\"}},\"features\":[{\"type\":\"Feature\","
+            "\"properties\":{},\"geometry\":{\"type\":\"Polygon\",\"coordinates\":[[[600200,"
+            "4999800],[600250,4999800],[600250,4999750],[600200,4999750],[600200,4999800]]]}}]}");
     fclose(f);
     snprintf(args, sizeof args, "%s -o %s/a --tile 64 --halo 16 --aoi %s", in, t, aoi);
     CHECKF(run_features(args, &out) == 0, "%s", out);
@@ -292,8 +297,10 @@ TEST(features_nodata_aoi_and_tile_index)
     snprintf(p, sizeof p, "%s/a/features.tif", t);
     d = open_ro(p);
     CHECK(d != NULL);
-    CHECK(GDALRasterIO(GDALGetRasterBand(d, 1), GF_Read, 13, 13, 1, 1, &v[0], 1, 1, GDT_Float32, 0, 0) == CE_None);
-    CHECK(GDALRasterIO(GDALGetRasterBand(d, 1), GF_Read, 4, 12, 1, 1, &v[1], 1, 1, GDT_Float32, 0, 0) == CE_None);
+    CHECK(GDALRasterIO(GDALGetRasterBand(d, 1), GF_Read, 13, 13, 1, 1, &v[0], 1, 1, GDT_Float32, 0,
+                       0) == CE_None);
+    CHECK(GDALRasterIO(GDALGetRasterBand(d, 1), GF_Read, 4, 12, 1, 1, &v[1], 1, 1, GDT_Float32, 0,
+                       0) == CE_None);
     GDALClose(d);
     CHECKF(!isnan(v[0]) && isnan(v[1]), "inside AOI %g, outside %g", v[0], v[1]);
 }
@@ -390,8 +397,8 @@ static int write_micro_checkpoint(const char *path)
         size_t ne = 1;
         for (int d = 0; d < t[i].nd; d++)
             ne *= (size_t)t[i].s[d];
-        k += snprintf(hdr + k, sizeof hdr - k, "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[", i ? "," : "",
-                      t[i].name);
+        k += snprintf(hdr + k, sizeof hdr - k, "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[",
+                      i ? "," : "", t[i].name);
         for (int d = 0; d < t[i].nd; d++)
             k += snprintf(hdr + k, sizeof hdr - k, "%s%d", d ? "," : "", t[i].s[d]);
         k += snprintf(hdr + k, sizeof hdr - k, "],\"data_offsets\":[%zu,%zu]}", off, off + 4 * ne);

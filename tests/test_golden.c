@@ -158,10 +158,12 @@ static void check_cli(const char *name, const char *input_kind)
         CHECK(f != NULL);
         fprintf(f, "<VRTDataset rasterXSize=\"%d\" rasterYSize=\"%d\">\n", g.W, g.H);
         for (int b = 0; b < 3; b++)
-            fprintf(f, " <VRTRasterBand dataType=\"Byte\" band=\"%d\" subClass=\"VRTRawRasterBand\">"
-                       "<SourceFilename relativetoVRT=\"1\">in.rgb</SourceFilename>"
-                       "<ImageOffset>%d</ImageOffset><PixelOffset>3</PixelOffset>"
-                       "<LineOffset>%d</LineOffset></VRTRasterBand>\n", b + 1, b, 3 * g.W);
+            fprintf(f,
+                    " <VRTRasterBand dataType=\"Byte\" band=\"%d\" subClass=\"VRTRawRasterBand\">"
+                    "<SourceFilename relativetoVRT=\"1\">in.rgb</SourceFilename>"
+                    "<ImageOffset>%d</ImageOffset><PixelOffset>3</PixelOffset>"
+                    "<LineOffset>%d</LineOffset></VRTRasterBand>\n",
+                    b + 1, b, 3 * g.W);
         fprintf(f, "</VRTDataset>\n");
         fclose(f);
         snprintf(input, sizeof input, "%s/in.tif", tmp);

@@ -278,8 +278,9 @@ typedef struct blob {
 
 /* Writes a torch.save-like zip: <prefix>/data.pkl, [<prefix>/byteorder], <prefix>/data/<key>...,
  * <prefix>/version. pkl_method/blob_claim let tests damage it. */
-static int write_pth_ex(const char *path, const char *prefix, const buf *pkl, const blob *bl, int nb,
-                        int zip64, const char *byteorder, unsigned pkl_method, uint64_t blob_claim)
+static int write_pth_ex(const char *path, const char *prefix, const buf *pkl, const blob *bl,
+                        int nb, int zip64, const char *byteorder, unsigned pkl_method,
+                        uint64_t blob_claim)
 {
     zfile f[40];
     char names[40][128];
@@ -525,7 +526,8 @@ TEST(loaders_safetensors_sharded)
     dm_weights *one = NULL, *sharded = NULL, *bydir = NULL;
     dm_err err = { 0 };
     CHECKF(dm_weights_open(path, &one, &err) == 0, "%s", err.msg);
-    int rc1 = dm_weights_open(ip, &sharded, &err), rc2 = rc1 ? rc1 : dm_weights_open(dir, &bydir, &err);
+    int rc1 = dm_weights_open(ip, &sharded, &err),
+        rc2 = rc1 ? rc1 : dm_weights_open(dir, &bydir, &err);
     int same = !rc1 && !rc2 && dm_weights_count(sharded) == 41 && dm_weights_count(bydir) == 41;
     for (size_t i = 0; same && i < dm_weights_count(one); i++) {
         const dm_tensor *a = dm_weights_at(one, i), *b = dm_weights_find(sharded, a->name),
@@ -1001,33 +1003,39 @@ TEST(loaders_safetensors_crafted_ok)
 
 TEST(loaders_safetensors_bad)
 {
-    static const struct { const char *header; size_t data; uint64_t n; int code; const char *needle; }
-    cases[] = {
-        { "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 1u << 20,
-          DM_EFORMAT, "exceeds" },
-        { "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 7, 0, DM_EFORMAT,
-          "past" },
-        { "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,16]}}", 64, 0, DM_EFORMAT,
-          "header lies: tensor a declares 16 bytes but shape [2,3] f32 needs 24" },
-        { "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,16],"
-          "\"data_offsets\":[0,0]}}", 0, 0, DM_EFORMAT, "header lies" },
-        { "{not json at all", 0, 0, DM_EFORMAT, "JSON" },
-        { "{\"a\":1} trailing", 0, 0, DM_EFORMAT, "JSON" },
-        { "{\"w8\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}}", 2, 0,
-          DM_EUNSUPPORTED, "w8 has dtype F8_E4M3" },
-        { "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8, 0, DM_EFORMAT,
-          "data_offsets" },
-        { "{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, 0, DM_EFORMAT,
-          "shape" },
-        { "{\"a\":{\"dtype\":\"F32\",\"shape\":[2.5],\"data_offsets\":[0,8]}}", 8, 0, DM_EFORMAT,
-          "shape" },
-        { "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4, 0,
-          DM_EUNSUPPORTED, "dimensions" },
-        { "{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, 0, DM_EFORMAT, "data_offsets" },
-        { "{\"a\":{\"dtype\":7,\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 0, DM_EFORMAT, "dtype" },
-        { "{\"a\":[1,2]}", 0, 0, DM_EFORMAT, "not an object" },
-        { "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,1e300]}}", 8, 0, DM_EFORMAT,
-          "data_offsets" },
+    static const struct {
+        const char *header;
+        size_t data;
+        uint64_t n;
+        int code;
+        const char *needle;
+    } cases[] = {
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 1u << 20,
+         DM_EFORMAT, "exceeds"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 7, 0, DM_EFORMAT,
+         "past"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,16]}}", 64, 0, DM_EFORMAT,
+         "header lies: tensor a declares 16 bytes but shape [2,3] f32 needs 24"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,16],"
+         "\"data_offsets\":[0,0]}}",
+         0, 0, DM_EFORMAT, "header lies"},
+        {"{not json at all", 0, 0, DM_EFORMAT, "JSON"},
+        {"{\"a\":1} trailing", 0, 0, DM_EFORMAT, "JSON"},
+        {"{\"w8\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}}", 2, 0,
+         DM_EUNSUPPORTED, "w8 has dtype F8_E4M3"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8, 0, DM_EFORMAT,
+         "data_offsets"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, 0, DM_EFORMAT,
+         "shape"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2.5],\"data_offsets\":[0,8]}}", 8, 0, DM_EFORMAT,
+         "shape"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4, 0,
+         DM_EUNSUPPORTED, "dimensions"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, 0, DM_EFORMAT, "data_offsets"},
+        {"{\"a\":{\"dtype\":7,\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 0, DM_EFORMAT, "dtype"},
+        {"{\"a\":[1,2]}", 0, 0, DM_EFORMAT, "not an object"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,1e300]}}", 8, 0, DM_EFORMAT,
+         "data_offsets"},
     };
     char path[512];
     tmpfile_path(path, sizeof path, "bad.safetensors");

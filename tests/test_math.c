@@ -92,7 +92,8 @@ TEST(math_gelu_exact_erf_form)
     dm_bias_gelu(y, 1, 5, zero);
     for (int i = 0; i < 5; i++) {
         double ref = 0.5 * x[i] * (1 + erf(x[i] / sqrt(2.0)));
-        CHECKF(fabs(y[i] - ref) < 2e-7 * (1 + fabs(ref)), "gelu(%g) = %.9g, want %.9g", x[i], y[i], ref);
+        CHECKF(fabs(y[i] - ref) < 2e-7 * (1 + fabs(ref)), "gelu(%g) = %.9g, want %.9g", x[i], y[i],
+               ref);
     }
 }
 

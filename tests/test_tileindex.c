@@ -472,8 +472,9 @@ TEST(aoi_bad_inputs)
         ok = 0, snprintf(why, sizeof why, "missing: %s", err.msg);
 
     snprintf(path, sizeof path, "%s/points.geojson", d);
-    write_text(path, "{\"type\":\"FeatureCollection\",\"features\":[{\"type\":\"Feature\","
-                     "\"properties\":{},\"geometry\":{\"type\":\"Point\",\"coordinates\":[3,45]}}]}");
+    write_text(path,
+               "{\"type\":\"FeatureCollection\",\"features\":[{\"type\":\"Feature\","
+               "\"properties\":{},\"geometry\":{\"type\":\"Point\",\"coordinates\":[3,45]}}]}");
     if (ok && !(dm_aoi_open(path, wkt, &a, &err) == DM_EFORMAT && strstr(err.msg, "polygons") &&
                 strstr(err.msg, "POINT")))
         ok = 0, snprintf(why, sizeof why, "points: %s", err.msg);

@@ -1,6 +1,8 @@
 /* tests/test_util.c — comparisons and command runs for the tests (see golden.h). */
 #include <cpl_conv.h>
 #include <gdal.h>
+#include <dirent.h>
+#include <limits.h>
 #include <math.h>
 #include <ogr_srs_api.h>
 #include <stdint.h>
@@ -113,8 +115,8 @@ int dm_make_tif(const char *path, int w, int h, int bands, const double *gt, int
     for (int b = 1; b <= bands; b++) {
         for (int y = 0; y < h; y++)
             for (int x = 0; x < w; x++) {
-                uint32_t v = dm_hash32(seed * 7919u + (uint32_t)b * 104729u + (uint32_t)(y / 4) * 613u +
-                                    (uint32_t)(x / 4));
+                uint32_t v = dm_hash32(seed * 7919u + (uint32_t)b * 104729u +
+                                       (uint32_t)(y / 4) * 613u + (uint32_t)(x / 4));
                 buf[(size_t)y * w + x] = (uint8_t)(40 + v % 180 + (x + y) % 16);
             }
         if (nodata >= 0) {
@@ -135,3 +137,27 @@ int dm_make_tif(const char *path, int w, int h, int bands, const double *gt, int
     return 0;
 }
 
+
+const char *dm_golden(const char *rel)
+{
+    static char buf[8][PATH_MAX + 700], root[PATH_MAX];
+    static int k;
+    if (!root[0] && !realpath(dm_test_data(), root))
+        snprintf(root, sizeof root, "%s", dm_test_data());
+    k = (k + 1) % 8;
+    snprintf(buf[k], sizeof buf[k], "%s/golden/%s", root, rel);
+    return buf[k];
+}
+
+int dm_dir_empty_or_missing(const char *d)
+{
+    DIR *dp = opendir(d);
+    if (!dp)
+        return 1;
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(dp)))
+        n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(dp);
+    return n == 0;
+}
