@@ -195,41 +195,34 @@ static int create_layers(dm_tileindex *ti, const char *crs_wkt, dm_err *err)
 
     /* The other tables are attribute-only layers (wkbNone): plain SQLite tables that GPKG also
      * registers, so QGIS lists them and ogr2ogr copies them. */
-    const char *copt[] = { "FID=chunk", "DESCRIPTION=dinomap chunks: a rerun skips state=done",
-                           NULL };
-    if (rc == 0 && !(ti->chunks = GDALDatasetCreateLayer(ti->ds, "chunks", NULL, wkbNone,
-                                                         (char **)copt)))
-        rc = gdal_fail(ti, DM_EIO, "cannot create table chunks", err);
-    if (rc == 0)
-        rc = add_field(ti, ti->chunks, "state", OFTString, OFSTNone, err);
-    if (rc == 0)
-        rc = add_field(ti, ti->chunks, "file", OFTString, OFSTNone, err);
-    if (rc == 0)
-        rc = add_field(ti, ti->chunks, "updated", OFTDateTime, OFSTNone, err);
-
-    const char *eopt[] = { "FID=tile_id", "DESCRIPTION=dinomap per-tile embeddings: float32 "
-                           "little-endian, unit length", NULL };
-    if (rc == 0 && !(ti->emb = GDALDatasetCreateLayer(ti->ds, "embeddings", NULL, wkbNone,
-                                                      (char **)eopt)))
-        rc = gdal_fail(ti, DM_EIO, "cannot create table embeddings", err);
-    if (rc == 0)
-        rc = add_field(ti, ti->emb, "dim", OFTInteger, OFSTNone, err);
-    if (rc == 0)
-        rc = add_field(ti, ti->emb, "cls", OFTBinary, OFSTNone, err);
-    if (rc == 0)
-        rc = add_field(ti, ti->emb, "mean", OFTBinary, OFSTNone, err);
-
-    const char *ropt[] = { "FID=run_id", "DESCRIPTION=dinomap runs (one row per invocation)",
-                           NULL };
-    if (rc == 0 && !(ti->runs = GDALDatasetCreateLayer(ti->ds, "runs", NULL, wkbNone,
-                                                       (char **)ropt)))
-        rc = gdal_fail(ti, DM_EIO, "cannot create table runs", err);
-    if (rc == 0)
-        rc = add_field(ti, ti->runs, "started", OFTDateTime, OFSTNone, err);
-    if (rc == 0)
-        rc = add_field(ti, ti->runs, "params", OFTString, OFSTJSON, err);
-    if (rc == 0)
-        rc = add_field(ti, ti->runs, "dim", OFTInteger, OFSTNone, err);
+    /* name, options, then the fields */
+    static const struct {
+        const char *name, *fid, *desc;
+        struct { const char *name; OGRFieldType t; OGRFieldSubType st; } f[3];
+    } tables[] = {
+        { "chunks", "FID=chunk", "DESCRIPTION=dinomap chunks: a rerun skips state=done",
+          { { "state", OFTString, OFSTNone }, { "file", OFTString, OFSTNone },
+            { "updated", OFTDateTime, OFSTNone } } },
+        { "embeddings", "FID=tile_id",
+          "DESCRIPTION=dinomap per-tile embeddings: float32 little-endian, unit length",
+          { { "dim", OFTInteger, OFSTNone }, { "cls", OFTBinary, OFSTNone },
+            { "mean", OFTBinary, OFSTNone } } },
+        { "runs", "FID=run_id", "DESCRIPTION=dinomap runs (one row per invocation)",
+          { { "started", OFTDateTime, OFSTNone }, { "params", OFTString, OFSTJSON },
+            { "dim", OFTInteger, OFSTNone } } },
+    };
+    OGRLayerH *dst[] = { &ti->chunks, &ti->emb, &ti->runs };
+    for (size_t k = 0; rc == 0 && k < sizeof tables / sizeof tables[0]; k++) {
+        const char *opt[] = { tables[k].fid, tables[k].desc, NULL };
+        char what[64];
+        snprintf(what, sizeof what, "cannot create table %s", tables[k].name);
+        if (!(*dst[k] = GDALDatasetCreateLayer(ti->ds, tables[k].name, NULL, wkbNone,
+                                               (char **)opt)))
+            rc = gdal_fail(ti, DM_EIO, what, err);
+        for (int i = 0; rc == 0 && i < 3; i++)
+            rc = add_field(ti, *dst[k], tables[k].f[i].name, tables[k].f[i].t, tables[k].f[i].st,
+                           err);
+    }
 
     /* state: counts and "what is left"; chunk: a chunk's tiles. ExecuteSQL first creates the
      * deferred tables, so the indexes find them. */

@@ -151,16 +151,9 @@ static float *get(bctx *c, const char *meta, const char *hf, int k, int nd, int6
         dm_err_set(c->err, DM_EINVAL, "head file %s: too many head tensors", c->file);
         return NULL;
     }
-    int64_t n = dm_tensor_numel(t);
-    float *v = malloc((size_t)n * sizeof *v);
-    if (!v) {
-        dm_err_oom(c->err);
+    float *v = dm_tensor_to_f32(t, c->err);
+    if (!v)
         return NULL;
-    }
-    if (dm_tensor_read_f32(t, 0, n, v, c->err)) {
-        free(v);
-        return NULL;
-    }
     c->h->own[c->h->nown++] = v;
     c->used[t - dm_weights_at(c->w, 0)] = 1;
     return v;

@@ -73,19 +73,7 @@ static const dm_tensor *need(ctx *c, const char *name, int ndim, ...)
 
 static float *to_f32(ctx *c, const dm_tensor *t)
 {
-    if (!t)
-        return NULL;
-    int64_t n = dm_tensor_numel(t);
-    float *v = malloc((size_t)(n ? n : 1) * sizeof *v);
-    if (!v) {
-        dm_err_oom(c->err);
-        return NULL;
-    }
-    if (dm_tensor_read_f32(t, 0, n, v, c->err)) {
-        free(v);
-        return NULL;
-    }
-    return v;
+    return t ? dm_tensor_to_f32(t, c->err) : NULL;
 }
 
 static float *vec(ctx *c, const char *name, int64_t n)

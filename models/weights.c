@@ -181,6 +181,21 @@ int dm_tensor_read_f32(const dm_tensor *t, int64_t first, int64_t count, float *
     return 0;
 }
 
+float *dm_tensor_to_f32(const dm_tensor *t, dm_err *err)
+{
+    int64_t n = dm_tensor_numel(t);
+    float *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+    if (!v) {
+        dm_err_oom(err);
+        return NULL;
+    }
+    if (dm_tensor_read_f32(t, 0, n, v, err)) {
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
 int dm_tensor_check_bounds(const char *name, const int64_t *shape, const int64_t *stride, int ndim,
                            dm_dtype dt, uint64_t offset_bytes, uint64_t blob_size, dm_err *err)
 {

@@ -54,6 +54,9 @@ const char *dm_shape_str(const int64_t *shape, int ndim, char *buf, size_t n);
  * dtype and honouring strides. Integer and bool tensors are converted by value. */
 int dm_tensor_read_f32(const dm_tensor *t, int64_t first, int64_t count, float *dst, dm_err *err);
 
+/* The whole tensor as a malloc'd fp32 copy (caller frees), or NULL with err set. */
+float *dm_tensor_to_f32(const dm_tensor *t, dm_err *err);
+
 /* bf16/fp16 helpers (exact conversions). */
 static inline float dm_bf16_to_f32(uint16_t h)
 {

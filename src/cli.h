@@ -30,6 +30,10 @@ typedef struct dm_run_fields {
 } dm_run_fields;
 /* Handles one run option: 1 handled, 0 not a run option, -1 bad value (message printed). */
 int dm_cli_run_opt(int ch, const char *arg, const dm_run_fields *f, const char *cmd);
+/* A mosaic or run option: 1 handled, 0 neither (the caller prints its help), -1 bad value
+ * (message printed). */
+int dm_cli_shared_opt(int ch, const char *arg, dm_mosaic_opts *m, const dm_run_fields *rf,
+                      const char *cmd);
 /* Handles one mosaic option: 1 handled, 0 not a mosaic option, -1 bad value (message printed). */
 int dm_cli_mosaic_opt(int ch, const char *arg, dm_mosaic_opts *m, const char *cmd);
 /* "auto", "bar", "json", "none" → DM_PROGRESS_*; -1 if unknown. */

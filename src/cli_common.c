@@ -73,6 +73,13 @@ int dm_cli_run_opt(int ch, const char *arg, const dm_run_fields *f, const char *
     }
 }
 
+int dm_cli_shared_opt(int ch, const char *arg, dm_mosaic_opts *m, const dm_run_fields *rf,
+                      const char *cmd)
+{
+    int r = dm_cli_mosaic_opt(ch, arg, m, cmd);
+    return r ? r : dm_cli_run_opt(ch, arg, rf, cmd);
+}
+
 int dm_parse_progress(const char *s)
 {
     static const char *names[] = { "auto", "bar", "json", "none" };

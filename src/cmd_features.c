@@ -118,13 +118,10 @@ int cmd_features(int argc, char **argv)
         case O_KEEP: o.keep_chunks = 1; break;
         default: {
             dm_run_fields rf = { &o.threads, &o.device, &o.arch, &o.norm, &o.progress };
-            int r = dm_cli_mosaic_opt(ch, optarg, &o.mosaic, "features");
-            if (r == 0)
-                r = dm_cli_run_opt(ch, optarg, &rf, "features");
-            if (r < 0)
-                return 2;
-            if (r == 0) {
-                help(stderr);
+            int r = dm_cli_shared_opt(ch, optarg, &o.mosaic, &rf, "features");
+            if (r <= 0) {
+                if (r == 0)
+                    help(stderr);
                 return 2;
             }
         }
