@@ -4,9 +4,9 @@
 
 CC      ?= cc
 BUILD   ?= build
-PKGS    := gdal openblas libcjson
+PKGS    := gdal openblas libcjson inih
 DEB_PKGS := build-essential pkg-config libgdal-dev libproj-dev libopenblas-dev libtiff-dev \
-            libsqlite3-dev libcjson-dev gdal-bin python3-gdal
+            libsqlite3-dev libcjson-dev libinih-dev gdal-bin python3-gdal
 
 # SIMD: AVX2+FMA when this CPU has them (override with SIMD=); the code is correct without.
 SIMD    ?= $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null && echo -mavx2 -mfma) \
@@ -17,10 +17,10 @@ CFLAGS_ALL = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra 
              $(OPT) $(SIMD) $(SAN) -pthread $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
 LDLIBS_ALL = $(SAN) -pthread $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm $(LDLIBS)
 
-# The library: everything but the command-line front ends and the tests.
-CLI_SRC  := src/main.c $(wildcard src/cmd_*.c)
-LIB_SRC  := $(filter-out $(CLI_SRC),$(wildcard src/*.c)) $(wildcard models/*.c models/cpu/*.c) \
-            $(wildcard heads/*.c tiling/*.c gis/*.c)
+# The library: the ground floor (src/base/) and every folder below the face; src/*.c is the
+# command line and is not part of it (the library links alone: tests/lib_alone.c).
+CLI_SRC  := $(wildcard src/*.c)
+LIB_SRC  := $(wildcard src/base/*.c models/*.c models/cpu/*.c heads/*.c tiling/*.c gis/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 BENCH_SRC := tests/bench_vit.c
 
@@ -46,6 +46,10 @@ $(BUILD)/libdinomap.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/run_tests: $(TEST_OBJ) $(BUILD)/libdinomap.a
+	$(CC) -o $@ $^ $(LDLIBS_ALL)
+
+# linked against the library alone: the library must not need the command line's objects
+$(BUILD)/lib_alone: $(BUILD)/tests/lib_alone.o $(BUILD)/libdinomap.a
 	$(CC) -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/bench_vit: $(BUILD)/tests/bench_vit.o $(BUILD)/libdinomap.a
@@ -92,16 +96,16 @@ test: check-deps
 	@$(MAKE) --no-print-directory test-plain test-asan 2>&1 | tee $(BUILD)-test.log; \
 	rc=$${PIPESTATUS[0]}; sh tests/summary.sh $(BUILD)-test.log; exit $$rc
 
-test-plain: $(BUILD)/run_tests $(BUILD)/dinomap
+test-plain: $(BUILD)/run_tests $(BUILD)/dinomap $(BUILD)/lib_alone
 	@echo "== tests (optimised build) =="
-	@DINOMAP_CACHE_DIR=$(BUILD)/cache DM_BIN=$(BUILD)/dinomap OPENBLAS_NUM_THREADS=2 ./$(BUILD)/run_tests
+	@DINOMAP_CACHE_DIR=$(BUILD)/cache DM_BIN=$(BUILD)/dinomap DM_LIB_ALONE=$(BUILD)/lib_alone OPENBLAS_NUM_THREADS=2 ./$(BUILD)/run_tests
 
 test-asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	  build-asan/run_tests build-asan/dinomap
+	  build-asan/run_tests build-asan/dinomap build-asan/lib_alone
 	@echo "== tests (AddressSanitizer + UndefinedBehaviorSanitizer) =="
-	@DINOMAP_CACHE_DIR=build-asan/cache DM_SANITIZED=1 DM_BIN=build-asan/dinomap ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	@DINOMAP_CACHE_DIR=build-asan/cache DM_SANITIZED=1 DM_BIN=build-asan/dinomap DM_LIB_ALONE=build-asan/lib_alone ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  OPENBLAS_NUM_THREADS=1 ./build-asan/run_tests
 
 bench: check-deps

@@ -2,7 +2,7 @@
 #ifndef DM_GIS_AOI_H
 #define DM_GIS_AOI_H
 
-#include "../src/dm_err.h"
+#include "../src/base/base.h"
 
 typedef struct dm_aoi dm_aoi;
 

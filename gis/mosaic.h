@@ -7,7 +7,7 @@
 
 #include <stdint.h>
 
-#include "../src/dm_err.h"
+#include "../src/base/base.h"
 
 typedef struct dm_mosaic_opts {
     const char *const *inputs;

@@ -4,7 +4,7 @@
 
 #include <stdint.h>
 
-#include "../src/dm_err.h"
+#include "../src/base/base.h"
 
 /* Reads the first three bands of an 8-bit raster GDAL can open as interleaved RGB [H, W, 3]
  * (malloc'd into *rgb). A single-band 8-bit raster is replicated to grey RGB. */

@@ -6,7 +6,7 @@
 
 #include <stdint.h>
 
-#include "../src/dm_err.h"
+#include "../src/base/base.h"
 
 /* Writes float32 [bands, h, w] (band-major) as a tiled GTiff with nodata NaN: `path`.part, then
  * renamed to `path`. */

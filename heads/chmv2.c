@@ -1,9 +1,8 @@
 /* heads/chmv2.c — the CHMv2 DPT head (spec §5): binding the head weights (Meta or Hugging Face
  * names, widths read from the shapes and all checked), choosing the backbone taps, and the decoder
  * (reassemble → channel convs → fusion → UpConv head → mixlog bins) on channel-first fp32 maps.
- * The dense operators live in conv.c; every convolution is a GEMM, and every step of the decoder
+ * The dense operators are the backend's (models/ops.h); every convolution is a GEMM, and every step of the decoder
  * is spread over the head's threads (dm_chm_set_threads). */
-#include <cblas.h>
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdarg.h>
@@ -13,8 +12,8 @@
 #include <unistd.h>
 
 #include "../models/vit_math.h"
-#include "chmv2.h"
-#include "conv.h"
+#include "heads.h"
+#include "../models/ops.h"
 
 #define MAX_OWN 96     /* fp32 parameter copies (68 tensors for CHMv2) */
 #define MAX_WIDTH 65536
@@ -44,7 +43,7 @@ struct dm_chm {
     float *own[MAX_OWN];
     int nown;
     char desc[1024];
-    dm_conv_ws *ws;           /* the decoder's threads and their scratch */
+    dm_ops *ws;           /* the decoder's threads and their scratch */
     float *arena;             /* the decoder's maps, kept between calls (grown when needed) */
     size_t arena_n;
     float *tok, *pad;         /* dm_chm_run: the taps' tokens, the padded image (likewise) */
@@ -420,7 +419,7 @@ int dm_chm_open(const char *head_path, dm_weights *backbone_file, const dm_model
     }
     h->m = m;
     h->D = m->cfg.embed_dim;
-    if ((rc = dm_conv_ws_create(1, &h->ws, err)))
+    if ((rc = dm_ops_create(1, &h->ws, err)))
         goto fail;
     bctx c = { h, w, file, NULL, 0, used, err };
     if (locate(w, &c.prefix, &c.hf)) {
@@ -492,7 +491,7 @@ void dm_chm_free(dm_chm *h)
     for (int i = 0; i < h->nown; i++)
         free(h->own[i]);
     free(h->bins);
-    dm_conv_ws_free(h->ws);
+    dm_ops_free(h->ws);
     free(h->arena);
     free(h->tok);
     free(h->pad);
@@ -542,19 +541,18 @@ int dm_chm_set_threads(dm_chm *h, int n, dm_err *err)
     if (n > MAX_THREADS)
         return dm_err_set(err, DM_EINVAL, "CHMv2 head: %d threads is too many (at most %d)", n,
                           MAX_THREADS);
-    openblas_set_num_threads(1); /* the decoder's own threads do all the work */
-    if (h->ws && dm_conv_ws_threads(h->ws) == n)
+    if (h->ws && dm_ops_threads(h->ws) == n)
         return 0;
-    dm_conv_ws *ws;
-    int rc = dm_conv_ws_create(n, &ws, err);
+    dm_ops *ws;
+    int rc = dm_ops_create(n, &ws, err);
     if (rc)
         return rc;
-    dm_conv_ws_free(h->ws);
+    dm_ops_free(h->ws);
     h->ws = ws;
     return 0;
 }
 
-int dm_chm_threads(const dm_chm *h) { return dm_conv_ws_threads(h->ws); }
+int dm_chm_threads(const dm_chm *h) { return dm_ops_threads(h->ws); }
 
 /* Heights of n pixels whose logits are channel-first with row stride ld (spec §5.8). */
 static void heights_ld(const dm_chm *h, const float *logits, size_t ld, int64_t npix,
@@ -601,14 +599,14 @@ static void add_task(void *ctx, int tid, int nt)
 {
     const add_job *j = ctx;
     int64_t b, e;
-    dm_conv_share((int64_t)j->n, tid, nt, &b, &e);
+    dm_ops_share((int64_t)j->n, tid, nt, &b, &e);
     for (int64_t i = b; i < e; i++)
         j->x[i] += j->s[i];
 }
 
 /* Pre-activation residual unit: x += conv_b(ReLU(conv_a(ReLU(src)))) + conv biases, where src is
  * x itself or (fusion's first unit) the skip, which the caller has already added to x. */
-static int rcu_apply(dm_conv_ws *ws, const rcu *r, const float *src, float *x, float *tmp, int F,
+static int rcu_apply(dm_ops *ws, const rcu *r, const float *src, float *x, float *tmp, int F,
                      int H, int W, dm_err *err)
 {
     int rc = dm_conv2d(ws, src, F, H, W, r->wa, r->ba, F, 3, 1, 1, DM_CONV_RELU_IN, tmp, err);
@@ -625,7 +623,7 @@ typedef struct ro_job {
     int k, hw, rows; /* tap, patch tokens, tokens per chunk */
     const float *patch, *cb;
     float *P;        /* [C_k, hw] */
-    dm_conv_ws *ws;
+    dm_ops *ws;
 } ro_job;
 
 static void ro_task(void *ctx, int tid, int nt)
@@ -633,18 +631,18 @@ static void ro_task(void *ctx, int tid, int nt)
     const ro_job *j = ctx;
     const dm_chm *h = j->h;
     int D = h->D, C = h->C[j->k];
-    float *Y = dm_conv_ws_buf(j->ws, tid, DM_CONV_SLOT_USER);
+    float *Y = dm_ops_buf(j->ws, tid, DM_OPS_SLOT_USER);
     int64_t b, e;
-    dm_conv_share((j->hw + j->rows - 1) / j->rows, tid, nt, &b, &e);
+    dm_ops_share((j->hw + j->rows - 1) / j->rows, tid, nt, &b, &e);
     for (int64_t c = b; c < e; c++) {
         int i0 = (int)c * j->rows, n = j->hw - i0 < j->rows ? j->hw - i0 : j->rows;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, D, D, 1.0f,
+        dm_ops_sgemm(0, 1, n, D, D, 1.0f,
                     j->patch + (size_t)i0 * D, D, h->ro_w[j->k], 2 * D, 0.0f, Y, D);
         dm_bias_gelu(Y, n, D, j->cb);
         for (int o = 0; o < C; o++)
             for (int i = 0; i < n; i++)
                 j->P[(size_t)o * j->hw + i0 + i] = h->pj_b[j->k][o];
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, n, D, 1.0f, h->pj_w[j->k], D, Y,
+        dm_ops_sgemm(0, 1, C, n, D, 1.0f, h->pj_w[j->k], D, Y,
                     D, 1.0f, j->P + i0, j->hw);
     }
 }
@@ -661,12 +659,12 @@ static void cls_task(void *ctx, int tid, int nt)
     const cls_job *j = ctx;
     enum { ROWS = 64 };
     int64_t b, e;
-    dm_conv_share((j->D + ROWS - 1) / ROWS, tid, nt, &b, &e);
+    dm_ops_share((j->D + ROWS - 1) / ROWS, tid, nt, &b, &e);
     for (int64_t c = b; c < e; c++) {
         int r0 = (int)c * ROWS, n = j->D - r0 < ROWS ? j->D - r0 : ROWS;
         memcpy(j->cb + r0, j->b + r0, (size_t)n * sizeof *j->cb);
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, n, j->D, 1.0f, j->w + (size_t)r0 * 2 * j->D,
-                    2 * j->D, j->cls, 1, 1.0f, j->cb + r0, 1);
+        dm_ops_sgemv(n, j->D, 1.0f, j->w + (size_t)r0 * 2 * j->D, 2 * j->D, j->cls, 1.0f,
+                     j->cb + r0);
     }
 }
 
@@ -680,15 +678,15 @@ static int reassemble(dm_chm *h, int k, const float *tok, int gh, int gw, float 
     /* readout "project": GELU(W[:, :D]·f + (W[:, D:]·cls + b)); the bracket once per image */
     float *cb = Rb; /* D floats of scratch, used before Rb is needed */
     cls_job cj = { h->ro_w[k] + D, h->ro_b[k], cls, cb, D };
-    dm_conv_ws_run(h->ws, cls_task, &cj);
+    dm_ops_run(h->ws, cls_task, &cj);
     /* chunks of 64..256 tokens: enough to share out, big enough to amortise the weights */
     int rows = (hw + 7) / 8;
     rows = rows < 64 ? 64 : rows > 256 ? 256 : rows;
-    int rc = dm_conv_ws_reserve(h->ws, DM_CONV_SLOT_USER, (size_t)rows * D, err);
+    int rc = dm_ops_reserve(h->ws, DM_OPS_SLOT_USER, (size_t)rows * D, err);
     if (rc)
         return rc;
     ro_job rj = { h, k, hw, rows, patch, cb, P, h->ws };
-    dm_conv_ws_run(h->ws, ro_task, &rj);
+    dm_ops_run(h->ws, ro_task, &rj);
     const float *R = P;
     int rh = gh, rw = gw;
     if (k == 0 || k == 1) {
@@ -712,7 +710,7 @@ typedef struct tail_ctx {
     float *logits, *height; /* either may be NULL */
     size_t npix;
     int Wo;
-    dm_conv_ws *ws;
+    dm_ops *ws;
 } tail_ctx;
 
 static void tail_band(void *ctx, int tid, int y0, int n, float *band, size_t ld)
@@ -723,12 +721,12 @@ static void tail_band(void *ctx, int tid, int y0, int n, float *band, size_t ld)
     /* in pieces of TAIL_COLS pixels, so that the heights read logits still in cache */
     for (size_t c0 = 0; c0 < N; c0 += TAIL_COLS) {
         size_t nc = N - c0 < TAIL_COLS ? N - c0 : TAIL_COLS, off = (size_t)y0 * t->Wo + c0;
-        float *L = t->logits ? t->logits + off : dm_conv_ws_buf(t->ws, tid, DM_CONV_SLOT_USER);
+        float *L = t->logits ? t->logits + off : dm_ops_buf(t->ws, tid, DM_OPS_SLOT_USER);
         size_t ldl = t->logits ? t->npix : nc;
         for (int o = 0; o < h->nbins; o++)
             for (size_t i = 0; i < nc; i++)
                 L[(size_t)o * ldl + i] = h->hd_b[2][o];
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, h->nbins, (int)nc, h->H2, 1.0f,
+        dm_ops_sgemm(0, 0, h->nbins, (int)nc, h->H2, 1.0f,
                     h->hd_w[2], h->H2, band + c0, (int)ld, 1.0f, L, (int)ldl);
         if (t->height)
             heights_ld(h, L, ldl, (int64_t)nc, t->height + off);
@@ -788,7 +786,7 @@ int dm_chm_decode(dm_chm *h, const float *const taps[DM_CHM_TAPS], int gh, int g
     if (gh < 1 || gw < 1 || gh > 8192 || gw > 8192)
         return dm_err_set(err, DM_EINVAL, "CHMv2 head: bad patch grid %d×%d", gw, gh);
     int F = h->F, a = (gh + 1) / 2, b = (gw + 1) / 2, rc;
-    dm_conv_ws *ws = h->ws;
+    dm_ops *ws = h->ws;
     /* per tap k the channel-conv output G_k: (4gh,4gw), (2gh,2gw), (gh,gw), (a,b) */
     static const int up[3] = { 4, 2, 1 };
     int gsz_h[4], gsz_w[4];
@@ -819,7 +817,7 @@ int dm_chm_decode(dm_chm *h, const float *const taps[DM_CHM_TAPS], int gh, int g
                 s = mp.S;
             }
             add_job aj = { cur, s, (size_t)F * ch * cw };
-            dm_conv_ws_run(ws, add_task, &aj);
+            dm_ops_run(ws, add_task, &aj);
             if ((rc = rcu_apply(ws, &fu->r1, s, cur, mp.T, F, ch, cw, err)))
                 return rc;
         }
@@ -841,7 +839,7 @@ int dm_chm_decode(dm_chm *h, const float *const taps[DM_CHM_TAPS], int gh, int g
     tail_ctx tc = { h, logits, height, (size_t)Ho * Wo, Wo, ws };
     dm_conv_spec tl = { mp.A, h->H1, ch, cw, 1, h->hd_w[1], h->hd_b[1], h->H2, 3, 1, 1,
                         DM_CONV_RELU_OUT, NULL, tail_band, &tc };
-    if (!logits && (rc = dm_conv_ws_reserve(ws, DM_CONV_SLOT_USER, (size_t)h->nbins * TAIL_COLS,
+    if (!logits && (rc = dm_ops_reserve(ws, DM_OPS_SLOT_USER, (size_t)h->nbins * TAIL_COLS,
                                             err)))
         return rc;
     return dm_conv_run(ws, &tl, err);
@@ -858,7 +856,7 @@ static void norm_task(void *ctx, int tid, int nt)
 {
     const norm_job *j = ctx;
     int64_t b, e;
-    dm_conv_share(j->n, tid, nt, &b, &e);
+    dm_ops_share(j->n, tid, nt, &b, &e);
     if (e > b)
         dm_model_norm_tokens(j->m, j->tok + b * j->m->cfg.embed_dim,
                              j->tok + b * j->m->cfg.embed_dim, e - b);
@@ -903,7 +901,7 @@ int dm_chm_run(dm_chm *h, dm_backend *be, const float *img, int H, int W, float 
     if ((rc = dm_backend_forward(be, x, 1, Hp, Wp, &req, err)))
         return rc;
     norm_job nj = { m, h->tok, (int64_t)DM_CHM_TAPS * N };
-    dm_conv_ws_run(h->ws, norm_task, &nj);
+    dm_ops_run(h->ws, norm_task, &nj);
     const float *const *tp = (const float *const *)outs;
     return dm_chm_decode(h, tp, Hp / DM_PATCH, Wp / DM_PATCH, logits, height, err);
 }

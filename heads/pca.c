@@ -1,8 +1,8 @@
 /* heads/pca.c — see pca.h. The top components come from subspace iteration on the sample's
  * covariance (a few dozen sgemm-sized products), deterministic for a given seed. */
-#include "pca.h"
+#include "heads.h"
+#include "../models/ops.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,7 +123,7 @@ int dm_pca_fit(dm_pca *p, dm_err *err)
         for (int d = 0; d < dim; d++)
             x[(size_t)s * dim + d] = p->sample[(size_t)s * dim + d] - p->mean[d];
     /* cov = XᵀX / (n-1) */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, dim, dim, n, 1.0f / (float)(n - 1), x,
+    dm_ops_sgemm(1, 0, dim, dim, n, 1.0f / (float)(n - 1), x,
                 dim, x, dim, 0.0f, cov, dim);
     double trace = 0;
     for (int d = 0; d < dim; d++)
@@ -133,7 +133,7 @@ int dm_pca_fit(dm_pca *p, dm_err *err)
         v[i] = (float)((next(&r) >> 40) * (1.0 / 16777216.0)) - 0.5f;
     orthonormalise(v, NS, dim);
     for (int it = 0; it < 100; it++) { /* subspace iteration: V ← orth(V·C) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, NS, dim, dim, 1.0f, v, dim, cov,
+        dm_ops_sgemm(0, 0, NS, dim, dim, 1.0f, v, dim, cov,
                     dim, 0.0f, w, dim);
         orthonormalise(w, NS, dim);
         float *t = v;
@@ -143,7 +143,7 @@ int dm_pca_fit(dm_pca *p, dm_err *err)
     /* Rayleigh quotients order the vectors (subspace iteration converges to the top NS, not
      * necessarily sorted) */
     double lam[NS];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, NS, dim, dim, 1.0f, v, dim, cov, dim,
+    dm_ops_sgemm(0, 0, NS, dim, dim, 1.0f, v, dim, cov, dim,
                 0.0f, w, dim);
     for (int a = 0; a < NS; a++) {
         double d = 0;

@@ -5,7 +5,7 @@
 
 #include <stdint.h>
 
-#include "../src/dm_err.h"
+#include "../src/base/base.h"
 #include "weights.h"
 
 #define DM_PATCH 16
@@ -117,6 +117,14 @@ int dm_backend_forward(dm_backend *be, const float *images, int B, int H, int W,
                        const dm_vit_request *req, dm_err *err);
 void dm_backend_close(dm_backend *be);
 const char *dm_backend_name(const dm_backend *be);
+
+/* OpenBLAS 0.3.21 (Debian 12) does not recognise some newer x86 CPUs and falls back to its
+ * "Prescott" (SSE3) kernels, about 5× slower. If that happened, the CPU has AVX2+FMA, and the
+ * user did not choose a core (OPENBLAS_CORETYPE), this sets OPENBLAS_CORETYPE to SkylakeX
+ * (AVX-512) or Haswell (AVX2) and re-executes the program (OpenBLAS reads it only at load).
+ * DINOMAP_BLAS_CORE=keep disables it. Call it first thing in main(); returns only if nothing had
+ * to change. */
+void dm_blas_pick_core(char **argv);
 
 /* Applies the model's final LayerNorm to n tokens (in may equal out). */
 void dm_model_norm_tokens(const dm_model *m, const float *in, float *out, int64_t n);

@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../src/dm_err.h"
+#include "../src/base/base.h"
 
 typedef enum {
     DM_DT_F32, DM_DT_F16, DM_DT_BF16, DM_DT_F64,

@@ -19,14 +19,13 @@
 #include <unistd.h>
 
 #include "../gis/raster_out.h"
-#include "../heads/chmv2.h"
+#include "../heads/heads.h"
 #include "../models/model.h"
 #include "../tiling/pipeline.h"
 #include "cli.h"
-#include "dm_log.h"
+#include "base/base.h"
 #include "features_run.h"
 #include "progress.h"
-#include "sha256.h"
 
 typedef struct ctile {
     int r, c, empty;

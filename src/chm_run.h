@@ -5,7 +5,7 @@
 #define DM_CHM_RUN_H
 
 #include "../gis/mosaic.h"
-#include "dm_err.h"
+#include "base/base.h"
 
 typedef struct dm_chm_opts {
     const char *weights, *head, *outdir, *arch, *device, *norm;

@@ -3,7 +3,7 @@
 #define DM_CLI_H
 
 #include "../gis/mosaic.h"
-#include "dm_err.h"
+#include "base/base.h"
 
 #define DINOMAP_VERSION "0.1.0"
 
@@ -53,7 +53,5 @@ int dm_parse_int_list(const char *s, int *out, int max);
 int dm_parse_pair(const char *s, double *a, double *b);
 /* Parses a positive int option value; returns -1 if invalid. */
 int dm_parse_pos_int(const char *s);
-/* Creates a directory and its parents (like mkdir -p); 0 or -1 with errno. */
-int dm_mkdir_p(const char *path);
 
 #endif

@@ -6,7 +6,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "dm_log.h"
+#include "base/base.h"
 #include "features_run.h"
 
 static void help(FILE *f)
@@ -93,7 +93,7 @@ int cmd_features(int argc, char **argv)
         switch (ch) {
         case 'm': o.weights = optarg; break;
         case 'o': o.outdir = optarg; break;
-        case 'q': dm_log_level = DM_LOG_WARN; break;
+        case 'q': dm_log_set_level(DM_LOG_WARN); break;
         case 'h': help(stdout); return 0;
         case O_TILE: if ((o.tile = dm_parse_pos_int(optarg)) < 0) BAD("--tile %s: expected a positive number", optarg); break;
         case O_HALO:

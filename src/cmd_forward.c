@@ -11,11 +11,10 @@
 #include <unistd.h>
 
 #include "../gis/raster.h"
-#include "../heads/chmv2.h"
+#include "../heads/heads.h"
 #include "../models/model.h"
 #include "cli.h"
-#include "dm_log.h"
-#include "npy.h"
+#include "base/base.h"
 
 #define MAX_LAYERS 64
 
@@ -248,7 +247,7 @@ int cmd_forward(int argc, char **argv)
         case 'a': arch = optarg; break;
         case 'd': device = optarg; break;
         case 'H': headpath = optarg; break;
-        case 'q': dm_log_level = DM_LOG_WARN; break;
+        case 'q': dm_log_set_level(DM_LOG_WARN); break;
         case 'T':
             if ((ntaps = dm_parse_int_list(optarg, taps, MAX_LAYERS)) != DM_CHM_TAPS) {
                 fprintf(stderr, "dinomap forward: --taps %s: expected %d comma-separated block "

@@ -18,14 +18,13 @@
 #include "../gis/aoi.h"
 #include "../gis/raster_out.h"
 #include "../gis/tileindex.h"
-#include "../heads/pca.h"
+#include "../heads/heads.h"
 #include "../models/model.h"
 #include "../tiling/grid.h"
 #include "../tiling/pipeline.h"
 #include "cli.h"
-#include "dm_log.h"
+#include "base/base.h"
 #include "progress.h"
-#include "sha256.h"
 
 typedef struct tile_data {
     int r, c, chunk;

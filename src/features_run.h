@@ -4,7 +4,7 @@
 #define DM_FEATURES_RUN_H
 
 #include "../gis/mosaic.h"
-#include "dm_err.h"
+#include "base/base.h"
 
 enum { DM_PROGRESS_AUTO, DM_PROGRESS_BAR, DM_PROGRESS_JSON, DM_PROGRESS_NONE };
 

@@ -7,7 +7,8 @@
 
 #include <gdal.h>
 
-#include "blas_core.h"
+#include "../models/model.h"
+#include "base/base.h"
 #include "cli.h"
 
 static const struct {
@@ -71,31 +72,17 @@ int dm_parse_pos_int(const char *s)
     return (end == s || *end || errno || v <= 0 || v > 1 << 20) ? -1 : (int)v;
 }
 
-int dm_mkdir_p(const char *path)
+/* The command line's log sink: "dinomap: message" on stderr. */
+static void log_to_stderr(void *ctx, int level, const char *msg)
 {
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-        return -1;
-    struct stat st;
-    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        errno = ENOTDIR;
-        return -1;
-    }
-    return 0;
+    (void)ctx;
+    fprintf(stderr, "%s%s\n", level == DM_LOG_WARN ? "dinomap: warning: " : "dinomap: ", msg);
 }
 
 int main(int argc, char **argv)
 {
     dm_blas_pick_core(argv);
+    dm_log_set_sink(log_to_stderr, NULL);
     /* GDAL's block cache defaults to 5% of RAM; a fixed size keeps a run's memory bounded and
      * predictable (GDAL_CACHEMAX still wins when set) */
     if (!getenv("GDAL_CACHEMAX"))

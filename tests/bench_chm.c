@@ -20,9 +20,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../heads/chmv2.h"
+#include "../heads/heads.h"
 #include "../models/model.h"
-#include "../src/blas_core.h"
+#include "../models/model.h"
 
 enum { D = 1024, F = 256, H1 = 128, H2 = 128, NBINS = 256, GH = 32, GW = 32, RUNS = 3 };
 static const int C[4] = { 128, 256, 512, 1024 };

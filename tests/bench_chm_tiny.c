@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "../heads/chmv2.h"
+#include "../heads/heads.h"
 #include "../models/model.h"
-#include "../src/blas_core.h"
+#include "../models/model.h"
 
 static double now(void)
 {

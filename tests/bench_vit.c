@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "../models/model.h"
-#include "../src/blas_core.h"
+#include "../models/model.h"
 
 static double now(void)
 {

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../src/npy.h"
+#include "../src/base/base.h"
 #include "golden.h"
 #include "test.h"
 

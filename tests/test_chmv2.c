@@ -15,10 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../heads/chmv2.h"
-#include "../heads/conv.h"
+#include "../heads/heads.h"
+#include "../models/ops.h"
 #include "../models/model.h"
-#include "../src/npy.h"
+#include "../src/base/base.h"
 #include "golden.h"
 #include "test.h"
 
@@ -266,7 +266,7 @@ static void copy_band(void *ctx, int tid, int y0, int n, float *band, size_t ld)
 /* One convolution on one thread (ws NULL) and on ws's threads. Returns 1 if those differ in any
  * bit, or if the per-band callback path or (up2) an explicit ×2 resize + conv is off by more than
  * 1e-6 (these cut the GEMMs differently: the same bits with some OpenBLAS kernels, not all). */
-static int conv_threads_case(dm_conv_ws *ws, int cin, int cout, int H, int W, int k, int s, int p,
+static int conv_threads_case(dm_ops *ws, int cin, int cout, int H, int W, int k, int s, int p,
                              int up2, int flags)
 {
     int Hi = up2 ? 2 * H : H, Wi = up2 ? 2 * W : W;
@@ -303,9 +303,9 @@ static int conv_threads_case(dm_conv_ws *ws, int cin, int cout, int H, int W, in
 
 TEST(chmv2_operators_same_bits_on_threads)
 {
-    dm_conv_ws *ws;
+    dm_ops *ws;
     dm_err err = { 0 };
-    CHECKF(dm_conv_ws_create(3, &ws, &err) == 0 && dm_conv_ws_threads(ws) == 3, "%s", err.msg);
+    CHECKF(dm_ops_create(3, &ws, &err) == 0 && dm_ops_threads(ws) == 3, "%s", err.msg);
     struct { int cin, cout, H, W, k, s, p, up2, flags; } c[] = {
         { 5, 7, 9, 11, 3, 1, 1, 0, 0 },
         { 256, 128, 16, 16, 3, 1, 1, 0, 0 },            /* one band, slices of the outputs */
@@ -335,8 +335,8 @@ TEST(chmv2_operators_same_bits_on_threads)
     dm_conv_spec none = { in, 8, 80, 64, 0, w, b, 8, 1, 1, 0, 0, NULL, NULL, NULL };
     ok &= dm_conv_run(ws, &none, &err) == DM_EINVAL;
     free(in), free(w), free(b), free(o1), free(o2);
-    dm_conv_ws_free(ws);
-    dm_conv_ws_free(NULL);
+    dm_ops_free(ws);
+    dm_ops_free(NULL);
     CHECK(ok);
 }
 

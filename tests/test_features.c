@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../src/npy.h"
+#include "../src/base/base.h"
 #include "golden.h"
 #include "test.h"
 

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "../models/model.h"
-#include "../src/npy.h"
+#include "../src/base/base.h"
 #include "golden.h"
 #include "test.h"
 

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../src/sha256.h"
+#include "../src/base/base.h"
 #include "test.h"
 
 static void hex_of(const char *msg, size_t n, int reps, char out[65])

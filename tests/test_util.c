@@ -11,7 +11,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include "../src/npy.h"
+#include "../src/base/base.h"
 #include "golden.h"
 #include "test.h"
 

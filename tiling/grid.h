@@ -7,7 +7,7 @@
 #ifndef DM_TILING_GRID_H
 #define DM_TILING_GRID_H
 
-#include "../src/dm_err.h"
+#include "../src/base/base.h"
 
 #define DM_PATCH_PX 16
 

@@ -4,7 +4,7 @@
 #ifndef DM_TILING_PIPELINE_H
 #define DM_TILING_PIPELINE_H
 
-#include "../src/dm_err.h"
+#include "../src/base/base.h"
 
 typedef struct dm_job {
     int index;   /* position in the processing order */

@@ -11,7 +11,7 @@
 
 #include "../backend_internal.h"
 #include "../vit_math.h"
-#include "pool.h"
+#include "../../src/base/base.h"
 
 typedef struct cpu {
     const dm_model *m;

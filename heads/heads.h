@@ -1,4 +1,15 @@
-/* heads/chmv2.h — the CHMv2 canopy-height head (spec §5): the DPT decoder on four normed
+/* heads/heads.h — what turns backbone tokens into arrays: the CHMv2 canopy-height head and the PCA
+ * colour preview of feature rasters. Heads know no files, tiles or CRSs, and compute through the
+ * backend's dense operations (models/ops.h), never through a BLAS of their own. */
+#ifndef DM_HEADS_H
+#define DM_HEADS_H
+
+#include <stdint.h>
+
+#include "../models/model.h"
+
+/* ==== CHMv2 ================================================================================== */
+/* the CHMv2 canopy-height head (spec §5): the DPT decoder on four normed
  * backbone taps (reassemble with CLS readout, channel convs, fusion, UpConv head) followed by the
  * mixed linear/log bins that turn 256 logits per pixel into a height in metres.
  *
@@ -12,11 +23,6 @@
  *   dm_chm_out_size(H, W, &Ho, &Wo);             // allocate logits [bins, Ho, Wo], height [Ho, Wo]
  *   dm_chm_run(h, backend, img, H, W, logits, height, &err);
  *   dm_chm_resize_to_input(height, Ho, Wo, H, W, out, &err);   // the notebook's last step */
-#ifndef DM_HEADS_CHMV2_H
-#define DM_HEADS_CHMV2_H
-
-#include "../models/model.h"
-
 #define DM_CHM_TAPS 4
 
 typedef struct dm_chm dm_chm;
@@ -84,5 +90,26 @@ void dm_chm_heights(const dm_chm *h, const float *logits, int64_t npix, float *h
  * original H×W with align_corners=False (no crop of the padding). out: [H, W]. */
 int dm_chm_resize_to_input(const float *height, int Ho, int Wo, int H, int W, float *out,
                            dm_err *err);
+
+/* ==== PCA ==================================================================================== */
+/* the PCA colour preview of feature rasters: a uniform sample of patch vectors
+ * from the whole run (reservoir sampling), the top three principal components fitted once on it,
+ * and their 2–98 % ranges mapped to 1..255 (0 stays nodata). Also gives per-dimension ranges for
+ * int8 quantisation. */
+typedef struct dm_pca dm_pca;
+
+int dm_pca_create(int dim, int capacity, uint64_t seed, dm_pca **out, dm_err *err);
+void dm_pca_free(dm_pca *p);
+/* Offers one vector to the reservoir (every vector of the run has the same chance to be kept). */
+void dm_pca_offer(dm_pca *p, const float *v);
+int64_t dm_pca_seen(const dm_pca *p);
+/* Fits mean, 3 components and their display ranges on the sample. Needs >= 2 samples. */
+int dm_pca_fit(dm_pca *p, dm_err *err);
+/* Projects v onto the components → 3 bytes in 1..255. */
+void dm_pca_rgb(const dm_pca *p, const float *v, uint8_t rgb[3]);
+/* After fit: the largest |value| of dimension d in the sample (for quantisation scales). */
+float dm_pca_absmax(const dm_pca *p, int d);
+/* After fit: the share of variance the 3 components explain. */
+double dm_pca_explained(const dm_pca *p);
 
 #endif

@@ -1,10 +1,10 @@
-/* src/blas_core.c — see blas_core.h. */
-#include "blas_core.h"
-
+/* models/cpu/blas_core.c — makes sure OpenBLAS uses the kernels this CPU runs fastest (model.h). */
 #include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "../model.h"
 
 void dm_blas_pick_core(char **argv)
 {

@@ -1,4 +1,5 @@
-/* heads/conv.c — convolutions and bilinear resizing for the DPT heads (see conv.h). Convolutions
+/* models/cpu/ops_cpu.c — the CPU's dense operations (see ../ops.h): GEMMs through OpenBLAS, the
+ * pool, and the convolutions and bilinear resizing of the DPT heads. Convolutions
  * are GEMMs: im2col of a band of output rows into a per-thread scratch matrix, then
  * out[Cout, band] += W[Cout, Cin·k·k] × col[Cin·k·k, band]. Bias (and the residual, with
  * DM_CONV_ACCUM) is placed in the output first so the GEMM accumulates onto it with beta = 1.
@@ -10,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../models/cpu/pool.h"
-#include "conv.h"
+#include "../../src/base/base.h"
+#include "../ops.h"
 
 /* Scratch cap for one thread's im2col band, in floats (16 MB): enough columns to amortise the
  * packing of the weights in each SGEMM (smaller bands measured slower on one and two threads). */
@@ -26,35 +27,48 @@
 
 enum { SLOT_COL = 0, SLOT_WIN = 1, SLOT_OUT = 2, SLOT_HROW = 3 };
 
+void dm_ops_sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                  int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
+                transB ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void dm_ops_sgemv(int M, int N, float alpha, const float *A, int lda, const float *x, float beta,
+                  float *y)
+{
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, M, N, alpha, A, lda, x, 1, beta, y, 1);
+}
+
 /* --- workspace ------------------------------------------------------------------------------- */
 
-struct dm_conv_ws {
+struct dm_ops {
     int n;          /* threads, the caller's included */
     dm_pool *pool;  /* NULL when n == 1 */
-    float **buf;    /* [n][DM_CONV_SLOTS] */
+    float **buf;    /* [n][DM_OPS_SLOTS] */
     size_t *cap;
-    dm_conv_job fn; /* the job being run */
+    dm_ops_job fn; /* the job being run */
     void *ctx;
 };
 
-int dm_conv_ws_create(int threads, dm_conv_ws **out, dm_err *err)
+int dm_ops_create(int threads, dm_ops **out, dm_err *err)
 {
     *out = NULL;
-    dm_conv_ws *ws = calloc(1, sizeof *ws);
+    dm_ops *ws = calloc(1, sizeof *ws);
     int n = threads < 1 ? 1 : threads;
     if (!ws)
         return dm_err_oom(err);
     ws->n = n;
-    ws->buf = calloc((size_t)n * DM_CONV_SLOTS, sizeof *ws->buf);
-    ws->cap = calloc((size_t)n * DM_CONV_SLOTS, sizeof *ws->cap);
+    ws->buf = calloc((size_t)n * DM_OPS_SLOTS, sizeof *ws->buf);
+    ws->cap = calloc((size_t)n * DM_OPS_SLOTS, sizeof *ws->cap);
     if (!ws->buf || !ws->cap) {
-        dm_conv_ws_free(ws);
+        dm_ops_free(ws);
         return dm_err_oom(err);
     }
     if (n > 1) {
         openblas_set_num_threads(1); /* our threads call sgemm; OpenBLAS must not add its own */
         if (dm_pool_create(n, &ws->pool)) {
-            dm_conv_ws_free(ws);
+            dm_ops_free(ws);
             return dm_err_set(err, DM_ENOMEM, "cannot start %d threads", n);
         }
     }
@@ -62,24 +76,24 @@ int dm_conv_ws_create(int threads, dm_conv_ws **out, dm_err *err)
     return 0;
 }
 
-void dm_conv_ws_free(dm_conv_ws *ws)
+void dm_ops_free(dm_ops *ws)
 {
     if (!ws)
         return;
     dm_pool_free(ws->pool);
-    for (int i = 0; ws->buf && i < ws->n * DM_CONV_SLOTS; i++)
+    for (int i = 0; ws->buf && i < ws->n * DM_OPS_SLOTS; i++)
         free(ws->buf[i]);
     free(ws->buf);
     free(ws->cap);
     free(ws);
 }
 
-int dm_conv_ws_threads(const dm_conv_ws *ws) { return ws ? ws->n : 1; }
+int dm_ops_threads(const dm_ops *ws) { return ws ? ws->n : 1; }
 
-int dm_conv_ws_reserve(dm_conv_ws *ws, int slot, size_t n, dm_err *err)
+int dm_ops_reserve(dm_ops *ws, int slot, size_t n, dm_err *err)
 {
     for (int t = 0; t < ws->n; t++) {
-        size_t i = (size_t)t * DM_CONV_SLOTS + (size_t)slot;
+        size_t i = (size_t)t * DM_OPS_SLOTS + (size_t)slot;
         if (ws->cap[i] >= n)
             continue;
         free(ws->buf[i]);
@@ -91,19 +105,19 @@ int dm_conv_ws_reserve(dm_conv_ws *ws, int slot, size_t n, dm_err *err)
     return 0;
 }
 
-float *dm_conv_ws_buf(const dm_conv_ws *ws, int tid, int slot)
+float *dm_ops_buf(const dm_ops *ws, int tid, int slot)
 {
-    return ws->buf[(size_t)tid * DM_CONV_SLOTS + (size_t)slot];
+    return ws->buf[(size_t)tid * DM_OPS_SLOTS + (size_t)slot];
 }
 
 static void trampoline(void *ctx, int64_t b, int64_t e)
 {
-    dm_conv_ws *ws = ctx;
+    dm_ops *ws = ctx;
     for (int64_t i = b; i < e; i++)
         ws->fn(ws->ctx, (int)i, ws->n);
 }
 
-void dm_conv_ws_run(dm_conv_ws *ws, dm_conv_job fn, void *ctx)
+void dm_ops_run(dm_ops *ws, dm_ops_job fn, void *ctx)
 {
     if (ws->n == 1) {
         fn(ctx, 0, 1);
@@ -114,19 +128,19 @@ void dm_conv_ws_run(dm_conv_ws *ws, dm_conv_job fn, void *ctx)
     dm_pool_run(ws->pool, trampoline, ws, ws->n); /* one item per thread: its index */
 }
 
-void dm_conv_share(int64_t n, int tid, int nthreads, int64_t *b, int64_t *e)
+void dm_ops_share(int64_t n, int tid, int nthreads, int64_t *b, int64_t *e)
 {
     *b = n * tid / nthreads;
     *e = n * (tid + 1) / nthreads;
 }
 
 /* ws, or a one-thread workspace of the call's own in *own (freed by the caller). */
-static int use_ws(dm_conv_ws **ws, dm_conv_ws **own, dm_err *err)
+static int use_ws(dm_ops **ws, dm_ops **own, dm_err *err)
 {
     *own = NULL;
     if (*ws)
         return 0;
-    int rc = dm_conv_ws_create(1, own, err);
+    int rc = dm_ops_create(1, own, err);
     *ws = *own;
     return rc;
 }
@@ -322,7 +336,7 @@ static void make_plan(const dm_conv_spec *s, plan *p)
 typedef struct conv_job {
     const dm_conv_spec *s;
     const plan *p;
-    dm_conv_ws *ws;
+    dm_ops *ws;
     const lin2 *up; /* up2 tables, or NULL */
 } conv_job;
 
@@ -338,8 +352,8 @@ static const float *band_source(const conv_job *j, int tid, int y0, int n, size_
         r0 = r0 < 0 ? 0 : r0;
         int r1 = imin(p->Hi, (y0 + n - 1) * s->stride - s->pad + s->k);
         wr = r1 > r0 ? r1 - r0 : 0;
-        float *win = dm_conv_ws_buf(j->ws, tid, SLOT_WIN);
-        float *hr = dm_conv_ws_buf(j->ws, tid, SLOT_HROW);
+        float *win = dm_ops_buf(j->ws, tid, SLOT_WIN);
+        float *hr = dm_ops_buf(j->ws, tid, SLOT_HROW);
         const lin2 *u = j->up;
         /* the source rows these read (the tables are nondecreasing), each interpolated along x
          * once, then mixed along y */
@@ -359,7 +373,7 @@ static const float *band_source(const conv_job *j, int tid, int y0, int n, size_
         *ldb = s->up2 ? (size_t)n * p->Wo : p->plane;
         return s->up2 ? src : src + (size_t)y0 * p->Wo;
     }
-    float *col = dm_conv_ws_buf(j->ws, tid, SLOT_COL);
+    float *col = dm_ops_buf(j->ws, tid, SLOT_COL);
     im2col(src, s->cin, r0, wr, p->Hi, p->Wi, s->k, s->stride, s->pad, y0, n, p->Wo,
            s->flags & DM_CONV_RELU_IN, col);
     *ldb = (size_t)n * p->Wo;
@@ -372,7 +386,7 @@ static void conv_task(void *ctx, int tid, int nt)
     const dm_conv_spec *s = j->s;
     const plan *p = j->p;
     int64_t b, e;
-    dm_conv_share((int64_t)p->nb * p->ms, tid, nt, &b, &e);
+    dm_ops_share((int64_t)p->nb * p->ms, tid, nt, &b, &e);
     int last = -1;
     const float *B = NULL;
     size_t ldb = 0;
@@ -384,7 +398,7 @@ static void conv_task(void *ctx, int tid, int nt)
             last = band;
         }
         size_t N = (size_t)n * p->Wo, ldo = s->out ? p->plane : N;
-        float *o = s->out ? s->out + (size_t)y0 * p->Wo : dm_conv_ws_buf(j->ws, tid, SLOT_OUT);
+        float *o = s->out ? s->out + (size_t)y0 * p->Wo : dm_ops_buf(j->ws, tid, SLOT_OUT);
         for (int c = m0; c < m1; c++) { /* bias (or zero) in, or added on when accumulating */
             float *r = o + (size_t)c * ldo, bv = s->bias ? s->bias[c] : 0.0f;
             if (!(s->flags & DM_CONV_ACCUM)) {
@@ -430,31 +444,31 @@ static int check_spec(const dm_conv_spec *s, dm_err *err)
     return 0;
 }
 
-int dm_conv_run(dm_conv_ws *ws, const dm_conv_spec *s, dm_err *err)
+int dm_conv_run(dm_ops *ws, const dm_conv_spec *s, dm_err *err)
 {
     int rc = check_spec(s, err);
     if (rc)
         return rc;
     plan p;
     make_plan(s, &p);
-    dm_conv_ws *own;
+    dm_ops *own;
     lin2 up = { 0 };
     if ((rc = use_ws(&ws, &own, err)))
         return rc;
-    if (!(rc = dm_conv_ws_reserve(ws, SLOT_COL, p.col_n, err)) &&
-        !(rc = dm_conv_ws_reserve(ws, SLOT_WIN, p.win_n, err)) &&
-        !(rc = dm_conv_ws_reserve(ws, SLOT_OUT, p.out_n, err)) &&
-        !(rc = dm_conv_ws_reserve(ws, SLOT_HROW, p.hrow_n, err)) &&
+    if (!(rc = dm_ops_reserve(ws, SLOT_COL, p.col_n, err)) &&
+        !(rc = dm_ops_reserve(ws, SLOT_WIN, p.win_n, err)) &&
+        !(rc = dm_ops_reserve(ws, SLOT_OUT, p.out_n, err)) &&
+        !(rc = dm_ops_reserve(ws, SLOT_HROW, p.hrow_n, err)) &&
         !(rc = s->up2 ? lin2_make(&up, s->H, s->W, p.Hi, p.Wi, 1, err) : 0)) {
         conv_job j = { s, &p, ws, s->up2 ? &up : NULL };
-        dm_conv_ws_run(ws, conv_task, &j);
+        dm_ops_run(ws, conv_task, &j);
     }
     lin2_free(&up);
-    dm_conv_ws_free(own);
+    dm_ops_free(own);
     return rc;
 }
 
-int dm_conv2d(dm_conv_ws *ws, const float *in, int cin, int H, int W, const float *w,
+int dm_conv2d(dm_ops *ws, const float *in, int cin, int H, int W, const float *w,
               const float *bias, int cout, int k, int stride, int pad, int flags, float *out,
               dm_err *err)
 {
@@ -470,7 +484,7 @@ typedef struct convt_job {
     const float *in, *w, *bias;
     int cin, H, W, cout, k, nr, nb;
     float *out;
-    dm_conv_ws *ws;
+    dm_ops *ws;
 } convt_job;
 
 /* T[(o·k+ky)·k+kx, y·W+x] = Σ_i w[i, (o,ky,kx)] in[i, y·W+x] for a band of input rows (w read
@@ -480,9 +494,9 @@ static void convt_task(void *ctx, int tid, int nt)
     const convt_job *j = ctx;
     int k = j->k, W = j->W, Wout = k * W;
     size_t M = (size_t)j->cout * k * k, HW = (size_t)j->H * W;
-    float *T = dm_conv_ws_buf(j->ws, tid, SLOT_COL);
+    float *T = dm_ops_buf(j->ws, tid, SLOT_COL);
     int64_t b, e;
-    dm_conv_share(j->nb, tid, nt, &b, &e);
+    dm_ops_share(j->nb, tid, nt, &b, &e);
     for (int64_t t = b; t < e; t++) {
         int y0 = (int)t * j->nr, n = imin(j->nr, j->H - y0);
         size_t nc = (size_t)n * W;
@@ -505,7 +519,7 @@ static void convt_task(void *ctx, int tid, int nt)
     }
 }
 
-int dm_conv_transpose2d(dm_conv_ws *ws, const float *in, int cin, int H, int W, const float *w,
+int dm_conv_transpose2d(dm_ops *ws, const float *in, int cin, int H, int W, const float *w,
                         const float *bias, int cout, int k, float *out, dm_err *err)
 {
     if (cin < 1 || cout < 1 || k < 1 || H < 1 || W < 1 || H > (1 << 20) || W > (1 << 20))
@@ -519,13 +533,13 @@ int dm_conv_transpose2d(dm_conv_ws *ws, const float *in, int cin, int H, int W, 
     int nb = cdiv(H, nr);
     nr = cdiv(H, nb);
     nb = cdiv(H, nr);
-    dm_conv_ws *own;
+    dm_ops *own;
     int rc = use_ws(&ws, &own, err);
-    if (!rc && !(rc = dm_conv_ws_reserve(ws, SLOT_COL, M * (size_t)nr * W, err))) {
+    if (!rc && !(rc = dm_ops_reserve(ws, SLOT_COL, M * (size_t)nr * W, err))) {
         convt_job j = { in, w, bias, cin, H, W, cout, k, nr, nb, out, ws };
-        dm_conv_ws_run(ws, convt_task, &j);
+        dm_ops_run(ws, convt_task, &j);
     }
-    dm_conv_ws_free(own);
+    dm_ops_free(own);
     return rc;
 }
 
@@ -542,7 +556,7 @@ static void resize_task(void *ctx, int tid, int nt)
 {
     const resize_job *j = ctx;
     int64_t b, e;
-    dm_conv_share((int64_t)j->C * j->Ho, tid, nt, &b, &e);
+    dm_ops_share((int64_t)j->C * j->Ho, tid, nt, &b, &e);
     for (int64_t r = b; r < e; r++) {
         int c = (int)(r / j->Ho), y = (int)(r % j->Ho);
         bilinear_row(j->t, j->in + (size_t)c * j->Hi * j->Wi, j->Wi, y,
@@ -550,7 +564,7 @@ static void resize_task(void *ctx, int tid, int nt)
     }
 }
 
-int dm_resize_bilinear(dm_conv_ws *ws, const float *in, int C, int Hi, int Wi, float *out, int Ho,
+int dm_resize_bilinear(dm_ops *ws, const float *in, int C, int Hi, int Wi, float *out, int Ho,
                        int Wo, int align_corners, dm_err *err)
 {
     if (C < 1 || Hi < 1 || Wi < 1 || Ho < 1 || Wo < 1)
@@ -562,7 +576,7 @@ int dm_resize_bilinear(dm_conv_ws *ws, const float *in, int C, int Hi, int Wi, f
         return rc;
     resize_job j = { in, out, C, Hi, Wi, Ho, &t };
     if (ws)
-        dm_conv_ws_run(ws, resize_task, &j);
+        dm_ops_run(ws, resize_task, &j);
     else
         resize_task(&j, 0, 1);
     lin2_free(&t);

@@ -1,5 +1,10 @@
-/* heads/conv.h — the dense image operators of the DPT heads (spec §5.4–5.7), on channel-first fp32
- * maps [C, H, W] (row-major, one image), spread over a thread pool:
+/* models/ops.h — the dense operations heads compute with (the backend's operator set; the CPU
+ * implementation is models/cpu/ops_cpu.c, on OpenBLAS), so that no head calls a BLAS itself and a
+ * GPU backend can provide the same operations:
+ *   - GEMM and GEMV on the calling thread (heads run them inside their own parallel jobs);
+ *   - a thread pool with per-thread scratch buffers (dm_ops);
+ * and the image operators of the DPT heads (spec §5.4–5.7), on channel-first fp32 maps [C, H, W]
+ * (row-major, one image), spread over the pool:
  *   - 2-D convolution as im2col of a band of output rows + one SGEMM per band, the bands (and, for
  *     small maps, slices of the output channels) shared out over the threads, each with its own
  *     scratch; optionally on the bilinear ×2 upsampling of the input, made band by band and never
@@ -10,13 +15,13 @@
  *     torch.nn.functional.interpolate computes it on the CPU.
  * How the work is cut depends only on the shapes, never on the thread count, so results are the
  * same bit for bit with any number of threads. */
-#ifndef DM_HEADS_CONV_H
-#define DM_HEADS_CONV_H
+#ifndef DM_MODELS_OPS_H
+#define DM_MODELS_OPS_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../src/dm_err.h"
+#include "../src/base/base.h"
 
 enum {
     DM_CONV_RELU_IN = 1,  /* ReLU applied to the input as it is read (pre-activation units) */
@@ -24,29 +29,38 @@ enum {
     DM_CONV_RELU_OUT = 4, /* ReLU applied to the result (after bias and accumulation) */
 };
 
+/* --- matrix products on the calling thread ----------------------------------------------------
+ * Row-major: C[M,N] = alpha·op(A)·op(B) + beta·C with op(X) = X or Xᵀ (trans 1), as BLAS sgemm.
+ * Single-threaded whatever the ops' thread count: heads call them from their own jobs. */
+void dm_ops_sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                  int lda, const float *B, int ldb, float beta, float *C, int ldc);
+/* y[M] = alpha·A[M,N]·x + beta·y (row-major A with row stride lda). */
+void dm_ops_sgemv(int M, int N, float alpha, const float *A, int lda, const float *x, float beta,
+                  float *y);
+
 /* --- threads and scratch --------------------------------------------------------------------- */
 
 /* A workspace: a pool of threads (the caller's included) and per-thread scratch buffers kept
- * between calls, in DM_CONV_SLOTS slots per thread; slots below DM_CONV_SLOT_USER belong to the
+ * between calls, in DM_OPS_SLOTS slots per thread; slots below DM_OPS_SLOT_USER belong to the
  * operators here, the others to callers running their own jobs. One caller thread at a time.
  * With more than one thread the GEMMs run on the pool's threads, so creating one sets OpenBLAS
  * single-threaded (process-wide), as the CPU backend does. Every operator accepts ws = NULL: it
  * then runs on the caller's thread with scratch allocated for the call. */
-typedef struct dm_conv_ws dm_conv_ws;
-enum { DM_CONV_SLOTS = 6, DM_CONV_SLOT_USER = 4 };
+typedef struct dm_ops dm_ops;
+enum { DM_OPS_SLOTS = 6, DM_OPS_SLOT_USER = 4 };
 
-int dm_conv_ws_create(int threads, dm_conv_ws **out, dm_err *err); /* threads < 1: 1 */
-void dm_conv_ws_free(dm_conv_ws *ws);                              /* NULL-safe */
-int dm_conv_ws_threads(const dm_conv_ws *ws);                      /* 1 for NULL */
+int dm_ops_create(int threads, dm_ops **out, dm_err *err); /* threads < 1: 1 */
+void dm_ops_free(dm_ops *ws);                              /* NULL-safe */
+int dm_ops_threads(const dm_ops *ws);                      /* 1 for NULL */
 /* Makes every thread's buffer in `slot` hold at least n floats (contents are not kept). */
-int dm_conv_ws_reserve(dm_conv_ws *ws, int slot, size_t n, dm_err *err);
-float *dm_conv_ws_buf(const dm_conv_ws *ws, int tid, int slot);
+int dm_ops_reserve(dm_ops *ws, int slot, size_t n, dm_err *err);
+float *dm_ops_buf(const dm_ops *ws, int tid, int slot);
 
 /* Runs fn(ctx, tid, nthreads) once on each thread, tid = 0..nthreads-1 (0 is the caller), and
- * waits for all. dm_conv_share gives thread tid its contiguous share [b, e) of n work items. */
-typedef void (*dm_conv_job)(void *ctx, int tid, int nthreads);
-void dm_conv_ws_run(dm_conv_ws *ws, dm_conv_job fn, void *ctx);
-void dm_conv_share(int64_t n, int tid, int nthreads, int64_t *b, int64_t *e);
+ * waits for all. dm_ops_share gives thread tid its contiguous share [b, e) of n work items. */
+typedef void (*dm_ops_job)(void *ctx, int tid, int nthreads);
+void dm_ops_run(dm_ops *ws, dm_ops_job fn, void *ctx);
+void dm_ops_share(int64_t n, int tid, int nthreads, int64_t *b, int64_t *e);
 
 /* --- convolution ----------------------------------------------------------------------------- */
 
@@ -71,25 +85,25 @@ typedef struct dm_conv_spec {
 } dm_conv_spec;
 
 /* The convolution s describes. Returns 0 or DM_ENOMEM / DM_EINVAL. */
-int dm_conv_run(dm_conv_ws *ws, const dm_conv_spec *s, dm_err *err);
+int dm_conv_run(dm_ops *ws, const dm_conv_spec *s, dm_err *err);
 
 /* out[Cout, Ho, Wo] = conv(in[Cin, H, W]) with weights w[Cout, Cin, k, k] (PyTorch Conv2d layout),
  * optional bias[Cout] (NULL: none), zero padding `pad`, stride `stride`, flags DM_CONV_*.
  * in and out must not overlap. Returns 0 or DM_ENOMEM / DM_EINVAL. */
-int dm_conv2d(dm_conv_ws *ws, const float *in, int cin, int H, int W, const float *w,
+int dm_conv2d(dm_ops *ws, const float *in, int cin, int H, int W, const float *w,
               const float *bias, int cout, int k, int stride, int pad, int flags, float *out,
               dm_err *err);
 
 /* ConvTranspose2d with kernel = stride = k, padding 0: out[Cout, k·H, k·W],
  * out[o, k·y+ky, k·x+kx] = bias[o] + Σ_i w[i, o, ky, kx] · in[i, y, x]; w is in PyTorch's
  * transposed layout [Cin, Cout, k, k]; bias may be NULL. */
-int dm_conv_transpose2d(dm_conv_ws *ws, const float *in, int cin, int H, int W, const float *w,
+int dm_conv_transpose2d(dm_ops *ws, const float *in, int cin, int H, int W, const float *w,
                         const float *bias, int cout, int k, float *out, dm_err *err);
 
 /* Bilinear resize of C planes Hi×Wi to Ho×Wo (torch interpolate, mode "bilinear", given size).
  * align_corners 1: src = dst·(in−1)/(out−1); 0: src = max((dst+0.5)·in/out − 0.5, 0).
  * in and out must not overlap. */
-int dm_resize_bilinear(dm_conv_ws *ws, const float *in, int C, int Hi, int Wi, float *out, int Ho,
+int dm_resize_bilinear(dm_ops *ws, const float *in, int C, int Hi, int Wi, float *out, int Ho,
                        int Wo, int align_corners, dm_err *err);
 
 #endif

@@ -1,5 +1,5 @@
-/* src/dm_err.c — see dm_err.h. */
-#include "dm_err.h"
+/* src/base/err.c — dm_err (see base.h). */
+#include "base.h"
 
 #include <stdarg.h>
 #include <stdio.h>

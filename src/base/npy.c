@@ -1,6 +1,6 @@
-/* src/npy.c — see npy.h. The header is parsed strictly enough to refuse what we cannot read
- * (Fortran order, big-endian, object arrays) with a clear message. */
-#include "npy.h"
+/* src/base/npy.c — .npy files (see base.h). The header is parsed strictly enough to refuse what
+ * we cannot read (Fortran order, big-endian, object arrays) with a clear message. */
+#include "base.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -1,5 +1,5 @@
-/* src/sha256.c — FIPS 180-4 SHA-256, small and dependency-free. */
-#include "sha256.h"
+/* src/base/sha256.c — FIPS 180-4 SHA-256, small and dependency-free. */
+#include "base.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -105,6 +105,14 @@ int dm_sha256_file(const char *path, char out[65], dm_err *err)
         return dm_err_set(err, DM_EIO, "%s: read error", path);
     dm_sha256_hex(&s, out);
     return 0;
+}
+
+void dm_sha256_str(const char *str, char out[65])
+{
+    dm_sha256 s;
+    dm_sha256_init(&s);
+    dm_sha256_update(&s, str, strlen(str));
+    dm_sha256_hex(&s, out);
 }
 
 /* The cache: one line per file, "sha256 size mtime_ns inode realpath". A file whose size, mtime

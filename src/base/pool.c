@@ -1,5 +1,6 @@
-/* models/cpu/pool.c — see pool.h. Workers sleep on a condition variable between jobs. */
-#include "pool.h"
+/* src/base/pool.c — the thread pool (see base.h). Workers sleep on a condition variable between
+ * jobs. */
+#include "base.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -126,3 +127,5 @@ void dm_pool_free(dm_pool *p)
     free(p->tid);
     free(p);
 }
+
+int dm_pool_threads(const dm_pool *p) { return p ? p->n : 1; }

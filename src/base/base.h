@@ -1,0 +1,115 @@
+/* src/base/base.h — the ground floor every other folder stands on, and the one header of it:
+ * errors (dm_err), the log and its sink, file helpers (mkdir -p, write-then-rename, a directory
+ * lock), SHA-256, NumPy .npy files and the thread pool. Nothing here includes anything of
+ * dinomap's; nothing here prints unless the caller installed a log sink. */
+#ifndef DM_BASE_H
+#define DM_BASE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* --- errors ------------------------------------------------------------------------------------
+ * Functions that can fail return 0 or a negative DM_E* code and write a human message into the
+ * dm_err the caller passes (which may be NULL); the caller decides whether to print it. */
+enum {
+    DM_OK = 0,
+    DM_EIO = -1,          /* cannot open/read/write/map a file */
+    DM_EFORMAT = -2,      /* the file is not what it claims to be, or is damaged */
+    DM_ENOMEM = -3,
+    DM_EINVAL = -4,       /* bad argument or option */
+    DM_ESHAPE = -5,       /* a tensor is missing, extra or mis-shaped */
+    DM_EUNSUPPORTED = -6, /* valid but not supported (e.g. a forbidden pickle global) */
+    DM_ELOCKED = -7,      /* another process holds the run folder */
+    DM_EINTERRUPTED = -8, /* stopped on request (SIGINT/SIGTERM); what was done is kept */
+    DM_EMISMATCH = -9,    /* the run folder holds a run with another configuration */
+};
+
+typedef struct dm_err {
+    int code;
+    char msg[1024];
+} dm_err;
+
+/* Sets err (if not NULL) and returns code. printf-style message. */
+int dm_err_set(dm_err *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Prepends "prefix: " to the message already in err (for adding file names up the call chain). */
+int dm_err_prefix(dm_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int dm_err_oom(dm_err *err);
+void dm_err_clear(dm_err *err);
+
+/* --- log ---------------------------------------------------------------------------------------
+ * The one piece of global state. Messages go to the sink the program installed (the command line
+ * prints them on stderr); with no sink they are dropped: the library never owns stderr. */
+enum { DM_LOG_QUIET = 0, DM_LOG_WARN = 1, DM_LOG_INFO = 2, DM_LOG_DEBUG = 3 };
+typedef void (*dm_log_sink)(void *ctx, int level, const char *msg);
+void dm_log_set_sink(dm_log_sink sink, void *ctx); /* NULL: drop messages */
+void dm_log_set_level(int level);                   /* messages above it are dropped */
+int dm_log_get_level(void);
+void dm_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define dm_warn(...) dm_log(DM_LOG_WARN, __VA_ARGS__)
+#define dm_info(...) dm_log(DM_LOG_INFO, __VA_ARGS__)
+
+/* --- files ------------------------------------------------------------------------------------ */
+/* Creates a directory and its parents (like mkdir -p); 0 or -1 with errno. */
+int dm_mkdir_p(const char *path);
+/* Writes n bytes to `path` through `path`.part, flushed and renamed into place: readers see the
+ * old file or the whole new one, never a part. */
+int dm_write_file_atomic(const char *path, const void *data, size_t n, dm_err *err);
+/* Removes a directory tree (like rm -rf; symbolic links are removed, never followed). 0 if it is
+ * gone (or never was). */
+int dm_remove_tree(const char *path, dm_err *err);
+/* 1 if path exists (any type). */
+int dm_exists(const char *path);
+
+/* An exclusive lock on a folder (flock(2) on FOLDER/.dinomap.lock, released when the process ends,
+ * however it ends). DM_ELOCKED, at once, if another process holds it. */
+typedef struct dm_lock dm_lock;
+int dm_lock_dir(const char *dir, dm_lock **out, dm_err *err);
+void dm_unlock(dm_lock *l); /* NULL-safe; the lock file stays (removing it would race) */
+#define DM_LOCK_FILE ".dinomap.lock"
+
+/* --- SHA-256 ---------------------------------------------------------------------------------- */
+typedef struct dm_sha256 {
+    uint32_t h[8];
+    uint64_t len;
+    uint8_t buf[64];
+    size_t nbuf;
+} dm_sha256;
+
+void dm_sha256_init(dm_sha256 *s);
+void dm_sha256_update(dm_sha256 *s, const void *data, size_t n);
+void dm_sha256_hex(dm_sha256 *s, char out[65]); /* finishes the hash */
+/* Hash of a whole file as 64 hex digits. */
+int dm_sha256_file(const char *path, char out[65], dm_err *err);
+/* The same, remembered in a small cache ($DINOMAP_CACHE_DIR, else $XDG_CACHE_HOME/dinomap, else
+ * ~/.cache/dinomap) keyed by real path, size, mtime and inode. */
+int dm_sha256_file_cached(const char *path, char out[65], dm_err *err);
+/* Hash of a string. */
+void dm_sha256_str(const char *s, char out[65]);
+
+/* --- NumPy .npy (version 1/2/3, C order, little-endian f32 / u8 / f64 / i64 read; f32 written) */
+typedef struct dm_npy {
+    char dtype;         /* 'f' (float32), 'u' (uint8); other dtypes are converted to 'f' */
+    int ndim;
+    int64_t shape[8];
+    int64_t numel;
+    float *f;           /* set when dtype == 'f' */
+    uint8_t *u8;        /* set when dtype == 'u' */
+} dm_npy;
+
+int dm_npy_read(const char *path, dm_npy *out, dm_err *err);
+void dm_npy_free(dm_npy *a);
+/* Writes float32 data with the given shape; to a temporary name, then renamed into place. */
+int dm_npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape,
+                     dm_err *err);
+
+/* --- thread pool -------------------------------------------------------------------------------
+ * A small persistent pool: a job is split into contiguous shares of [0, n), one per thread (the
+ * caller runs one), and dm_pool_run returns when all are done. */
+typedef struct dm_pool dm_pool;
+typedef void (*dm_pool_fn)(void *ctx, int64_t begin, int64_t end);
+int dm_pool_create(int nthreads, dm_pool **out); /* nthreads includes the caller; 0 or -1 */
+void dm_pool_run(dm_pool *p, dm_pool_fn fn, void *ctx, int64_t n);
+int dm_pool_threads(const dm_pool *p);
+void dm_pool_free(dm_pool *p); /* NULL-safe */
+
+#endif

@@ -1,0 +1,122 @@
+/* src/base/fs.c — file helpers: mkdir -p, write-then-rename, rm -rf, the folder lock. */
+#define _GNU_SOURCE /* nftw's FTW_DEPTH / FTW_PHYS */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base.h"
+
+int dm_mkdir_p(const char *path)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+        return -1;
+    struct stat st;
+    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    return 0;
+}
+
+int dm_exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+int dm_write_file_atomic(const char *path, const void *data, size_t n, dm_err *err)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.part", path);
+    FILE *f = fopen(tmp, "wb");
+    int ok = f && fwrite(data, 1, n, f) == n;
+    if (f && fflush(f) != 0)
+        ok = 0;
+    if (f && fsync(fileno(f)) != 0)
+        ok = 0;
+    if (f && fclose(f) != 0)
+        ok = 0;
+    if (!ok || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return dm_err_set(err, DM_EIO, "%s: cannot write: %s", path, strerror(e));
+    }
+    return 0;
+}
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)ftw;
+    return (flag == FTW_DP ? rmdir(p) : unlink(p)) != 0 && errno != ENOENT ? -1 : 0;
+}
+
+int dm_remove_tree(const char *path, dm_err *err)
+{
+    if (!dm_exists(path))
+        return 0;
+    if (nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        return dm_err_set(err, DM_EIO, "%s: cannot remove: %s", path, strerror(errno));
+    return 0;
+}
+
+struct dm_lock {
+    int fd;
+};
+
+int dm_lock_dir(const char *dir, dm_lock **out, dm_err *err)
+{
+    *out = NULL;
+    char p[4200];
+    snprintf(p, sizeof p, "%s/%s", dir, DM_LOCK_FILE);
+    int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (fd < 0)
+        return dm_err_set(err, DM_EIO, "%s: cannot create the lock file: %s", p, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return dm_err_set(err, DM_ELOCKED, "%s is in use by another dinomap run (it holds "
+                              "%s); wait for it to finish", dir, DM_LOCK_FILE);
+        return dm_err_set(err, DM_EIO, "%s: cannot lock: %s", p, strerror(e));
+    }
+    dm_lock *l = malloc(sizeof *l);
+    if (!l) {
+        close(fd);
+        return dm_err_oom(err);
+    }
+    /* who holds it, for people looking at the folder; the lock itself is the flock */
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) == 0 && write(fd, pid, (size_t)n) != n)
+        (void)0;
+    l->fd = fd;
+    *out = l;
+    return 0;
+}
+
+void dm_unlock(dm_lock *l)
+{
+    if (!l)
+        return;
+    close(l->fd); /* releases the flock */
+    free(l);
+}
