@@ -7,7 +7,7 @@
  * a prepared geometry's index lazily, so one dm_aoi is queried from one thread at a time (the grid
  * is selected before the pipeline's threads start). */
 #define _LARGEFILE64_SOURCE /* VSIStatBufL is a struct stat64 */
-#include "aoi.h"
+#include "gis.h"
 
 #include <gdal.h>
 #include <ogr_api.h>

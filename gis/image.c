@@ -2,7 +2,7 @@
 #include <gdal.h>
 #include <stdlib.h>
 
-#include "raster.h"
+#include "gis.h"
 
 int dm_gis_read_rgb8(const char *path, int *H, int *W, uint8_t **rgb, dm_err *err)
 {

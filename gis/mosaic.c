@@ -1,15 +1,19 @@
-/* gis/mosaic.c — see mosaic.h. Everything stays virtual (VRTs in /vsimem) so reads are windowed
- * and memory does not grow with the mosaic. */
-#include "mosaic.h"
-
+/* gis/mosaic.c — the input mosaic (see gis.h). Everything stays virtual (VRTs in /vsimem) so reads
+ * are windowed and memory does not grow with the mosaic. */
+#define _LARGEFILE64_SOURCE /* VSIStatBufL is a struct stat64 */
 #include <gdal.h>
+#include <cpl_minixml.h>
 #include <cpl_string.h>
+#include <cpl_vsi.h>
 #include <gdal_utils.h>
 #include <math.h>
 #include <ogr_srs_api.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include "gis.h"
 
 #define MAX_INPUTS 4096
 
@@ -29,6 +33,9 @@ struct dm_mosaic {
     int nvsi;
     float *fbuf;              /* read buffer for non-Byte input */
     size_t fcap;
+    int scaled;               /* lo..hi mapped to 0..255 (else 8-bit used as is) */
+    dm_input_fp *fp;          /* the files read and their footprints */
+    int nfp, capfp;
 };
 
 static void note(dm_mosaic *m, const char *fmt, const char *a, double x)
@@ -165,6 +172,145 @@ static int percentiles(dm_mosaic *m, double p1, double p2, dm_err *err)
     return 0;
 }
 
+/* --- what a rerun compares: the files read, and where they go in the mosaic ---------------------- */
+
+void dm_input_fp_free(dm_input_fp *fp, int n)
+{
+    for (int i = 0; fp && i < n; i++)
+        free(fp[i].path);
+    free(fp);
+}
+
+/* Adds a file with its footprint in mosaic pixels (from a rectangle in georeferenced units),
+ * clipped to the mosaic; identical entries (the same source in several bands) once. */
+static int add_fp(dm_mosaic *m, const char *file, double gx0, double gy0, double gx1, double gy1,
+                  dm_err *err)
+{
+    double a = (gx0 - m->gt[0]) / m->gt[1], b = (gx1 - m->gt[0]) / m->gt[1];
+    double c = (gy0 - m->gt[3]) / m->gt[5], d = (gy1 - m->gt[3]) / m->gt[5];
+    int x0 = (int)floor(fmin(a, b) + 1e-6), x1 = (int)ceil(fmax(a, b) - 1e-6);
+    int y0 = (int)floor(fmin(c, d) + 1e-6), y1 = (int)ceil(fmax(c, d) - 1e-6);
+    x0 = x0 < 0 ? 0 : x0, y0 = y0 < 0 ? 0 : y0;
+    x1 = x1 > m->W ? m->W : x1, y1 = y1 > m->H ? m->H : y1;
+    if (x1 <= x0 || y1 <= y0)
+        x0 = y0 = x1 = y1 = 0; /* outside the mosaic: feeds nothing, still watched */
+    char real[4096];
+    const char *key = realpath(file, real) ? real : file;
+    for (int i = m->nfp - 1; i >= 0 && i >= m->nfp - 8; i--) /* repeats come close together */
+        if (m->fp[i].x0 == x0 && m->fp[i].y0 == y0 && m->fp[i].w == x1 - x0 &&
+            m->fp[i].h == y1 - y0 && !strcmp(m->fp[i].path, key))
+            return 0;
+    if (m->nfp == m->capfp) {
+        int cap = m->capfp ? 2 * m->capfp : 16;
+        dm_input_fp *p = realloc(m->fp, sizeof *p * (size_t)cap);
+        if (!p)
+            return dm_err_oom(err);
+        m->fp = p;
+        m->capfp = cap;
+    }
+    dm_input_fp *f = &m->fp[m->nfp];
+    if (!(f->path = strdup(key)))
+        return dm_err_oom(err);
+    VSIStatBufL st;
+    if (VSIStatExL(key, &st, VSI_STAT_EXISTS_FLAG | VSI_STAT_SIZE_FLAG) == 0 &&
+        !strncmp(key, "/", 1)) {
+        struct stat ls;
+        f->size = (int64_t)st.st_size;
+        f->mtime_ns = stat(key, &ls) == 0
+                          ? (int64_t)ls.st_mtim.tv_sec * 1000000000 + ls.st_mtim.tv_nsec
+                          : (int64_t)st.st_mtime * 1000000000;
+    } else {
+        f->size = f->mtime_ns = -1;
+    }
+    f->x0 = x0, f->y0 = y0, f->w = x1 - x0, f->h = y1 - y0;
+    m->nfp++;
+    return 0;
+}
+
+/* The sources of a VRT file, each with its destination rectangle: a mosaic of many files then
+ * redoes only what a changed file feeds. 0 and *n sources found (0 when it is no plain VRT). */
+static int vrt_sources(dm_mosaic *m, const char *vrt, const double gt[6], int *n, dm_err *err)
+{
+    *n = 0;
+    CPLXMLNode *root = CPLParseXMLFile(vrt);
+    if (!root)
+        return 0;
+    CPLXMLNode *ds = CPLGetXMLNode(root, "=VRTDataset");
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", CPLGetPath(vrt));
+    int rc = 0;
+    for (CPLXMLNode *b = ds ? ds->psChild : NULL; !rc && b; b = b->psNext) {
+        if (b->eType != CXT_Element || strcmp(b->pszValue, "VRTRasterBand"))
+            continue;
+        for (CPLXMLNode *s = b->psChild; !rc && s; s = s->psNext) {
+            if (s->eType != CXT_Element || !strstr(s->pszValue, "Source"))
+                continue;
+            const char *fn = CPLGetXMLValue(s, "SourceFilename", NULL);
+            CPLXMLNode *dr = CPLGetXMLNode(s, "DstRect");
+            if (!fn || !dr)
+                continue;
+            int rel = atoi(CPLGetXMLValue(s, "SourceFilename.relativeToVRT", "0"));
+            char file[4096];
+            snprintf(file, sizeof file, "%s", rel ? CPLFormFilename(dir, fn, NULL) : fn);
+            double x = CPLAtof(CPLGetXMLValue(dr, "xOff", "0")),
+                   y = CPLAtof(CPLGetXMLValue(dr, "yOff", "0")),
+                   w = CPLAtof(CPLGetXMLValue(dr, "xSize", "0")),
+                   h = CPLAtof(CPLGetXMLValue(dr, "ySize", "0"));
+            rc = add_fp(m, file, gt[0] + x * gt[1], gt[3] + y * gt[5], gt[0] + (x + w) * gt[1],
+                        gt[3] + (y + h) * gt[5], err);
+            (*n)++;
+        }
+    }
+    CPLDestroyXMLNode(root);
+    return rc;
+}
+
+/* Every file of input `path` (GDAL's file list: the raster, its sidecars, a VRT's sources) with
+ * the part of the mosaic it feeds: the input's footprint, or a VRT source's own rectangle. */
+static int add_fingerprints(dm_mosaic *m, GDALDatasetH src, const char *path, const double gt[6],
+                            int w, int h, int warped, dm_err *err)
+{
+    double x0 = gt[0], x1 = gt[0] + w * gt[1] + h * gt[2];
+    double y0 = gt[3], y1 = gt[3] + w * gt[4] + h * gt[5];
+    if (!m->georef) { /* pixel coordinates: every input covers the mosaic */
+        x0 = m->gt[0], x1 = m->gt[0] + m->W * m->gt[1];
+        y0 = m->gt[3], y1 = m->gt[3] + m->H * m->gt[5];
+    }
+    int rc = add_fp(m, path, x0, y0, x1, y1, err), nsrc = 0;
+    const char *drv = GDALGetDriverShortName(GDALGetDatasetDriver(src));
+    if (!rc && !warped && m->georef && drv && !strcmp(drv, "VRT"))
+        rc = vrt_sources(m, path, gt, &nsrc, err);
+    if (rc || nsrc)
+        return rc;
+    char **files = GDALGetFileList(src);
+    for (int i = 0; !rc && files && files[i]; i++)
+        if (strcmp(files[i], path))
+            rc = add_fp(m, files[i], x0, y0, x1, y1, err);
+    CSLDestroy(files);
+    return rc;
+}
+
+int dm_mosaic_fingerprints(const dm_mosaic *m, dm_input_fp **fp, int *n, dm_err *err)
+{
+    *fp = NULL;
+    *n = 0;
+    if (!m->nfp)
+        return 0;
+    dm_input_fp *c = calloc((size_t)m->nfp, sizeof *c);
+    if (!c)
+        return dm_err_oom(err);
+    for (int i = 0; i < m->nfp; i++) {
+        c[i] = m->fp[i];
+        if (!(c[i].path = strdup(m->fp[i].path))) {
+            dm_input_fp_free(c, i);
+            return dm_err_oom(err);
+        }
+    }
+    *fp = c;
+    *n = m->nfp;
+    return 0;
+}
+
 static int open_one(const char *path, GDALDatasetH *out, dm_err *err)
 {
     CPLPushErrorHandler(CPLQuietErrorHandler);
@@ -189,7 +335,10 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
     GDALDatasetH *src = calloc((size_t)o->n_inputs, sizeof *src);
     char (*names)[64] = calloc((size_t)o->n_inputs, 64);
     const char **paths = calloc((size_t)o->n_inputs + 1, sizeof *paths);
-    int rc = (!m || !src || !names || !paths) ? dm_err_oom(err) : 0;
+    double(*igt)[6] = calloc((size_t)o->n_inputs, sizeof *igt); /* each input as mosaicked */
+    int *isz = calloc(2 * (size_t)o->n_inputs, sizeof *isz), *iwarp = calloc((size_t)o->n_inputs,
+                                                                            sizeof *iwarp);
+    int rc = (!m || !src || !names || !paths || !igt || !isz || !iwarp) ? dm_err_oom(err) : 0;
     char target[64] = "";
     const char *crs = o->crs;
     char *wkt0 = NULL;
@@ -214,6 +363,11 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
         if (!rc && i == 0)
             wkt0 = strdup(w ? w : "");
         paths[i] = o->inputs[i];
+        if (!rc) {
+            memcpy(igt[i], gt, sizeof gt);
+            isz[2 * i] = GDALGetRasterXSize(src[i]);
+            isz[2 * i + 1] = GDALGetRasterYSize(src[i]);
+        }
     }
     /* target CRS: --crs, else the first input's; geographic → its UTM zone */
     if (!rc && !crs && wkt0 && wkt0[0] && is_geographic(wkt0)) {
@@ -237,6 +391,10 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
             if (!rc) {
                 snprintf(names[i], 64, "%s", m->vsi[m->nvsi - 1]);
                 paths[i] = names[i];
+                GDALGetGeoTransform(w, igt[i]);
+                isz[2 * i] = GDALGetRasterXSize(w);
+                isz[2 * i + 1] = GDALGetRasterYSize(w);
+                iwarp[i] = 1;
                 GDALClose(w);
             }
         }
@@ -283,7 +441,13 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
         for (int b = 1; b < 3; b++)
             if (GDALGetRasterDataType(m->band[b]) != GDT_Byte)
                 m->type = GDALGetRasterDataType(m->band[b]);
-        if (o->scale_set) {
+        if (o->fixed_set) {
+            m->lo = o->fixed_lo;
+            m->hi = o->fixed_hi;
+            snprintf(m->scaling, sizeof m->scaling, "%s",
+                     o->fixed_text ? o->fixed_text : "scale fixed by the run");
+            m->type = GDT_Float32;
+        } else if (o->scale_set) {
             m->lo = o->scale_min;
             m->hi = o->scale_max;
             snprintf(m->scaling, sizeof m->scaling, "scale %g..%g to 0..255", m->lo, m->hi);
@@ -304,10 +468,15 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
             snprintf(m->scaling, sizeof m->scaling, "8-bit input used as is");
         }
     }
+    if (!rc)
+        m->scaled = m->type != GDT_Byte;
+    for (int i = 0; !rc && i < o->n_inputs; i++)
+        rc = add_fingerprints(m, src[i] ? src[i] : m->ds, o->inputs[i], igt[i], isz[2 * i],
+                              isz[2 * i + 1], iwarp[i], err);
     for (int i = 0; src && i < o->n_inputs; i++)
         if (src[i])
             GDALClose(src[i]);
-    free(src), free(names), free(paths), free(wkt0);
+    free(src), free(names), free(paths), free(wkt0), free(igt), free(isz), free(iwarp);
     if (rc) {
         dm_mosaic_close(m);
         return rc;
@@ -326,6 +495,7 @@ void dm_mosaic_close(dm_mosaic *m)
         VSIUnlink(m->vsi[i]);
     free(m->wkt);
     free(m->fbuf);
+    dm_input_fp_free(m->fp, m->nfp);
     free(m);
 }
 
@@ -340,6 +510,13 @@ const char *dm_mosaic_wkt(const dm_mosaic *m) { return m->wkt; }
 int dm_mosaic_georeferenced(const dm_mosaic *m) { return m->georef && m->wkt[0]; }
 const char *dm_mosaic_scaling(const dm_mosaic *m) { return m->scaling; }
 const char *dm_mosaic_notes(const dm_mosaic *m) { return m->notes; }
+
+void dm_mosaic_scale(const dm_mosaic *m, int *scaled, double *lo, double *hi)
+{
+    *scaled = m->scaled;
+    *lo = m->lo;
+    *hi = m->hi;
+}
 
 int dm_mosaic_read(dm_mosaic *m, int x0, int y0, int w, int h, uint8_t *rgb, uint8_t *valid,
                    dm_err *err)

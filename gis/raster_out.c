@@ -1,7 +1,14 @@
-/* gis/raster_out.c — see raster_out.h. */
-#include "raster_out.h"
-
+/* gis/raster_out.c — the rasters a run writes (see gis.h): chunk files, and the final outputs as
+ * Cloud-Optimized GeoTIFFs or block COGs with a mosaic VRT, and QGIS styles.
+ *
+ * A final COG is made the way COGs were made before GDAL's COG driver: a tiled temporary GeoTIFF
+ * filled by windows, its overviews, then a copy with COPY_SRC_OVERVIEWS=YES (overviews first, every
+ * IFD at the start: GDAL's validator accepts it). Unlike GDAL 3.6's COG driver this keeps the
+ * output band-interleaved (reading 3 of 1024 bands reads 3 bands) and its memory small whatever the
+ * band count: the COG driver reading a VRT of many pixel-interleaved chunk files kept one block
+ * buffer per open source (1.9 GB for a 19,968² px mosaic of a 128-dim model). */
 #include <cpl_string.h>
+#include <cpl_vsi.h>
 #include <gdal.h>
 #include <gdal_utils.h>
 #include <math.h>
@@ -10,237 +17,471 @@
 #include <string.h>
 #include <unistd.h>
 
-int dm_gis_write_chunk_f32(const char *path, const float *data, int bands, int w, int h,
-                           const double gt[6], const char *wkt, dm_err *err)
+#include "gis.h"
+
+#define OUT_BLOCK 256 /* COG tile size */
+
+static const char *gdal_msg(void)
+{
+    const char *m = CPLGetLastErrorMsg();
+    return m && *m ? m : "no details from GDAL";
+}
+
+/* ZSTD where this GDAL has it (Debian's does), else DEFLATE: for files only dinomap reads back. */
+static const char *fast_codec(void)
+{
+    static int zstd = -1;
+    if (zstd < 0) {
+        const char *l = GDALGetMetadataItem(GDALGetDriverByName("GTiff"),
+                                            GDAL_DMD_CREATIONOPTIONLIST, NULL);
+        zstd = l && strstr(l, "ZSTD") ? 1 : 0;
+    }
+    return zstd ? "ZSTD" : "DEFLATE";
+}
+
+static char **fast_options(char **o)
+{
+    const char *c = fast_codec();
+    o = CSLSetNameValue(o, "COMPRESS", c);
+    o = CSLSetNameValue(o, strcmp(c, "ZSTD") ? "ZLEVEL" : "ZSTD_LEVEL", "1");
+    return o;
+}
+
+/* --- chunk files -------------------------------------------------------------------------------- */
+
+int dm_gis_chunk_write(const char *path, const float *data, int bands, int w, int h,
+                       const double gt[6], const char *wkt, dm_err *err)
 {
     GDALAllRegister();
-    char tmp[4096];
+    char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.part", path);
-    GDALDriverH drv = GDALGetDriverByName("GTiff");
     char **o = NULL;
     o = CSLSetNameValue(o, "TILED", "YES");
-    o = CSLSetNameValue(o, "BLOCKXSIZE", "128");
-    o = CSLSetNameValue(o, "BLOCKYSIZE", "128");
-    o = CSLSetNameValue(o, "INTERLEAVE", "PIXEL");
+    o = CSLSetNameValue(o, "BLOCKXSIZE", "256");
+    o = CSLSetNameValue(o, "BLOCKYSIZE", "256");
+    o = CSLSetNameValue(o, "INTERLEAVE", "BAND");
     o = CSLSetNameValue(o, "BIGTIFF", "IF_SAFER");
+    o = CSLSetNameValue(o, "PREDICTOR", "3");
+    o = fast_options(o);
     CPLPushErrorHandler(CPLQuietErrorHandler);
-    GDALDatasetH ds = GDALCreate(drv, tmp, w, h, bands, GDT_Float32, o);
-    CPLPopErrorHandler();
-    CSLDestroy(o);
-    if (!ds)
-        return dm_err_set(err, DM_EIO, "%s: cannot create: %s", tmp, CPLGetLastErrorMsg());
-    GDALSetGeoTransform(ds, (double *)gt);
-    if (wkt && wkt[0])
-        GDALSetProjection(ds, wkt);
-    for (int b = 1; b <= bands; b++)
-        GDALSetRasterNoDataValue(GDALGetRasterBand(ds, b), NAN);
-    CPLErr e = GDALDatasetRasterIO(ds, GF_Write, 0, 0, w, h, (void *)data, w, h, GDT_Float32,
-                                   bands, NULL, 4, (GSpacing)4 * w, (GSpacing)4 * w * h);
     CPLErrorReset();
-    GDALClose(ds); /* flushes: a full disk shows up here */
-    if (CPLGetLastErrorType() >= CE_Failure)
-        e = CE_Failure;
+    GDALDatasetH ds = GDALCreate(GDALGetDriverByName("GTiff"), tmp, w, h, bands, GDT_Float32, o);
+    CSLDestroy(o);
+    CPLErr e = ds ? CE_None : CE_Failure;
+    if (ds) {
+        GDALSetGeoTransform(ds, (double *)gt);
+        if (wkt && wkt[0])
+            GDALSetProjection(ds, wkt);
+        for (int b = 1; b <= bands; b++)
+            GDALSetRasterNoDataValue(GDALGetRasterBand(ds, b), NAN);
+        e = GDALDatasetRasterIO(ds, GF_Write, 0, 0, w, h, (void *)data, w, h, GDT_Float32, bands,
+                                NULL, 4, (GSpacing)4 * w, (GSpacing)4 * w * h);
+        GDALClose(ds); /* flushes: a full disk shows up here */
+        if (CPLGetLastErrorType() >= CE_Failure)
+            e = CE_Failure;
+    }
+    int rc = 0;
     if (e != CE_None || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return dm_err_set(err, DM_EIO, "%s: write failed: %s", path, CPLGetLastErrorMsg());
+        rc = dm_err_set(err, DM_EIO, "%s: cannot write the chunk: %s", path, gdal_msg());
+        VSIUnlink(tmp);
     }
-    return 0;
-}
-
-int dm_gis_cog(void *src, const char *dst, const char *resampling, dm_err *err)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.part", dst);
-    GDALDriverH cog = GDALGetDriverByName("COG");
-    if (!cog)
-        return dm_err_set(err, DM_EUNSUPPORTED, "this GDAL has no COG driver (GDAL >= 3.1 needed)");
-    char **o = NULL;
-    o = CSLSetNameValue(o, "COMPRESS", "DEFLATE");
-    o = CSLSetNameValue(o, "PREDICTOR", "YES");
-    o = CSLSetNameValue(o, "BLOCKSIZE", "256");
-    o = CSLSetNameValue(o, "OVERVIEW_RESAMPLING", resampling);
-    o = CSLSetNameValue(o, "BIGTIFF", "IF_SAFER");
-    o = CSLSetNameValue(o, "NUM_THREADS", "ALL_CPUS");
-    CPLPushErrorHandler(CPLQuietErrorHandler);
-    GDALDatasetH d = GDALCreateCopy(cog, tmp, (GDALDatasetH)src, FALSE, o, NULL, NULL);
     CPLPopErrorHandler();
-    CSLDestroy(o);
-    int bad = !d;
-    if (d) {
-        CPLErrorReset();
-        GDALClose(d);
-        bad = CPLGetLastErrorType() >= CE_Failure;
-    }
-    if (bad || rename(tmp, dst) != 0) {
-        unlink(tmp);
-        return dm_err_set(err, DM_EIO, "%s: cannot write the Cloud-Optimized GeoTIFF: %s", dst,
-                          CPLGetLastErrorMsg());
-    }
-    return 0;
-}
-
-static void set_meta(GDALDatasetH ds, const char *const *meta)
-{
-    for (int i = 0; meta && meta[i]; i++) {
-        char *key = NULL;
-        const char *val = CPLParseNameValue(meta[i], &key);
-        if (key && val)
-            GDALSetMetadataItem(ds, key, val, NULL);
-        CPLFree(key);
-    }
-}
-
-static GDALDatasetH tmp_tiff(const char *path, int w, int h, int bands, GDALDataType t)
-{
-    char **o = NULL;
-    o = CSLSetNameValue(o, "TILED", "YES");
-    o = CSLSetNameValue(o, "INTERLEAVE", "PIXEL");
-    o = CSLSetNameValue(o, "BIGTIFF", "IF_SAFER");
-    o = CSLSetNameValue(o, "COMPRESS", "LZW");
-    GDALDatasetH d = GDALCreate(GDALGetDriverByName("GTiff"), path, w, h, bands, t, o);
-    CSLDestroy(o);
-    return d;
-}
-
-/* Pass 2: streams the float mosaic in windows through f->pixel into the quantised and PCA
- * temporary rasters. */
-static int pass2(const dm_features_final *f, GDALDatasetH vrt, GDALDatasetH q, GDALDatasetH pca,
-                 dm_err *err)
-{
-    const int bw = 128, D = f->D;
-    float *buf = malloc(sizeof(float) * (size_t)bw * bw * D);
-    uint8_t *qb = q ? malloc((size_t)bw * bw * D) : NULL;
-    uint8_t *rgb = pca ? malloc((size_t)bw * bw * 3) : NULL;
-    uint8_t dummy[3];
-    int rc = (!buf || (q && !qb) || (pca && !rgb)) ? dm_err_oom(err) : 0;
-    for (int y = 0; !rc && y < f->fh; y += bw)
-        for (int x = 0; !rc && x < f->fw; x += bw) {
-            int w = f->fw - x < bw ? f->fw - x : bw, h = f->fh - y < bw ? f->fh - y : bw;
-            if (GDALDatasetRasterIO(vrt, GF_Read, x, y, w, h, buf, w, h, GDT_Float32, D, NULL,
-                                    (GSpacing)4 * D, (GSpacing)4 * D * w, 4) != CE_None) {
-                rc = dm_err_set(err, DM_EIO, "reading the feature mosaic: %s",
-                                CPLGetLastErrorMsg());
-                break;
-            }
-            for (int i = 0; i < w * h; i++) {
-                const float *v = buf + (size_t)i * D;
-                int nodata = isnan(v[0]);
-                uint8_t *qi = qb ? qb + (size_t)i * D : NULL, *ri = rgb ? rgb + 3 * i : dummy;
-                if (nodata) {
-                    if (qi)
-                        memset(qi, 0, (size_t)D);
-                    ri[0] = ri[1] = ri[2] = 0;
-                } else {
-                    f->pixel(f->pixel_ctx, v, qi, ri);
-                }
-            }
-            if (q && GDALDatasetRasterIO(q, GF_Write, x, y, w, h, qb, w, h, GDT_Byte, D, NULL, D,
-                                         (GSpacing)D * w, 1) != CE_None)
-                rc =
-                    dm_err_set(err, DM_EIO, "writing quantised features: %s", CPLGetLastErrorMsg());
-            if (!rc && pca && GDALDatasetRasterIO(pca, GF_Write, x, y, w, h, rgb, w, h, GDT_Byte, 3,
-                                                  NULL, 3, (GSpacing)3 * w, 1) != CE_None)
-                rc = dm_err_set(err, DM_EIO, "writing the PCA preview: %s", CPLGetLastErrorMsg());
-        }
-    free(buf), free(qb), free(rgb);
     return rc;
 }
 
-int dm_gis_features_finalize(const dm_features_final *f, dm_err *err)
+int dm_gis_chunk_read(const char *path, int bands, int x, int y, int w, int h, float *buf,
+                      dm_err *err)
 {
     GDALAllRegister();
-    if (f->nchunks == 0)
-        return dm_err_set(err, DM_EINVAL, "nothing was mapped: every tile is empty (nodata) or "
-                          "outside the area of interest");
-    char vrtname[128], path[4096], qtmp[4096], ptmp[4096], out[4096];
-    snprintf(vrtname, sizeof vrtname, "/vsimem/dinomap_features_%p.vrt", (void *)f);
-    snprintf(qtmp, sizeof qtmp, "%s/features_q.tmp.tif", f->outdir);
-    snprintf(ptmp, sizeof ptmp, "%s/features_pca.tmp.tif", f->outdir);
-    /* the VRT spans the whole feature grid: chunks never run (empty, outside the AOI) are nodata */
-    double xmin = f->gt[0], ymax = f->gt[3], xmax = f->gt[0] + f->gt[1] * f->fw,
-           ymin = f->gt[3] + f->gt[5] * f->fh;
-    char **a = NULL;
-    char b[4][64];
-    snprintf(b[0], 64, "%.17g", xmin), snprintf(b[1], 64, "%.17g", ymin);
-    snprintf(b[2], 64, "%.17g", xmax), snprintf(b[3], 64, "%.17g", ymax);
-    a = CSLAddString(a, "-te");
-    for (int i = 0; i < 4; i++)
-        a = CSLAddString(a, b[i]);
-    snprintf(b[0], 64, "%.17g", f->gt[1]), snprintf(b[1], 64, "%.17g", -f->gt[5]);
-    a = CSLAddString(a, "-tr"), a = CSLAddString(a, b[0]), a = CSLAddString(a, b[1]);
-    a = CSLAddString(a, "-vrtnodata"), a = CSLAddString(a, "nan");
-    GDALBuildVRTOptions *bo = GDALBuildVRTOptionsNew(a, NULL);
-    CSLDestroy(a);
-    int usage = 0;
     CPLPushErrorHandler(CPLQuietErrorHandler);
-    GDALDatasetH vrt = GDALBuildVRT(vrtname, f->nchunks, NULL, (const char *const *)f->chunks, bo,
-                                    &usage);
-    CPLPopErrorHandler();
-    GDALBuildVRTOptionsFree(bo);
-    if (!vrt)
-        return dm_err_set(err, DM_EIO, "cannot assemble the chunks: %s", CPLGetLastErrorMsg());
+    const char *drv[] = { "GTiff", NULL };
+    GDALDatasetH d = GDALOpenEx(path, GDAL_OF_RASTER | GDAL_OF_READONLY, drv, NULL, NULL);
     int rc = 0;
-    if (GDALGetRasterXSize(vrt) != f->fw || GDALGetRasterYSize(vrt) != f->fh)
-        rc = dm_err_set(err, DM_EIO, "internal: assembled %d×%d, expected %d×%d",
-                        GDALGetRasterXSize(vrt), GDALGetRasterYSize(vrt), f->fw, f->fh);
-    GDALDatasetH q = NULL, pca = NULL;
-    if (!rc && f->quantize && !(q = tmp_tiff(qtmp, f->fw, f->fh, f->D, GDT_Byte)))
-        rc = dm_err_set(err, DM_EIO, "%s: cannot create: %s", qtmp, CPLGetLastErrorMsg());
-    if (!rc && f->pca && !(pca = tmp_tiff(ptmp, f->fw, f->fh, 3, GDT_Byte)))
-        rc = dm_err_set(err, DM_EIO, "%s: cannot create: %s", ptmp, CPLGetLastErrorMsg());
-    if (!rc && (q || pca)) {
-        if (f->note)
-            f->note(q ? "quantising features and colouring the PCA preview"
-                      : "colouring the PCA preview");
-        rc = pass2(f, vrt, q, pca, err);
+    if (!d)
+        rc = dm_err_set(err, DM_EIO, "chunk %s: cannot open: %s", path, gdal_msg());
+    else if (GDALGetRasterCount(d) != bands || x < 0 || y < 0 ||
+             x + w > GDALGetRasterXSize(d) || y + h > GDALGetRasterYSize(d))
+        rc = dm_err_set(err, DM_EFORMAT, "chunk %s: has %d bands of %d×%d px, not what the run "
+                        "wrote (%d bands, window %d,%d %d×%d); was it replaced? Redo the run with "
+                        "--overwrite", path, GDALGetRasterCount(d), GDALGetRasterXSize(d),
+                        GDALGetRasterYSize(d), bands, x, y, w, h);
+    else if (GDALDatasetRasterIO(d, GF_Read, x, y, w, h, buf, w, h, GDT_Float32, bands, NULL, 4,
+                                 (GSpacing)4 * w, (GSpacing)4 * w * h) != CE_None)
+        rc = dm_err_set(err, DM_EIO, "chunk %s: read error: %s", path, gdal_msg());
+    if (d)
+        GDALClose(d);
+    CPLPopErrorHandler();
+    return rc;
+}
+
+/* --- final rasters ------------------------------------------------------------------------------ */
+
+struct dm_out {
+    dm_out_spec s;
+    char *dir, *name;
+    int side, nrx, nry;      /* blocks: side px, columns, rows (side 0: one region) */
+    int cur;                 /* region being written, -1 none */
+    dm_region reg;
+    GDALDatasetH tmp;
+    char tmp_path[4200];
+    char **parts;            /* [regions] finished COGs under their .part names, NULL until done */
+    char files[4400];
+};
+
+static int nregions(const dm_out *o) { return o->side ? o->nrx * o->nry : 1; }
+
+int dm_out_nregions(const dm_out *o) { return nregions(o); }
+int dm_out_block_side(const dm_out *o) { return o ? o->side : 0; }
+
+dm_region dm_out_region(const dm_out *o, int i)
+{
+    dm_region r = { 0, 0, o->s.width, o->s.height };
+    if (o->side) {
+        r.x = (i % o->nrx) * o->side;
+        r.y = (i / o->nrx) * o->side;
+        r.w = o->s.width - r.x < o->side ? o->s.width - r.x : o->side;
+        r.h = o->s.height - r.y < o->side ? o->s.height - r.y : o->side;
     }
-    /* metadata, band descriptions and nodata, then the COGs */
-    GDALDatasetH feat = q ? q : vrt;
+    return r;
+}
+
+/* Where region i's COG goes: dir/name.tif, or dir/name_blocks/name_rRRR_cCCC.tif. */
+static void region_path(const dm_out *o, int i, char *p, size_t n)
+{
+    if (!o->side)
+        snprintf(p, n, "%s/%s.tif", o->dir, o->name);
+    else
+        snprintf(p, n, "%s/%s_blocks/%s_r%03d_c%03d.tif", o->dir, o->name, o->name, i / o->nrx,
+                 i % o->nrx);
+}
+
+int dm_out_create(const dm_out_spec *s, dm_out **out, dm_err *err)
+{
+    *out = NULL;
+    GDALAllRegister();
+    if (s->width < 1 || s->height < 1 || s->bands < 1)
+        return dm_err_set(err, DM_EINVAL, "%s: empty raster (%d×%d px, %d bands)", s->name,
+                          s->width, s->height, s->bands);
+    dm_out *o = calloc(1, sizeof *o);
+    if (!o)
+        return dm_err_oom(err);
+    o->s = *s;
+    o->dir = strdup(s->dir);
+    o->name = strdup(s->name);
+    o->cur = -1;
+    double bpp = (double)s->bands * (s->byte ? 1 : 4);
+    if (s->side > 0) {
+        o->side = s->side;
+        o->nrx = (s->width + o->side - 1) / o->side;
+        o->nry = (s->height + o->side - 1) / o->side;
+    } else if (s->max_bytes > 0 && (double)s->width * s->height * bpp > s->max_bytes) {
+        int align = s->block_align > 0 ? s->block_align : 1;
+        int side = (int)floor(sqrt(s->max_bytes / bpp));
+        side = side / align * align;
+        o->side = side < align ? align : side;
+        o->nrx = (s->width + o->side - 1) / o->side;
+        o->nry = (s->height + o->side - 1) / o->side;
+    }
+    o->parts = calloc((size_t)nregions(o), sizeof *o->parts);
+    if (!o->dir || !o->name || !o->parts) {
+        dm_out_free(o);
+        return dm_err_oom(err);
+    }
+    if (o->side) {
+        char d[4200];
+        snprintf(d, sizeof d, "%s/%s_blocks", o->dir, o->name);
+        if (dm_mkdir_p(d) != 0) {
+            dm_out_free(o);
+            return dm_err_set(err, DM_EIO, "%s: cannot create", d);
+        }
+    }
+    *out = o;
+    return 0;
+}
+
+static void describe(const dm_out *o, GDALDatasetH d, const double gt[6])
+{
+    const dm_out_spec *s = &o->s;
+    GDALSetGeoTransform(d, (double *)gt);
+    if (s->wkt && s->wkt[0])
+        GDALSetProjection(d, s->wkt);
+    for (int i = 0; s->meta && s->meta[i]; i++) {
+        char *key = NULL;
+        const char *val = CPLParseNameValue(s->meta[i], &key);
+        if (key && val)
+            GDALSetMetadataItem(d, key, val, NULL);
+        CPLFree(key);
+    }
+    static const GDALColorInterp rgb[3] = { GCI_RedBand, GCI_GreenBand, GCI_BlueBand };
+    for (int b = 0; b < s->bands; b++) {
+        GDALRasterBandH h = GDALGetRasterBand(d, b + 1);
+        GDALSetRasterNoDataValue(h, s->nodata);
+        if (s->band_names)
+            GDALSetDescription(h, s->band_names[b]);
+        if (s->scale) {
+            GDALSetRasterScale(h, s->scale[b]);
+            GDALSetRasterOffset(h, -128.0 * s->scale[b]);
+        }
+        if (s->rgb && b < 3)
+            GDALSetRasterColorInterpretation(h, rgb[b]);
+        if (s->unit)
+            GDALSetRasterUnitType(h, s->unit);
+    }
+}
+
+int dm_out_begin(dm_out *o, int region, dm_err *err)
+{
+    if (o->cur >= 0 || region < 0 || region >= nregions(o))
+        return dm_err_set(err, DM_EINVAL, "%s: region %d out of order (a bug)", o->name, region);
+    o->reg = dm_out_region(o, region);
+    char p[4200];
+    region_path(o, region, p, sizeof p);
+    snprintf(o->tmp_path, sizeof o->tmp_path, "%s.tmp.tif", p);
+    char **co = NULL;
+    co = CSLSetNameValue(co, "TILED", "YES");
+    co = CSLSetNameValue(co, "BLOCKXSIZE", "256");
+    co = CSLSetNameValue(co, "BLOCKYSIZE", "256");
+    co = CSLSetNameValue(co, "INTERLEAVE", "BAND");
+    co = CSLSetNameValue(co, "BIGTIFF", "IF_SAFER");
+    co = fast_options(co);
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    CPLErrorReset();
+    o->tmp = GDALCreate(GDALGetDriverByName("GTiff"), o->tmp_path, o->reg.w, o->reg.h, o->s.bands,
+                        o->s.byte ? GDT_Byte : GDT_Float32, co);
+    CPLPopErrorHandler();
+    CSLDestroy(co);
+    if (!o->tmp)
+        return dm_err_set(err, DM_EIO, "%s: cannot create: %s", o->tmp_path, gdal_msg());
+    const double *g = o->s.gt;
+    double gt[6] = { g[0] + o->reg.x * g[1], g[1], 0, g[3] + o->reg.y * g[5], 0, g[5] };
+    describe(o, o->tmp, gt);
+    o->cur = region;
+    return 0;
+}
+
+int dm_out_write(dm_out *o, int x, int y, int w, int h, const void *buf, dm_err *err)
+{
+    int rx = x - o->reg.x, ry = y - o->reg.y;
+    if (o->cur < 0 || rx < 0 || ry < 0 || rx + w > o->reg.w || ry + h > o->reg.h)
+        return dm_err_set(err, DM_EINVAL, "%s: window %d,%d %d×%d outside the region (a bug)",
+                          o->name, x, y, w, h);
+    int sz = o->s.byte ? 1 : 4;
+    CPLErrorReset();
+    if (GDALDatasetRasterIO(o->tmp, GF_Write, rx, ry, w, h, (void *)buf, w, h,
+                            o->s.byte ? GDT_Byte : GDT_Float32, o->s.bands, NULL, sz,
+                            (GSpacing)sz * w, (GSpacing)sz * w * h) != CE_None)
+        return dm_err_set(err, DM_EIO, "%s: write failed (disk full?): %s", o->tmp_path,
+                          gdal_msg());
+    return 0;
+}
+
+int dm_out_end(dm_out *o, dm_err *err)
+{
+    if (o->cur < 0)
+        return dm_err_set(err, DM_EINVAL, "%s: no region open (a bug)", o->name);
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    CPLErrorReset();
+    GDALClose(o->tmp); /* fills the blocks never written with nodata */
+    o->tmp = NULL;
+    int rc = 0;
+    if (CPLGetLastErrorType() >= CE_Failure)
+        rc = dm_err_set(err, DM_EIO, "%s: write failed (disk full?): %s", o->tmp_path,
+                        gdal_msg());
+    /* overviews by halves until one fits in a COG tile */
+    GDALDatasetH d = rc ? NULL : GDALOpen(o->tmp_path, GA_Update);
+    if (!rc && !d)
+        rc = dm_err_set(err, DM_EIO, "%s: cannot reopen: %s", o->tmp_path, gdal_msg());
+    int lev[32], nl = 0;
+    for (int f = 2; nl < 30 && (o->reg.w > OUT_BLOCK * (f / 2) || o->reg.h > OUT_BLOCK * (f / 2));
+         f *= 2)
+        lev[nl++] = f;
+    if (!rc && nl && GDALBuildOverviews(d, o->s.resampling, nl, lev, 0, NULL, NULL, NULL) !=
+                         CE_None)
+        rc = dm_err_set(err, DM_EIO, "%s: cannot build overviews: %s", o->tmp_path, gdal_msg());
+    if (d) {
+        CPLErrorReset();
+        GDALClose(d);
+        if (!rc && CPLGetLastErrorType() >= CE_Failure)
+            rc = dm_err_set(err, DM_EIO, "%s: write failed: %s", o->tmp_path, gdal_msg());
+    }
+    char p[4200], part[4300];
+    region_path(o, o->cur, p, sizeof p);
+    snprintf(part, sizeof part, "%s.part", p);
+    d = rc ? NULL : GDALOpen(o->tmp_path, GA_ReadOnly);
+    if (!rc && !d)
+        rc = dm_err_set(err, DM_EIO, "%s: cannot reopen: %s", o->tmp_path, gdal_msg());
     if (!rc) {
-        set_meta(feat, f->meta);
-        GDALSetGeoTransform(feat, (double *)f->gt);
-        if (f->wkt && f->wkt[0])
-            GDALSetProjection(feat, f->wkt);
-        for (int i = 1; i <= f->D; i++) {
-            GDALRasterBandH bh = GDALGetRasterBand(feat, i);
-            char d[16];
-            snprintf(d, sizeof d, "f%04d", i - 1);
-            GDALSetDescription(bh, d);
-            if (q) {
-                GDALSetRasterNoDataValue(bh, 0);
-                GDALSetRasterScale(bh, f->qscale[i - 1]);
-                GDALSetRasterOffset(bh, -128.0 * f->qscale[i - 1]);
-            }
+        char **co = NULL;
+        co = CSLSetNameValue(co, "TILED", "YES");
+        co = CSLSetNameValue(co, "BLOCKXSIZE", "256");
+        co = CSLSetNameValue(co, "BLOCKYSIZE", "256");
+        co = CSLSetNameValue(co, "INTERLEAVE", "BAND");
+        co = CSLSetNameValue(co, "COPY_SRC_OVERVIEWS", "YES");
+        co = CSLSetNameValue(co, "COMPRESS", "DEFLATE");
+        co = CSLSetNameValue(co, "PREDICTOR", o->s.byte ? "2" : "3");
+        co = CSLSetNameValue(co, "BIGTIFF", "IF_SAFER");
+        co = CSLSetNameValue(co, "NUM_THREADS", "ALL_CPUS");
+        CPLErrorReset();
+        GDALDatasetH c = GDALCreateCopy(GDALGetDriverByName("GTiff"), part, d, FALSE, co, NULL,
+                                        NULL);
+        CSLDestroy(co);
+        if (c) {
+            CPLErrorReset();
+            GDALClose(c);
         }
-        if (f->note)
-            f->note("writing features.tif (Cloud-Optimized GeoTIFF)");
-        snprintf(out, sizeof out, "%s/features.tif", f->outdir);
-        rc = dm_gis_cog(feat, out, "AVERAGE", err);
-    }
-    if (!rc && pca) {
-        set_meta(pca, f->meta);
-        GDALSetMetadataItem(pca, "DINOMAP_PRODUCT", "features_pca", NULL);
-        GDALSetGeoTransform(pca, (double *)f->gt);
-        if (f->wkt && f->wkt[0])
-            GDALSetProjection(pca, f->wkt);
-        static const char *names[3] = { "pc1", "pc2", "pc3" };
-        static const GDALColorInterp ci[3] = { GCI_RedBand, GCI_GreenBand, GCI_BlueBand };
-        for (int i = 0; i < 3; i++) {
-            GDALRasterBandH bh = GDALGetRasterBand(pca, i + 1);
-            GDALSetDescription(bh, names[i]);
-            GDALSetRasterColorInterpretation(bh, ci[i]);
-            GDALSetRasterNoDataValue(bh, 0);
+        if (!c || CPLGetLastErrorType() >= CE_Failure) {
+            rc = dm_err_set(err, DM_EIO, "%s: cannot write the Cloud-Optimized GeoTIFF: %s", p,
+                            gdal_msg());
+            VSIUnlink(part);
         }
-        snprintf(path, sizeof path, "%s/features_pca.tif", f->outdir);
-        rc = dm_gis_cog(pca, path, "AVERAGE", err);
     }
-    if (q)
-        GDALClose(q);
-    if (pca)
-        GDALClose(pca);
-    GDALClose(vrt);
-    VSIUnlink(vrtname);
-    unlink(qtmp);
-    unlink(ptmp);
+    if (d)
+        GDALClose(d);
+    GDALDeleteDataset(GDALGetDriverByName("GTiff"), o->tmp_path); /* with its .ovr */
+    VSIUnlink(o->tmp_path);
+    CPLPopErrorHandler();
+    if (!rc && !(o->parts[o->cur] = strdup(part)))
+        rc = dm_err_oom(err);
+    o->cur = -1;
+    return rc;
+}
+
+int dm_out_commit(dm_out *o, dm_err *err)
+{
+    int n = nregions(o);
+    for (int i = 0; i < n; i++)
+        if (!o->parts[i])
+            return dm_err_set(err, DM_EINVAL, "%s: region %d was never written (a bug)", o->name,
+                              i);
+    char p[4200];
+    /* the other layout, left by an earlier finalize of another size, goes */
+    if (o->side) {
+        snprintf(p, sizeof p, "%s/%s.tif", o->dir, o->name);
+        unlink(p);
+    } else {
+        snprintf(p, sizeof p, "%s/%s.vrt", o->dir, o->name);
+        unlink(p);
+        snprintf(p, sizeof p, "%s/%s_blocks", o->dir, o->name);
+        dm_remove_tree(p, NULL);
+    }
+    for (int i = 0; i < n; i++) {
+        region_path(o, i, p, sizeof p);
+        if (rename(o->parts[i], p) != 0)
+            return dm_err_set(err, DM_EIO, "%s: cannot rename into place", p);
+        free(o->parts[i]);
+        o->parts[i] = NULL;
+    }
+    if (!o->side) {
+        snprintf(o->files, sizeof o->files, "%s.tif", o->name);
+        return 0;
+    }
+    /* the mosaic VRT over the blocks, with relative paths so the folder can move */
+    char **files = NULL, vrt[4200], part[4300];
+    for (int i = 0; i < n; i++) {
+        snprintf(p, sizeof p, "%s_blocks/%s_r%03d_c%03d.tif", o->name, o->name, i / o->nrx,
+                 i % o->nrx);
+        files = CSLAddString(files, p);
+    }
+    snprintf(vrt, sizeof vrt, "%s/%s.vrt", o->dir, o->name);
+    snprintf(part, sizeof part, "%s.part.vrt", vrt);
+    char cwd[4096];
+    int rc = 0;
+    if (!getcwd(cwd, sizeof cwd) || chdir(o->dir) != 0) {
+        CSLDestroy(files);
+        return dm_err_set(err, DM_EIO, "%s: cannot enter the folder to build the VRT", o->dir);
+    }
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    CPLErrorReset();
+    char rel_part[4400];
+    snprintf(rel_part, sizeof rel_part, "%s.vrt.part.vrt", o->name);
+    GDALBuildVRTOptions *bo = GDALBuildVRTOptionsNew(NULL, NULL);
+    GDALDatasetH v = GDALBuildVRT(rel_part, n, NULL, (const char *const *)files, bo, NULL);
+    GDALBuildVRTOptionsFree(bo);
+    if (v) {
+        const double *g = o->s.gt;
+        describe(o, v, g);
+        GDALClose(v);
+    }
+    if (!v || CPLGetLastErrorType() >= CE_Failure)
+        rc = dm_err_set(err, DM_EIO, "%s: cannot build the mosaic VRT: %s", vrt, gdal_msg());
+    CPLPopErrorHandler();
+    CSLDestroy(files);
+    if (chdir(cwd) != 0 && !rc)
+        rc = dm_err_set(err, DM_EIO, "cannot return to %s", cwd);
+    if (!rc && rename(part, vrt) != 0)
+        rc = dm_err_set(err, DM_EIO, "%s: cannot rename into place", vrt);
+    if (rc)
+        unlink(part);
+    snprintf(o->files, sizeof o->files, "%s.vrt %s_blocks/", o->name, o->name);
+    return rc;
+}
+
+const char *dm_out_files(const dm_out *o) { return o->files; }
+
+void dm_out_free(dm_out *o)
+{
+    if (!o)
+        return;
+    if (o->tmp) {
+        CPLPushErrorHandler(CPLQuietErrorHandler);
+        GDALClose(o->tmp);
+        GDALDeleteDataset(GDALGetDriverByName("GTiff"), o->tmp_path);
+        VSIUnlink(o->tmp_path);
+        CPLPopErrorHandler();
+    }
+    for (int i = 0; o->parts && i < nregions(o); i++)
+        if (o->parts[i]) {
+            unlink(o->parts[i]);
+            free(o->parts[i]);
+        }
+    free(o->parts);
+    free(o->dir);
+    free(o->name);
+    free(o);
+}
+
+int dm_out_remove(const char *dir, const char *name, dm_err *err)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/%s.tif", dir, name);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/%s.vrt", dir, name);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/%s_blocks", dir, name);
+    return dm_remove_tree(p, err);
+}
+
+/* --- QGIS styles -------------------------------------------------------------------------------- */
+
+int dm_gis_write_qml(const char *path, const dm_ramp_stop *st, int n, dm_err *err)
+{
+    if (n < 2)
+        return dm_err_set(err, DM_EINVAL, "%s: a ramp needs two stops", path);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
+        return dm_err_oom(err);
+    double lo = st[0].value, hi = st[n - 1].value;
+    fprintf(f, "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+               "<qgis version=\"3.22\" styleCategories=\"AllStyleCategories\">\n"
+               "  <pipe>\n"
+               "    <rasterrenderer type=\"singlebandpseudocolor\" band=\"1\" opacity=\"1\" "
+               "alphaBand=\"-1\" nodataColor=\"\" classificationMin=\"%g\" "
+               "classificationMax=\"%g\">\n"
+               "      <rastershader>\n"
+               "        <colorrampshader colorRampType=\"INTERPOLATED\" classificationMode=\"1\" "
+               "clip=\"0\" minimumValue=\"%g\" maximumValue=\"%g\">\n", lo, hi, lo, hi);
+    for (int i = 0; i < n; i++)
+        fprintf(f, "          <item value=\"%g\" label=\"%s\" color=\"%s\" alpha=\"255\"/>\n",
+                st[i].value, st[i].label, st[i].color);
+    fprintf(f, "        </colorrampshader>\n"
+               "      </rastershader>\n"
+               "    </rasterrenderer>\n"
+               "  </pipe>\n"
+               "</qgis>\n");
+    fclose(f);
+    int rc = dm_write_file_atomic(path, buf, len, err);
+    free(buf);
     return rc;
 }

@@ -1,14 +1,20 @@
 /* gis/tileindex.c — the run's tile index `tiles.gpkg`, written through OGR's GeoPackage driver so
- * that QGIS (and ogr2ogr, for merging shards) read it with no dinomap code. See tileindex.h.
+ * that QGIS (and ogr2ogr, for merging shards) read it with no dinomap code. See gis.h; the run's
+ * bookkeeping tables (config, inputs, samples) are in tileindex_run.c.
  *
  * Schema (every table is an OGR layer, so all of it is registered in gpkg_contents and visible to
  * GIS tools; the FID of each layer is its INTEGER PRIMARY KEY, named as below):
  *   tiles       (tile_id PK, geom POLYGON in the run CRS + R-tree, row, col, chunk, px0, py0, pw,
  *                ph, state TEXT, valid_fraction REAL, updated DATETIME)   indexes on state, chunk
- *   chunks      (chunk PK, state TEXT 'pending'|'done', file TEXT, updated DATETIME)  index on state
+ *   chunks      (chunk PK, state TEXT 'pending'|'done', file TEXT (space-separated), updated
+ *                DATETIME, run_id INTEGER: the invocation that computed it)  index on state
  *   embeddings  (tile_id PK, dim INTEGER, cls BLOB, mean BLOB)  float32 little-endian, unit length
- *   runs        (run_id PK, started DATETIME, params TEXT (JSON), dim INTEGER)  one row per
- *                invocation, so a resumed run leaves a trace of every attempt
+ *   runs        (run_id PK, started DATETIME, params TEXT (JSON), dim INTEGER, finished DATETIME,
+ *                status TEXT)  one row per invocation, so a resumed run leaves a trace of each
+ *   config      (config_id PK, key TEXT unique, value TEXT)  the run's configuration (JSON, hash)
+ *                and counters: `gen` counts chunk commits, `finalized_gen` what finalize used
+ *   inputs      (input_id PK, path, size, mtime_ns, x0, y0, w, h)  the files read, and where
+ *   samples     (sample_id PK, chunk, px, py, u REAL, vec BLOB)  PCA sample candidates
  * tile_id (row * ncols + col) and chunk ids are global to the grid, so the index files of shards
  * merge with `ogr2ogr -append` (or INSERT OR REPLACE) without renumbering. A rerun reopens the
  * file (dm_tileindex_open) and skips the chunks whose state is 'done'; a chunk and its tiles change
@@ -18,7 +24,7 @@
  * (`ogr2ogr -append -preserve_fid all.gpkg shard.gpkg`, per layer). A dm_tileindex is used by one
  * thread at a time (the pipeline's writer). */
 #define _LARGEFILE64_SOURCE /* VSIStatBufL is a struct stat64 */
-#include "tileindex.h"
+#include "tileindex_internal.h"
 
 #include <gdal.h>
 #include <ogr_api.h>
@@ -33,18 +39,6 @@
 #include <strings.h>
 #include <time.h>
 
-struct dm_tileindex {
-    char *path;
-    GDALDatasetH ds;
-    OGRLayerH tiles, chunks, emb, runs;
-    int dim;
-    unsigned char *blob; /* [dim * 4] little-endian scratch for one vector */
-    /* field indices, looked up by name so a reopened file need not have our column order */
-    int t_row, t_col, t_chunk, t_px0, t_py0, t_pw, t_ph, t_state, t_vf, t_upd;
-    int c_state, c_file, c_upd;
-    int e_dim, e_cls, e_mean;
-    int r_started, r_params, r_dim;
-};
 
 const char *dm_tile_state_name(dm_tile_state s)
 {
@@ -60,21 +54,22 @@ static int state_from_name(const char *s)
     return -1;
 }
 
-/* GDAL's last message, or a fallback, for "path: what: why" errors. */
-static const char *gdal_msg(void)
+const char *dm_ti_gdal_msg(void)
 {
     const char *m = CPLGetLastErrorMsg();
     return m && *m ? m : "no details from GDAL";
 }
+#define gdal_msg dm_ti_gdal_msg
 
-static int gdal_fail(const dm_tileindex *ti, int code, const char *what, dm_err *err)
+int dm_ti_fail(const dm_tileindex *ti, int code, const char *what, dm_err *err)
 {
     return dm_err_set(err, code, "tile index %s: %s: %s", ti->path, what, gdal_msg());
 }
+#define gdal_fail dm_ti_fail
 
 /* OGR_F_SetFieldDateTimeEx wants broken-down UTC; milliseconds make successive updates
  * distinguishable in a fast run. */
-static void set_now(OGRFeatureH f, int idx)
+void dm_ti_set_now(OGRFeatureH f, int idx)
 {
     struct timespec ts;
     struct tm tm;
@@ -86,8 +81,17 @@ static void set_now(OGRFeatureH f, int idx)
 }
 
 /* Blobs are little-endian by contract, whatever the host. */
-static void put_f32le(unsigned char *b, const float *v, int n)
+const unsigned char *dm_ti_blob(dm_tileindex *ti, const float *v, int n)
 {
+    size_t need = (size_t)n * 4;
+    if (need > ti->blob_n) {
+        unsigned char *b = realloc(ti->blob, need);
+        if (!b)
+            return NULL;
+        ti->blob = b;
+        ti->blob_n = need;
+    }
+    unsigned char *b = ti->blob;
     for (int i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, &v[i], 4);
@@ -96,11 +100,12 @@ static void put_f32le(unsigned char *b, const float *v, int n)
         b[4 * i + 2] = (unsigned char)(u >> 16);
         b[4 * i + 3] = (unsigned char)(u >> 24);
     }
+    return b;
 }
 
 /* Runs a statement that returns no rows (GPKG hands it to SQLite). ExecuteSQL reports failure only
  * through CPLError, hence the reset before. */
-static int exec_sql(dm_tileindex *ti, const char *sql, dm_err *err)
+int dm_ti_exec(dm_tileindex *ti, const char *sql, dm_err *err)
 {
     CPLErrorReset();
     OGRLayerH r = GDALDatasetExecuteSQL(ti->ds, sql, NULL, NULL);
@@ -136,15 +141,58 @@ static int field_index(dm_tileindex *ti, OGRLayerH l, const char *name, int *idx
     return 0;
 }
 
-/* Finds the four layers and their fields (after create, and when reopening). */
+/* The attribute tables: name, layer options, fields. */
+#define MAX_FIELDS 7
+typedef struct table_def {
+    const char *name, *fid, *desc;
+    struct { const char *name; OGRFieldType t; OGRFieldSubType st; } f[MAX_FIELDS];
+} table_def;
+static const table_def tables[] = {
+    { "chunks", "FID=chunk", "DESCRIPTION=dinomap chunks: a rerun skips state=done",
+      { { "state", OFTString, OFSTNone }, { "file", OFTString, OFSTNone },
+        { "updated", OFTDateTime, OFSTNone }, { "run_id", OFTInteger64, OFSTNone } } },
+    { "embeddings", "FID=tile_id",
+      "DESCRIPTION=dinomap per-tile embeddings: float32 little-endian, unit length",
+      { { "dim", OFTInteger, OFSTNone }, { "cls", OFTBinary, OFSTNone },
+        { "mean", OFTBinary, OFSTNone } } },
+    { "runs", "FID=run_id", "DESCRIPTION=dinomap runs (one row per invocation)",
+      { { "started", OFTDateTime, OFSTNone }, { "params", OFTString, OFSTJSON },
+        { "dim", OFTInteger, OFSTNone }, { "finished", OFTDateTime, OFSTNone },
+        { "status", OFTString, OFSTNone } } },
+    { "config", "FID=config_id", "DESCRIPTION=dinomap run configuration and counters",
+      { { "key", OFTString, OFSTNone }, { "value", OFTString, OFSTNone } } },
+    { "inputs", "FID=input_id",
+      "DESCRIPTION=dinomap input files: size, mtime and the mosaic pixels they feed",
+      { { "path", OFTString, OFSTNone }, { "size", OFTInteger64, OFSTNone },
+        { "mtime_ns", OFTInteger64, OFSTNone }, { "x0", OFTInteger, OFSTNone },
+        { "y0", OFTInteger, OFSTNone }, { "w", OFTInteger, OFSTNone },
+        { "h", OFTInteger, OFSTNone } } },
+    { "samples", "FID=sample_id",
+      "DESCRIPTION=dinomap PCA sample: patch vectors with the smallest keys u",
+      { { "chunk", OFTInteger, OFSTNone }, { "px", OFTInteger, OFSTNone },
+        { "py", OFTInteger, OFSTNone }, { "u", OFTReal, OFSTNone },
+        { "vec", OFTBinary, OFSTNone } } },
+};
+#define NTABLES (sizeof tables / sizeof tables[0])
+
+static OGRLayerH *table_slot(dm_tileindex *ti, size_t k)
+{
+    OGRLayerH *dst[] = { &ti->chunks, &ti->emb, &ti->runs, &ti->config, &ti->inputs,
+                         &ti->samples };
+    return dst[k];
+}
+
+/* Finds the layers and their fields (after create, and when reopening). */
 static int bind_layers(dm_tileindex *ti, dm_err *err)
 {
-    static const char *names[4] = { "tiles", "chunks", "embeddings", "runs" };
-    OGRLayerH *ls[4] = { &ti->tiles, &ti->chunks, &ti->emb, &ti->runs };
-    for (int i = 0; i < 4; i++)
-        if (!(*ls[i] = GDALDatasetGetLayerByName(ti->ds, names[i])))
-            return dm_err_set(err, DM_EFORMAT, "tile index %s: no layer `%s`; is this a dinomap "
-                              "tiles.gpkg? Start a new run folder", ti->path, names[i]);
+    if (!(ti->tiles = GDALDatasetGetLayerByName(ti->ds, "tiles")))
+        return dm_err_set(err, DM_EFORMAT, "tile index %s: no layer `tiles`; is this a dinomap "
+                          "tiles.gpkg? Start a new run folder", ti->path);
+    for (size_t k = 0; k < NTABLES; k++)
+        if (!(*table_slot(ti, k) = GDALDatasetGetLayerByName(ti->ds, tables[k].name)))
+            return dm_err_set(err, DM_EFORMAT, "tile index %s: no table `%s`; is this a tiles.gpkg "
+                              "of this dinomap version? Start a new run folder (or --overwrite)",
+                              ti->path, tables[k].name);
     struct { OGRLayerH l; const char *name; int *idx; } f[] = {
         { ti->tiles, "row", &ti->t_row }, { ti->tiles, "col", &ti->t_col },
         { ti->tiles, "chunk", &ti->t_chunk }, { ti->tiles, "px0", &ti->t_px0 },
@@ -152,10 +200,18 @@ static int bind_layers(dm_tileindex *ti, dm_err *err)
         { ti->tiles, "ph", &ti->t_ph }, { ti->tiles, "state", &ti->t_state },
         { ti->tiles, "valid_fraction", &ti->t_vf }, { ti->tiles, "updated", &ti->t_upd },
         { ti->chunks, "state", &ti->c_state }, { ti->chunks, "file", &ti->c_file },
-        { ti->chunks, "updated", &ti->c_upd }, { ti->emb, "dim", &ti->e_dim },
-        { ti->emb, "cls", &ti->e_cls }, { ti->emb, "mean", &ti->e_mean },
-        { ti->runs, "started", &ti->r_started }, { ti->runs, "params", &ti->r_params },
-        { ti->runs, "dim", &ti->r_dim },
+        { ti->chunks, "updated", &ti->c_upd }, { ti->chunks, "run_id", &ti->c_run },
+        { ti->emb, "dim", &ti->e_dim }, { ti->emb, "cls", &ti->e_cls },
+        { ti->emb, "mean", &ti->e_mean }, { ti->runs, "started", &ti->r_started },
+        { ti->runs, "params", &ti->r_params }, { ti->runs, "dim", &ti->r_dim },
+        { ti->runs, "finished", &ti->r_finished }, { ti->runs, "status", &ti->r_status },
+        { ti->config, "key", &ti->k_key }, { ti->config, "value", &ti->k_value },
+        { ti->inputs, "path", &ti->i_path }, { ti->inputs, "size", &ti->i_size },
+        { ti->inputs, "mtime_ns", &ti->i_mtime }, { ti->inputs, "x0", &ti->i_x0 },
+        { ti->inputs, "y0", &ti->i_y0 }, { ti->inputs, "w", &ti->i_w },
+        { ti->inputs, "h", &ti->i_h }, { ti->samples, "chunk", &ti->s_chunk },
+        { ti->samples, "px", &ti->s_px }, { ti->samples, "py", &ti->s_py },
+        { ti->samples, "u", &ti->s_u }, { ti->samples, "vec", &ti->s_vec },
     };
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
         int rc = field_index(ti, f[i].l, f[i].name, f[i].idx, err);
@@ -195,43 +251,31 @@ static int create_layers(dm_tileindex *ti, const char *crs_wkt, dm_err *err)
 
     /* The other tables are attribute-only layers (wkbNone): plain SQLite tables that GPKG also
      * registers, so QGIS lists them and ogr2ogr copies them. */
-    /* name, options, then the fields */
-    static const struct {
-        const char *name, *fid, *desc;
-        struct { const char *name; OGRFieldType t; OGRFieldSubType st; } f[3];
-    } tables[] = {
-        { "chunks", "FID=chunk", "DESCRIPTION=dinomap chunks: a rerun skips state=done",
-          { { "state", OFTString, OFSTNone }, { "file", OFTString, OFSTNone },
-            { "updated", OFTDateTime, OFSTNone } } },
-        { "embeddings", "FID=tile_id",
-          "DESCRIPTION=dinomap per-tile embeddings: float32 little-endian, unit length",
-          { { "dim", OFTInteger, OFSTNone }, { "cls", OFTBinary, OFSTNone },
-            { "mean", OFTBinary, OFSTNone } } },
-        { "runs", "FID=run_id", "DESCRIPTION=dinomap runs (one row per invocation)",
-          { { "started", OFTDateTime, OFSTNone }, { "params", OFTString, OFSTJSON },
-            { "dim", OFTInteger, OFSTNone } } },
-    };
-    OGRLayerH *dst[] = { &ti->chunks, &ti->emb, &ti->runs };
-    for (size_t k = 0; rc == 0 && k < sizeof tables / sizeof tables[0]; k++) {
+    for (size_t k = 0; rc == 0 && k < NTABLES; k++) {
         const char *opt[] = { tables[k].fid, tables[k].desc, NULL };
         char what[64];
         snprintf(what, sizeof what, "cannot create table %s", tables[k].name);
-        if (!(*dst[k] = GDALDatasetCreateLayer(ti->ds, tables[k].name, NULL, wkbNone,
-                                               (char **)opt)))
+        OGRLayerH *dst = table_slot(ti, k);
+        if (!(*dst = GDALDatasetCreateLayer(ti->ds, tables[k].name, NULL, wkbNone,
+                                            (char **)opt)))
             rc = gdal_fail(ti, DM_EIO, what, err);
-        for (int i = 0; rc == 0 && i < 3; i++)
-            rc = add_field(ti, *dst[k], tables[k].f[i].name, tables[k].f[i].t, tables[k].f[i].st,
+        for (int i = 0; rc == 0 && i < MAX_FIELDS && tables[k].f[i].name; i++)
+            rc = add_field(ti, *dst, tables[k].f[i].name, tables[k].f[i].t, tables[k].f[i].st,
                            err);
     }
 
     /* state: counts and "what is left"; chunk: a chunk's tiles. ExecuteSQL first creates the
      * deferred tables, so the indexes find them. */
-    if (rc == 0)
-        rc = exec_sql(ti, "CREATE INDEX tiles_state_idx ON tiles(state)", err);
-    if (rc == 0)
-        rc = exec_sql(ti, "CREATE INDEX tiles_chunk_idx ON tiles(chunk)", err);
-    if (rc == 0)
-        rc = exec_sql(ti, "CREATE INDEX chunks_state_idx ON chunks(state)", err);
+    static const char *idx[] = {
+        "CREATE INDEX tiles_state_idx ON tiles(state)",
+        "CREATE INDEX tiles_chunk_idx ON tiles(chunk)",
+        "CREATE INDEX chunks_state_idx ON chunks(state)",
+        "CREATE UNIQUE INDEX config_key_idx ON config(key)",
+        "CREATE INDEX samples_chunk_idx ON samples(chunk)",
+        "CREATE INDEX samples_u_idx ON samples(u)",
+    };
+    for (size_t i = 0; rc == 0 && i < sizeof idx / sizeof idx[0]; i++)
+        rc = dm_ti_exec(ti, idx[i], err);
     return rc;
 }
 
@@ -241,13 +285,15 @@ static int add_run(dm_tileindex *ti, const char *run_json, dm_err *err)
     OGRFeatureH f = OGR_F_Create(OGR_L_GetLayerDefn(ti->runs));
     if (!f)
         return dm_err_oom(err);
-    set_now(f, ti->r_started);
+    dm_ti_set_now(f, ti->r_started);
     if (run_json)
         OGR_F_SetFieldString(f, ti->r_params, run_json);
     OGR_F_SetFieldInteger(f, ti->r_dim, ti->dim);
     int rc = 0;
     if (OGR_L_CreateFeature(ti->runs, f) != OGRERR_NONE)
         rc = gdal_fail(ti, DM_EIO, "cannot record the run", err);
+    else
+        ti->run_id = OGR_F_GetFID(f);
     OGR_F_Destroy(f);
     return rc;
 }
@@ -270,10 +316,9 @@ static dm_tileindex *alloc_index(const char *path, int dim, dm_err *err)
     dm_tileindex *ti = calloc(1, sizeof *ti);
     if (ti) {
         ti->path = strdup(path);
-        ti->blob = malloc((size_t)dim * 4);
         ti->dim = dim;
     }
-    if (!ti || !ti->path || !ti->blob) {
+    if (!ti || !ti->path) {
         if (ti) {
             free(ti->path);
             free(ti->blob);
@@ -344,7 +389,7 @@ int dm_tileindex_open(const char *path, const char *run_json, int dim, dm_tilein
                       dm_err *err)
 {
     *out = NULL;
-    int rc = check_path(path, dim, err);
+    int rc = check_path(path, dim ? dim : 1, err);
     if (rc)
         return rc;
     dm_tileindex *ti = alloc_index(path, dim, err);
@@ -354,7 +399,13 @@ int dm_tileindex_open(const char *path, const char *run_json, int dim, dm_tilein
     CPLPushErrorHandler(CPLQuietErrorHandler);
     CPLErrorReset();
     const char *drivers[] = { "GPKG", NULL };
-    ti->ds = GDALOpenEx(path, GDAL_OF_VECTOR | GDAL_OF_UPDATE, drivers, NULL, NULL);
+    VSIStatBufL st;
+    if (VSIStatExL(path, &st, VSI_STAT_EXISTS_FLAG) != 0)
+        rc = dm_err_set(err, DM_EIO, "tile index %s: no such file", path);
+    else
+        ti->ds = GDALOpenEx(path, GDAL_OF_VECTOR | (run_json ? GDAL_OF_UPDATE : 0), drivers, NULL,
+                            NULL);
+    if (!rc && !ti->ds)
     if (!ti->ds)
         rc = gdal_fail(ti, DM_EIO, "cannot open as a GeoPackage for update", err);
     if (rc == 0)
@@ -372,12 +423,14 @@ int dm_tileindex_open(const char *path, const char *run_json, int dim, dm_tilein
             }
             OGR_F_Destroy(f);
         }
-        if (stored != dim)
+        if (!dim)
+            ti->dim = dim = stored;
+        else if (stored != dim)
             rc = dm_err_set(err, DM_EINVAL, "tile index %s: holds embeddings of length %d but "
                             "this run makes %d; resume with the same model, or start a new run "
                             "folder", path, stored, dim);
     }
-    if (rc == 0)
+    if (rc == 0 && run_json)
         rc = add_run(ti, run_json, err);
     if (rc)
         free_index(ti);
@@ -386,6 +439,9 @@ int dm_tileindex_open(const char *path, const char *run_json, int dim, dm_tilein
         *out = ti;
     return rc;
 }
+
+int dm_tileindex_dim(const dm_tileindex *ti) { return ti->dim; }
+int64_t dm_tileindex_run_id(const dm_tileindex *ti) { return ti->run_id; }
 
 /* Makes sure `chunks` has a row for chunk c (state pending when new). */
 static int ensure_chunk(dm_tileindex *ti, int c, dm_err *err)
@@ -400,7 +456,7 @@ static int ensure_chunk(dm_tileindex *ti, int c, dm_err *err)
         return dm_err_oom(err);
     OGR_F_SetFID(f, c);
     OGR_F_SetFieldString(f, ti->c_state, "pending");
-    set_now(f, ti->c_upd);
+    dm_ti_set_now(f, ti->c_upd);
     int rc = 0;
     if (OGR_L_CreateFeature(ti->chunks, f) != OGRERR_NONE) {
         char what[64];
@@ -476,7 +532,7 @@ int dm_tileindex_add_tiles(dm_tileindex *ti, const dm_tile_rec *tiles, const dm_
         OGR_F_SetFieldInteger(f, ti->t_ph, t->ph);
         OGR_F_SetFieldString(f, ti->t_state, dm_tile_state_name(s));
         OGR_F_SetFieldNull(f, ti->t_vf);
-        set_now(f, ti->t_upd);
+        dm_ti_set_now(f, ti->t_upd);
         if (OGR_L_CreateFeature(ti->tiles, f) != OGRERR_NONE) {
             char what[96];
             snprintf(what, sizeof what, "cannot add tile %lld (already there?)",
@@ -512,7 +568,7 @@ static int tile_result(dm_tileindex *ti, int chunk, const dm_tile_result *r, OGR
     } else {
         OGR_F_SetFieldString(f, ti->t_state, dm_tile_state_name(r->state));
         OGR_F_SetFieldDouble(f, ti->t_vf, r->valid_fraction);
-        set_now(f, ti->t_upd);
+        dm_ti_set_now(f, ti->t_upd);
         if (OGR_L_SetFeature(ti->tiles, f) != OGRERR_NONE)
             rc = gdal_fail(ti, DM_EIO, "cannot update a tile", err);
     }
@@ -531,8 +587,10 @@ static int tile_result(dm_tileindex *ti, int chunk, const dm_tile_result *r, OGR
     int idx[2] = { ti->e_cls, ti->e_mean };
     for (int k = 0; k < 2; k++) {
         if (v[k]) {
-            put_f32le(ti->blob, v[k], ti->dim);
-            OGR_F_SetFieldBinary(ef, idx[k], ti->dim * 4, ti->blob);
+            const unsigned char *b = dm_ti_blob(ti, v[k], ti->dim);
+            if (!b)
+                return dm_err_oom(err);
+            OGR_F_SetFieldBinary(ef, idx[k], ti->dim * 4, b);
         } else {
             OGR_F_SetFieldNull(ef, idx[k]);
         }
@@ -543,7 +601,8 @@ static int tile_result(dm_tileindex *ti, int chunk, const dm_tile_result *r, OGR
 }
 
 int dm_tileindex_chunk_done(dm_tileindex *ti, int chunk, const char *file,
-                            const dm_tile_result *res, int n, dm_err *err)
+                            const dm_tile_result *res, int n, const dm_sample *samples,
+                            int nsamples, int sdim, dm_err *err)
 {
     CPLPushErrorHandler(CPLQuietErrorHandler);
     CPLErrorReset();
@@ -565,10 +624,15 @@ int dm_tileindex_chunk_done(dm_tileindex *ti, int chunk, const char *file,
             OGR_F_SetFieldString(cf, ti->c_file, file);
         else
             OGR_F_SetFieldNull(cf, ti->c_file);
-        set_now(cf, ti->c_upd);
+        dm_ti_set_now(cf, ti->c_upd);
+        OGR_F_SetFieldInteger64(cf, ti->c_run, ti->run_id);
         if (OGR_L_SetFeature(ti->chunks, cf) != OGRERR_NONE)
             rc = gdal_fail(ti, DM_EIO, "cannot mark the chunk done", err);
     }
+    if (rc == 0)
+        rc = dm_ti_replace_samples(ti, chunk, samples, nsamples, sdim, err);
+    if (rc == 0)
+        rc = dm_ti_bump_gen(ti, err);
     if (rc == 0 && GDALDatasetCommitTransaction(ti->ds) != OGRERR_NONE)
         rc = gdal_fail(ti, DM_EIO, "cannot commit the chunk", err);
     if (rc && in_tx)

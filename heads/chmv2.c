@@ -900,10 +900,18 @@ int dm_chm_run(dm_chm *h, dm_backend *be, const float *img, int H, int W, float 
     dm_vit_request req = { DM_CHM_TAPS, h->taps, outs, NULL, NULL };
     if ((rc = dm_backend_forward(be, x, 1, Hp, Wp, &req, err)))
         return rc;
-    norm_job nj = { m, h->tok, (int64_t)DM_CHM_TAPS * N };
-    dm_ops_run(h->ws, norm_task, &nj);
-    const float *const *tp = (const float *const *)outs;
-    return dm_chm_decode(h, tp, Hp / DM_PATCH, Wp / DM_PATCH, logits, height, err);
+    return dm_chm_run_taps(h, outs, Hp / DM_PATCH, Wp / DM_PATCH, logits, height, err);
+}
+
+int dm_chm_run_taps(dm_chm *h, float *const taps[DM_CHM_TAPS], int gh, int gw, float *logits,
+                    float *height, dm_err *err)
+{
+    int N = dm_model_tokens(h->m, gh * DM_PATCH, gw * DM_PATCH);
+    for (int k = 0; k < DM_CHM_TAPS; k++) {
+        norm_job nj = { h->m, taps[k], (int64_t)N };
+        dm_ops_run(h->ws, norm_task, &nj);
+    }
+    return dm_chm_decode(h, (const float *const *)taps, gh, gw, logits, height, err);
 }
 
 int dm_chm_resize_to_input(const float *height, int Ho, int Wo, int H, int W, float *out,

@@ -76,6 +76,12 @@ void dm_chm_center_pad(const float *img, int H, int W, float *out);
 int dm_chm_run(dm_chm *h, dm_backend *be, const float *img, int H, int W, float *logits,
                float *height, dm_err *err);
 
+/* The head on the raw outputs of its four taps for one image (as dm_backend_forward gives them
+ * for the blocks dm_chm_taps() names, [N, D] each): normed in place exactly as dm_chm_run norms
+ * them, then decoded. For callers that run the backbone once for several products. */
+int dm_chm_run_taps(dm_chm *h, float *const taps[DM_CHM_TAPS], int gh, int gw, float *logits,
+                    float *height, dm_err *err);
+
 /* The decoder alone, for callers that ran the backbone themselves (e.g. with more layers):
  * taps[k] holds the N = 1 + R + gh·gw tokens [N, D] after block dm_chm_taps()[k], passed through
  * the final norm (dm_model_norm_tokens); gh×gw is the patch grid. logits may be NULL; height may

@@ -1,51 +1,77 @@
-/* src/cli.h — what the subcommands share: their entry points and small argument helpers. */
+/* src/cli.h — the face: what the subcommands share. The mapping commands (features, chm, run)
+ * speak one vocabulary of options (src/options.c): the same names are long options on the command
+ * line and keys in a `dinomap run` INI file, parsed by the same code. */
 #ifndef DM_CLI_H
 #define DM_CLI_H
 
-#include "../gis/mosaic.h"
+#include <stdio.h>
+
+#include "../tiling/tiling.h"
 #include "base/base.h"
 
-#define DINOMAP_VERSION "0.1.0"
+/* Exit codes of every command. */
+enum { DM_EXIT_OK = 0, DM_EXIT_FAIL = 1, DM_EXIT_USAGE = 2, DM_EXIT_LOCKED = 3,
+       DM_EXIT_INTERRUPTED = 4 };
+/* The exit code for a DM_E* result. */
+int dm_exit_code(int rc);
 
-/* getopt codes of the options every mapping command takes (see DM_MOSAIC_LONGOPTS) */
-enum { DM_OPT_BANDS = 400, DM_OPT_SCALE, DM_OPT_STRETCH, DM_OPT_GSD, DM_OPT_CRS, DM_OPT_UNGEO };
-#define DM_MOSAIC_LONGOPTS                                                                         \
-    { "bands", required_argument, 0, DM_OPT_BANDS },                                               \
-    { "scale", required_argument, 0, DM_OPT_SCALE },                                               \
-    { "stretch", required_argument, 0, DM_OPT_STRETCH },                                           \
-    { "gsd", required_argument, 0, DM_OPT_GSD }, { "crs", required_argument, 0, DM_OPT_CRS },     \
-    { "allow-ungeoreferenced", no_argument, 0, DM_OPT_UNGEO }
-/* getopt codes of the run options every mapping command takes (see DM_RUN_LONGOPTS) */
-enum { DM_OPT_THREADS = 420, DM_OPT_DEVICE, DM_OPT_ARCH, DM_OPT_NORM, DM_OPT_PROGRESS };
-#define DM_RUN_LONGOPTS                                                                            \
-    { "threads", required_argument, 0, DM_OPT_THREADS },                                           \
-    { "device", required_argument, 0, DM_OPT_DEVICE },                                             \
-    { "arch", required_argument, 0, DM_OPT_ARCH }, { "norm", required_argument, 0, DM_OPT_NORM }, \
-    { "progress", required_argument, 0, DM_OPT_PROGRESS }
-/* Where the run options go (fields of the command's options struct). */
-typedef struct dm_run_fields {
-    int *threads;
-    const char **device, **arch, **norm;
-    int *progress;
-} dm_run_fields;
-/* Handles one run option: 1 handled, 0 not a run option, -1 bad value (message printed). */
-int dm_cli_run_opt(int ch, const char *arg, const dm_run_fields *f, const char *cmd);
-/* A mosaic or run option: 1 handled, 0 neither (the caller prints its help), -1 bad value
- * (message printed). */
-int dm_cli_shared_opt(int ch, const char *arg, dm_mosaic_opts *m, const dm_run_fields *rf,
-                      const char *cmd);
-/* Handles one mosaic option: 1 handled, 0 not a mosaic option, -1 bad value (message printed). */
-int dm_cli_mosaic_opt(int ch, const char *arg, dm_mosaic_opts *m, const char *cmd);
-/* "auto", "bar", "json", "none" → DM_PROGRESS_*; -1 if unknown. */
-int dm_parse_progress(const char *s);
-/* OUTDIR for a mapping run: created if missing (*made = 1), else it must be a writable directory
- * holding none of `products` (NULL-terminated file names). */
-int dm_prepare_outdir(const char *dir, const char *const *products, int *made, dm_err *err);
+enum { DM_PROGRESS_AUTO, DM_PROGRESS_BAR, DM_PROGRESS_JSON, DM_PROGRESS_NONE };
+
+/* Which commands take an option. */
+enum { DM_CMD_FEATURES = 1, DM_CMD_CHM = 2, DM_CMD_RUN = 4, DM_CMD_FINALIZE = 8 };
+#define DM_CMD_MAP (DM_CMD_FEATURES | DM_CMD_CHM | DM_CMD_RUN)
+
+/* A mapping command being parsed: the engine's options and the face's own. */
+typedef struct dm_cli {
+    const char *cmd;          /* "features", "chm", "run" */
+    unsigned cmdmask;         /* DM_CMD_* of this command */
+    dm_run_opts o;
+    int progress, quiet;
+    const char *log;
+    int tile_set, halo_set, overlap, overlap_set, products_set;
+    char **inputs;            /* owned */
+    int ninputs, capinputs;
+    char **owned;             /* strings kept for o's pointers */
+    int nowned, capowned;
+} dm_cli;
+
+void dm_cli_init(dm_cli *c, const char *cmd, unsigned cmdmask);
+void dm_cli_free(dm_cli *c);
+/* Keeps a copy of s for the run's lifetime; NULL when out of memory. */
+const char *dm_cli_keep(dm_cli *c, const char *s);
+int dm_cli_add_input(dm_cli *c, const char *path);
+
+/* Sets option `name` (a long option name, or an INI key) to `value` (NULL for flags given on the
+ * command line). 0 done; -1 unknown option (for this command); -2 bad value; the message in why. */
+int dm_cli_set(dm_cli *c, const char *name, const char *value, char *why, size_t n);
+/* The getopt_long table of this command's options (static storage; codes index the table) and
+ * the handling of one parsed code: 0, or -2 with the message printed. */
+const void *dm_cli_longopts(unsigned cmdmask);
+int dm_cli_getopt(dm_cli *c, int code, const char *arg);
+/* Prints the options this command takes, one per line with its default. */
+void dm_cli_help_options(FILE *f, unsigned cmdmask);
+/* After parsing: product-dependent defaults, required options; 0 or -2 with a message printed. */
+int dm_cli_finish(dm_cli *c);
+/* Runs the mapping (dinomap features/chm/run after parsing): progress, --log, signals, the
+ * summary; returns the exit code. */
+int dm_cli_map(dm_cli *c);
+/* Reads a `dinomap run` INI file into c (keys = the long option names); 0, or -2 with the file,
+ * line, key and problem printed. Relative paths are taken from the file's folder. */
+int dm_cli_read_ini(dm_cli *c, const char *path);
+
+/* Installs SIGINT/SIGTERM handlers setting the flag returned (a second signal ends the process
+ * at once). */
+volatile sig_atomic_t *dm_cli_signals(void);
+/* The --progress renderer and --log writer behind dm_run_events. */
+typedef struct dm_cli_events dm_cli_events;
 
 int cmd_info(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
 int cmd_features(int argc, char **argv);
 int cmd_chm(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_finalize(int argc, char **argv);
+int cmd_status(int argc, char **argv);
 
 /* Parses "0,2,5" into out (at most max values); returns the count or -1 on a bad list. */
 int dm_parse_int_list(const char *s, int *out, int max);
@@ -53,5 +79,7 @@ int dm_parse_int_list(const char *s, int *out, int max);
 int dm_parse_pair(const char *s, double *a, double *b);
 /* Parses a positive int option value; returns -1 if invalid. */
 int dm_parse_pos_int(const char *s);
+/* "auto", "bar", "json", "none" → DM_PROGRESS_*; -1 if unknown. */
+int dm_parse_progress(const char *s);
 
 #endif

@@ -10,7 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../gis/raster.h"
+#include "../gis/gis.h"
 #include "../heads/heads.h"
 #include "../models/model.h"
 #include "cli.h"

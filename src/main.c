@@ -1,9 +1,7 @@
 /* src/main.c — the dinomap command: dispatches to one cmd_<name>.c per subcommand. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <gdal.h>
 
@@ -19,6 +17,9 @@ static const struct {
     { "info", cmd_info, "describe a weights file: architecture, parameters, dtypes, tensors" },
     { "features", cmd_features, "map a GeoTIFF mosaic to a feature raster (+ PCA preview, tile index)" },
     { "chm", cmd_chm, "canopy height map (metres) of a mosaic with Meta's CHMv2 head" },
+    { "run", cmd_run, "run, resume or update a mapping described by an INI file (cron)" },
+    { "status", cmd_status, "what a run folder holds, how far it got and what is left" },
+    { "finalize", cmd_finalize, "build a run's final rasters from its done chunks" },
     { "forward", cmd_forward, "run the backbone on one image or tensor and write .npy outputs" },
 };
 
@@ -32,44 +33,6 @@ static void usage(FILE *f)
     fprintf(f, "  %-10s %s\n", "version", "print the version");
     fprintf(f, "\nWeights are never downloaded: pass a local .pth (Meta) or .safetensors (Hugging "
                "Face) file.\n");
-}
-
-int dm_parse_int_list(const char *s, int *out, int max)
-{
-    int n = 0;
-    while (*s) {
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (end == s || errno || v < 0 || v > 100000 || n == max)
-            return -1;
-        out[n++] = (int)v;
-        s = end;
-        if (*s == ',')
-            s++;
-        else if (*s)
-            return -1;
-    }
-    return n;
-}
-
-int dm_parse_pair(const char *s, double *a, double *b)
-{
-    char *end;
-    *a = strtod(s, &end);
-    if (end == s || *end != ',')
-        return -1;
-    const char *t = end + 1;
-    *b = strtod(t, &end);
-    return (end == t || *end) ? -1 : 0;
-}
-
-int dm_parse_pos_int(const char *s)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    return (end == s || *end || errno || v <= 0 || v > 1 << 20) ? -1 : (int)v;
 }
 
 /* The command line's log sink: "dinomap: message" on stderr. */

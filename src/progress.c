@@ -5,7 +5,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "features_run.h"
+#include <string.h>
+
+#include "cli.h"
 
 static double now(void)
 {
@@ -23,7 +25,8 @@ void dm_progress_start(dm_progress *p, int mode, int64_t total, const char *what
     p->done = 0;
     p->t0 = p->last = now();
     p->last_decile = 0;
-    p->what = what;
+    snprintf(p->what, sizeof p->what, "%s", what);
+    p->started = 1;
 }
 
 static void show(dm_progress *p, int final)
@@ -79,4 +82,15 @@ void dm_progress_end(dm_progress *p)
 {
     if (p->mode == DM_PROGRESS_BAR)
         show(p, 1);
+}
+
+void dm_progress_update(dm_progress *p, int mode, const char *what, int64_t done, int64_t total)
+{
+    if (!p->started || strcmp(p->what, what) || total != p->total) {
+        if (p->started)
+            dm_progress_end(p);
+        dm_progress_start(p, mode, total, what);
+    }
+    if (done > p->done)
+        dm_progress_step(p, done - p->done);
 }

@@ -160,7 +160,7 @@ TEST(chm_nodata_edges_cog_and_style)
     snprintf(in, sizeof in, "%s/n.tif", t);
     double gt[6] = { 500000, 2.0, 0, 4000000, 0, -2.0 };
     CHECK(dm_make_tif(in, 150, 130, 3, gt, 32631, 0, 12) == 0); /* odd size, nodata quarter */
-    snprintf(cmd, sizeof cmd, "%s chm --progress none -m %s %s -o %s/o --tile 64 --overlap 16",
+    snprintf(cmd, sizeof cmd, "%s chm --progress none -m %s %s -o %s/o --tile 64 --halo 16",
              dm_bin(), dm_golden("chmv2_tiny_hf/model.safetensors"), in, t);
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
     CHECKF(strstr(out, "outside 0.3-1.5 m"), "no notice for 2 m pixels: %s", out);
@@ -218,7 +218,8 @@ TEST(chm_bad_inputs)
     } c[] = {
         { "-m %s %s -o %s/o", 1, "no CHMv2 head" },
         { "-m %s --head %s %s -o %s/o --tile 48", 1, "multiple of 32" },
-        { "-m %s --head %s %s -o %s/o --tile 64 --overlap 48", 1, "at most half" },
+        { "-m %s --head %s %s -o %s/o --tile 64 --overlap 48", 2, "multiple of 32" },
+        { "-m %s --head %s %s -o %s/o --tile 64 --overlap 64 --halo 16", 2, "disagree" },
         { "-m %s --head %s %s/none.tif -o %s/o", 1, "not a raster" },
         { "-m %s --head %s %s -o %s/o --taps 1,2", 2, "four block" },
     };
@@ -226,7 +227,7 @@ TEST(chm_bad_inputs)
         char a[4096];
         if (i == 0)
             snprintf(a, sizeof a, c[i].args, dm_golden("chmv2_tiny/backbone.pth"), in, t);
-        else if (i == 3)
+        else if (i == 4)
             snprintf(a, sizeof a, c[i].args, dm_golden("chmv2_tiny/backbone.pth"),
                      dm_golden("chmv2_tiny/head.pth"), t, t);
         else

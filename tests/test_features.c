@@ -357,12 +357,15 @@ TEST(features_bad_inputs)
     CHECK(dir_empty_or_missing(od));
     /* unwritable OUTDIR */
     snprintf(cmd, sizeof cmd, "%s features -m %s -o /proc/nope/out %s", dm_bin(), tiny(), in);
-    CHECKF(dm_run(cmd, &out) == 1 && strstr(out, "cannot create output directory"), "%s", out);
-    /* OUTDIR already holding a run */
+    CHECKF(dm_run(cmd, &out) == 1 && strstr(out, "cannot create the output folder"), "%s", out);
+    /* OUTDIR already holding a run: the same command resumes (here: nothing to do), another
+     * configuration is refused, naming what differs */
     snprintf(args, sizeof args, "%s -o %s --tile 64", in, od);
     CHECKF(run_features(args, &out) == 0, "%s", out);
-    CHECKF(run_features(args, &out) == 1 && strstr(out, "already holds tiles.gpkg (a run)"), "%s",
-           out);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    snprintf(args, sizeof args, "%s -o %s --tile 32", in, od);
+    CHECKF(run_features(args, &out) == 1 && strstr(out, "another configuration") &&
+           strstr(out, "tile: 32 now, 64 in the folder's run"), "%s", out);
     /* ungeoreferenced, allowed explicitly: runs with a warning */
     snprintf(args, sizeof args, "%s -o %s/u --tile 64 --allow-ungeoreferenced", ungeo, t);
     CHECKF(run_features(args, &out) == 0 && strstr(out, "pixel coordinates"), "%s", out);

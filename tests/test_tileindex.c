@@ -11,8 +11,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "../gis/aoi.h"
-#include "../gis/tileindex.h"
+#include "../gis/gis.h"
 #include "golden.h"
 #include "test.h"
 
@@ -114,7 +113,7 @@ static int finish_chunk(dm_tileindex *ti, const dm_tile_rec *t, int ch, float *v
     }
     char file[64];
     snprintf(file, sizeof file, "chunks/c%05d.tif", ch);
-    return dm_tileindex_chunk_done(ti, ch, file, res, n, err);
+    return dm_tileindex_chunk_done(ti, ch, file, res, n, NULL, 0, 1, err);
 }
 
 static int has_blob(OGRFeatureH f, const char *field, const float *want)
@@ -171,10 +170,10 @@ TEST(tileindex_roundtrip)
     unit_vec(v, ids[0], 0);
     dm_tile_result bad[2] = { { ids[0], DM_TILE_DONE, 1.0f, v, v },
                               { 999999, DM_TILE_DONE, 1.0f, v, v } };
-    CHECK(dm_tileindex_chunk_done(ti, 3, "c3.tif", bad, 2, &err) != 0);
+    CHECK(dm_tileindex_chunk_done(ti, 3, "c3.tif", bad, 2, NULL, 0, 1, &err) != 0);
     CHECKF(strstr(err.msg, "999999") && strstr(err.msg, "tiles.gpkg"), "%s", err.msg);
     bad[1].id = ids[0] + CH; /* a real tile of chunk 4 */
-    CHECK(dm_tileindex_chunk_done(ti, 3, "c3.tif", bad, 2, &err) != 0);
+    CHECK(dm_tileindex_chunk_done(ti, 3, "c3.tif", bad, 2, NULL, 0, 1, &err) != 0);
     CHECKF(strstr(err.msg, "chunk 4"), "%s", err.msg);
     int64_t m[5];
     CHECK(dm_tileindex_counts(ti, m, &err) == 0);

@@ -2,6 +2,7 @@
 #include "grid.h"
 
 static int min_i(int a, int b) { return a < b ? a : b; }
+static int max_i(int a, int b) { return a > b ? a : b; }
 
 int dm_grid_init(dm_grid *g, int W, int H, int tile, int halo, int chunk, dm_err *err)
 {
@@ -19,6 +20,7 @@ int dm_grid_init(dm_grid *g, int W, int H, int tile, int halo, int chunk, dm_err
     g->H = H;
     g->tile = tile;
     g->halo = halo;
+    g->S = tile + 2 * halo;
     g->tp = tile / DM_PATCH_PX;
     g->fw = (W + DM_PATCH_PX - 1) / DM_PATCH_PX;
     g->fh = (H + DM_PATCH_PX - 1) / DM_PATCH_PX;
@@ -41,10 +43,29 @@ dm_window dm_grid_tile_patches(const dm_grid *g, int r, int c)
     return w;
 }
 
-dm_window dm_grid_tile_input(const dm_grid *g, int r, int c)
+dm_window dm_grid_tile_core(const dm_grid *g, int r, int c)
 {
-    dm_window w = { c * g->tile - g->halo, r * g->tile - g->halo, g->tile + 2 * g->halo,
-                    g->tile + 2 * g->halo };
+    dm_window w = { c * g->tile, r * g->tile, 0, 0 };
+    w.w = min_i(g->tile, g->W - w.x);
+    w.h = min_i(g->tile, g->H - w.y);
+    return w;
+}
+
+/* The window's start along one axis: the core's start minus the halo, shifted inward to lie in
+ * [0, n16) when the padded extent n16 = 16·ceil(n/16) holds a window; otherwise the extent sits
+ * in the window's middle (on the patch grid, the smaller margin first). */
+static int window_start(int core0, int halo, int S, int n)
+{
+    int n16 = (n + DM_PATCH_PX - 1) / DM_PATCH_PX * DM_PATCH_PX;
+    if (n16 < S)
+        return -((S - n16) / DM_PATCH_PX / 2) * DM_PATCH_PX;
+    return min_i(max_i(core0 - halo, 0), n16 - S);
+}
+
+dm_window dm_grid_window(const dm_grid *g, int r, int c)
+{
+    dm_window w = { window_start(c * g->tile, g->halo, g->S, g->W),
+                    window_start(r * g->tile, g->halo, g->S, g->H), g->S, g->S };
     return w;
 }
 
@@ -61,6 +82,19 @@ void dm_grid_chunk(const dm_grid *g, int k, int *r0, int *c0, int *r1, int *c1, 
     p->h = min_i(*r1 * g->tp, g->fh) - p->y;
 }
 
+dm_window dm_grid_chunk_extent(const dm_grid *g, int k)
+{
+    int r0, c0, r1, c1;
+    dm_window p;
+    dm_grid_chunk(g, k, &r0, &c0, &r1, &c1, &p);
+    /* window starts grow with the column (row), so the first and last windows bound the union */
+    dm_window a = dm_grid_window(g, r0, c0), b = dm_grid_window(g, r1 - 1, c1 - 1);
+    int x0 = max_i(a.x, 0), y0 = max_i(a.y, 0);
+    int x1 = min_i(b.x + b.w, g->W), y1 = min_i(b.y + b.h, g->H);
+    dm_window e = { x0, y0, x1 - x0, y1 - y0 };
+    return e;
+}
+
 void dm_grid_order(const dm_grid *g, int *rows, int *cols, int *chunks)
 {
     int i = 0;
@@ -75,4 +109,10 @@ void dm_grid_order(const dm_grid *g, int *rows, int *cols, int *chunks)
                 chunks[i] = k;
             }
     }
+}
+
+int dm_window_overlap(dm_window a, dm_window b)
+{
+    return a.w > 0 && a.h > 0 && b.w > 0 && b.h > 0 && a.x < b.x + b.w && b.x < a.x + a.w &&
+           a.y < b.y + b.h && b.y < a.y + a.h;
 }

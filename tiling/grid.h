@@ -1,9 +1,11 @@
 /* tiling/grid.h — the deterministic tile grid of a run, aligned to the 16-px patch grid.
  * Units: mosaic pixels (px) and patches (16×16 px, one output pixel of a feature raster).
  * Tile (r, c) owns the core patches [c·tp, (c+1)·tp) × [r·tp, (r+1)·tp) (clipped to the
- * feature grid); the model sees the core plus `halo` px of context on every side, so that
- * neighbouring tiles never overlap and leave no gaps. Chunks group chunk×chunk tiles: the unit
- * of crash-safe output. */
+ * feature grid): cores never overlap and leave no gaps. The model sees a window of
+ * S = tile + 2·halo px around the core; where the mosaic is at least S px wide (high), windows
+ * are shifted inward to lie inside it (on the patch grid), so edge tiles see the mosaic, not
+ * padding; a narrower mosaic sits centred in its one window. Chunks group chunk×chunk tiles:
+ * the unit of crash-safe output, resume and sharding. */
 #ifndef DM_TILING_GRID_H
 #define DM_TILING_GRID_H
 
@@ -14,6 +16,7 @@
 typedef struct dm_grid {
     int W, H;          /* mosaic size, px */
     int tile, halo;    /* px, multiples of 16 */
+    int S;             /* window side: tile + 2·halo */
     int tp;            /* patches per tile side */
     int fw, fh;        /* feature grid: ceil(W/16) × ceil(H/16) patches */
     int ncols, nrows;  /* tiles */
@@ -30,13 +33,20 @@ int dm_grid_ntiles(const dm_grid *g);
 int dm_grid_nchunks(const dm_grid *g);
 /* The core patches of tile (r, c), in patch units. */
 dm_window dm_grid_tile_patches(const dm_grid *g, int r, int c);
-/* The pixels the model reads for tile (r, c): the core's full tile plus the halo (may extend
- * outside the mosaic; always (tile + 2·halo)² so that every tile has the same shape). */
-dm_window dm_grid_tile_input(const dm_grid *g, int r, int c);
+/* The core of tile (r, c) in px, clipped to the mosaic. */
+dm_window dm_grid_tile_core(const dm_grid *g, int r, int c);
+/* The S×S window the model sees for tile (r, c), in px (may reach outside a mosaic smaller than
+ * S; always contains the core's patches; x, y multiples of 16). */
+dm_window dm_grid_window(const dm_grid *g, int r, int c);
 /* Chunk k: its tiles [r0, r1) × [c0, c1) and its patches. */
 void dm_grid_chunk(const dm_grid *g, int k, int *r0, int *c0, int *r1, int *c1, dm_window *patches);
+/* The pixels chunk k's windows read, clipped to the mosaic (the union of its windows). */
+dm_window dm_grid_chunk_extent(const dm_grid *g, int k);
 /* The processing order (chunk by chunk, row-major inside a chunk): fills rows/cols/chunks, each of
  * dm_grid_ntiles() entries. */
 void dm_grid_order(const dm_grid *g, int *rows, int *cols, int *chunks);
+
+/* 1 if the rectangles intersect (empty ones never do). */
+int dm_window_overlap(dm_window a, dm_window b);
 
 #endif

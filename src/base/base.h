@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define DINOMAP_VERSION "0.2.0"
+
 /* --- errors ------------------------------------------------------------------------------------
  * Functions that can fail return 0 or a negative DM_E* code and write a human message into the
  * dm_err the caller passes (which may be NULL); the caller decides whether to print it. */

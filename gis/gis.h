@@ -1,0 +1,245 @@
+/* gis/gis.h — everything GDAL, OGR, PROJ and SQLite, and the one header of gis/: the input mosaic,
+ * areas of interest, chunk files, the final rasters (COGs, or block COGs and a VRT), QGIS styles
+ * and the tile index. gis/ knows no model math; the run engine (tiling/) computes, gis/ reads and
+ * writes. Every path may be a GDAL virtual path where GDAL allows it. */
+#ifndef DM_GIS_H
+#define DM_GIS_H
+
+#include <stdint.h>
+
+#include "../src/base/base.h"
+
+/* ==== the input mosaic ============================================================================
+ * One or more rasters opened through GDAL as one north-up mosaic (VRT in memory; warped when CRSs
+ * differ, a GSD or CRS is asked for, or the input is geographic or rotated), three bands selected
+ * and scaled to 8 bits, and windowed reads that may reach outside the raster (padded, and marked
+ * invalid in the mask). */
+typedef struct dm_mosaic_opts {
+    const char *const *inputs;
+    int n_inputs;
+    int bands[3];             /* 1-based, RGB order into the model */
+    double gsd;               /* output pixel size in CRS units; 0 = native */
+    const char *crs;          /* output CRS (anything OSRSetFromUserInput takes); NULL = input's */
+    int scale_set;            /* --scale MIN,MAX */
+    double scale_min, scale_max;
+    int stretch_set;          /* --stretch P1,P2 (percentiles over the whole mosaic) */
+    double p1, p2;
+    int allow_ungeoreferenced;
+    /* a resumed run: the 8-bit scaling its first invocation chose (the percentiles of the mosaic
+     * then), so that added inputs do not change the colours of what is done */
+    int fixed_set;
+    double fixed_lo, fixed_hi;
+    const char *fixed_text;
+} dm_mosaic_opts;
+
+typedef struct dm_mosaic dm_mosaic;
+
+int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err);
+void dm_mosaic_close(dm_mosaic *m); /* NULL-safe */
+
+void dm_mosaic_size(const dm_mosaic *m, int *W, int *H);
+void dm_mosaic_geotransform(const dm_mosaic *m, double gt[6]);
+const char *dm_mosaic_wkt(const dm_mosaic *m);        /* "" when not georeferenced */
+int dm_mosaic_georeferenced(const dm_mosaic *m);
+/* How the pixels were brought to 8 bits, for metadata ("8-bit input used as is", ...), and the
+ * range mapped to 0..255 (*scaled = 0 for 8-bit input used as is). */
+const char *dm_mosaic_scaling(const dm_mosaic *m);
+void dm_mosaic_scale(const dm_mosaic *m, int *scaled, double *lo, double *hi);
+/* Notices worth telling the user (warp chosen, UTM zone picked...), one per line; may be "". */
+const char *dm_mosaic_notes(const dm_mosaic *m);
+
+/* One file the mosaic reads, and the part of the mosaic it feeds (px, clipped to the mosaic).
+ * A rerun compares these to find what changed: path (real path where there is one), size and
+ * modification time; sources of a VRT input are listed one by one with their own footprints. */
+typedef struct dm_input_fp {
+    char *path;
+    int64_t size, mtime_ns;   /* -1 when the file cannot be stat()ed (/vsicurl/ ...) */
+    int x0, y0, w, h;
+} dm_input_fp;
+int dm_mosaic_fingerprints(const dm_mosaic *m, dm_input_fp **fp, int *n, dm_err *err);
+void dm_input_fp_free(dm_input_fp *fp, int n);
+
+/* Reads the window [x0, x0+w) × [y0, y0+h) (may extend past the raster) as planar 8-bit RGB
+ * [3, h, w] and a validity mask [h, w] (1 = valid pixel: inside the raster, not nodata, not
+ * masked, alpha > 0 in every selected band). Invalid pixels are 0 in rgb. Not thread-safe: one
+ * reader per mosaic. */
+int dm_mosaic_read(dm_mosaic *m, int x0, int y0, int w, int h, uint8_t *rgb, uint8_t *valid,
+                   dm_err *err);
+
+/* Whole-image reads for `dinomap forward` (small inputs; the mosaic streams): the first three
+ * bands of an 8-bit raster as interleaved RGB [H, W, 3] (malloc'd into *rgb); a single-band raster
+ * is replicated to grey RGB. */
+int dm_gis_read_rgb8(const char *path, int *H, int *W, uint8_t **rgb, dm_err *err);
+
+/* ==== areas of interest ==========================================================================
+ * Vector polygons (any OGR format) that select the tiles to run. */
+typedef struct dm_aoi dm_aoi;
+/* Reads every polygon of every layer of `path`, transformed to the CRS given as WKT (the file's
+ * CRS must be known unless target_wkt is NULL/empty). Errors: unreadable file, no polygons,
+ * unknown CRS. */
+int dm_aoi_open(const char *path, const char *target_wkt, dm_aoi **out, dm_err *err);
+/* 1 if the axis-aligned rectangle (in the target CRS) touches any polygon, else 0. */
+int dm_aoi_touches(const dm_aoi *a, double minx, double miny, double maxx, double maxy);
+void dm_aoi_free(dm_aoi *a); /* NULL-safe */
+
+/* ==== chunk files =================================================================================
+ * A chunk's results: float32 bands [bands, h, w] (band-major) in a tiled, band-interleaved GeoTIFF
+ * with nodata NaN, written to `path`.part and renamed into place (a reader never sees half a
+ * chunk). Read back by windows in the file's own pixel coordinates. */
+int dm_gis_chunk_write(const char *path, const float *data, int bands, int w, int h,
+                       const double gt[6], const char *wkt, dm_err *err);
+/* Reads [x, x+w) × [y, y+h) of every band into buf [bands, h, w]; the file must have `bands`
+ * bands and hold the window. */
+int dm_gis_chunk_read(const char *path, int bands, int x, int y, int w, int h, float *buf,
+                      dm_err *err);
+
+/* ==== final rasters ===============================================================================
+ * A product's output raster, written by windows, finished as one Cloud-Optimized GeoTIFF (tiled,
+ * band-interleaved, DEFLATE, overviews; through a temporary GeoTIFF with GTiff's
+ * COPY_SRC_OVERVIEWS, which keeps memory bounded for any number of bands) or, when larger than
+ * max_bytes uncompressed, as block COGs in NAME_blocks/ plus NAME.vrt that GDAL and QGIS open as
+ * one layer. Blocks are written one at a time: the writer asks for the regions, fills each. */
+typedef struct dm_out_spec {
+    const char *dir, *name;       /* writes dir/name.tif, or dir/name.vrt + dir/name_blocks/ */
+    int width, height, bands;
+    int byte;                     /* 1: uint8 samples, 0: float32 */
+    double nodata;                /* NaN for float32 */
+    double gt[6];
+    const char *wkt;
+    const char *const *meta;      /* "KEY=VALUE", NULL-terminated (dataset metadata) */
+    const char *const *band_names;/* [bands] or NULL */
+    const float *scale;           /* [bands] GDAL scale (offset = -128·scale) or NULL */
+    int rgb;                      /* 3 bands as red, green, blue */
+    const char *unit;             /* band unit ("m") or NULL */
+    const char *resampling;       /* overviews: "AVERAGE", "MODE", ... */
+    double max_bytes;             /* above this, blocks; <= 0: never */
+    int block_align;              /* block sides are multiples of this (px), >= 1 */
+    int side;                     /* > 0: blocks of exactly this side (another output's) */
+} dm_out_spec;
+
+typedef struct dm_out dm_out;
+typedef struct dm_region {
+    int x, y, w, h;
+} dm_region;
+
+int dm_out_create(const dm_out_spec *s, dm_out **out, dm_err *err);
+/* The regions, each finished before the next begins (one region when not in blocks). */
+int dm_out_nregions(const dm_out *o);
+int dm_out_block_side(const dm_out *o); /* 0 when one region */
+dm_region dm_out_region(const dm_out *o, int i);
+int dm_out_begin(dm_out *o, int region, dm_err *err);
+/* Writes buf [bands, h, w] (float32 or uint8 as the spec says) at (x, y) in the whole raster's
+ * pixels; the window lies inside the current region. Unwritten pixels are nodata. */
+int dm_out_write(dm_out *o, int x, int y, int w, int h, const void *buf, dm_err *err);
+int dm_out_end(dm_out *o, dm_err *err);         /* overviews + COG of the region */
+/* After the last region: the VRT (blocks) and the final names: until here nothing replaced the
+ * previous outputs (each COG appears under its name in one rename). */
+int dm_out_commit(dm_out *o, dm_err *err);
+void dm_out_free(dm_out *o);                   /* removes temporaries; NULL-safe */
+/* The files a commit wrote, relative to dir ("chm.tif", or "chm.vrt" and the blocks' folder). */
+const char *dm_out_files(const dm_out *o);
+/* Removes dir/name.tif, dir/name.vrt and dir/name_blocks/ (an output the run will rebuild). */
+int dm_out_remove(const char *dir, const char *name, dm_err *err);
+
+/* A QGIS style file: a pseudocolour ramp on band 1, from (value, colour) stops. */
+typedef struct dm_ramp_stop {
+    double value;
+    const char *color, *label;
+} dm_ramp_stop;
+int dm_gis_write_qml(const char *path, const dm_ramp_stop *stops, int n, dm_err *err);
+
+/* ==== the tile index ==============================================================================
+ * One SQLite file in GeoPackage form (`tiles.gpkg`): QGIS opens the `tiles` layer (tile footprints
+ * with their state) directly; tables beside it hold the run's configuration, its invocations, the
+ * chunks, the inputs' fingerprints, the per-tile embeddings and the PCA sample. A chunk's tiles
+ * are marked done only after the chunk's files are in place, in one transaction (crash safety: a
+ * rerun redoes exactly the chunks not marked done). */
+typedef struct dm_tileindex dm_tileindex;
+
+/* One tile of the grid. Footprint in the output CRS (the tile's core, without halo). */
+typedef struct dm_tile_rec {
+    int64_t id;            /* row * ncols + col */
+    int row, col;
+    int chunk;             /* chunk id */
+    int px0, py0, pw, ph;  /* core window in input pixels */
+    double minx, miny, maxx, maxy;
+} dm_tile_rec;
+
+typedef enum { DM_TILE_PENDING = 0, DM_TILE_DONE, DM_TILE_EMPTY, DM_TILE_OUTSIDE_AOI,
+               DM_TILE_FAILED } dm_tile_state;
+const char *dm_tile_state_name(dm_tile_state s); /* "pending", "done", "empty", "outside_aoi", "failed" */
+
+/* What a run gave for one tile. */
+typedef struct dm_tile_result {
+    int64_t id;
+    dm_tile_state state;
+    float valid_fraction;  /* share of valid input pixels in the core */
+    const float *cls;      /* [dim] unit-length CLS embedding, or NULL (not run) */
+    const float *mean;     /* [dim] unit-length mean of the core's patch embeddings, or NULL */
+} dm_tile_result;
+
+/* One sampled patch vector (the PCA preview's sample): patch (px, py) of the feature grid, its
+ * sampling key u in [0, 1) (the sample is the smallest u), and the vector [sdim]. */
+typedef struct dm_sample {
+    int px, py;
+    double u;
+    const float *v;
+} dm_sample;
+
+/* Creates `path` (must not exist) with layer `tiles` (polygons in the CRS given as WKT; NULL or ""
+ * for none) and tables `runs`, `chunks`, `embeddings`, `config`, `inputs`, `samples`. run_json:
+ * this invocation's parameters (a row of `runs`). dim: embedding length. */
+int dm_tileindex_create(const char *path, const char *crs_wkt, const char *run_json, int dim,
+                        dm_tileindex **out, dm_err *err);
+/* Reopens an existing index for update (a rerun resuming a run): checks it is a dinomap index whose
+ * embeddings have length `dim` (0: whatever it holds), and records this invocation in `runs`
+ * (run_json NULL: read-only use, nothing recorded). */
+int dm_tileindex_open(const char *path, const char *run_json, int dim, dm_tileindex **out,
+                      dm_err *err);
+int dm_tileindex_dim(const dm_tileindex *ti);
+int64_t dm_tileindex_run_id(const dm_tileindex *ti); /* this invocation's row of `runs` (0: none) */
+/* How many invocations the index recorded, and when the last began and how it ended ("" when
+ * it did not record an end: still running, or killed). */
+int dm_tileindex_last_run(dm_tileindex *ti, int *n, char *started, size_t ns, char *status,
+                          size_t nst, dm_err *err);
+/* Records how this invocation ended ("done", "interrupted", "failed: ...", "nothing to do"). */
+int dm_tileindex_end_run(dm_tileindex *ti, const char *status, dm_err *err);
+
+/* The `config` table: the run's configuration and bookkeeping, as text values by key. get sets
+ * *value to a malloc'd copy, or NULL when the key is absent. */
+int dm_tileindex_config_get(dm_tileindex *ti, const char *key, char **value, dm_err *err);
+int dm_tileindex_config_set(dm_tileindex *ti, const char *key, const char *value, dm_err *err);
+
+/* Adds the grid's tiles (state pending, or outside_aoi when marked so) in one transaction. */
+int dm_tileindex_add_tiles(dm_tileindex *ti, const dm_tile_rec *tiles, const dm_tile_state *states,
+                           int n, dm_err *err);
+/* Records chunk `chunk` as done with its files (space-separated, relative to the index's folder;
+ * NULL when it produced none), the results of its tiles and its PCA samples (replacing earlier
+ * ones), bumps the `gen` counter of `config`, all in one transaction. */
+int dm_tileindex_chunk_done(dm_tileindex *ti, int chunk, const char *files,
+                            const dm_tile_result *res, int n, const dm_sample *samples,
+                            int nsamples, int sdim, dm_err *err);
+/* Counts tiles per state (array indexed by dm_tile_state, 5 entries). */
+int dm_tileindex_counts(dm_tileindex *ti, int64_t counts[5], dm_err *err);
+/* The chunks already marked done, ascending (malloc'd; the caller frees *chunks). */
+int dm_tileindex_done_chunks(dm_tileindex *ti, int **chunks, int *n, dm_err *err);
+/* Per chunk (ids 0..*n-1): done (1) or not (0), and its files as recorded (NULL: none); both
+ * malloc'd, and each string: dm_tileindex_chunks_free. */
+int dm_tileindex_chunks(dm_tileindex *ti, uint8_t **done, char ***files, int *n, dm_err *err);
+void dm_tileindex_chunks_free(uint8_t *done, char **files, int n);
+/* Forgets every chunk's files (after they were deleted): chunks.file becomes NULL. */
+int dm_tileindex_forget_files(dm_tileindex *ti, dm_err *err);
+/* Per chunk: which invocation (run_id) last computed it, 0 if none; *n chunks (malloc'd). */
+int dm_tileindex_chunk_runs(dm_tileindex *ti, int64_t **run_ids, int *n, dm_err *err);
+/* Marks chunks pending again (their tiles too) and replaces the stored input fingerprints, in one
+ * transaction: what a rerun does when inputs changed. */
+int dm_tileindex_reset(dm_tileindex *ti, const int *chunks, int nchunks, const dm_input_fp *fp,
+                       int nfp, dm_err *err);
+/* The stored input fingerprints (malloc'd; dm_input_fp_free). */
+int dm_tileindex_inputs(dm_tileindex *ti, dm_input_fp **fp, int *n, dm_err *err);
+/* The `limit` samples with the smallest u (ties: by position), vectors into v [limit, sdim];
+ * *n how many there were. */
+int dm_tileindex_samples(dm_tileindex *ti, int limit, int sdim, float *v, int *n, dm_err *err);
+int dm_tileindex_close(dm_tileindex *ti, dm_err *err); /* NULL-safe; commits and closes */
+
+#endif

@@ -1,0 +1,486 @@
+/* src/options.c — the one vocabulary of the mapping commands: every option of `dinomap features`,
+ * `dinomap chm` and `dinomap run` is defined once here, with the commands that take it, its
+ * help, and its parser. The command line (getopt_long) and INI files (`dinomap run`, keys = the
+ * long option names) both end in dm_cli_set, so a value means the same wherever it is written. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+enum {
+    O_MODEL, O_OUTPUT, O_HEAD, O_PRODUCTS, O_INPUT, O_BANDS, O_SCALE, O_STRETCH, O_GSD, O_CRS,
+    O_UNGEO, O_AOI, O_TILE, O_HALO, O_OVERLAP, O_CHUNK, O_LAYER, O_QUANT, O_NOPCA, O_TAPS,
+    O_NORM, O_ARCH, O_DEVICE, O_THREADS, O_BATCH, O_OVERWRITE, O_DROP, O_KEEP, O_MAXCOG,
+    O_PROGRESS, O_LOG, O_QUIET, O_COUNT
+};
+
+#define F DM_CMD_FEATURES
+#define C DM_CMD_CHM
+#define R DM_CMD_RUN
+#define M DM_CMD_MAP
+static const struct optdef {
+    const char *name;
+    int shortopt, has_arg;
+    unsigned cmds;
+    const char *arg, *help;
+} defs[O_COUNT] = {
+    [O_MODEL] = { "model", 'm', 1, M, "WEIGHTS", "backbone weights: .pth, .safetensors, "
+                  "index.json or a folder (required); a Hugging Face CHMv2 model.safetensors holds "
+                  "the head too" },
+    [O_OUTPUT] = { "output", 'o', 1, M, "OUTDIR", "the run folder, created if missing "
+                   "(required); the same command in the same folder resumes" },
+    [O_HEAD] = { "head", 0, 1, C | R, "HEAD", "Meta's CHMv2 head (dinov3_vitl16_chmv2_dpt_"
+                 "head-*.pth), for a backbone file without one" },
+    [O_PRODUCTS] = { "products", 0, 1, R, "LIST", "what to make: features, chm or "
+                     "features,chm (one backbone pass feeds both) (required)" },
+    [O_INPUT] = { "input", 0, 1, R, "PATH", "an input raster or a glob (*.tif); repeat for "
+                  "more (one mosaic) (required)" },
+    [O_BANDS] = { "bands", 0, 1, M, "R,G,B", "input bands fed as red, green, blue "
+                  "(default: 1,2,3)" },
+    [O_SCALE] = { "scale", 0, 1, M, "MIN,MAX", "map input values MIN..MAX to 0..255 "
+                  "(non-8-bit imagery)" },
+    [O_STRETCH] = { "stretch", 0, 1, M, "P1,P2", "map the P1..P2 percentiles of the whole "
+                    "mosaic to 0..255 (default for non-8-bit input: 2,98)" },
+    [O_GSD] = { "gsd", 0, 1, M, "METRES", "warp to this pixel size (default: native)" },
+    [O_CRS] = { "crs", 0, 1, M, "CRS", "output CRS, e.g. EPSG:32631 (default: the input's; "
+                "a geographic CRS goes to its UTM zone)" },
+    [O_UNGEO] = { "allow-ungeoreferenced", 0, 0, M, NULL, "map an input without "
+                  "georeferencing in pixel coordinates (refused by default)" },
+    [O_AOI] = { "aoi", 0, 1, M, "FILE", "polygons (any OGR format and CRS): only tiles "
+                "touching them run" },
+    [O_TILE] = { "tile", 0, 1, M, "PX", "the core of each window, multiple of 16 (32 for chm); "
+                 "windows step by it (default: 512; 384 for chm alone)" },
+    [O_HALO] = { "halo", 0, 1, M, "PX", "context read on every side, multiple of 16: the "
+                 "model sees tile + 2*halo px (default: 64)" },
+    [O_OVERLAP] = { "overlap", 0, 1, C | R, "PX", "chm: px neighbouring windows share, "
+                    "= 2*halo (blended with a Hann window; 0: no blending, seams show)" },
+    [O_CHUNK] = { "chunk", 0, 1, M, "N", "tiles per chunk side: the unit written, recorded "
+                  "and resumed (default: 4)" },
+    [O_LAYER] = { "layer", 0, 1, F | R, "K", "features: 0-based block whose normed output to "
+                  "map (default: the last)" },
+    [O_QUANT] = { "quantize", 0, 1, F | R, "MODE", "features: none (float32, default) or int8 "
+                  "(8-bit with a per-band scale: value = (q - 128) * scale, q = 0 nodata)" },
+    [O_NOPCA] = { "no-pca", 0, 0, F | R, NULL, "features: skip features_pca.tif" },
+    [O_TAPS] = { "taps", 0, 1, C | R, "LIST", "chm: the 4 blocks the head reads (default: "
+                 "from the file, or 5,11,17,23 for ViT-L)" },
+    [O_NORM] = { "norm", 0, 1, M, "PRESET", "sat, chm or lvd normalization (default: chm "
+                 "when chm is made, else sat)" },
+    [O_ARCH] = { "arch", 0, 1, M, "NAME", "force the architecture (default: recognised from "
+                 "the weights)" },
+    [O_DEVICE] = { "device", 0, 1, M, "DEV", "compute device: cpu (default)" },
+    [O_THREADS] = { "threads", 0, 1, M, "N", "compute threads (default: all cores)" },
+    [O_BATCH] = { "batch", 0, 1, M, "N", "windows per forward pass (default: 1)" },
+    [O_OVERWRITE] = { "overwrite", 0, 0, M, NULL, "remove the folder's run first and start "
+                      "afresh (default: resume it; another configuration is refused)" },
+    [O_DROP] = { "drop-chunks", 0, 0, M, NULL, "delete chunks/ once the outputs are built "
+                 "(smaller, but a later change recomputes everything)" },
+    [O_KEEP] = { "keep-chunks", 0, 0, M, NULL, "keep chunks/ (the default: they are the run's "
+                 "state, so changed inputs redo only their chunks)" },
+    [O_MAXCOG] = { "max-cog-gib", 0, 1, M, "GIB", "outputs larger than this (uncompressed) are "
+                   "written as block COGs + a VRT (default: 16)" },
+    [O_PROGRESS] = { "progress", 0, 1, M, "MODE", "auto (a bar on a terminal, else a line per "
+                     "10%), bar, json (one object per line), none (default: auto)" },
+    [O_LOG] = { "log", 0, 1, M, "FILE", "append JSON lines (start, chunks, errors, summary) "
+                "to FILE" },
+    [O_QUIET] = { "quiet", 'q', 0, M, NULL, "only warnings and errors" },
+};
+#undef F
+#undef C
+#undef R
+#undef M
+
+void dm_cli_init(dm_cli *c, const char *cmd, unsigned cmdmask)
+{
+    memset(c, 0, sizeof *c);
+    c->cmd = cmd;
+    c->cmdmask = cmdmask;
+    dm_run_opts_init(&c->o);
+    c->o.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    c->progress = DM_PROGRESS_AUTO;
+}
+
+void dm_cli_free(dm_cli *c)
+{
+    for (int i = 0; i < c->ninputs; i++)
+        free(c->inputs[i]);
+    free(c->inputs);
+    for (int i = 0; i < c->nowned; i++)
+        free(c->owned[i]);
+    free(c->owned);
+}
+
+const char *dm_cli_keep(dm_cli *c, const char *s)
+{
+    if (c->nowned == c->capowned) {
+        int cap = c->capowned ? 2 * c->capowned : 16;
+        char **p = realloc(c->owned, sizeof *p * (size_t)cap);
+        if (!p)
+            return NULL;
+        c->owned = p;
+        c->capowned = cap;
+    }
+    char *d = strdup(s);
+    if (d)
+        c->owned[c->nowned++] = d;
+    return d;
+}
+
+int dm_cli_add_input(dm_cli *c, const char *path)
+{
+    if (c->ninputs == c->capinputs) {
+        int cap = c->capinputs ? 2 * c->capinputs : 16;
+        char **p = realloc(c->inputs, sizeof *p * (size_t)cap);
+        if (!p)
+            return -1;
+        c->inputs = p;
+        c->capinputs = cap;
+    }
+    if (!(c->inputs[c->ninputs] = strdup(path)))
+        return -1;
+    c->ninputs++;
+    return 0;
+}
+
+int dm_parse_int_list(const char *s, int *out, int max)
+{
+    int n = 0;
+    while (*s) {
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < 0 || v > 100000 || n == max)
+            return -1;
+        out[n++] = (int)v;
+        s = end;
+        if (*s == ',')
+            s++;
+        else if (*s)
+            return -1;
+    }
+    return n;
+}
+
+int dm_parse_pair(const char *s, double *a, double *b)
+{
+    char *end;
+    *a = strtod(s, &end);
+    if (end == s || *end != ',')
+        return -1;
+    const char *t = end + 1;
+    *b = strtod(t, &end);
+    return (end == t || *end) ? -1 : 0;
+}
+
+int dm_parse_pos_int(const char *s)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    return (end == s || *end || errno || v <= 0 || v > 1 << 20) ? -1 : (int)v;
+}
+
+int dm_parse_progress(const char *s)
+{
+    static const char *names[] = { "auto", "bar", "json", "none" };
+    static const int modes[] = { DM_PROGRESS_AUTO, DM_PROGRESS_BAR, DM_PROGRESS_JSON,
+                                 DM_PROGRESS_NONE };
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(s, names[i]))
+            return modes[i];
+    return -1;
+}
+
+/* A flag's value in an INI file (NULL: given on the command line, so true). */
+static int flag_value(const char *v, int *out)
+{
+    if (!v) {
+        *out = 1;
+        return 0;
+    }
+    static const char *yes[] = { "1", "true", "yes", "on" }, *no[] = { "0", "false", "no", "off" };
+    for (int i = 0; i < 4; i++) {
+        if (!strcasecmp(v, yes[i]))
+            return *out = 1, 0;
+        if (!strcasecmp(v, no[i]))
+            return *out = 0, 0;
+    }
+    return -1;
+}
+
+static int find(const char *name)
+{
+    for (int i = 0; i < O_COUNT; i++)
+        if (!strcmp(defs[i].name, name))
+            return i;
+    return -1;
+}
+
+#define BAD(...) (snprintf(why, n, __VA_ARGS__), -2)
+
+static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
+{
+    dm_run_opts *o = &c->o;
+    dm_mosaic_opts *m = &o->mosaic;
+    int list[8], k;
+    double a, b;
+    char *end;
+    if (defs[id].has_arg && (!v || !*v))
+        return BAD("--%s: needs a value", defs[id].name);
+    const char *keep = defs[id].has_arg ? dm_cli_keep(c, v) : NULL;
+    if (defs[id].has_arg && !keep)
+        return BAD("out of memory");
+    switch (id) {
+    case O_MODEL: o->weights = keep; break;
+    case O_OUTPUT: o->outdir = keep; break;
+    case O_HEAD: o->head = keep; break;
+    case O_AOI: o->aoi = keep; break;
+    case O_CRS: m->crs = keep; break;
+    case O_ARCH: o->arch = keep; break;
+    case O_DEVICE: o->device = keep; break;
+    case O_NORM: o->norm = keep; break;
+    case O_LOG: c->log = keep; break;
+    case O_INPUT:
+        if (dm_cli_add_input(c, v))
+            return BAD("out of memory");
+        break;
+    case O_PRODUCTS: {
+        unsigned p = 0;
+        char buf[256];
+        snprintf(buf, sizeof buf, "%s", v);
+        char *save = NULL;
+        for (char *t = strtok_r(buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
+            unsigned x = dm_product_from_name(t);
+            if (!x)
+                return BAD("--products %s: unknown product '%s' (features, chm)", v, t);
+            p |= x;
+        }
+        if (!p)
+            return BAD("--products: empty (features, chm)");
+        o->products = p;
+        c->products_set = 1;
+        break;
+    }
+    case O_BANDS:
+        if (dm_parse_int_list(v, list, 8) != 3 || !list[0] || !list[1] || !list[2])
+            return BAD("--bands %s: expected three 1-based band numbers, e.g. 3,2,1", v);
+        memcpy(m->bands, list, sizeof m->bands);
+        break;
+    case O_SCALE:
+        if (dm_parse_pair(v, &a, &b) || b <= a)
+            return BAD("--scale %s: expected MIN,MAX with MIN < MAX", v);
+        m->scale_set = 1, m->scale_min = a, m->scale_max = b;
+        break;
+    case O_STRETCH:
+        if (dm_parse_pair(v, &a, &b) || a < 0 || b > 100 || a >= b)
+            return BAD("--stretch %s: expected percentiles P1,P2 with 0 <= P1 < P2 <= 100", v);
+        m->stretch_set = 1, m->p1 = a, m->p2 = b;
+        break;
+    case O_GSD:
+        m->gsd = strtod(v, &end);
+        if (end == v || *end || !(m->gsd > 0))
+            return BAD("--gsd %s: expected a positive pixel size", v);
+        break;
+    case O_MAXCOG:
+        o->max_cog_gib = strtod(v, &end);
+        if (end == v || *end || !(o->max_cog_gib >= 0))
+            return BAD("--max-cog-gib %s: expected a size in GiB (0: always blocks)", v);
+        break;
+    case O_TILE:
+        if ((o->tile = dm_parse_pos_int(v)) < 0)
+            return BAD("--tile %s: expected a positive number of pixels", v);
+        c->tile_set = 1;
+        break;
+    case O_HALO:
+        if (dm_parse_int_list(v, list, 1) != 1)
+            return BAD("--halo %s: expected a number of pixels", v);
+        o->halo = list[0];
+        c->halo_set = 1;
+        break;
+    case O_OVERLAP:
+        if (dm_parse_int_list(v, list, 1) != 1 || list[0] % 32)
+            return BAD("--overlap %s: expected a multiple of 32 px (= 2 × halo)", v);
+        c->overlap = list[0];
+        c->overlap_set = 1;
+        break;
+    case O_CHUNK:
+        if ((o->chunk = dm_parse_pos_int(v)) < 0)
+            return BAD("--chunk %s: expected a positive number of tiles", v);
+        break;
+    case O_BATCH:
+        if ((o->batch = dm_parse_pos_int(v)) < 0 || o->batch > 256)
+            return BAD("--batch %s: expected 1..256", v);
+        break;
+    case O_THREADS:
+        if ((o->threads = dm_parse_pos_int(v)) < 0)
+            return BAD("--threads %s: expected a positive number", v);
+        break;
+    case O_LAYER:
+        if (dm_parse_int_list(v, list, 1) != 1)
+            return BAD("--layer %s: expected a 0-based block index", v);
+        o->layer = list[0];
+        break;
+    case O_QUANT:
+        if (!strcmp(v, "none"))
+            o->quantize = 0;
+        else if (!strcmp(v, "int8"))
+            o->quantize = 1;
+        else
+            return BAD("--quantize %s: expected none or int8", v);
+        break;
+    case O_TAPS:
+        if (dm_parse_int_list(v, o->taps, 4) != 4)
+            return BAD("--taps %s: expected four block indices, e.g. 5,11,17,23", v);
+        o->taps_set = 1;
+        break;
+    case O_PROGRESS:
+        if ((c->progress = dm_parse_progress(v)) < 0)
+            return BAD("--progress %s: expected auto, bar, json or none", v);
+        break;
+    case O_UNGEO:
+    case O_NOPCA:
+    case O_OVERWRITE:
+    case O_DROP:
+    case O_KEEP:
+    case O_QUIET:
+        if (flag_value(v, &k))
+            return BAD("%s = %s: expected true or false", defs[id].name, v);
+        if (id == O_UNGEO)
+            m->allow_ungeoreferenced = k;
+        else if (id == O_NOPCA)
+            o->pca = !k;
+        else if (id == O_OVERWRITE)
+            o->overwrite = k;
+        else if (id == O_DROP)
+            o->drop_chunks = k;
+        else if (id == O_KEEP)
+            o->drop_chunks = o->drop_chunks && !k;
+        else
+            c->quiet = k;
+        break;
+    default:
+        return BAD("internal: option %d", id);
+    }
+    return 0;
+}
+
+int dm_cli_set(dm_cli *c, const char *name, const char *value, char *why, size_t n)
+{
+    int id = find(name);
+    if (id < 0 || !(defs[id].cmds & c->cmdmask))
+        return snprintf(why, n, "unknown option '%s' for dinomap %s", name, c->cmd), -1;
+    return set(c, id, value, why, n);
+}
+
+const void *dm_cli_longopts(unsigned cmdmask)
+{
+    static struct option tables[3][O_COUNT + 2];
+    int t = cmdmask == DM_CMD_FEATURES ? 0 : cmdmask == DM_CMD_CHM ? 1 : 2;
+    struct option *l = tables[t];
+    if (!l[0].name) {
+        int k = 0;
+        for (int i = 0; i < O_COUNT; i++)
+            if (defs[i].cmds & cmdmask)
+                l[k++] = (struct option){ defs[i].name, defs[i].has_arg ? required_argument
+                                                                        : no_argument,
+                                          0, 1000 + i };
+        l[k++] = (struct option){ "help", no_argument, 0, 'h' };
+        l[k] = (struct option){ 0, 0, 0, 0 };
+    }
+    return l;
+}
+
+int dm_cli_getopt(dm_cli *c, int code, const char *arg)
+{
+    int id = code >= 1000 ? code - 1000 : code == 'm' ? O_MODEL : code == 'o' ? O_OUTPUT
+                                          : code == 'q' ? O_QUIET : -1;
+    char why[600];
+    int r = id < 0 ? (snprintf(why, sizeof why, "unknown option"), -1)
+                   : set(c, id, defs[id].has_arg ? arg : NULL, why, sizeof why);
+    if (r) {
+        fprintf(stderr, "dinomap %s: %s (dinomap %s --help lists the options)\n", c->cmd, why,
+                c->cmd);
+        return -2;
+    }
+    return 0;
+}
+
+void dm_cli_help_options(FILE *f, unsigned cmdmask)
+{
+    for (int i = 0; i < O_COUNT; i++) {
+        const struct optdef *d = &defs[i];
+        if (!(d->cmds & cmdmask))
+            continue;
+        char head[64];
+        if (d->shortopt)
+            snprintf(head, sizeof head, "-%c, --%s%s%s", d->shortopt, d->name, d->arg ? " " : "",
+                     d->arg ? d->arg : "");
+        else
+            snprintf(head, sizeof head, "--%s%s%s", d->name, d->arg ? " " : "",
+                     d->arg ? d->arg : "");
+        /* the help text wrapped at 96 columns after a 26-column head */
+        const char *s = d->help;
+        int first = 1;
+        while (*s) {
+            int w = 70;
+            int len = (int)strlen(s);
+            if (len > w) {
+                len = w;
+                while (len > 0 && s[len] != ' ')
+                    len--;
+                if (len == 0)
+                    len = w;
+            }
+            fprintf(f, "  %-24s%.*s\n", first ? head : "", len, s);
+            first = 0;
+            s += len;
+            while (*s == ' ')
+                s++;
+        }
+    }
+    fprintf(f, "  %-24s%s\n", "-h, --help", "this help");
+}
+
+int dm_cli_finish(dm_cli *c)
+{
+    dm_run_opts *o = &c->o;
+    const char *cmd = c->cmd;
+    if (c->cmdmask == DM_CMD_FEATURES)
+        o->products = DM_PRODUCT_FEATURES;
+    else if (c->cmdmask == DM_CMD_CHM)
+        o->products = DM_PRODUCT_CHM;
+    else if (!c->products_set) {
+        fprintf(stderr, "dinomap %s: no products (products = features, chm or features,chm)\n",
+                cmd);
+        return -2;
+    }
+    if (!(o->products & DM_PRODUCT_FEATURES) && !c->tile_set)
+        o->tile = 384; /* chm alone: 512-px windows with the default halo, as CHMv2 was run */
+    if (c->overlap_set) {
+        if (c->halo_set && c->overlap != 2 * o->halo) {
+            fprintf(stderr, "dinomap %s: --overlap %d and --halo %d disagree (overlap = 2 × "
+                            "halo); give one of them\n", cmd, c->overlap, o->halo);
+            return -2;
+        }
+        o->halo = c->overlap / 2;
+    }
+    if (!o->weights || !o->outdir || !c->ninputs) {
+        char miss[160] = "";
+        if (!o->weights)
+            strcat(miss, "-m WEIGHTS, ");
+        if (!o->outdir)
+            strcat(miss, "-o OUTDIR, ");
+        if (!c->ninputs)
+            strcat(miss, c->cmdmask == DM_CMD_RUN ? "input = ..., " : "an INPUT, ");
+        miss[strlen(miss) - 2] = '\0';
+        fprintf(stderr, "dinomap %s: missing %s (dinomap %s --help)\n", cmd, miss, cmd);
+        return -2;
+    }
+    o->mosaic.inputs = (const char *const *)c->inputs;
+    o->mosaic.n_inputs = c->ninputs;
+    return 0;
+}

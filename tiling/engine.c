@@ -1,0 +1,968 @@
+/* tiling/engine.c — dm_run (see tiling.h). Order of work:
+ *   1. the folder: lock it (DM_ELOCKED at once if another run holds it), --overwrite, leftovers;
+ *   2. everything that can be checked before writing: model, head, inputs, AOI, the recipes, the
+ *      configuration (compared with the folder's when resuming: DM_EMISMATCH names what differs);
+ *   3. the plan: a new index, or the folder's, with the chunks whose inputs changed reset;
+ *   4. the pipeline over the windows of the chunks to do (reader thread: mosaic → normalized
+ *      windows; this thread: the backbone in batches and each recipe's compute; writer thread:
+ *      each recipe's chunk file, renamed into place, then the chunk's index transaction);
+ *   5. finalize (finalize.c) once every chunk is done. */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+/* finalize.c */
+int dm_fin_uptodate(dm_tileindex *ti, const char *outdir);
+int dm_fin_run(dm_eng *e, const dm_run_opts *o, dm_tileindex *ti, const cJSON *cfg,
+               const cJSON *res, dm_run_result *r, dm_err *err);
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+unsigned dm_product_from_name(const char *name)
+{
+    if (!strcmp(name, "features"))
+        return DM_PRODUCT_FEATURES;
+    if (!strcmp(name, "chm"))
+        return DM_PRODUCT_CHM;
+    return 0;
+}
+
+void dm_run_opts_init(dm_run_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->mosaic.bands[0] = 1, o->mosaic.bands[1] = 2, o->mosaic.bands[2] = 3;
+    o->tile = 512, o->halo = 64, o->chunk = 4, o->batch = 1, o->layer = -1, o->pca = 1;
+    o->device = "cpu";
+    o->max_cog_gib = 16;
+}
+
+void dm_chunk_rel(int chunk, const char *product, char *rel, size_t n)
+{
+    snprintf(rel, n, "chunks/c%06d.%s.tif", chunk, product);
+}
+
+void dm_chunk_path(const char *outdir, int chunk, const char *product, char *path, size_t n)
+{
+    char rel[64];
+    dm_chunk_rel(chunk, product, rel, sizeof rel);
+    snprintf(path, n, "%s/%s", outdir, rel);
+}
+
+int dm_eng_want_layer(dm_eng *e, int L, dm_err *err)
+{
+    for (int i = 0; i < e->nlayers; i++)
+        if (e->layers[i] == L)
+            return i;
+    if (e->nlayers == DM_MAX_LAYERS)
+        return dm_err_set(err, DM_EINVAL, "more than %d backbone layers asked for", DM_MAX_LAYERS);
+    e->layers[e->nlayers] = L;
+    return e->nlayers++;
+}
+
+/* The testing fault "POINT:N": SIGKILL the N-th time POINT is reached. */
+static void fault(const char *spec, const char *point, int *count)
+{
+    if (!spec)
+        return;
+    size_t n = strlen(point);
+    if (strncmp(spec, point, n) || spec[n] != ':')
+        return;
+    if (++*count == atoi(spec + n + 1))
+        raise(SIGKILL);
+}
+
+/* --- the run's state ---------------------------------------------------------------------------- */
+
+typedef struct run {
+    dm_eng e;
+    const dm_run_opts *o;
+    /* plan: the windows to run, in order */
+    int nj, *jr, *jc, *jk;
+    int *chunk_tiles;        /* [nchunks] windows of each chunk to run */
+    /* inference */
+    float *batch_img, *normed, *layer_buf[DM_MAX_LAYERS];
+    /* writer */
+    int cur_chunk, left, nres, any_done;
+    dm_tile_result *res;
+    float *emb;              /* [chunk², 2, D] */
+    int faults_tile, faults_commit;
+    dm_run_result *out;
+    double t_chunk;
+} run;
+
+static void emit(const run *R, cJSON *j)
+{
+    const dm_run_events *ev = &R->o->ev;
+    if (ev->event) {
+        char *s = cJSON_PrintUnformatted(j);
+        if (s)
+            ev->event(ev->ctx, s);
+        free(s);
+    }
+    cJSON_Delete(j);
+}
+
+static cJSON *event(const char *type)
+{
+    cJSON *j = cJSON_CreateObject();
+    char ts[32];
+    time_t t = time(NULL);
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+    cJSON_AddStringToObject(j, "time", ts);
+    cJSON_AddStringToObject(j, "event", type);
+    return j;
+}
+
+/* --- pipeline stages ---------------------------------------------------------------------------- */
+
+static int job_alloc(void *ctx, dm_job *job, dm_err *err)
+{
+    run *R = ctx;
+    dm_eng *e = &R->e;
+    size_t S2 = (size_t)e->S * e->S, tp2 = (size_t)e->g.tp * e->g.tp;
+    dm_wjob *j = calloc(1, sizeof *j);
+    if (!j || !(j->rgb = malloc(3 * S2)) || !(j->valid = malloc(S2)) ||
+        !(j->img = malloc(3 * S2 * sizeof(float))) || !(j->pvalid = malloc(tp2)) ||
+        !(j->emb = malloc(2 * (size_t)e->D * sizeof(float)))) {
+        if (j)
+            free(j->rgb), free(j->valid), free(j->img), free(j->pvalid);
+        free(j);
+        return dm_err_oom(err);
+    }
+    job->data = j;
+    for (int i = 0; i < e->nprod; i++) {
+        int rc = e->rec[i]->job_alloc(e->self[i], &j->pd[i], err);
+        if (rc)
+            return rc; /* job_release frees what was made */
+    }
+    return 0;
+}
+
+static void job_release(void *ctx, dm_job *job)
+{
+    run *R = ctx;
+    dm_wjob *j = job->data;
+    if (!j)
+        return;
+    for (int i = 0; i < R->e.nprod; i++)
+        if (j->pd[i])
+            R->e.rec[i]->job_free(R->e.self[i], j->pd[i]);
+    free(j->rgb), free(j->valid), free(j->img), free(j->pvalid), free(j->emb);
+    free(j);
+    job->data = NULL;
+}
+
+static int cancelled(const run *R, dm_err *err)
+{
+    if (R->o->cancel && *R->o->cancel)
+        return dm_err_set(err, DM_EINTERRUPTED, "interrupted");
+    return 0;
+}
+
+static int stage_read(void *ctx, dm_job *job, dm_err *err)
+{
+    run *R = ctx;
+    dm_eng *e = &R->e;
+    dm_wjob *j = job->data;
+    int i = job->index, rc = cancelled(R, err);
+    if (rc)
+        return rc;
+    j->r = R->jr[i], j->c = R->jc[i], j->chunk = R->jk[i];
+    j->tile_id = (int64_t)j->r * e->g.ncols + j->c;
+    j->win = dm_grid_window(&e->g, j->r, j->c);
+    j->core = dm_grid_tile_core(&e->g, j->r, j->c);
+    j->cpatch = dm_grid_tile_patches(&e->g, j->r, j->c);
+    if ((rc = dm_mosaic_read(e->mo, j->win.x, j->win.y, e->S, e->S, j->rgb, j->valid, err)))
+        return rc;
+    /* validity of the core's pixels and patches */
+    int S = e->S, tp = e->g.tp, ox = j->core.x - j->win.x, oy = j->core.y - j->win.y;
+    int64_t nvalid = 0, npx = 0;
+    memset(j->pvalid, 0, (size_t)tp * tp);
+    for (int pr = 0; pr < j->cpatch.h; pr++)
+        for (int pc = 0; pc < j->cpatch.w; pc++) {
+            int cnt = 0, tot = 0;
+            for (int y = pr * 16; y < pr * 16 + 16 && y < j->core.h; y++)
+                for (int x = pc * 16; x < pc * 16 + 16 && x < j->core.w; x++) {
+                    tot++;
+                    cnt += j->valid[(size_t)(oy + y) * S + ox + x];
+                }
+            /* a patch is kept when at least half of its pixels inside the mosaic are valid */
+            j->pvalid[pr * tp + pc] = tot > 0 && 2 * cnt >= tot;
+            nvalid += cnt;
+            npx += tot;
+        }
+    j->valid_fraction = npx ? (float)nvalid / (float)npx : 0;
+    if (nvalid == 0) {
+        j->state = DM_TILE_EMPTY;
+        job->skip = 1;
+        return 0;
+    }
+    /* normalize; invalid pixels become 0 in normalized space (the mean colour), like padding */
+    size_t plane = (size_t)S * S;
+    for (int ch = 0; ch < 3; ch++) {
+        float mean = e->nm->mean[ch], sd = e->nm->std[ch];
+        for (size_t p = 0; p < plane; p++)
+            j->img[ch * plane + p] =
+                j->valid[p] ? ((float)j->rgb[ch * plane + p] / 255.0f - mean) / sd : 0.0f;
+    }
+    j->state = DM_TILE_DONE;
+    return 0;
+}
+
+static void unit(float *v, int n)
+{
+    double s = 0;
+    for (int i = 0; i < n; i++)
+        s += (double)v[i] * v[i];
+    float k = s > 0 ? (float)(1.0 / sqrt(s)) : 0.0f;
+    for (int i = 0; i < n; i++)
+        v[i] *= k;
+}
+
+static int stage_infer(void *ctx, dm_job **jobs, int n, dm_err *err)
+{
+    run *R = ctx;
+    dm_eng *e = &R->e;
+    int rc = cancelled(R, err);
+    if (rc)
+        return rc;
+    size_t px = 3 * (size_t)e->S * e->S, tok = (size_t)e->N * e->D;
+    for (int i = 0; i < n; i++)
+        memcpy(R->batch_img + i * px, ((dm_wjob *)jobs[i]->data)->img, px * sizeof(float));
+    dm_vit_request req = { e->nlayers, e->layers, R->layer_buf, NULL, R->normed };
+    double t0 = now();
+    if ((rc = dm_backend_forward(e->be, R->batch_img, n, e->S, e->S, &req, err)))
+        return rc;
+    int gs = e->S / 16, D = e->D, tp = e->g.tp;
+    for (int i = 0; i < n && !rc; i++) {
+        dm_wjob *j = jobs[i]->data;
+        dm_tokens t = { e->N, D, gs, gs, e->N - gs * gs, R->normed + i * tok, { 0 } };
+        for (int l = 0; l < e->nlayers; l++)
+            t.layer[l] = R->layer_buf[l] + i * tok;
+        /* the tile's embedding: CLS and the mean of its valid core patches, last block normed */
+        memcpy(j->emb, t.normed, (size_t)D * sizeof(float));
+        float *mean = j->emb + D;
+        double *acc = calloc((size_t)D, sizeof *acc);
+        if (!acc)
+            return dm_err_oom(err);
+        int nv = 0, ox = (j->cpatch.x * 16 - j->win.x) / 16, oy = (j->cpatch.y * 16 - j->win.y) / 16;
+        for (int pr = 0; pr < j->cpatch.h; pr++)
+            for (int pc = 0; pc < j->cpatch.w; pc++) {
+                if (!j->pvalid[pr * tp + pc])
+                    continue;
+                const float *v = t.normed + (size_t)(t.npre + (oy + pr) * gs + ox + pc) * D;
+                for (int d = 0; d < D; d++)
+                    acc[d] += v[d];
+                nv++;
+            }
+        for (int d = 0; d < D; d++)
+            mean[d] = nv ? (float)(acc[d] / nv) : 0.0f;
+        free(acc);
+        unit(j->emb, D);
+        unit(mean, D);
+        for (int p = 0; p < e->nprod && !rc; p++)
+            rc = e->rec[p]->infer(e->self[p], j, j->pd[p], &t, err);
+    }
+    e->model_seconds += now() - t0;
+    return rc;
+}
+
+static int chunk_commit(run *R, dm_err *err)
+{
+    dm_eng *e = &R->e;
+    char files[512] = "", f[128];
+    const dm_sample *smp = NULL;
+    int ns = 0, sdim = 1, rc = 0;
+    for (int p = 0; p < e->nprod && !rc; p++) {
+        const dm_sample *s = NULL;
+        int n = 0, d = 1;
+        rc = e->rec[p]->chunk_end(e->self[p], R->cur_chunk, R->any_done, f, sizeof f, &s, &n, &d,
+                                  err);
+        if (!rc && f[0]) {
+            size_t o = strlen(files);
+            snprintf(files + o, sizeof files - o, "%s%s", o ? " " : "", f);
+        }
+        if (s)
+            smp = s, ns = n, sdim = d;
+    }
+    if (rc)
+        return rc;
+    /* the chunk's files are in place: now the index may say so */
+    fault(R->o->fault, "commit", &R->faults_commit);
+    rc = dm_tileindex_chunk_done(e->ti, R->cur_chunk, files[0] ? files : NULL, R->res, R->nres,
+                                 smp, ns, sdim, err);
+    if (rc)
+        return rc;
+    R->out->chunks_run++;
+    cJSON *j = event("chunk");
+    cJSON_AddNumberToObject(j, "chunk", R->cur_chunk);
+    cJSON_AddNumberToObject(j, "tiles", R->nres);
+    cJSON_AddNumberToObject(j, "seconds", now() - R->t_chunk);
+    emit(R, j);
+    R->t_chunk = now();
+    return 0;
+}
+
+static int stage_write(void *ctx, dm_job *job, dm_err *err)
+{
+    run *R = ctx;
+    dm_eng *e = &R->e;
+    dm_wjob *j = job->data;
+    int rc = 0, D = e->D;
+    if (R->left == 0) {
+        R->cur_chunk = j->chunk;
+        R->left = R->chunk_tiles[j->chunk];
+        R->nres = 0;
+        R->any_done = 0;
+        for (int p = 0; p < e->nprod && !rc; p++)
+            rc = e->rec[p]->chunk_begin(e->self[p], j->chunk, err);
+        if (rc)
+            return rc;
+    }
+    for (int p = 0; p < e->nprod && !rc; p++)
+        rc = e->rec[p]->write(e->self[p], j, j->pd[p], err);
+    if (rc)
+        return rc;
+    float *emb = R->emb + (size_t)R->nres * 2 * D;
+    dm_tile_result *t = &R->res[R->nres++];
+    *t = (dm_tile_result){ j->tile_id, j->state, j->valid_fraction, NULL, NULL };
+    if (j->state == DM_TILE_DONE) {
+        memcpy(emb, j->emb, 2 * (size_t)D * sizeof(float));
+        t->cls = emb, t->mean = emb + D;
+        R->any_done = 1;
+        R->out->tiles_run++;
+    } else {
+        R->out->tiles_empty++;
+    }
+    fault(R->o->fault, "tile", &R->faults_tile);
+    if (R->o->ev.progress)
+        R->o->ev.progress(R->o->ev.ctx, "tiles", R->out->tiles_run + R->out->tiles_empty, R->nj);
+    if (--R->left == 0)
+        rc = chunk_commit(R, err);
+    return rc;
+}
+
+/* --- set-up ------------------------------------------------------------------------------------- */
+
+/* The files of a run in OUTDIR (for --overwrite, and to refuse a folder holding outputs without
+ * an index). */
+static const char *const run_files[] = { "tiles.gpkg", "run.json", "chm.qml", NULL };
+static const char *const run_outputs[] = { "features", "features_pca", "chm", NULL };
+
+static int holds_outputs(const char *dir)
+{
+    char p[4200];
+    for (int i = 0; run_outputs[i]; i++) {
+        snprintf(p, sizeof p, "%s/%s.tif", dir, run_outputs[i]);
+        if (dm_exists(p))
+            return 1;
+        snprintf(p, sizeof p, "%s/%s.vrt", dir, run_outputs[i]);
+        if (dm_exists(p))
+            return 1;
+    }
+    return 0;
+}
+
+static int remove_run(const char *dir, dm_err *err)
+{
+    char p[4200];
+    int rc = 0;
+    for (int i = 0; !rc && run_files[i]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, run_files[i]);
+        if (unlink(p) != 0 && errno != ENOENT)
+            rc = dm_err_set(err, DM_EIO, "%s: cannot remove: %s", p, strerror(errno));
+    }
+    for (int i = 0; !rc && run_outputs[i]; i++)
+        rc = dm_out_remove(dir, run_outputs[i], err);
+    snprintf(p, sizeof p, "%s/chunks", dir);
+    if (!rc)
+        rc = dm_remove_tree(p, err);
+    return rc;
+}
+
+/* The normalized comparable settings of this run (e->cfg) and what finalize needs (e->res). */
+static int build_config(run *R, const char *aoi_sha, dm_err *err)
+{
+    dm_eng *e = &R->e;
+    const dm_run_opts *o = R->o;
+    e->cfg = cJSON_CreateObject();
+    e->res = cJSON_CreateObject();
+    if (!e->cfg || !e->res)
+        return dm_err_oom(err);
+    cJSON *pr = cJSON_AddArrayToObject(e->cfg, "products");
+    if (o->products & DM_PRODUCT_FEATURES)
+        cJSON_AddItemToArray(pr, cJSON_CreateString("features"));
+    if (o->products & DM_PRODUCT_CHM)
+        cJSON_AddItemToArray(pr, cJSON_CreateString("chm"));
+    cJSON_AddStringToObject(e->cfg, "weights_sha256", e->sha);
+    cJSON_AddStringToObject(e->cfg, "arch", e->m->cfg.arch);
+    cJSON_AddNumberToObject(e->cfg, "embed_dim", e->D);
+    cJSON_AddNumberToObject(e->cfg, "depth", e->m->cfg.depth);
+    cJSON_AddStringToObject(e->cfg, "device", o->device ? o->device : "cpu");
+    cJSON_AddStringToObject(e->cfg, "norm", e->nm->name);
+    cJSON_AddItemToObject(e->cfg, "bands", dm_json_ints(o->mosaic.bands, 3));
+    if (o->mosaic.scale_set) {
+        double v[2] = { o->mosaic.scale_min, o->mosaic.scale_max };
+        cJSON_AddItemToObject(e->cfg, "scale", cJSON_CreateDoubleArray(v, 2));
+    } else {
+        cJSON_AddNullToObject(e->cfg, "scale");
+    }
+    if (o->mosaic.stretch_set) {
+        double v[2] = { o->mosaic.p1, o->mosaic.p2 };
+        cJSON_AddItemToObject(e->cfg, "stretch", cJSON_CreateDoubleArray(v, 2));
+    } else {
+        cJSON_AddNullToObject(e->cfg, "stretch");
+    }
+    cJSON_AddNumberToObject(e->cfg, "gsd", o->mosaic.gsd);
+    if (o->mosaic.crs)
+        cJSON_AddStringToObject(e->cfg, "crs", o->mosaic.crs);
+    else
+        cJSON_AddNullToObject(e->cfg, "crs");
+    cJSON_AddBoolToObject(e->cfg, "allow_ungeoreferenced", o->mosaic.allow_ungeoreferenced);
+    if (aoi_sha)
+        cJSON_AddStringToObject(e->cfg, "aoi_sha256", aoi_sha);
+    else
+        cJSON_AddNullToObject(e->cfg, "aoi_sha256");
+    cJSON_AddNumberToObject(e->cfg, "tile", o->tile);
+    cJSON_AddNumberToObject(e->cfg, "halo", o->halo);
+    cJSON_AddNumberToObject(e->cfg, "chunk", o->chunk);
+    char grid[512], wsha[65];
+    snprintf(grid, sizeof grid, "%d×%d px, origin %.17g %.17g, pixel %.17g %.17g", e->g.W, e->g.H,
+             e->gt[0], e->gt[3], e->gt[1], e->gt[5]);
+    cJSON_AddStringToObject(e->cfg, "mosaic_grid", grid);
+    dm_sha256_str(e->wkt, wsha);
+    cJSON_AddStringToObject(e->cfg, "mosaic_crs_sha256", wsha);
+    /* resolved facts */
+    cJSON_AddNumberToObject(e->res, "width", e->g.W);
+    cJSON_AddNumberToObject(e->res, "height", e->g.H);
+    cJSON_AddItemToObject(e->res, "geotransform", cJSON_CreateDoubleArray(e->gt, 6));
+    cJSON_AddStringToObject(e->res, "crs_wkt", e->wkt);
+    cJSON_AddBoolToObject(e->res, "georeferenced", dm_mosaic_georeferenced(e->mo));
+    int scaled;
+    double lo, hi;
+    dm_mosaic_scale(e->mo, &scaled, &lo, &hi);
+    cJSON *sc = cJSON_AddObjectToObject(e->res, "scaling");
+    cJSON_AddBoolToObject(sc, "scaled", scaled);
+    cJSON_AddNumberToObject(sc, "lo", lo);
+    cJSON_AddNumberToObject(sc, "hi", hi);
+    cJSON_AddStringToObject(sc, "text", dm_mosaic_scaling(e->mo));
+    cJSON_AddStringToObject(e->res, "weights", o->weights);
+    cJSON_AddNumberToObject(e->res, "window", e->S);
+    cJSON_AddNumberToObject(e->res, "max_cog_gib", o->max_cog_gib);
+    for (int i = 0; i < e->nprod; i++) {
+        int rc = e->rec[i]->prepare(e, &e->self[i], err);
+        if (rc)
+            return rc;
+    }
+    cJSON_AddNumberToObject(e->res, "sample_p", e->sample_p);
+    return 0;
+}
+
+/* This invocation's parameters for `runs` (everything, not only what changes pixels). */
+static char *invocation_json(const run *R)
+{
+    const dm_run_opts *o = R->o;
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "version", DINOMAP_VERSION);
+    cJSON *in = cJSON_AddArrayToObject(j, "inputs");
+    for (int i = 0; i < o->mosaic.n_inputs; i++)
+        cJSON_AddItemToArray(in, cJSON_CreateString(o->mosaic.inputs[i]));
+    cJSON_AddStringToObject(j, "weights", o->weights);
+    if (o->head)
+        cJSON_AddStringToObject(j, "head", o->head);
+    if (o->aoi)
+        cJSON_AddStringToObject(j, "aoi", o->aoi);
+    cJSON_AddNumberToObject(j, "threads", o->threads);
+    cJSON_AddNumberToObject(j, "batch", o->batch);
+    cJSON_AddItemToObject(j, "config", cJSON_Duplicate(R->e.cfg, 1));
+    char *s = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return s;
+}
+
+/* The footprint of a tile's core in the run's CRS. */
+static void footprint(const dm_eng *e, int r, int c, dm_tile_rec *t)
+{
+    dm_window k = dm_grid_tile_core(&e->g, r, c);
+    double ax = e->gt[0] + k.x * e->gt[1], bx = e->gt[0] + (k.x + k.w) * e->gt[1];
+    double ay = e->gt[3] + k.y * e->gt[5], by = e->gt[3] + (k.y + k.h) * e->gt[5];
+    t->minx = fmin(ax, bx), t->maxx = fmax(ax, bx), t->miny = fmin(ay, by), t->maxy = fmax(ay, by);
+    t->px0 = k.x, t->py0 = k.y, t->pw = k.w, t->ph = k.h;
+}
+
+/* Which inputs changed since the folder's run: the rectangles (mosaic px) of every file that is
+ * new, gone, or of another size or modification time. */
+static int changed_rects(const dm_input_fp *old, int nold, const dm_input_fp *cur, int ncur,
+                         dm_window **rects, int *nr, char *first, size_t nfirst, dm_err *err)
+{
+    *rects = NULL;
+    *nr = 0;
+    first[0] = '\0';
+    int cap = 0;
+    const dm_input_fp *lists[2] = { old, cur };
+    int counts[2] = { nold, ncur };
+    for (int side = 0; side < 2; side++)
+        for (int i = 0; i < counts[side]; i++) {
+            const dm_input_fp *f = &lists[side][i];
+            /* the same path on the other side, with the same size, time and rectangle? */
+            const dm_input_fp *other = lists[1 - side];
+            int same = 0, seen_path = 0;
+            for (int k = 0; k < counts[1 - side] && !same; k++) {
+                const dm_input_fp *g = &other[k];
+                if (strcmp(g->path, f->path))
+                    continue;
+                seen_path = 1;
+                same = g->size == f->size && g->mtime_ns == f->mtime_ns && g->x0 == f->x0 &&
+                       g->y0 == f->y0 && g->w == f->w && g->h == f->h;
+            }
+            if (same)
+                continue;
+            if (!first[0])
+                snprintf(first, nfirst, "%s (%s)", f->path,
+                         !seen_path ? (side ? "new" : "gone") : "changed");
+            if (*nr == cap) {
+                cap = cap ? 2 * cap : 16;
+                dm_window *p = realloc(*rects, sizeof *p * (size_t)cap);
+                if (!p)
+                    return dm_err_oom(err);
+                *rects = p;
+            }
+            (*rects)[(*nr)++] = (dm_window){ f->x0, f->y0, f->w, f->h };
+        }
+    return 0;
+}
+
+static void free_run(run *R)
+{
+    dm_eng *e = &R->e;
+    for (int i = 0; i < e->nprod; i++)
+        if (e->self[i])
+            e->rec[i]->free(e->self[i]);
+    dm_tileindex_close(e->ti, NULL);
+    cJSON_Delete(e->cfg);
+    cJSON_Delete(e->res);
+    free(R->jr), free(R->jc), free(R->jk), free(R->chunk_tiles);
+    free(R->batch_img), free(R->normed), free(R->res), free(R->emb);
+    for (int i = 0; i < DM_MAX_LAYERS; i++)
+        free(R->layer_buf[i]);
+    dm_aoi_free(e->aoi);
+    dm_mosaic_close(e->mo);
+    dm_backend_close(e->be);
+    dm_model_free(e->m);
+}
+
+static int check_opts(const dm_run_opts *o, dm_err *err)
+{
+    if (!o->products || (o->products & ~DM_PRODUCT_ALL))
+        return dm_err_set(err, DM_EINVAL, "no product to make (features, chm)");
+    if (!o->weights)
+        return dm_err_set(err, DM_EINVAL, "no weights (--model)");
+    if (!o->outdir || !o->outdir[0])
+        return dm_err_set(err, DM_EINVAL, "no output folder (--output)");
+    if (o->mosaic.n_inputs < 1)
+        return dm_err_set(err, DM_EINVAL, "no input raster");
+    if (o->batch < 1 || o->batch > 256)
+        return dm_err_set(err, DM_EINVAL, "--batch %d: expected 1..256", o->batch);
+    if (o->head && !(o->products & DM_PRODUCT_CHM))
+        return dm_err_set(err, DM_EINVAL, "--head is for the chm product");
+    return 0;
+}
+
+/* Reads what a folder's index says (for a resumed run): its configuration and facts. */
+static int read_folder(const char *index, cJSON **cfg, cJSON **res, dm_err *err)
+{
+    *cfg = *res = NULL;
+    dm_tileindex *ti = NULL;
+    int rc = dm_tileindex_open(index, NULL, 0, &ti, err);
+    char *c = NULL, *r = NULL;
+    if (!rc)
+        rc = dm_tileindex_config_get(ti, "config", &c, err);
+    if (!rc)
+        rc = dm_tileindex_config_get(ti, "resolved", &r, err);
+    dm_tileindex_close(ti, NULL);
+    if (!rc && (!c || !r || !(*cfg = cJSON_Parse(c)) || !(*res = cJSON_Parse(r))))
+        rc = dm_err_set(err, DM_EFORMAT, "%s: holds no dinomap run configuration (an older "
+                        "version's index, or an interrupted first start?); start afresh with "
+                        "--overwrite", index);
+    free(c), free(r);
+    if (rc) {
+        cJSON_Delete(*cfg), cJSON_Delete(*res);
+        *cfg = *res = NULL;
+    }
+    return rc;
+}
+
+int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
+{
+    dm_run_result dummy;
+    if (!res)
+        res = &dummy;
+    memset(res, 0, sizeof *res);
+    int rc = check_opts(o, err);
+    if (rc)
+        return rc;
+    double t0 = now();
+    run R;
+    memset(&R, 0, sizeof R);
+    R.o = o;
+    R.out = res;
+    dm_eng *e = &R.e;
+    e->o = o;
+    snprintf(e->outdir, sizeof e->outdir, "%s", o->outdir);
+    /* 1. the folder */
+    struct stat st;
+    int made = 0, fresh = 0;
+    if (stat(o->outdir, &st) != 0) {
+        if (dm_mkdir_p(o->outdir) != 0)
+            return dm_err_set(err, DM_EIO, "%s: cannot create the output folder: %s", o->outdir,
+                              strerror(errno));
+        made = 1;
+    } else if (!S_ISDIR(st.st_mode)) {
+        return dm_err_set(err, DM_EIO, "%s: exists and is not a folder", o->outdir);
+    } else if (access(o->outdir, W_OK | X_OK) != 0) {
+        return dm_err_set(err, DM_EIO, "%s: not writable: %s", o->outdir, strerror(errno));
+    }
+    dm_lock *lock = NULL;
+    cJSON *old_cfg = NULL, *old_res = NULL;
+    char index[4200], p[4200];
+    snprintf(index, sizeof index, "%s/tiles.gpkg", o->outdir);
+    if ((rc = dm_lock_dir(o->outdir, &lock, err)))
+        goto out;
+    if (o->overwrite && (rc = remove_run(o->outdir, err)))
+        goto out;
+    if (dm_exists(index)) {
+        if ((rc = read_folder(index, &old_cfg, &old_res, err)))
+            goto out;
+    } else if (holds_outputs(o->outdir)) {
+        rc = dm_err_set(err, DM_EINVAL, "%s holds the outputs of a run but no tile index "
+                        "(tiles.gpkg); choose another OUTDIR, or --overwrite", o->outdir);
+        goto out;
+    }
+    fresh = old_cfg == NULL;
+    /* 2. everything that can be checked before anything is written */
+    const char *norm = o->norm ? o->norm : (o->products & DM_PRODUCT_CHM) ? "chm" : "sat";
+    if (!(e->nm = dm_norm_get(norm))) {
+        rc = dm_err_set(err, DM_EINVAL, "--norm %s: unknown preset (sat, chm, lvd)", norm);
+        goto out;
+    }
+    dm_model_opts mo = { o->arch };
+    dm_backend_opts bo = { o->threads };
+    if ((rc = dm_model_open(o->weights, &mo, &e->m, err)) ||
+        (rc = dm_backend_open(o->device, e->m, &bo, &e->be, err)))
+        goto out;
+    if ((rc = dm_sha256_file_cached(o->weights, e->sha, err)) && rc != DM_EIO)
+        goto out;
+    rc = 0; /* a directory of shards has no single hash: leave it empty */
+    dm_mosaic_opts mopt = o->mosaic;
+    const cJSON *sc = old_res ? cJSON_GetObjectItemCaseSensitive(old_res, "scaling") : NULL;
+    if (sc && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sc, "scaled"))) {
+        /* the colours the folder's first invocation chose, whatever the inputs are now */
+        mopt.fixed_set = 1;
+        mopt.fixed_lo = cJSON_GetObjectItemCaseSensitive(sc, "lo")->valuedouble;
+        mopt.fixed_hi = cJSON_GetObjectItemCaseSensitive(sc, "hi")->valuedouble;
+        mopt.fixed_text = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(sc, "text"));
+    }
+    if ((rc = dm_mosaic_open(&mopt, &e->mo, err)))
+        goto out;
+    int W, H;
+    dm_mosaic_size(e->mo, &W, &H);
+    dm_mosaic_geotransform(e->mo, e->gt);
+    e->wkt = dm_mosaic_wkt(e->mo);
+    if ((rc = dm_grid_init(&e->g, W, H, o->tile, o->halo, o->chunk, err)))
+        goto out;
+    e->D = e->m->cfg.embed_dim;
+    e->S = e->g.S;
+    e->N = dm_model_tokens(e->m, e->S, e->S);
+    char aoi_sha[65] = "";
+    if (o->aoi && ((rc = dm_aoi_open(o->aoi, e->wkt, &e->aoi, err)) ||
+                   (rc = dm_sha256_file_cached(o->aoi, aoi_sha, err))))
+        goto out;
+    if (o->products & DM_PRODUCT_FEATURES)
+        e->rec[e->nprod++] = &dm_recipe_features;
+    if (o->products & DM_PRODUCT_CHM)
+        e->rec[e->nprod++] = &dm_recipe_chm;
+    /* which tiles run (the AOI), and the PCA sampling rate from how many patches that is */
+    int nt = dm_grid_ntiles(&e->g), nch = dm_grid_nchunks(&e->g);
+    dm_tile_rec *recs = calloc((size_t)nt, sizeof *recs);
+    dm_tile_state *tst = calloc((size_t)nt, sizeof *tst);
+    R.jr = malloc(sizeof(int) * nt), R.jc = malloc(sizeof(int) * nt);
+    R.jk = malloc(sizeof(int) * nt);
+    R.chunk_tiles = calloc((size_t)nch, sizeof(int));
+    if (!recs || !tst || !R.jr || !R.jc || !R.jk || !R.chunk_tiles) {
+        free(recs), free(tst);
+        rc = dm_err_oom(err);
+        goto out;
+    }
+    dm_grid_order(&e->g, R.jr, R.jc, R.jk);
+    int64_t active_patches = 0, active = 0;
+    for (int i = 0; i < nt; i++) {
+        dm_tile_rec *t = &recs[i];
+        t->row = R.jr[i], t->col = R.jc[i], t->chunk = R.jk[i];
+        t->id = (int64_t)t->row * e->g.ncols + t->col;
+        footprint(e, t->row, t->col, t);
+        tst[i] = e->aoi && !dm_aoi_touches(e->aoi, t->minx, t->miny, t->maxx, t->maxy)
+                     ? DM_TILE_OUTSIDE_AOI : DM_TILE_PENDING;
+        if (tst[i] == DM_TILE_PENDING) {
+            dm_window pw = dm_grid_tile_patches(&e->g, t->row, t->col);
+            active_patches += (int64_t)pw.w * pw.h;
+            active++;
+            R.chunk_tiles[t->chunk]++;
+        }
+    }
+    if (!active) {
+        free(recs), free(tst);
+        rc = dm_err_set(err, DM_EINVAL, "the area of interest %s does not touch the mosaic "
+                        "(%d×%d px): nothing to map; check the AOI's CRS and extent", o->aoi,
+                        W, H);
+        goto out;
+    }
+    e->sample_p = active_patches <= 2 * DM_PCA_SAMPLE ? 1.0
+                                                       : 2.0 * DM_PCA_SAMPLE / active_patches;
+    if ((rc = build_config(&R, o->aoi ? aoi_sha : NULL, err))) {
+        free(recs), free(tst);
+        goto out;
+    }
+    if (old_cfg) {
+        char msg[900];
+        if (dm_config_diff(e->cfg, old_cfg, msg, sizeof msg)) {
+            free(recs), free(tst);
+            rc = dm_err_set(err, DM_EMISMATCH, "%s holds a run with another configuration (%s). "
+                            "Run with the folder's settings to resume it, choose another OUTDIR, "
+                            "or pass --overwrite to start afresh", o->outdir, msg);
+            goto out;
+        }
+    }
+    const char *notes = dm_mosaic_notes(e->mo);
+    if (notes[0] && fresh)
+        dm_info("%.*s", (int)strlen(notes) - 1, notes);
+    if (!dm_mosaic_georeferenced(e->mo) && fresh)
+        dm_warn("the input has no georeferencing: outputs are in pixel coordinates");
+    double gsd = fabs(e->gt[1]);
+    if (fresh && dm_mosaic_georeferenced(e->mo)) {
+        if ((o->products & DM_PRODUCT_CHM) && (gsd < 0.3 || gsd > 1.5))
+            dm_info("pixel size %.3g m is outside 0.3-1.5 m: CHMv2 was trained on ~0.6 m imagery "
+                    "and its heights are less reliable at other scales (--gsd 0.6 warps)", gsd);
+        else if (!(o->products & DM_PRODUCT_CHM) && (gsd < 0.2 || gsd > 2.0))
+            dm_info("pixel size %.3g: the SAT-493M models saw 0.6 m imagery; features at very "
+                    "different scales are less meaningful (--gsd warps)", gsd);
+    }
+    /* 3. the plan */
+    char *inv = invocation_json(&R);
+    dm_input_fp *fp = NULL, *ofp = NULL;
+    int nfp = 0, nofp = 0;
+    if (!inv)
+        rc = dm_err_oom(err);
+    if (!rc)
+        rc = dm_mosaic_fingerprints(e->mo, &fp, &nfp, err);
+    if (!rc && fresh) {
+        char *cs = cJSON_PrintUnformatted(e->cfg), *rs = cJSON_PrintUnformatted(e->res), hash[65];
+        if (!cs || !rs)
+            rc = dm_err_oom(err);
+        if (!rc)
+            rc = dm_tileindex_create(index, e->wkt, inv, e->D, &e->ti, err);
+        if (!rc) {
+            dm_sha256_str(cs, hash);
+            if (!(rc = dm_tileindex_config_set(e->ti, "config", cs, err)) &&
+                !(rc = dm_tileindex_config_set(e->ti, "config_sha256", hash, err)) &&
+                !(rc = dm_tileindex_config_set(e->ti, "resolved", rs, err)) &&
+                !(rc = dm_tileindex_add_tiles(e->ti, recs, tst, nt, err)))
+                rc = dm_tileindex_reset(e->ti, NULL, 0, fp, nfp, err);
+            /* chunks whose tiles are all outside the AOI have nothing to do: done, no files */
+            for (int k = 0; !rc && k < nch; k++)
+                if (!R.chunk_tiles[k])
+                    rc = dm_tileindex_chunk_done(e->ti, k, NULL, NULL, 0, NULL, 0, 1, err);
+        }
+        free(cs), free(rs);
+        if (rc && e->ti) { /* a half-made index would stop the next run: it goes */
+            dm_tileindex_close(e->ti, NULL);
+            e->ti = NULL;
+            unlink(index);
+        }
+    } else if (!rc) {
+        rc = dm_tileindex_open(index, inv, e->D, &e->ti, err);
+    }
+    free(inv), free(recs);
+    uint8_t *cdone = NULL;
+    char **cfiles = NULL;
+    int ncd = 0;
+    if (!rc)
+        rc = dm_tileindex_chunks(e->ti, &cdone, &cfiles, &ncd, err);
+    if (!rc && ncd != nch)
+        rc = dm_err_set(err, DM_EFORMAT, "%s: has %d chunks, the grid %d; the index is damaged: "
+                        "--overwrite", index, ncd, nch);
+    /* inputs that changed, and chunks whose files are gone, are redone */
+    int *reset = rc ? NULL : calloc((size_t)nch, sizeof *reset), nreset = 0;
+    if (!rc && !reset)
+        rc = dm_err_oom(err);
+    if (!rc && !fresh) {
+        dm_window *rects = NULL;
+        int nr = 0;
+        char first[600];
+        char *dropped = NULL;
+        rc = dm_tileindex_inputs(e->ti, &ofp, &nofp, err);
+        if (!rc)
+            rc = changed_rects(ofp, nofp, fp, nfp, &rects, &nr, first, sizeof first, err);
+        if (!rc)
+            rc = dm_tileindex_config_get(e->ti, "chunks_dropped", &dropped, err);
+        int was_dropped = dropped && !strcmp(dropped, "1");
+        /* with the chunk files deleted, any change means recomputing everything */
+        int redo_all = was_dropped && (nr > 0 || !dm_fin_uptodate(e->ti, o->outdir));
+        if (redo_all)
+            dm_info("the chunks were deleted after the last finalize (--drop-chunks): every "
+                    "chunk is recomputed");
+        for (int k = 0; !rc && k < nch; k++) {
+            if (!cdone[k] || !R.chunk_tiles[k])
+                continue;
+            dm_window ex = dm_grid_chunk_extent(&e->g, k);
+            int hit = redo_all;
+            for (int i = 0; !hit && i < nr; i++)
+                hit = dm_window_overlap(ex, rects[i]);
+            for (const char *f = cfiles[k]; !hit && !was_dropped && f && *f;) {
+                int len = (int)strcspn(f, " "); /* each recorded file must still be there */
+                snprintf(p, sizeof p, "%s/%.*s", o->outdir, len, f);
+                if (!dm_exists(p)) {
+                    dm_warn("%s is missing: chunk %d is redone", p, k);
+                    hit = 1;
+                }
+                f += len;
+                f += *f == ' ';
+            }
+            if (hit)
+                reset[nreset++] = k;
+        }
+        if (!rc && nr)
+            dm_info("%d input file%s changed since the folder's run, e.g. %s: %d chunk%s to redo",
+                    nr, nr == 1 ? "" : "s", first, nreset, nreset == 1 ? "" : "s");
+        if (!rc && (nreset || nr))
+            rc = dm_tileindex_reset(e->ti, reset, nreset, fp, nfp, err);
+        if (!rc && redo_all)
+            rc = dm_tileindex_config_set(e->ti, "chunks_dropped", "0", err);
+        for (int i = 0; i < nreset; i++)
+            cdone[reset[i]] = 0;
+        res->chunks_reset = nreset;
+        free(rects), free(dropped);
+    }
+    dm_input_fp_free(fp, nfp);
+    dm_input_fp_free(ofp, nofp);
+    free(reset);
+    /* the windows to run: the chunks not done */
+    R.nj = 0;
+    int ntodo = 0;
+    for (int i = 0; !rc && i < nt; i++) {
+        int k = R.jk[i];
+        if (cdone[k] || tst[i] == DM_TILE_OUTSIDE_AOI)
+            continue;
+        R.jr[R.nj] = R.jr[i], R.jc[R.nj] = R.jc[i], R.jk[R.nj] = k;
+        R.nj++;
+    }
+    for (int k = 0; !rc && k < nch; k++)
+        ntodo += !cdone[k] && R.chunk_tiles[k] > 0;
+    res->chunks_total = nch;
+    res->tiles_total = nt;
+    dm_tileindex_chunks_free(cdone, cfiles, ncd);
+    free(tst);
+    if (rc)
+        goto out;
+    {
+        cJSON *j = event("start");
+        cJSON_AddStringToObject(j, "outdir", o->outdir);
+        cJSON_AddBoolToObject(j, "resumed", !fresh);
+        cJSON_AddNumberToObject(j, "chunks_to_do", ntodo);
+        cJSON_AddNumberToObject(j, "tiles_to_do", R.nj);
+        cJSON_AddNumberToObject(j, "chunks", nch);
+        emit(&R, j);
+    }
+    if (R.nj)
+        dm_info("%s: %s (D=%d), %d×%d px mosaic, %d of %d tiles to run (%d px + %d px halo, window "
+                "%d px) in %d chunk%s%s, %s", o->weights, e->m->cfg.arch, e->D, W, H, R.nj, nt,
+                o->tile, o->halo, e->S, ntodo, ntodo == 1 ? "" : "s",
+                fresh ? "" : " (resuming the folder's run)", dm_mosaic_scaling(e->mo));
+    /* 4. the pipeline */
+    snprintf(p, sizeof p, "%s/chunks", o->outdir);
+    if (R.nj && dm_mkdir_p(p) != 0) {
+        rc = dm_err_set(err, DM_EIO, "%s: cannot create: %s", p, strerror(errno));
+        goto out;
+    }
+    if (R.nj) {
+        size_t px = 3 * (size_t)e->S * e->S, tok = (size_t)e->N * e->D * o->batch;
+        R.batch_img = malloc(sizeof(float) * px * o->batch);
+        R.normed = malloc(sizeof(float) * tok);
+        R.res = calloc((size_t)o->chunk * o->chunk, sizeof *R.res);
+        R.emb = malloc(sizeof(float) * 2 * e->D * o->chunk * o->chunk);
+        int ok = R.batch_img && R.normed && R.res && R.emb;
+        for (int i = 0; ok && i < e->nlayers; i++)
+            ok = (R.layer_buf[i] = malloc(sizeof(float) * tok)) != NULL;
+        if (!ok) {
+            rc = dm_err_oom(err);
+            goto out;
+        }
+        R.t_chunk = now();
+        if (o->ev.progress)
+            o->ev.progress(o->ev.ctx, "tiles", 0, R.nj);
+        dm_pipeline_fns fns = { &R, job_alloc, job_release, stage_read, stage_infer, stage_write };
+        rc = dm_pipeline_run(&fns, R.nj, o->batch, 2, err);
+        if (rc == DM_EINTERRUPTED)
+            dm_err_set(err, DM_EINTERRUPTED, "interrupted: %lld chunk%s done in this run are kept; "
+                       "run the same command again to go on", (long long)res->chunks_run,
+                       res->chunks_run == 1 ? "" : "s");
+        if (rc)
+            goto out;
+    }
+    res->seconds_model = e->model_seconds;
+    /* 5. finalize when every chunk is done (dm_fin_run says "nothing to do" when up to date) */
+    rc = dm_fin_run(e, o, e->ti, e->cfg, e->res, res, err);
+out:
+    if (e->ti) {
+        const char *status = !rc ? (res->nothing_to_do ? "nothing to do" : "done")
+                             : rc == DM_EINTERRUPTED ? "interrupted" : "failed";
+        char st2[1100];
+        snprintf(st2, sizeof st2, "%s%s%s", status, rc && rc != DM_EINTERRUPTED ? ": " : "",
+                 rc && rc != DM_EINTERRUPTED ? err->msg : "");
+        dm_tileindex_end_run(e->ti, st2, NULL);
+    }
+    /* a run that made nothing leaves nothing: its own index and the folder it created */
+    int nothing_made = rc && fresh && (res->chunks_run == 0 || res->tiles_run == 0) &&
+                       rc != DM_EINTERRUPTED && rc != DM_ELOCKED;
+    free_run(&R);
+    if (nothing_made && lock) {
+        remove_run(o->outdir, NULL);
+        if (made) {
+            snprintf(p, sizeof p, "%s/%s", o->outdir, DM_LOCK_FILE);
+            unlink(p);
+            rmdir(o->outdir);
+        }
+    } else if (rc == DM_ELOCKED && made) {
+        rmdir(o->outdir);
+    }
+    dm_unlock(lock);
+    cJSON_Delete(old_cfg);
+    cJSON_Delete(old_res);
+    res->seconds = now() - t0;
+    if (rc) {
+        cJSON *j = event("error");
+        cJSON_AddStringToObject(j, "message", err->msg);
+        cJSON_AddNumberToObject(j, "code", rc);
+        const dm_run_events *ev = &o->ev;
+        if (ev->event) {
+            char *s = cJSON_PrintUnformatted(j);
+            if (s)
+                ev->event(ev->ctx, s);
+            free(s);
+        }
+        cJSON_Delete(j);
+    }
+    return rc;
+}

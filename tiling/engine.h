@@ -1,0 +1,133 @@
+/* tiling/engine.h — inside the run engine: the state of a run, the window jobs, and the interface
+ * every product recipe implements (prod_features.c, prod_chm.c). Not for use outside tiling/. */
+#ifndef DM_TILING_ENGINE_H
+#define DM_TILING_ENGINE_H
+
+#include <cjson/cJSON.h>
+#include <stdint.h>
+
+#include "../heads/heads.h"
+#include "../models/model.h"
+#include "grid.h"
+#include "pipeline.h"
+#include "tiling.h"
+
+#define DM_NPROD 2
+#define DM_MAX_LAYERS 8
+#define DM_PCA_SAMPLE 4096 /* patches the PCA preview is fitted on */
+
+typedef struct dm_recipe dm_recipe;
+
+/* One window in flight through reader → model → writer. */
+typedef struct dm_wjob {
+    int r, c, chunk;
+    int64_t tile_id;
+    dm_window win;         /* px: the S×S window (may reach outside the mosaic) */
+    dm_window core;        /* px: the core, clipped to the mosaic */
+    dm_window cpatch;      /* the core's patches */
+    uint8_t *rgb, *valid;  /* [3, S, S], [S, S] */
+    float *img;            /* [3, S, S] normalized; invalid pixels 0 */
+    uint8_t *pvalid;       /* [tp, tp] core patches with at least half their pixels valid */
+    dm_tile_state state;   /* done (run), empty (no valid core pixel: not run) */
+    float valid_fraction;
+    float *emb;            /* [2, D]: unit CLS and unit mean of the valid core patches */
+    void *pd[DM_NPROD];    /* each product's buffers */
+} dm_wjob;
+
+/* What the backbone gave for one window. */
+typedef struct dm_tokens {
+    int N, D, gh, gw, npre;            /* tokens, width, patch grid, tokens before the patches */
+    const float *normed;               /* [N, D] last block through the final norm */
+    const float *layer[DM_MAX_LAYERS]; /* [N, D] raw output of block eng->layers[i] */
+} dm_tokens;
+
+/* The engine's state, shared with the recipes (read-only for them unless said). */
+typedef struct dm_eng {
+    const dm_run_opts *o;
+    char outdir[4096];
+    dm_model *m;
+    dm_backend *be;
+    dm_mosaic *mo;
+    dm_aoi *aoi;
+    dm_grid g;
+    double gt[6];
+    const char *wkt;
+    const dm_norm *nm;
+    int D, S, N;
+    char sha[65];                      /* backbone weights */
+    int layers[DM_MAX_LAYERS], nlayers;/* raw blocks the recipes asked for */
+    double sample_p;                   /* features: a patch is a PCA candidate when u < p */
+    int nprod;
+    const dm_recipe *rec[DM_NPROD];
+    void *self[DM_NPROD];
+    dm_tileindex *ti;
+    cJSON *cfg;                        /* compared with a resumed run's: what changes pixels */
+    cJSON *res;                        /* resolved facts finalize needs (grid, CRS, metadata) */
+    double model_seconds;
+} dm_eng;
+
+/* Asks the backbone for the raw output of block L; returns its slot in dm_tokens.layer. */
+int dm_eng_want_layer(dm_eng *e, int L, dm_err *err);
+
+/* Finalize's view of a run: everything comes from the index, no model needed. */
+typedef struct dm_fin {
+    const char *outdir;
+    dm_grid g;
+    double gt[6];
+    const char *wkt;
+    dm_tileindex *ti;
+    const uint8_t *done;               /* [nchunks] chunk marked done */
+    const cJSON *cfg, *res;
+    double max_bytes;
+    int threads;
+    volatile sig_atomic_t *cancel;
+    const dm_run_events *ev;
+    const char *fault;
+    int fault_count;
+    char outputs[1024];                /* files written, space-separated (appended) */
+} dm_fin;
+
+/* Checks for cancellation and the testing fault "finalize:N" after each unit of finalize work. */
+int dm_fin_step(dm_fin *f, dm_err *err);
+
+struct dm_recipe {
+    const char *name;                  /* "features", "chm": also the chunk files' suffix */
+    /* run mode, with the model open: checks options, asks for layers, adds its settings to
+     * e->cfg (they change pixels) and e->res (finalize needs them) */
+    int (*prepare)(dm_eng *e, void **self, dm_err *err);
+    void (*free)(void *self);
+    int (*job_alloc)(void *self, void **pd, dm_err *err);
+    void (*job_free)(void *self, void *pd);
+    /* compute thread: a window that was run (state done) */
+    int (*infer)(void *self, dm_wjob *j, void *pd, const dm_tokens *t, dm_err *err);
+    /* writer thread, in order: a chunk starts, each of its windows (done or empty), it ends;
+     * chunk_end writes the chunk's file (temporary name, renamed) when any window ran, and
+     * names it in `file` ("" when none); samples: PCA candidates (features), may stay NULL */
+    int (*chunk_begin)(void *self, int chunk, dm_err *err);
+    int (*write)(void *self, const dm_wjob *j, const void *pd, dm_err *err);
+    int (*chunk_end)(void *self, int chunk, int any_done, char *file, size_t n,
+                     const dm_sample **samples, int *nsamples, int *sdim, dm_err *err);
+    /* finalize mode: builds the outputs from the done chunks */
+    int (*finalize)(dm_fin *f, dm_err *err);
+};
+
+extern const dm_recipe dm_recipe_features;
+extern const dm_recipe dm_recipe_chm;
+
+/* OUTDIR/chunks/cNNNNNN.PRODUCT.tif, and the name relative to OUTDIR. */
+void dm_chunk_path(const char *outdir, int chunk, const char *product, char *path, size_t n);
+void dm_chunk_rel(int chunk, const char *product, char *rel, size_t n);
+
+/* JSON helpers: a number array, and the strings of a JSON string array (NULL-terminated,
+ * malloc'd: free the array only, the strings belong to the JSON). */
+cJSON *dm_json_ints(const int *v, int n);
+const char **dm_json_strings(const cJSON *arr);
+
+/* Config: the settings of a run as one flat JSON object; the differences between two, as text
+ * ("tile: 512 now, 256 in the folder's run; ..."); 0 when equal. */
+int dm_config_diff(const cJSON *now, const cJSON *stored, char *msg, size_t n);
+
+/* The run.json of a finished run (called by finalize). */
+int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err);
+
+#endif

@@ -1,0 +1,382 @@
+/* tiling/finalize.c — building a run's final rasters from its done chunks (at the end of a
+ * complete run, or `dinomap finalize OUTDIR`), run.json, and `dinomap status`. Finalize needs no
+ * model: the grid, the CRS and every product's settings come from the index. It is up to date
+ * when no chunk was committed since it last ran (the index's `gen` counter equals the
+ * `finalized_gen` it recorded) and the outputs it wrote are all there. */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+int dm_fin_step(dm_fin *f, dm_err *err)
+{
+    if (f->cancel && *f->cancel)
+        return dm_err_set(err, DM_EINTERRUPTED, "interrupted during finalize: the chunks are kept; "
+                          "run the same command (or dinomap finalize) again");
+    if (f->fault && !strncmp(f->fault, "finalize:", 9) && ++f->fault_count == atoi(f->fault + 9))
+        raise(SIGKILL);
+    return 0;
+}
+
+static long long config_ll(dm_tileindex *ti, const char *key, long long def)
+{
+    char *v = NULL;
+    long long r = def;
+    if (dm_tileindex_config_get(ti, key, &v, NULL) == 0 && v)
+        r = atoll(v);
+    free(v);
+    return r;
+}
+
+/* 1 when the outputs match the chunks: nothing committed since finalize, its files all there. */
+int dm_fin_uptodate(dm_tileindex *ti, const char *outdir)
+{
+    long long gen = config_ll(ti, "gen", 0), fg = config_ll(ti, "finalized_gen", -1);
+    if (gen != fg)
+        return 0;
+    char *outs = NULL;
+    if (dm_tileindex_config_get(ti, "outputs", &outs, NULL) || !outs)
+        return 0;
+    int ok = 1;
+    char *save = NULL;
+    for (char *t = strtok_r(outs, " ", &save); ok && t; t = strtok_r(NULL, " ", &save)) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s/%s", outdir, t);
+        ok = dm_exists(p);
+    }
+    free(outs);
+    return ok;
+}
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int num(const cJSON *o, const char *key, double *v)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(x))
+        return -1;
+    *v = x->valuedouble;
+    return 0;
+}
+
+/* The grid, geotransform and CRS of a run, from its configuration. */
+static int fin_grid(dm_fin *f, dm_err *err)
+{
+    double W, H, tile, halo, chunk;
+    const cJSON *gt = cJSON_GetObjectItemCaseSensitive(f->res, "geotransform");
+    const cJSON *wkt = cJSON_GetObjectItemCaseSensitive(f->res, "crs_wkt");
+    if (num(f->res, "width", &W) || num(f->res, "height", &H) || num(f->cfg, "tile", &tile) ||
+        num(f->cfg, "halo", &halo) || num(f->cfg, "chunk", &chunk) || !cJSON_IsArray(gt) ||
+        cJSON_GetArraySize(gt) != 6 || !cJSON_IsString(wkt))
+        return dm_err_set(err, DM_EFORMAT, "%s/tiles.gpkg: its configuration lacks the grid; is "
+                          "this a dinomap run folder?", f->outdir);
+    for (int i = 0; i < 6; i++)
+        f->gt[i] = cJSON_GetArrayItem(gt, i)->valuedouble;
+    f->wkt = wkt->valuestring;
+    return dm_grid_init(&f->g, (int)W, (int)H, (int)tile, (int)halo, (int)chunk, err);
+}
+
+/* Builds the outputs of every product of the run; the index then records them. */
+static int fin_build(dm_fin *f, dm_run_result *r, int drop, dm_err *err)
+{
+    const cJSON *pr = cJSON_GetObjectItemCaseSensitive(f->cfg, "products"), *it;
+    long long gen = config_ll(f->ti, "gen", 0);
+    int rc = 0;
+    cJSON_ArrayForEach(it, pr)
+    {
+        unsigned p = cJSON_IsString(it) ? dm_product_from_name(it->valuestring) : 0;
+        const dm_recipe *rec = p == DM_PRODUCT_FEATURES ? &dm_recipe_features
+                               : p == DM_PRODUCT_CHM    ? &dm_recipe_chm : NULL;
+        if (!rec) {
+            rc = dm_err_set(err, DM_EFORMAT, "%s/tiles.gpkg: unknown product in its configuration",
+                            f->outdir);
+            break;
+        }
+        dm_info("finalize: %s", rec->name);
+        if ((rc = rec->finalize(f, err)))
+            break;
+    }
+    char g[32];
+    snprintf(g, sizeof g, "%lld", gen);
+    if (!rc)
+        rc = dm_tileindex_config_set(f->ti, "outputs", f->outputs, err);
+    if (!rc)
+        rc = dm_tileindex_config_set(f->ti, "finalized_gen", g, err);
+    if (!rc)
+        snprintf(r->outputs, sizeof r->outputs, "%s", f->outputs);
+    if (!rc)
+        rc = dm_write_run_json(f, r, err);
+    if (!rc && drop) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s/chunks", f->outdir);
+        if (!(rc = dm_remove_tree(p, err)) && !(rc = dm_tileindex_forget_files(f->ti, err)))
+            rc = dm_tileindex_config_set(f->ti, "chunks_dropped", "1", err);
+    }
+    return rc;
+}
+
+static void counts_into(dm_tileindex *ti, const uint8_t *done, int nch, dm_run_result *r)
+{
+    int64_t c[5];
+    if (dm_tileindex_counts(ti, c, NULL) == 0) {
+        r->tiles_done = c[DM_TILE_DONE];
+        r->tiles_total = c[0] + c[1] + c[2] + c[3] + c[4];
+    }
+    r->chunks_total = nch;
+    r->chunks_left = 0;
+    for (int k = 0; k < nch; k++)
+        r->chunks_left += !done[k];
+}
+
+int dm_fin_run(dm_eng *e, const dm_run_opts *o, dm_tileindex *ti, const cJSON *cfg,
+               const cJSON *res, dm_run_result *r, dm_err *err)
+{
+    uint8_t *done = NULL;
+    char **files = NULL;
+    int n = 0, rc = dm_tileindex_chunks(ti, &done, &files, &n, err);
+    if (rc)
+        return rc;
+    counts_into(ti, done, n, r);
+    if (r->chunks_left) {
+        dm_tileindex_chunks_free(done, files, n);
+        return dm_err_set(err, DM_EIO, "%lld chunks are still to do (a bug: the pipeline ended "
+                          "early)", (long long)r->chunks_left);
+    }
+    if (!r->chunks_run && !r->chunks_reset && dm_fin_uptodate(ti, o->outdir)) {
+        r->nothing_to_do = 1;
+        dm_tileindex_chunks_free(done, files, n);
+        return 0;
+    }
+    dm_fin f = { .outdir = o->outdir, .ti = ti, .done = done, .cfg = cfg, .res = res,
+                 .max_bytes = o->max_cog_gib * 1073741824.0, .threads = o->threads,
+                 .cancel = o->cancel, .ev = &o->ev, .fault = o->fault };
+    (void)e;
+    rc = fin_grid(&f, err);
+    if (!rc)
+        rc = fin_build(&f, r, o->drop_chunks, err);
+    dm_tileindex_chunks_free(done, files, n);
+    return rc;
+}
+
+int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result *r,
+                    dm_err *err)
+{
+    dm_run_result dummy;
+    if (!r)
+        r = &dummy;
+    memset(r, 0, sizeof *r);
+    double t0 = now();
+    char index[4200];
+    snprintf(index, sizeof index, "%s/tiles.gpkg", outdir);
+    if (!dm_exists(index))
+        return dm_err_set(err, DM_EINVAL, "%s: not a dinomap run folder (no tiles.gpkg)", outdir);
+    dm_lock *lock = NULL;
+    int rc = dm_lock_dir(outdir, &lock, err);
+    if (rc)
+        return rc;
+    dm_tileindex *ti = NULL;
+    char *c = NULL, *rs = NULL;
+    cJSON *cfg = NULL, *res = NULL;
+    uint8_t *done = NULL;
+    char **files = NULL;
+    int n = 0;
+    rc = dm_tileindex_open(index, "{\"command\":\"finalize\"}", 0, &ti, err);
+    if (!rc)
+        rc = dm_tileindex_config_get(ti, "config", &c, err);
+    if (!rc)
+        rc = dm_tileindex_config_get(ti, "resolved", &rs, err);
+    if (!rc && (!c || !rs || !(cfg = cJSON_Parse(c)) || !(res = cJSON_Parse(rs))))
+        rc = dm_err_set(err, DM_EFORMAT, "%s: holds no dinomap run configuration", index);
+    if (!rc)
+        rc = dm_tileindex_chunks(ti, &done, &files, &n, err);
+    if (!rc) {
+        counts_into(ti, done, n, r);
+        if (r->chunks_left)
+            dm_warn("%lld of %lld chunks are not done yet: their area is nodata in the outputs "
+                    "(run the mapping command again to finish them)", (long long)r->chunks_left,
+                    (long long)n);
+    }
+    char *dropped = NULL;
+    if (!rc)
+        rc = dm_tileindex_config_get(ti, "chunks_dropped", &dropped, err);
+    if (!rc && dropped && !strcmp(dropped, "1"))
+        rc = dm_err_set(err, DM_EINVAL, "%s: the chunks were deleted after the last finalize "
+                        "(--drop-chunks); the outputs cannot be rebuilt from them. Run the "
+                        "mapping command again to recompute", outdir);
+    free(dropped);
+    if (!rc) {
+        double run_max = 16;
+        num(res, "max_cog_gib", &run_max);
+        dm_fin f = { .outdir = outdir, .ti = ti, .done = done, .cfg = cfg, .res = res,
+                     .max_bytes = (o && o->max_cog_gib >= 0 ? o->max_cog_gib : run_max) *
+                                  1073741824.0,
+                     .threads = o ? o->threads : 0, .cancel = o ? o->cancel : NULL,
+                     .ev = o ? &o->ev : NULL, .fault = o ? o->fault : NULL };
+        dm_run_events none = { 0 };
+        if (!f.ev)
+            f.ev = &none;
+        rc = fin_grid(&f, err);
+        r->seconds = now() - t0;
+        if (!rc)
+            rc = fin_build(&f, r, o && o->drop_chunks, err);
+    }
+    if (ti)
+        dm_tileindex_end_run(ti, rc ? (rc == DM_EINTERRUPTED ? "interrupted" : "failed")
+                                    : "finalized", NULL);
+    dm_tileindex_chunks_free(done, files, n);
+    dm_tileindex_close(ti, NULL);
+    cJSON_Delete(cfg), cJSON_Delete(res);
+    free(c), free(rs);
+    dm_unlock(lock);
+    r->seconds = now() - t0;
+    return rc;
+}
+
+int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err)
+{
+    cJSON *j = cJSON_CreateObject();
+    char ts[32];
+    time_t t = time(NULL);
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+    cJSON_AddStringToObject(j, "tool", "dinomap");
+    cJSON_AddStringToObject(j, "version", DINOMAP_VERSION);
+    cJSON_AddStringToObject(j, "finalized", ts);
+    cJSON_AddItemToObject(j, "products",
+                          cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(f->cfg, "products"), 1));
+    char *cs = NULL;
+    dm_tileindex_config_get(f->ti, "config_sha256", &cs, NULL);
+    cJSON_AddStringToObject(j, "config_sha256", cs ? cs : "");
+    free(cs);
+    cJSON_AddItemToObject(j, "config", cJSON_Duplicate(f->cfg, 1));
+    const cJSON *w = cJSON_GetObjectItemCaseSensitive(f->res, "weights");
+    cJSON *m = cJSON_AddObjectToObject(j, "model");
+    cJSON_AddStringToObject(m, "weights", cJSON_IsString(w) ? w->valuestring : "");
+    cJSON_AddItemToObject(m, "sha256", cJSON_Duplicate(
+                                           cJSON_GetObjectItemCaseSensitive(f->cfg,
+                                                                            "weights_sha256"), 1));
+    cJSON_AddItemToObject(m, "arch",
+                          cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(f->cfg, "arch"), 1));
+    cJSON_AddItemToObject(j, "scaling",
+                          cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(f->res, "scaling"), 1));
+    cJSON *g = cJSON_AddObjectToObject(j, "grid");
+    cJSON_AddNumberToObject(g, "width_px", f->g.W);
+    cJSON_AddNumberToObject(g, "height_px", f->g.H);
+    cJSON_AddNumberToObject(g, "features_width", f->g.fw);
+    cJSON_AddNumberToObject(g, "features_height", f->g.fh);
+    cJSON_AddNumberToObject(g, "window_px", f->g.S);
+    cJSON_AddNumberToObject(g, "tiles", dm_grid_ntiles(&f->g));
+    cJSON_AddNumberToObject(g, "chunks", dm_grid_nchunks(&f->g));
+    int64_t c[5] = { 0 };
+    dm_tileindex_counts(f->ti, c, NULL);
+    cJSON *tl = cJSON_AddObjectToObject(j, "tiles");
+    for (int s = DM_TILE_PENDING; s <= DM_TILE_FAILED; s++)
+        cJSON_AddNumberToObject(tl, dm_tile_state_name((dm_tile_state)s), (double)c[s]);
+    cJSON_AddStringToObject(j, "outputs", f->outputs);
+    /* this invocation */
+    cJSON *tm = cJSON_AddObjectToObject(j, "timings");
+    double secs = r->seconds, area = (double)r->tiles_run * f->g.tile * f->g.tile *
+                                     fabs(f->gt[1] * f->gt[5]) / 1e6;
+    const cJSON *geo = cJSON_GetObjectItemCaseSensitive(f->res, "georeferenced");
+    cJSON_AddNumberToObject(tm, "tiles_run", (double)r->tiles_run);
+    cJSON_AddNumberToObject(tm, "seconds_total", secs);
+    cJSON_AddNumberToObject(tm, "seconds_model", r->seconds_model);
+    cJSON_AddNumberToObject(tm, "tiles_per_s", secs > 0 ? r->tiles_run / secs : 0);
+    cJSON_AddNumberToObject(tm, "km2_per_h",
+                            secs > 0 && cJSON_IsTrue(geo) ? area / secs * 3600 : 0);
+    char *s = cJSON_Print(j);
+    cJSON_Delete(j);
+    if (!s)
+        return dm_err_oom(err);
+    char p[4200];
+    snprintf(p, sizeof p, "%s/run.json", f->outdir);
+    size_t len = strlen(s);
+    s[len] = '\0';
+    char *s2 = realloc(s, len + 2);
+    if (s2) {
+        s = s2;
+        s[len] = '\n';
+        s[len + 1] = '\0';
+        len++;
+    }
+    int rc = dm_write_file_atomic(p, s, len, err);
+    free(s);
+    return rc;
+}
+
+int dm_run_status(const char *outdir, char **json, dm_err *err)
+{
+    *json = NULL;
+    char index[4200];
+    snprintf(index, sizeof index, "%s/tiles.gpkg", outdir);
+    if (!dm_exists(index))
+        return dm_err_set(err, DM_EINVAL, "%s: not a dinomap run folder (no tiles.gpkg)", outdir);
+    dm_tileindex *ti = NULL;
+    int rc = dm_tileindex_open(index, NULL, 0, &ti, err);
+    char *c = NULL, *last = NULL, *outs = NULL;
+    uint8_t *done = NULL;
+    char **files = NULL;
+    int n = 0;
+    int64_t cnt[5] = { 0 };
+    if (!rc)
+        rc = dm_tileindex_config_get(ti, "config", &c, err);
+    if (!rc)
+        rc = dm_tileindex_chunks(ti, &done, &files, &n, err);
+    if (!rc)
+        rc = dm_tileindex_counts(ti, cnt, err);
+    if (!rc)
+        rc = dm_tileindex_config_get(ti, "outputs", &outs, err);
+    cJSON *j = rc ? NULL : cJSON_CreateObject(), *cfg = c ? cJSON_Parse(c) : NULL;
+    if (j) {
+        cJSON_AddStringToObject(j, "outdir", outdir);
+        if (cfg)
+            cJSON_AddItemToObject(j, "config", cfg);
+        cJSON *t = cJSON_AddObjectToObject(j, "tiles");
+        for (int s = 0; s < 5; s++)
+            cJSON_AddNumberToObject(t, dm_tile_state_name((dm_tile_state)s), (double)cnt[s]);
+        int nd = 0;
+        for (int k = 0; k < n; k++)
+            nd += done[k];
+        cJSON *ch = cJSON_AddObjectToObject(j, "chunks");
+        cJSON_AddNumberToObject(ch, "total", n);
+        cJSON_AddNumberToObject(ch, "done", nd);
+        cJSON_AddNumberToObject(ch, "left", n - nd);
+        cJSON_AddBoolToObject(j, "complete", nd == n);
+        cJSON_AddBoolToObject(j, "outputs_up_to_date", dm_fin_uptodate(ti, outdir));
+        cJSON_AddStringToObject(j, "outputs", outs ? outs : "");
+        char *cs = NULL;
+        dm_tileindex_config_get(ti, "config_sha256", &cs, NULL);
+        cJSON_AddStringToObject(j, "config_sha256", cs ? cs : "");
+        free(cs);
+        int nruns = 0;
+        char started[64] = "", status[1100] = "";
+        if (dm_tileindex_last_run(ti, &nruns, started, sizeof started, status, sizeof status,
+                                  NULL) == 0) {
+            cJSON *rr = cJSON_AddObjectToObject(j, "runs");
+            cJSON_AddNumberToObject(rr, "invocations", nruns);
+            cJSON_AddStringToObject(rr, "last_started", started);
+            cJSON_AddStringToObject(rr, "last_status", status);
+        }
+        *json = cJSON_Print(j);
+        cJSON_Delete(j);
+        if (!*json)
+            rc = dm_err_oom(err);
+    } else if (!rc) {
+        cJSON_Delete(cfg);
+        rc = dm_err_oom(err);
+    }
+    dm_tileindex_chunks_free(done, files, n);
+    dm_tileindex_close(ti, NULL);
+    free(c), free(last), free(outs);
+    return rc;
+}
