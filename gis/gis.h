@@ -71,6 +71,10 @@ int dm_mosaic_read(dm_mosaic *m, int x0, int y0, int w, int h, uint8_t *rgb, uin
  * is replicated to grey RGB. */
 int dm_gis_read_rgb8(const char *path, int *H, int *W, uint8_t **rgb, dm_err *err);
 
+/* GDAL's block cache (process-wide): finalize writes each block once and needs little of it.
+ * Sets it to `bytes` (<= 0: leaves it) and returns what it was, to restore. */
+int64_t dm_gis_cache_set(int64_t bytes);
+
 /* ==== areas of interest ==========================================================================
  * Vector polygons (any OGR format) that select the tiles to run. */
 typedef struct dm_aoi dm_aoi;

@@ -43,3 +43,11 @@ int dm_gis_read_rgb8(const char *path, int *H, int *W, uint8_t **rgb, dm_err *er
     *W = w;
     return rc;
 }
+
+int64_t dm_gis_cache_set(int64_t bytes)
+{
+    GIntBig was = GDALGetCacheMax64();
+    if (bytes > 0)
+        GDALSetCacheMax64(bytes);
+    return was;
+}

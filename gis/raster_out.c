@@ -55,13 +55,17 @@ int dm_gis_chunk_write(const char *path, const float *data, int bands, int w, in
     GDALAllRegister();
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.part", path);
+    /* blocks no larger than the chunk (a 128-px chunk in 256-px blocks would be 4× the work);
+     * no predictor: libtiff's floating-point one made reads 8× slower for 5 % less size */
+    char bx[16], by[16];
+    snprintf(bx, sizeof bx, "%d", w >= 256 ? 256 : (w + 15) / 16 * 16);
+    snprintf(by, sizeof by, "%d", h >= 256 ? 256 : (h + 15) / 16 * 16);
     char **o = NULL;
     o = CSLSetNameValue(o, "TILED", "YES");
-    o = CSLSetNameValue(o, "BLOCKXSIZE", "256");
-    o = CSLSetNameValue(o, "BLOCKYSIZE", "256");
+    o = CSLSetNameValue(o, "BLOCKXSIZE", bx);
+    o = CSLSetNameValue(o, "BLOCKYSIZE", by);
     o = CSLSetNameValue(o, "INTERLEAVE", "BAND");
     o = CSLSetNameValue(o, "BIGTIFF", "IF_SAFER");
-    o = CSLSetNameValue(o, "PREDICTOR", "3");
     o = fast_options(o);
     CPLPushErrorHandler(CPLQuietErrorHandler);
     CPLErrorReset();
@@ -243,7 +247,8 @@ int dm_out_begin(dm_out *o, int region, dm_err *err)
     co = CSLSetNameValue(co, "BLOCKYSIZE", "256");
     co = CSLSetNameValue(co, "INTERLEAVE", "BAND");
     co = CSLSetNameValue(co, "BIGTIFF", "IF_SAFER");
-    co = fast_options(co);
+    /* uncompressed: read back once, and no codec buffers churning the heap (finalize of a
+     * 19,968² px run: 312 MB peak this way, 385 MB with ZSTD) */
     CPLPushErrorHandler(CPLQuietErrorHandler);
     CPLErrorReset();
     o->tmp = GDALCreate(GDALGetDriverByName("GTiff"), o->tmp_path, o->reg.w, o->reg.h, o->s.bands,
@@ -295,9 +300,20 @@ int dm_out_end(dm_out *o, dm_err *err)
     for (int f = 2; nl < 30 && (o->reg.w > OUT_BLOCK * (f / 2) || o->reg.h > OUT_BLOCK * (f / 2));
          f *= 2)
         lev[nl++] = f;
-    if (!rc && nl && GDALBuildOverviews(d, o->s.resampling, nl, lev, 0, NULL, NULL, NULL) !=
-                         CE_None)
+    /* the overview levels first (empty), then band by band: GDAL's all-bands path holds a
+     * strip of every band at once (224 MB for 128 bands, growing with the band count) */
+    if (!rc && nl && GDALBuildOverviews(d, "NONE", nl, lev, 0, NULL, NULL, NULL) != CE_None)
         rc = dm_err_set(err, DM_EIO, "%s: cannot build overviews: %s", o->tmp_path, gdal_msg());
+    for (int b = 1; !rc && nl && b <= o->s.bands; b++) {
+        GDALRasterBandH src = GDALGetRasterBand(d, b), ov[32];
+        int n = GDALGetOverviewCount(src);
+        for (int i = 0; i < n && i < 32; i++)
+            ov[i] = GDALGetOverview(src, i);
+        if (GDALRegenerateOverviews(src, n < 32 ? n : 32, ov, o->s.resampling, NULL, NULL) !=
+            CE_None)
+            rc = dm_err_set(err, DM_EIO, "%s: cannot build overviews: %s", o->tmp_path,
+                            gdal_msg());
+    }
     if (d) {
         CPLErrorReset();
         GDALClose(d);

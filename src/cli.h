@@ -26,7 +26,7 @@ typedef struct dm_cli {
     const char *cmd;          /* "features", "chm", "run" */
     unsigned cmdmask;         /* DM_CMD_* of this command */
     dm_run_opts o;
-    int progress, quiet;
+    int progress, progress_set, quiet;
     const char *log;
     int tile_set, halo_set, overlap, overlap_set, products_set;
     char **inputs;            /* owned */

@@ -45,6 +45,7 @@ static void log_to_stderr(void *ctx, int level, const char *msg)
 int main(int argc, char **argv)
 {
     dm_blas_pick_core(argv);
+    dm_memory_policy();
     dm_log_set_sink(log_to_stderr, NULL);
     /* GDAL's block cache defaults to 5% of RAM; a fixed size keeps a run's memory bounded and
      * predictable (GDAL_CACHEMAX still wins when set) */

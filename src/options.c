@@ -340,6 +340,7 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
     case O_PROGRESS:
         if ((c->progress = dm_parse_progress(v)) < 0)
             return BAD("--progress %s: expected auto, bar, json or none", v);
+        c->progress_set = 1;
         break;
     case O_UNGEO:
     case O_NOPCA:
@@ -458,6 +459,8 @@ int dm_cli_finish(dm_cli *c)
                 cmd);
         return -2;
     }
+    if (c->quiet && !c->progress_set)
+        c->progress = DM_PROGRESS_NONE; /* -q: warnings and errors only */
     if (!(o->products & DM_PRODUCT_FEATURES) && !c->tile_set)
         o->tile = 384; /* chm alone: 512-px windows with the default halo, as CHMv2 was run */
     if (c->overlap_set) {

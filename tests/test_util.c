@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "../src/base/base.h"
 #include "golden.h"
@@ -56,8 +58,12 @@ double dm_cmp_npy(const char *ours, const char *ref, char *why, int nwhy)
 
 const char *dm_bin(void)
 {
+    static char abs[PATH_MAX];
     const char *b = getenv("DM_BIN");
-    return b && *b ? b : "./dinomap";
+    b = b && *b ? b : "./dinomap";
+    if (!abs[0] && !realpath(b, abs)) /* absolute: some tests run commands in other folders */
+        snprintf(abs, sizeof abs, "%s", b);
+    return abs;
 }
 
 int dm_run(const char *cmd, const char **outbuf)
@@ -65,7 +71,7 @@ int dm_run(const char *cmd, const char **outbuf)
     static char buf[16384];
     char full[8192], path[512];
     snprintf(path, sizeof path, "%s/cmd.out", dm_test_tmpdir());
-    snprintf(full, sizeof full, "(%s) >%s 2>&1", cmd, path);
+    snprintf(full, sizeof full, "{ %s\n} >%s 2>&1", cmd, path); /* the shell's own notes too */
     int st = system(full);
     buf[0] = '\0';
     FILE *f = fopen(path, "r");
@@ -160,4 +166,37 @@ int dm_dir_empty_or_missing(const char *d)
         n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
     closedir(dp);
     return n == 0;
+}
+
+int dm_run_peak(const char *cmd, const char **outbuf, double *peak_mb)
+{
+    static char buf[16384];
+    char path[512], full[8192];
+    snprintf(path, sizeof path, "%s/cmd.out", dm_test_tmpdir());
+    snprintf(full, sizeof full, "exec %s >%s 2>&1", cmd, path);
+    *peak_mb = -1;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", full, (char *)NULL);
+        _exit(127);
+    }
+    int st = 0;
+    struct rusage ru;
+    if (wait4(pid, &st, 0, &ru) != pid)
+        return -1;
+    *peak_mb = (double)ru.ru_maxrss / 1024.0; /* this process and what it waited for */
+    buf[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (f) {
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = '\0';
+        fclose(f);
+        remove(path);
+    }
+    if (outbuf)
+        *outbuf = buf;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

@@ -72,7 +72,8 @@ int dm_eng_want_layer(dm_eng *e, int L, dm_err *err)
     return e->nlayers++;
 }
 
-/* The testing fault "POINT:N": SIGKILL the N-th time POINT is reached. */
+/* The testing fault "POINT:N": SIGKILL the N-th time POINT is reached ("sigterm:N": SIGTERM
+ * after the N-th tile, as a user's kill would send). */
 static void fault(const char *spec, const char *point, int *count)
 {
     if (!spec)
@@ -81,7 +82,7 @@ static void fault(const char *spec, const char *point, int *count)
     if (strncmp(spec, point, n) || spec[n] != ':')
         return;
     if (++*count == atoi(spec + n + 1))
-        raise(SIGKILL);
+        raise(strcmp(point, "sigterm") ? SIGKILL : SIGTERM);
 }
 
 /* --- the run's state ---------------------------------------------------------------------------- */
@@ -98,7 +99,7 @@ typedef struct run {
     int cur_chunk, left, nres, any_done;
     dm_tile_result *res;
     float *emb;              /* [chunk², 2, D] */
-    int faults_tile, faults_commit;
+    int faults_tile, faults_commit, faults_term;
     dm_run_result *out;
     double t_chunk;
 } run;
@@ -348,6 +349,7 @@ static int stage_write(void *ctx, dm_job *job, dm_err *err)
         R->out->tiles_empty++;
     }
     fault(R->o->fault, "tile", &R->faults_tile);
+    fault(R->o->fault, "sigterm", &R->faults_term);
     if (R->o->ev.progress)
         R->o->ev.progress(R->o->ev.ctx, "tiles", R->out->tiles_run + R->out->tiles_empty, R->nj);
     if (--R->left == 0)
@@ -506,10 +508,12 @@ static void footprint(const dm_eng *e, int r, int c, dm_tile_rec *t)
 /* Which inputs changed since the folder's run: the rectangles (mosaic px) of every file that is
  * new, gone, or of another size or modification time. */
 static int changed_rects(const dm_input_fp *old, int nold, const dm_input_fp *cur, int ncur,
-                         dm_window **rects, int *nr, char *first, size_t nfirst, dm_err *err)
+                         dm_window **rects, int *nr, int *nfiles, char *first, size_t nfirst,
+                         dm_err *err)
 {
     *rects = NULL;
-    *nr = 0;
+    *nr = *nfiles = 0;
+    const char *lastpath = NULL;
     first[0] = '\0';
     int cap = 0;
     const dm_input_fp *lists[2] = { old, cur };
@@ -533,6 +537,10 @@ static int changed_rects(const dm_input_fp *old, int nold, const dm_input_fp *cu
             if (!first[0])
                 snprintf(first, nfirst, "%s (%s)", f->path,
                          !seen_path ? (side ? "new" : "gone") : "changed");
+            if (side == 0 || !seen_path) /* a changed file counts once */
+                if (!lastpath || strcmp(lastpath, f->path))
+                    (*nfiles)++;
+            lastpath = f->path;
             if (*nr == cap) {
                 cap = cap ? 2 * cap : 16;
                 dm_window *p = realloc(*rects, sizeof *p * (size_t)cap);
@@ -639,6 +647,8 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     cJSON *old_cfg = NULL, *old_res = NULL;
     char index[4200], p[4200];
     snprintf(index, sizeof index, "%s/tiles.gpkg", o->outdir);
+    snprintf(p, sizeof p, "%s/%s", o->outdir, DM_LOCK_FILE);
+    int lock_existed = dm_exists(p);
     if ((rc = dm_lock_dir(o->outdir, &lock, err)))
         goto out;
     if (o->overwrite && (rc = remove_run(o->outdir, err)))
@@ -809,12 +819,12 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         rc = dm_err_oom(err);
     if (!rc && !fresh) {
         dm_window *rects = NULL;
-        int nr = 0;
+        int nr = 0, nfiles = 0;
         char first[600];
         char *dropped = NULL;
         rc = dm_tileindex_inputs(e->ti, &ofp, &nofp, err);
         if (!rc)
-            rc = changed_rects(ofp, nofp, fp, nfp, &rects, &nr, first, sizeof first, err);
+            rc = changed_rects(ofp, nofp, fp, nfp, &rects, &nr, &nfiles, first, sizeof first, err);
         if (!rc)
             rc = dm_tileindex_config_get(e->ti, "chunks_dropped", &dropped, err);
         int was_dropped = dropped && !strcmp(dropped, "1");
@@ -844,8 +854,9 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
                 reset[nreset++] = k;
         }
         if (!rc && nr)
-            dm_info("%d input file%s changed since the folder's run, e.g. %s: %d chunk%s to redo",
-                    nr, nr == 1 ? "" : "s", first, nreset, nreset == 1 ? "" : "s");
+            dm_info("%d input file%s changed since the folder's run (%s%s): %d chunk%s to redo",
+                    nfiles, nfiles == 1 ? "" : "s", nfiles > 1 ? "e.g. " : "", first, nreset,
+                    nreset == 1 ? "" : "s");
         if (!rc && (nreset || nr))
             rc = dm_tileindex_reset(e->ti, reset, nreset, fp, nfp, err);
         if (!rc && redo_all)
@@ -915,14 +926,23 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         dm_pipeline_fns fns = { &R, job_alloc, job_release, stage_read, stage_infer, stage_write };
         rc = dm_pipeline_run(&fns, R.nj, o->batch, 2, err);
         if (rc == DM_EINTERRUPTED)
-            dm_err_set(err, DM_EINTERRUPTED, "interrupted: %lld chunk%s done in this run are kept; "
-                       "run the same command again to go on", (long long)res->chunks_run,
-                       res->chunks_run == 1 ? "" : "s");
+            dm_err_set(err, DM_EINTERRUPTED, "interrupted: the %lld chunk%s done in this run %s "
+                       "kept; run the same command again to go on", (long long)res->chunks_run,
+                       res->chunks_run == 1 ? "" : "s", res->chunks_run == 1 ? "is" : "are");
         if (rc)
             goto out;
     }
     res->seconds_model = e->model_seconds;
     /* 5. finalize when every chunk is done (dm_fin_run says "nothing to do" when up to date) */
+    /* the tile phase's memory goes before finalize's: the mosaic (and its cached blocks), the
+     * model's buffers */
+    dm_mosaic_close(e->mo);
+    e->mo = NULL;
+    for (int i = 0; i < DM_MAX_LAYERS; i++)
+        free(R.layer_buf[i]), R.layer_buf[i] = NULL;
+    free(R.batch_img), free(R.normed);
+    R.batch_img = R.normed = NULL;
+    dm_trim_memory();
     rc = dm_fin_run(e, o, e->ti, e->cfg, e->res, res, err);
 out:
     if (e->ti) {
@@ -939,11 +959,12 @@ out:
     free_run(&R);
     if (nothing_made && lock) {
         remove_run(o->outdir, NULL);
-        if (made) {
+        if (!lock_existed) {
             snprintf(p, sizeof p, "%s/%s", o->outdir, DM_LOCK_FILE);
             unlink(p);
-            rmdir(o->outdir);
         }
+        if (made)
+            rmdir(o->outdir);
     } else if (rc == DM_ELOCKED && made) {
         rmdir(o->outdir);
     }
