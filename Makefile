@@ -4,9 +4,9 @@
 
 CC      ?= cc
 BUILD   ?= build
-PKGS    := gdal openblas libcjson inih
+PKGS    := gdal openblas libcjson inih libcrypto
 DEB_PKGS := build-essential pkg-config libgdal-dev libproj-dev libopenblas-dev libtiff-dev \
-            libsqlite3-dev libcjson-dev libinih-dev gdal-bin python3-gdal
+            libsqlite3-dev libcjson-dev libinih-dev libssl-dev gdal-bin python3-gdal
 
 # SIMD: AVX2+FMA when this CPU has them (override with SIMD=); the code is correct without.
 SIMD    ?= $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null && echo -mavx2 -mfma) \

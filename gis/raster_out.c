@@ -47,6 +47,19 @@ static char **fast_options(char **o)
     return o;
 }
 
+/* Tiled, band-interleaved GeoTIFF creation options with blocks of bx × by px. */
+static char **tiled(char **o, int bx, int by)
+{
+    char x[16], y[16];
+    snprintf(x, sizeof x, "%d", bx);
+    snprintf(y, sizeof y, "%d", by);
+    o = CSLSetNameValue(o, "TILED", "YES");
+    o = CSLSetNameValue(o, "BLOCKXSIZE", x);
+    o = CSLSetNameValue(o, "BLOCKYSIZE", y);
+    o = CSLSetNameValue(o, "INTERLEAVE", "BAND");
+    return CSLSetNameValue(o, "BIGTIFF", "IF_SAFER");
+}
+
 /* --- chunk files -------------------------------------------------------------------------------- */
 
 int dm_gis_chunk_write(const char *path, const float *data, int bands, int w, int h,
@@ -57,15 +70,7 @@ int dm_gis_chunk_write(const char *path, const float *data, int bands, int w, in
     snprintf(tmp, sizeof tmp, "%s.part", path);
     /* blocks no larger than the chunk (a 128-px chunk in 256-px blocks would be 4× the work);
      * no predictor: libtiff's floating-point one made reads 8× slower for 5 % less size */
-    char bx[16], by[16];
-    snprintf(bx, sizeof bx, "%d", w >= 256 ? 256 : (w + 15) / 16 * 16);
-    snprintf(by, sizeof by, "%d", h >= 256 ? 256 : (h + 15) / 16 * 16);
-    char **o = NULL;
-    o = CSLSetNameValue(o, "TILED", "YES");
-    o = CSLSetNameValue(o, "BLOCKXSIZE", bx);
-    o = CSLSetNameValue(o, "BLOCKYSIZE", by);
-    o = CSLSetNameValue(o, "INTERLEAVE", "BAND");
-    o = CSLSetNameValue(o, "BIGTIFF", "IF_SAFER");
+    char **o = tiled(NULL, w >= 256 ? 256 : (w + 15) / 16 * 16, h >= 256 ? 256 : (h + 15) / 16 * 16);
     o = fast_options(o);
     CPLPushErrorHandler(CPLQuietErrorHandler);
     CPLErrorReset();
@@ -241,12 +246,7 @@ int dm_out_begin(dm_out *o, int region, dm_err *err)
     char p[4200];
     region_path(o, region, p, sizeof p);
     snprintf(o->tmp_path, sizeof o->tmp_path, "%s.tmp.tif", p);
-    char **co = NULL;
-    co = CSLSetNameValue(co, "TILED", "YES");
-    co = CSLSetNameValue(co, "BLOCKXSIZE", "256");
-    co = CSLSetNameValue(co, "BLOCKYSIZE", "256");
-    co = CSLSetNameValue(co, "INTERLEAVE", "BAND");
-    co = CSLSetNameValue(co, "BIGTIFF", "IF_SAFER");
+    char **co = tiled(NULL, OUT_BLOCK, OUT_BLOCK);
     /* uncompressed: read back once, and no codec buffers churning the heap (finalize of a
      * 19,968² px run: 312 MB peak this way, 385 MB with ZSTD) */
     CPLPushErrorHandler(CPLQuietErrorHandler);
@@ -327,15 +327,10 @@ int dm_out_end(dm_out *o, dm_err *err)
     if (!rc && !d)
         rc = dm_err_set(err, DM_EIO, "%s: cannot reopen: %s", o->tmp_path, gdal_msg());
     if (!rc) {
-        char **co = NULL;
-        co = CSLSetNameValue(co, "TILED", "YES");
-        co = CSLSetNameValue(co, "BLOCKXSIZE", "256");
-        co = CSLSetNameValue(co, "BLOCKYSIZE", "256");
-        co = CSLSetNameValue(co, "INTERLEAVE", "BAND");
+        char **co = tiled(NULL, OUT_BLOCK, OUT_BLOCK);
         co = CSLSetNameValue(co, "COPY_SRC_OVERVIEWS", "YES");
         co = CSLSetNameValue(co, "COMPRESS", "DEFLATE");
         co = CSLSetNameValue(co, "PREDICTOR", o->s.byte ? "2" : "3");
-        co = CSLSetNameValue(co, "BIGTIFF", "IF_SAFER");
         co = CSLSetNameValue(co, "NUM_THREADS", "ALL_CPUS");
         CPLErrorReset();
         GDALDatasetH c = GDALCreateCopy(GDALGetDriverByName("GTiff"), part, d, FALSE, co, NULL,

@@ -50,6 +50,11 @@ const void *dm_cli_longopts(unsigned cmdmask);
 int dm_cli_getopt(dm_cli *c, int code, const char *arg);
 /* Prints the options this command takes, one per line with its default. */
 void dm_cli_help_options(FILE *f, unsigned cmdmask);
+/* Parses argv[first..] with getopt_long (this command's options); stops at the first operand
+ * (optind). -1 to go on, else the exit code (0 after --help, 2 for a bad option: said). */
+int dm_cli_parse(dm_cli *c, int argc, char **argv, int first, void (*help)(FILE *));
+/* `dinomap features` / `dinomap chm`: options, then INPUT...; the exit code. */
+int dm_cli_main(int argc, char **argv, const char *cmd, unsigned mask, void (*help)(FILE *));
 /* After parsing: product-dependent defaults, required options; 0 or -2 with a message printed. */
 int dm_cli_finish(dm_cli *c);
 /* Runs the mapping (dinomap features/chm/run after parsing): progress, --log, signals, the

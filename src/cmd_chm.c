@@ -3,8 +3,6 @@
 
 #include "cli.h"
 
-int dm_cli_main(int argc, char **argv, const char *cmd, unsigned mask, void (*help)(FILE *));
-
 static void help(FILE *f)
 {
     fprintf(f,

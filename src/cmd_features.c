@@ -1,7 +1,5 @@
 /* src/cmd_features.c — `dinomap features`: a mosaic → a georeferenced embedding raster. */
-#include <getopt.h>
 #include <stdio.h>
-#include <string.h>
 
 #include "cli.h"
 
@@ -26,39 +24,6 @@ static void help(FILE *f)
     dm_cli_help_options(f, DM_CMD_FEATURES);
     fprintf(f, "\nExit status: 0 done (or nothing to do), 1 failure, 2 usage, 3 OUTDIR in use by "
                "another run,\n4 interrupted (SIGINT/SIGTERM; run again to go on).\n");
-}
-
-/* The mapping commands' shared command line: options, then INPUT... */
-int dm_cli_main(int argc, char **argv, const char *cmd, unsigned mask, void (*help)(FILE *))
-{
-    dm_cli c;
-    dm_cli_init(&c, cmd, mask);
-    const struct option *lo = dm_cli_longopts(mask);
-    int ch, code = -1;
-    optind = 1;
-    opterr = 0;
-    while (code < 0 && (ch = getopt_long(argc, argv, "m:o:qh", lo, NULL)) != -1) {
-        if (ch == 'h') {
-            help(stdout);
-            code = 0;
-        } else if (ch == '?' || ch == ':') {
-            const char *bad = argv[optind - 1];
-            fprintf(stderr, "dinomap %s: %s: %s (dinomap %s --help lists the options)\n", cmd,
-                    bad, ch == ':' ? "needs a value" : "unknown option", cmd);
-            code = DM_EXIT_USAGE;
-        } else if (dm_cli_getopt(&c, ch, optarg)) {
-            code = DM_EXIT_USAGE;
-        }
-    }
-    for (int i = optind; code < 0 && i < argc; i++)
-        if (dm_cli_add_input(&c, argv[i]))
-            code = DM_EXIT_FAIL;
-    if (code < 0 && dm_cli_finish(&c))
-        code = DM_EXIT_USAGE;
-    if (code < 0)
-        code = dm_cli_map(&c);
-    dm_cli_free(&c);
-    return code;
 }
 
 int cmd_features(int argc, char **argv)

@@ -1,7 +1,7 @@
 /* src/cmd_run.c — `dinomap run CONFIG.ini [--option VALUE ...]`: a mapping run described by an INI
  * file (for cron): the keys are the long option names of the mapping commands, plus `products`
  * and `input`; options on the command line come after the file and win. */
-#include <getopt.h>
+#include <getopt.h> /* optind */
 #include <stdio.h>
 #include <string.h>
 
@@ -42,22 +42,8 @@ int cmd_run(int argc, char **argv)
     dm_cli c;
     dm_cli_init(&c, "run", DM_CMD_RUN);
     int code = dm_cli_read_ini(&c, argv[1]) ? DM_EXIT_USAGE : -1;
-    const struct option *lo = dm_cli_longopts(DM_CMD_RUN);
-    int ch;
-    optind = 2;
-    opterr = 0;
-    while (code < 0 && (ch = getopt_long(argc, argv, "m:o:qh", lo, NULL)) != -1) {
-        if (ch == 'h') {
-            help(stdout);
-            code = 0;
-        } else if (ch == '?' || ch == ':') {
-            fprintf(stderr, "dinomap run: %s: %s (dinomap run --help)\n", argv[optind - 1],
-                    ch == ':' ? "needs a value" : "unknown option");
-            code = DM_EXIT_USAGE;
-        } else if (dm_cli_getopt(&c, ch, optarg)) {
-            code = DM_EXIT_USAGE;
-        }
-    }
+    if (code < 0)
+        code = dm_cli_parse(&c, argc, argv, 2, help);
     if (code < 0 && optind < argc) {
         fprintf(stderr, "dinomap run: %s: inputs go in the config file (input = ...)\n",
                 argv[optind]);

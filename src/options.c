@@ -114,36 +114,31 @@ void dm_cli_free(dm_cli *c)
     free(c->owned);
 }
 
-const char *dm_cli_keep(dm_cli *c, const char *s)
+/* Appends a copy of s to a growing array of strings; the copy, or NULL when out of memory. */
+static char *push(char ***arr, int *n, int *cap, const char *s)
 {
-    if (c->nowned == c->capowned) {
-        int cap = c->capowned ? 2 * c->capowned : 16;
-        char **p = realloc(c->owned, sizeof *p * (size_t)cap);
+    if (*n == *cap) {
+        int c = *cap ? 2 * *cap : 16;
+        char **p = realloc(*arr, sizeof *p * (size_t)c);
         if (!p)
             return NULL;
-        c->owned = p;
-        c->capowned = cap;
+        *arr = p;
+        *cap = c;
     }
     char *d = strdup(s);
     if (d)
-        c->owned[c->nowned++] = d;
+        (*arr)[(*n)++] = d;
     return d;
+}
+
+const char *dm_cli_keep(dm_cli *c, const char *s)
+{
+    return push(&c->owned, &c->nowned, &c->capowned, s);
 }
 
 int dm_cli_add_input(dm_cli *c, const char *path)
 {
-    if (c->ninputs == c->capinputs) {
-        int cap = c->capinputs ? 2 * c->capinputs : 16;
-        char **p = realloc(c->inputs, sizeof *p * (size_t)cap);
-        if (!p)
-            return -1;
-        c->inputs = p;
-        c->capinputs = cap;
-    }
-    if (!(c->inputs[c->ninputs] = strdup(path)))
-        return -1;
-    c->ninputs++;
-    return 0;
+    return push(&c->inputs, &c->ninputs, &c->capinputs, path) ? 0 : -1;
 }
 
 int dm_parse_int_list(const char *s, int *out, int max)
@@ -444,6 +439,44 @@ void dm_cli_help_options(FILE *f, unsigned cmdmask)
         }
     }
     fprintf(f, "  %-24s%s\n", "-h, --help", "this help");
+}
+
+int dm_cli_parse(dm_cli *c, int argc, char **argv, int first, void (*help)(FILE *))
+{
+    const struct option *lo = dm_cli_longopts(c->cmdmask);
+    int ch;
+    optind = first;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, "m:o:qh", lo, NULL)) != -1) {
+        if (ch == 'h') {
+            help(stdout);
+            return DM_EXIT_OK;
+        }
+        if (ch == '?' || ch == ':') {
+            fprintf(stderr, "dinomap %s: %s: %s (dinomap %s --help lists the options)\n", c->cmd,
+                    argv[optind - 1], ch == ':' ? "needs a value" : "unknown option", c->cmd);
+            return DM_EXIT_USAGE;
+        }
+        if (dm_cli_getopt(c, ch, optarg))
+            return DM_EXIT_USAGE;
+    }
+    return -1;
+}
+
+int dm_cli_main(int argc, char **argv, const char *cmd, unsigned mask, void (*help)(FILE *))
+{
+    dm_cli c;
+    dm_cli_init(&c, cmd, mask);
+    int code = dm_cli_parse(&c, argc, argv, 1, help);
+    for (int i = optind; code < 0 && i < argc; i++)
+        if (dm_cli_add_input(&c, argv[i]))
+            code = DM_EXIT_FAIL;
+    if (code < 0 && dm_cli_finish(&c))
+        code = DM_EXIT_USAGE;
+    if (code < 0)
+        code = dm_cli_map(&c);
+    dm_cli_free(&c);
+    return code;
 }
 
 int dm_cli_finish(dm_cli *c)

@@ -13,7 +13,8 @@
 TEST(cli_help_everywhere)
 {
     static const char *cmds[] = { "--help", "help", "info --help", "forward --help",
-                                  "help forward" };
+                                  "help forward", "features --help", "chm --help", "run --help",
+                                  "status --help", "finalize --help", "help run" };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         char cmd[1024];
         const char *out;
@@ -27,6 +28,17 @@ TEST(cli_help_everywhere)
     CHECK(dm_run(cmd, &out) == 2 && strstr(out, "unknown command"));
     snprintf(cmd, sizeof cmd, "%s", dm_bin());
     CHECK(dm_run(cmd, &out) == 2);
+    /* an unknown option: one line naming it, exit 2 (not the whole help) */
+    snprintf(cmd, sizeof cmd, "%s features --tiel 5 -m x -o y z", dm_bin());
+    CHECKF(dm_run(cmd, &out) == 2 && strstr(out, "--tiel: unknown option") &&
+           !strstr(out, "usage:"), "%s", out);
+    /* the mapping commands list their own options, with defaults */
+    snprintf(cmd, sizeof cmd, "%s chm --help", dm_bin());
+    CHECKF(dm_run(cmd, &out) == 0 && strstr(out, "--head HEAD") && strstr(out, "--overlap") &&
+           !strstr(out, "--quantize"), "%s", out);
+    snprintf(cmd, sizeof cmd, "%s features --help", dm_bin());
+    CHECKF(dm_run(cmd, &out) == 0 && strstr(out, "--quantize") && !strstr(out, "--head") &&
+           strstr(out, "default: 64"), "%s", out);
 }
 
 TEST(cli_info_meta_and_hf)

@@ -524,9 +524,9 @@ TEST(engine_failed_runs_leave_nothing_and_drop_chunks)
 }
 
 /* The window grid: cores tile the mosaic exactly; every window is S×S on the patch grid, holds
- * its core, and lies inside the (16-px padded) mosaic wherever the mosaic is at least a window
- * wide; a narrower mosaic sits in the middle of its window; chunk extents are the union of their
- * windows. */
+ * its core, and reaches at most a halo past the (16-px padded) mosaic wherever the mosaic is at
+ * least a tile wide (no window is mostly padding); a narrower mosaic sits in the middle of its
+ * window; chunk extents are the union of their windows. */
 TEST(engine_grid_windows_inside_the_mosaic)
 {
     static const int sz[][2] = { { 1600, 1600 }, { 1601, 999 }, { 100, 700 }, { 64, 64 },
@@ -552,15 +552,16 @@ TEST(engine_grid_windows_inside_the_mosaic)
                     CHECKF(w.x <= cp.x * 16 && w.x + w.w >= (cp.x + cp.w) * 16 &&
                            w.y <= cp.y * 16 && w.y + w.h >= (cp.y + cp.h) * 16,
                            "%dx%d: window of tile %d,%d misses its core", W, H, r, c);
-                    if (W16 >= g.S)
-                        CHECKF(w.x >= 0 && w.x + w.w <= W16, "%dx%d S %d: window x %d outside",
-                               W, H, g.S, w.x);
+                    int h0 = g.halo;
+                    if (W16 >= g.tile)
+                        CHECKF(w.x >= -h0 && w.x + w.w <= W16 + h0,
+                               "%dx%d S %d: window x %d reaches past the halo", W, H, g.S, w.x);
                     else
                         CHECKF(w.x <= 0 && w.x + w.w >= W16 && abs(-w.x - (w.x + w.w - W16)) <= 16,
                                "%dx%d S %d: window x %d not centred", W, H, g.S, w.x);
-                    if (H16 >= g.S)
-                        CHECKF(w.y >= 0 && w.y + w.h <= H16, "%dx%d: window y %d outside", W,
-                               H, w.y);
+                    if (H16 >= g.tile)
+                        CHECKF(w.y >= -h0 && w.y + w.h <= H16 + h0,
+                               "%dx%d: window y %d reaches past the halo", W, H, w.y);
                 }
             CHECKF(covered == (int64_t)W * H, "%dx%d: cores cover %lld px", W, H,
                    (long long)covered);

@@ -26,6 +26,12 @@ const char **dm_json_strings(const cJSON *arr)
     return s;
 }
 
+const char *dm_base_name(const char *p)
+{
+    const char *s = strrchr(p, '/');
+    return s ? s + 1 : p;
+}
+
 /* A value as short text for a message (long strings such as hashes are cut). */
 static void show(const cJSON *v, char *buf, size_t n)
 {

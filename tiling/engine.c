@@ -104,9 +104,8 @@ typedef struct run {
     double t_chunk;
 } run;
 
-static void emit(const run *R, cJSON *j)
+static void emit(const dm_run_events *ev, cJSON *j)
 {
-    const dm_run_events *ev = &R->o->ev;
     if (ev->event) {
         char *s = cJSON_PrintUnformatted(j);
         if (s)
@@ -312,7 +311,7 @@ static int chunk_commit(run *R, dm_err *err)
     cJSON_AddNumberToObject(j, "chunk", R->cur_chunk);
     cJSON_AddNumberToObject(j, "tiles", R->nres);
     cJSON_AddNumberToObject(j, "seconds", now() - R->t_chunk);
-    emit(R, j);
+    emit(&R->o->ev, j);
     R->t_chunk = now();
     return 0;
 }
@@ -894,7 +893,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         cJSON_AddNumberToObject(j, "chunks_to_do", ntodo);
         cJSON_AddNumberToObject(j, "tiles_to_do", R.nj);
         cJSON_AddNumberToObject(j, "chunks", nch);
-        emit(&R, j);
+        emit(&o->ev, j);
     }
     if (R.nj)
         dm_info("%s: %s (D=%d), %d×%d px mosaic, %d of %d tiles to run (%d px + %d px halo, window "
@@ -976,14 +975,7 @@ out:
         cJSON *j = event("error");
         cJSON_AddStringToObject(j, "message", err->msg);
         cJSON_AddNumberToObject(j, "code", rc);
-        const dm_run_events *ev = &o->ev;
-        if (ev->event) {
-            char *s = cJSON_PrintUnformatted(j);
-            if (s)
-                ev->event(ev->ctx, s);
-            free(s);
-        }
-        cJSON_Delete(j);
+        emit(&o->ev, j);
     }
     return rc;
 }

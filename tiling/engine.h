@@ -123,6 +123,9 @@ void dm_chunk_rel(int chunk, const char *product, char *rel, size_t n);
 cJSON *dm_json_ints(const int *v, int n);
 const char **dm_json_strings(const cJSON *arr);
 
+/* The last component of a path (the weights' file name for metadata). */
+const char *dm_base_name(const char *path);
+
 /* Config: the settings of a run as one flat JSON object; the differences between two, as text
  * ("tile: 512 now, 256 in the folder's run; ..."); 0 when equal. */
 int dm_config_diff(const cJSON *now, const cJSON *stored, char *msg, size_t n);

@@ -51,15 +51,18 @@ dm_window dm_grid_tile_core(const dm_grid *g, int r, int c)
     return w;
 }
 
-/* The window's start along one axis: the core's start minus the halo, shifted inward to lie in
- * [0, n16) when the padded extent n16 = 16·ceil(n/16) holds a window; otherwise the extent sits
- * in the window's middle (on the patch grid, the smaller margin first). */
+/* The window's start along one axis: the core's start minus the halo, but never more than the
+ * halo past either end of the padded extent n16 = 16·ceil(n/16). So the mosaic's edges sit a
+ * halo inside the edge windows on all four sides alike, and no window is mostly padding (it was
+ * the last column's and row's: their heights were twice as noisy as the first's). Where the
+ * extent is narrower than a tile, it sits in the window's middle (on the patch grid, the
+ * smaller margin first). */
 static int window_start(int core0, int halo, int S, int n)
 {
-    int n16 = (n + DM_PATCH_PX - 1) / DM_PATCH_PX * DM_PATCH_PX;
-    if (n16 < S)
+    int n16 = (n + DM_PATCH_PX - 1) / DM_PATCH_PX * DM_PATCH_PX, hi = n16 + halo - S;
+    if (hi < -halo)
         return -((S - n16) / DM_PATCH_PX / 2) * DM_PATCH_PX;
-    return min_i(max_i(core0 - halo, 0), n16 - S);
+    return min_i(core0 - halo, hi);
 }
 
 dm_window dm_grid_window(const dm_grid *g, int r, int c)

@@ -2,10 +2,10 @@
  * Units: mosaic pixels (px) and patches (16×16 px, one output pixel of a feature raster).
  * Tile (r, c) owns the core patches [c·tp, (c+1)·tp) × [r·tp, (r+1)·tp) (clipped to the
  * feature grid): cores never overlap and leave no gaps. The model sees a window of
- * S = tile + 2·halo px around the core; where the mosaic is at least S px wide (high), windows
- * are shifted inward to lie inside it (on the patch grid), so edge tiles see the mosaic, not
- * padding; a narrower mosaic sits centred in its one window. Chunks group chunk×chunk tiles:
- * the unit of crash-safe output, resume and sharding. */
+ * S = tile + 2·halo px around the core; windows reach at most a halo past the (16-px padded)
+ * mosaic on any side (edge windows are shifted inward), so every edge is treated alike and no
+ * window is mostly padding; a mosaic narrower than a tile sits centred in its one window.
+ * Chunks group chunk×chunk tiles: the unit of crash-safe output, resume and sharding. */
 #ifndef DM_TILING_GRID_H
 #define DM_TILING_GRID_H
 
@@ -35,8 +35,9 @@ int dm_grid_nchunks(const dm_grid *g);
 dm_window dm_grid_tile_patches(const dm_grid *g, int r, int c);
 /* The core of tile (r, c) in px, clipped to the mosaic. */
 dm_window dm_grid_tile_core(const dm_grid *g, int r, int c);
-/* The S×S window the model sees for tile (r, c), in px (may reach outside a mosaic smaller than
- * S; always contains the core's patches; x, y multiples of 16). */
+/* The S×S window the model sees for tile (r, c), in px (reaches at most `halo` px past the padded
+ * mosaic, more only for a mosaic narrower than a tile; always contains the core's patches; x, y
+ * multiples of 16). */
 dm_window dm_grid_window(const dm_grid *g, int r, int c);
 /* Chunk k: its tiles [r0, r1) × [c0, c1) and its patches. */
 void dm_grid_chunk(const dm_grid *g, int k, int *r0, int *c0, int *r1, int *c1, dm_window *patches);

@@ -29,12 +29,6 @@ typedef struct cjob {
     float *height;          /* [S, S] metres */
 } cjob;
 
-static const char *base_name(const char *p)
-{
-    const char *s = strrchr(p, '/');
-    return s ? s + 1 : p;
-}
-
 static int c_prepare(dm_eng *e, void **self, dm_err *err)
 {
     const dm_run_opts *o = e->o;
@@ -90,9 +84,9 @@ static int c_prepare(dm_eng *e, void **self, dm_err *err)
     META("DINOMAP_UNITS=metres above ground; nodata NaN (0 m is a real height)");
     META("DINOMAP_MODEL=CHMv2 DPT head on %s (D=%d, %d blocks), taps %d,%d,%d,%d", e->m->cfg.arch,
          e->D, e->m->cfg.depth, taps[0], taps[1], taps[2], taps[3]);
-    META("DINOMAP_WEIGHTS=%s", base_name(o->weights));
+    META("DINOMAP_WEIGHTS=%s", dm_base_name(o->weights));
     META("DINOMAP_WEIGHTS_SHA256=%s", e->sha);
-    META("DINOMAP_HEAD=%s", o->head ? base_name(o->head) : "(in the weights file)");
+    META("DINOMAP_HEAD=%s", o->head ? dm_base_name(o->head) : "(in the weights file)");
     META("DINOMAP_HEAD_SHA256=%s", hsha);
     META("DINOMAP_NORMALIZATION=%s mean=%.3f,%.3f,%.3f std=%.3f,%.3f,%.3f", e->nm->name,
          e->nm->mean[0], e->nm->mean[1], e->nm->mean[2], e->nm->std[0], e->nm->std[1],

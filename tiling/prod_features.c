@@ -39,12 +39,6 @@ static double patch_key(int x, int y)
     return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
-static const char *base_name(const char *p)
-{
-    const char *s = strrchr(p, '/');
-    return s ? s + 1 : p;
-}
-
 static int f_prepare(dm_eng *e, void **self, dm_err *err)
 {
     const dm_run_opts *o = e->o;
@@ -80,7 +74,7 @@ static int f_prepare(dm_eng *e, void **self, dm_err *err)
     META("DINOMAP_VERSION=%s", DINOMAP_VERSION);
     META("DINOMAP_PRODUCT=features");
     META("DINOMAP_MODEL=%s (D=%d, %d blocks)", e->m->cfg.arch, e->D, e->m->cfg.depth);
-    META("DINOMAP_WEIGHTS=%s", base_name(o->weights));
+    META("DINOMAP_WEIGHTS=%s", dm_base_name(o->weights));
     META("DINOMAP_WEIGHTS_SHA256=%s", e->sha);
     if (o->layer >= 0)
         META("DINOMAP_LAYER=%d (output of block %d through the final norm)", o->layer, o->layer);

@@ -81,15 +81,12 @@ void dm_memory_policy(void);
 
 /* --- SHA-256 ---------------------------------------------------------------------------------- */
 typedef struct dm_sha256 {
-    uint32_t h[8];
-    uint64_t len;
-    uint8_t buf[64];
-    size_t nbuf;
+    void *ctx; /* libcrypto's digest context */
 } dm_sha256;
 
-void dm_sha256_init(dm_sha256 *s);
+int dm_sha256_init(dm_sha256 *s); /* 0, or -1 when out of memory */
 void dm_sha256_update(dm_sha256 *s, const void *data, size_t n);
-void dm_sha256_hex(dm_sha256 *s, char out[65]); /* finishes the hash */
+void dm_sha256_hex(dm_sha256 *s, char out[65]); /* finishes the hash and frees it */
 /* Hash of a whole file as 64 hex digits. */
 int dm_sha256_file(const char *path, char out[65], dm_err *err);
 /* The same, remembered in a small cache ($DINOMAP_CACHE_DIR, else $XDG_CACHE_HOME/dinomap, else
