@@ -22,7 +22,7 @@
 /* finalize.c */
 int dm_fin_uptodate(dm_tileindex *ti, const char *outdir);
 int dm_fin_run(dm_eng *e, const dm_run_opts *o, dm_tileindex *ti, const cJSON *cfg,
-               const cJSON *res, dm_run_result *r, dm_err *err);
+               const cJSON *res, double t0, dm_run_result *r, dm_err *err);
 
 static double now(void)
 {
@@ -942,7 +942,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     free(R.batch_img), free(R.normed);
     R.batch_img = R.normed = NULL;
     dm_trim_memory();
-    rc = dm_fin_run(e, o, e->ti, e->cfg, e->res, res, err);
+    rc = dm_fin_run(e, o, e->ti, e->cfg, e->res, t0, res, err);
 out:
     if (e->ti) {
         const char *status = !rc ? (res->nothing_to_do ? "nothing to do" : "done")

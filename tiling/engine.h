@@ -85,6 +85,7 @@ typedef struct dm_fin {
     const char *fault;
     int fault_count;
     char outputs[1024];                /* files written, space-separated (appended) */
+    double t0;                         /* when the invocation began (CLOCK_MONOTONIC s), 0: now */
 } dm_fin;
 
 /* Checks for cancellation and the testing fault "finalize:N" after each unit of finalize work. */

@@ -152,7 +152,7 @@ static void counts_into(dm_tileindex *ti, const uint8_t *done, int nch, dm_run_r
 }
 
 int dm_fin_run(dm_eng *e, const dm_run_opts *o, dm_tileindex *ti, const cJSON *cfg,
-               const cJSON *res, dm_run_result *r, dm_err *err)
+               const cJSON *res, double t0, dm_run_result *r, dm_err *err)
 {
     uint8_t *done = NULL;
     char **files = NULL;
@@ -172,7 +172,7 @@ int dm_fin_run(dm_eng *e, const dm_run_opts *o, dm_tileindex *ti, const cJSON *c
     }
     dm_fin f = { .outdir = o->outdir, .ti = ti, .done = done, .cfg = cfg, .res = res,
                  .max_bytes = o->max_cog_gib * 1073741824.0, .threads = o->threads,
-                 .cancel = o->cancel, .ev = &o->ev, .fault = o->fault };
+                 .cancel = o->cancel, .ev = &o->ev, .fault = o->fault, .t0 = t0 };
     (void)e;
     rc = fin_grid(&f, err);
     if (!rc)
@@ -234,7 +234,7 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
                      .max_bytes = (o && o->max_cog_gib >= 0 ? o->max_cog_gib : run_max) *
                                   1073741824.0,
                      .threads = o ? o->threads : 0, .cancel = o ? o->cancel : NULL,
-                     .ev = o ? &o->ev : NULL, .fault = o ? o->fault : NULL };
+                     .ev = o ? &o->ev : NULL, .fault = o ? o->fault : NULL, .t0 = t0 };
         dm_run_events none = { 0 };
         if (!f.ev)
             f.ev = &none;
@@ -297,7 +297,7 @@ int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err)
     cJSON_AddStringToObject(j, "outputs", f->outputs);
     /* this invocation */
     cJSON *tm = cJSON_AddObjectToObject(j, "timings");
-    double secs = r->seconds, area = (double)r->tiles_run * f->g.tile * f->g.tile *
+    double secs = f->t0 > 0 ? now() - f->t0 : r->seconds, area = (double)r->tiles_run * f->g.tile * f->g.tile *
                                      fabs(f->gt[1] * f->gt[5]) / 1e6;
     const cJSON *geo = cJSON_GetObjectItemCaseSensitive(f->res, "georeferenced");
     cJSON_AddNumberToObject(tm, "tiles_run", (double)r->tiles_run);

@@ -40,6 +40,13 @@ static int c_prepare(dm_eng *e, void **self, dm_err *err)
         return dm_err_set(err, DM_EINVAL, "chm: windows of %d px are larger than 4096 px (the head "
                           "works at full resolution: ~%.0f GB per window)", e->S,
                           (double)e->S * e->S * 1024 * 4 / 1e9);
+    double side = (double)o->chunk * o->tile + 2.0 * o->halo, cw = fmin(side, e->g.W),
+           ch = fmin(side, e->g.H), bytes = cw * ch * 8;
+    if (bytes > 2147483648.0)
+        return dm_err_set(err, DM_EINVAL, "--chunk %d: a chunk's blending sums over %d×%d px are "
+                          "%.1f GB in memory; use a smaller --chunk (e.g. %d)", o->chunk, (int)cw,
+                          (int)ch, bytes / 1e9,
+                          (int)fmax(1, floor(o->chunk * sqrt(2147483648.0 / bytes))));
     if (!o->head && !dm_chm_detect(e->m->w))
         return dm_err_set(err, DM_EINVAL, "%s holds no CHMv2 head: pass the head with --head "
                           "(Meta ships it as dinov3_vitl16_chmv2_dpt_head-*.pth)", o->weights);

@@ -45,6 +45,13 @@ static int f_prepare(dm_eng *e, void **self, dm_err *err)
     if (o->layer >= e->m->cfg.depth)
         return dm_err_set(err, DM_EINVAL, "--layer %d: the model has blocks 0..%d", o->layer,
                           e->m->cfg.depth - 1);
+    double side = (double)o->chunk * e->g.tp, cw = fmin(side, e->g.fw), ch = fmin(side, e->g.fh);
+    double bytes = cw * ch * e->D * 4;
+    if (bytes > 2147483648.0)
+        return dm_err_set(err, DM_EINVAL, "--chunk %d: a chunk of %d×%d feature pixels × %d bands "
+                          "is %.1f GB in memory; use a smaller --chunk (e.g. %d)", o->chunk,
+                          (int)cw, (int)ch, e->D, bytes / 1e9,
+                          (int)fmax(1, floor(o->chunk * sqrt(2147483648.0 / bytes))));
     feat *f = calloc(1, sizeof *f);
     if (!f)
         return dm_err_oom(err);
