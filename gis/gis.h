@@ -5,11 +5,12 @@
 #ifndef DM_GIS_H
 #define DM_GIS_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include "../src/base/base.h"
 
-/* ==== the input mosaic ============================================================================
+/* ==== the input mosaic ===========================================================================
  * One or more rasters opened through GDAL as one north-up mosaic (VRT in memory; warped when CRSs
  * differ, a GSD or CRS is asked for, or the input is geographic or rotated), three bands selected
  * and scaled to 8 bits, and windowed reads that may reach outside the raster (padded, and marked
@@ -86,7 +87,7 @@ int dm_aoi_open(const char *path, const char *target_wkt, dm_aoi **out, dm_err *
 int dm_aoi_touches(const dm_aoi *a, double minx, double miny, double maxx, double maxy);
 void dm_aoi_free(dm_aoi *a); /* NULL-safe */
 
-/* ==== chunk files =================================================================================
+/* ==== chunk files ================================================================================
  * A chunk's results: float32 bands [bands, h, w] (band-major) in a tiled, band-interleaved GeoTIFF
  * with nodata NaN, written to `path`.part and renamed into place (a reader never sees half a
  * chunk). Read back by windows in the file's own pixel coordinates. */
@@ -97,7 +98,7 @@ int dm_gis_chunk_write(const char *path, const float *data, int bands, int w, in
 int dm_gis_chunk_read(const char *path, int bands, int x, int y, int w, int h, float *buf,
                       dm_err *err);
 
-/* ==== final rasters ===============================================================================
+/* ==== final rasters ==============================================================================
  * A product's output raster, written by windows, finished as one Cloud-Optimized GeoTIFF (tiled,
  * band-interleaved, DEFLATE, overviews; through a temporary GeoTIFF with GTiff's
  * COPY_SRC_OVERVIEWS, which keeps memory bounded for any number of bands) or, when larger than
@@ -119,6 +120,7 @@ typedef struct dm_out_spec {
     double max_bytes;             /* above this, blocks; <= 0: never */
     int block_align;              /* block sides are multiples of this (px), >= 1 */
     int side;                     /* > 0: blocks of exactly this side (another output's) */
+    volatile sig_atomic_t *cancel; /* set: overviews and the COG copy stop (DM_EINTERRUPTED) */
 } dm_out_spec;
 
 typedef struct dm_out dm_out;
@@ -152,7 +154,7 @@ typedef struct dm_ramp_stop {
 } dm_ramp_stop;
 int dm_gis_write_qml(const char *path, const dm_ramp_stop *stops, int n, dm_err *err);
 
-/* ==== the tile index ==============================================================================
+/* ==== the tile index =============================================================================
  * One SQLite file in GeoPackage form (`tiles.gpkg`): QGIS opens the `tiles` layer (tile footprints
  * with their state) directly; tables beside it hold the run's configuration, its invocations, the
  * chunks, the inputs' fingerprints, the per-tile embeddings and the PCA sample. A chunk's tiles

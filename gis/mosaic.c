@@ -172,7 +172,7 @@ static int percentiles(dm_mosaic *m, double p1, double p2, dm_err *err)
     return 0;
 }
 
-/* --- what a rerun compares: the files read, and where they go in the mosaic ---------------------- */
+/* --- what a rerun compares: the files read, and where they go in the mosaic ------------------ */
 
 void dm_input_fp_free(dm_input_fp *fp, int n)
 {

@@ -60,7 +60,7 @@ static char **tiled(char **o, int bx, int by)
     return CSLSetNameValue(o, "BIGTIFF", "IF_SAFER");
 }
 
-/* --- chunk files -------------------------------------------------------------------------------- */
+/* --- chunk files ----------------------------------------------------------------------------- */
 
 int dm_gis_chunk_write(const char *path, const float *data, int bands, int w, int h,
                        const double gt[6], const char *wkt, dm_err *err)
@@ -70,7 +70,8 @@ int dm_gis_chunk_write(const char *path, const float *data, int bands, int w, in
     snprintf(tmp, sizeof tmp, "%s.part", path);
     /* blocks no larger than the chunk (a 128-px chunk in 256-px blocks would be 4× the work);
      * no predictor: libtiff's floating-point one made reads 8× slower for 5 % less size */
-    char **o = tiled(NULL, w >= 256 ? 256 : (w + 15) / 16 * 16, h >= 256 ? 256 : (h + 15) / 16 * 16);
+    char **o =
+        tiled(NULL, w >= 256 ? 256 : (w + 15) / 16 * 16, h >= 256 ? 256 : (h + 15) / 16 * 16);
     o = fast_options(o);
     CPLPushErrorHandler(CPLQuietErrorHandler);
     CPLErrorReset();
@@ -123,7 +124,7 @@ int dm_gis_chunk_read(const char *path, int bands, int x, int y, int w, int h, f
     return rc;
 }
 
-/* --- final rasters ------------------------------------------------------------------------------ */
+/* --- final rasters --------------------------------------------------------------------------- */
 
 struct dm_out {
     dm_out_spec s;
@@ -280,6 +281,20 @@ int dm_out_write(dm_out *o, int x, int y, int w, int h, const void *buf, dm_err 
     return 0;
 }
 
+/* GDAL's progress callback: FALSE stops the work when the run was told to stop. */
+static int CPL_STDCALL keep_going(double done, const char *msg, void *ctx)
+{
+    (void)done, (void)msg;
+    const dm_out *o = ctx;
+    return !(o->s.cancel && *o->s.cancel);
+}
+
+static int stopped(const dm_out *o, dm_err *err)
+{
+    return dm_err_set(err, DM_EINTERRUPTED, "interrupted while writing %s: the chunks are kept; "
+                      "run the same command (or dinomap finalize) again", o->name);
+}
+
 int dm_out_end(dm_out *o, dm_err *err)
 {
     if (o->cur < 0)
@@ -309,10 +324,11 @@ int dm_out_end(dm_out *o, dm_err *err)
         int n = GDALGetOverviewCount(src);
         for (int i = 0; i < n && i < 32; i++)
             ov[i] = GDALGetOverview(src, i);
-        if (GDALRegenerateOverviews(src, n < 32 ? n : 32, ov, o->s.resampling, NULL, NULL) !=
+        if (GDALRegenerateOverviews(src, n < 32 ? n : 32, ov, o->s.resampling, keep_going, o) !=
             CE_None)
-            rc = dm_err_set(err, DM_EIO, "%s: cannot build overviews: %s", o->tmp_path,
-                            gdal_msg());
+            rc = keep_going(0, NULL, o) ? dm_err_set(err, DM_EIO, "%s: cannot build overviews: %s",
+                                                     o->tmp_path, gdal_msg())
+                                        : stopped(o, err);
     }
     if (d) {
         CPLErrorReset();
@@ -333,16 +349,18 @@ int dm_out_end(dm_out *o, dm_err *err)
         co = CSLSetNameValue(co, "PREDICTOR", o->s.byte ? "2" : "3");
         co = CSLSetNameValue(co, "NUM_THREADS", "ALL_CPUS");
         CPLErrorReset();
-        GDALDatasetH c = GDALCreateCopy(GDALGetDriverByName("GTiff"), part, d, FALSE, co, NULL,
-                                        NULL);
+        GDALDatasetH c = GDALCreateCopy(GDALGetDriverByName("GTiff"), part, d, FALSE, co,
+                                        keep_going, o);
         CSLDestroy(co);
         if (c) {
             CPLErrorReset();
             GDALClose(c);
         }
         if (!c || CPLGetLastErrorType() >= CE_Failure) {
-            rc = dm_err_set(err, DM_EIO, "%s: cannot write the Cloud-Optimized GeoTIFF: %s", p,
-                            gdal_msg());
+            rc = !keep_going(0, NULL, o) ? stopped(o, err)
+                                         : dm_err_set(err, DM_EIO, "%s: cannot write the "
+                                                      "Cloud-Optimized GeoTIFF: %s", p,
+                                                      gdal_msg());
             VSIUnlink(part);
         }
     }
@@ -462,7 +480,7 @@ int dm_out_remove(const char *dir, const char *name, dm_err *err)
     return dm_remove_tree(p, err);
 }
 
-/* --- QGIS styles -------------------------------------------------------------------------------- */
+/* --- QGIS styles ----------------------------------------------------------------------------- */
 
 int dm_gis_write_qml(const char *path, const dm_ramp_stop *st, int n, dm_err *err)
 {

@@ -36,7 +36,8 @@ int cmd_run(int argc, char **argv)
         return 0;
     }
     if (argc < 2 || argv[1][0] == '-') {
-        fprintf(stderr, "dinomap run: the first argument is the config file (dinomap run --help)\n");
+        fprintf(stderr,
+                "dinomap run: the first argument is the config file (dinomap run --help)\n");
         return DM_EXIT_USAGE;
     }
     dm_cli c;

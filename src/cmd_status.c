@@ -95,9 +95,11 @@ int cmd_status(int argc, char **argv)
         printf("left:        %g chunks (%g tiles): run the same command again to go on\n", left,
                numf(j, "tiles", "pending"));
     int up = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "outputs_up_to_date"));
-    printf("outputs:     %s%s\n", strf(j, "outputs", NULL)[0] ? strf(j, "outputs", NULL) : "(none yet)",
-           up ? " (up to date)" : strf(j, "outputs", NULL)[0] ? " (out of date: dinomap finalize)"
-                                                              : "");
+    printf("outputs:     %s%s\n",
+           strf(j, "outputs", NULL)[0] ? strf(j, "outputs", NULL) : "(none yet)",
+           up                            ? " (up to date)"
+           : strf(j, "outputs", NULL)[0] ? " (out of date: dinomap finalize)"
+                                         : "");
     printf("invocations: %g, the last started %s%s%s\n", numf(j, "runs", "invocations"),
            strf(j, "runs", "last_started"), strf(j, "runs", "last_status")[0] ? ": " : " (no end "
            "recorded: running, or killed)", strf(j, "runs", "last_status"));

@@ -15,7 +15,7 @@ static const struct {
     const char *what;
 } cmds[] = {
     { "info", cmd_info, "describe a weights file: architecture, parameters, dtypes, tensors" },
-    { "features", cmd_features, "map a GeoTIFF mosaic to a feature raster (+ PCA preview, tile index)" },
+    { "features", cmd_features, "map a mosaic to a feature raster (+ PCA preview, tile index)" },
     { "chm", cmd_chm, "canopy height map (metres) of a mosaic with Meta's CHMv2 head" },
     { "run", cmd_run, "run, resume or update a mapping described by an INI file (cron)" },
     { "status", cmd_status, "what a run folder holds, how far it got and what is left" },

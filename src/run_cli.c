@@ -141,8 +141,9 @@ int dm_cli_map(dm_cli *c)
             fprintf(stderr, "dinomap: %s is up to date (%lld chunks done): nothing to do\n",
                     c->o.outdir, (long long)r.chunks_total);
     } else {
-        dm_info("%lld tiles mapped, %lld empty in %.1f s (model %.1f s): %s", (long long)r.tiles_run,
-                (long long)r.tiles_empty, r.seconds, r.seconds_model, r.outputs);
+        dm_info("%lld tiles mapped, %lld empty in %.1f s (model %.1f s): %s",
+                (long long)r.tiles_run, (long long)r.tiles_empty, r.seconds, r.seconds_model,
+                r.outputs);
     }
     log_line(&ev, "summary", code, rc ? err.msg : NULL, rc ? NULL : &r);
     if (ev.log)

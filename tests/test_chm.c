@@ -362,7 +362,8 @@ TEST(chm_blend_equals_hand_computed)
     dm_chm_free(head);
     dm_model_free(m);
     CHECKF(!rc, "%s", err.msg);
-    printf("    chm.tif vs the hand blend of %d windows: max |diff| %.2g m (heights up to %.1f m)\n",
-           ((W + tile - 1) / tile) * ((H + tile - 1) / tile), md, mx);
+    printf(
+        "    chm.tif vs the hand blend of %d windows: max |diff| %.2g m (heights up to %.1f m)\n",
+        ((W + tile - 1) / tile) * ((H + tile - 1) / tile), md, mx);
     CHECKF(md <= 1e-4 * mx, "chm.tif differs from the hand blend by %.3g m", md);
 }

@@ -129,7 +129,7 @@ TEST(engine_killed_runs_resume_to_identical_outputs)
         int code, left; /* exit status; chunks left to do after it */
     } f[] = {
         { "tile:7", 137, 8 },     /* SIGKILL in the middle of the second chunk */
-        { "commit:3", 137, 7 },   /* SIGKILL after chunk 3's files were renamed, before its commit */
+        { "commit:3", 137, 7 },   /* SIGKILL after chunk 3's files are renamed, before its commit */
         { "finalize:2", 137, 0 }, /* SIGKILL while finalize writes the outputs */
         { "sigterm:5", 4, 8 },    /* SIGTERM (a user's kill): stops cleanly, exit 4 */
     };

@@ -85,7 +85,7 @@ static void fault(const char *spec, const char *point, int *count)
         raise(strcmp(point, "sigterm") ? SIGKILL : SIGTERM);
 }
 
-/* --- the run's state ---------------------------------------------------------------------------- */
+/* --- the run's state ------------------------------------------------------------------------- */
 
 typedef struct run {
     dm_eng e;
@@ -126,7 +126,7 @@ static cJSON *event(const char *type)
     return j;
 }
 
-/* --- pipeline stages ---------------------------------------------------------------------------- */
+/* --- pipeline stages ------------------------------------------------------------------------- */
 
 static int job_alloc(void *ctx, dm_job *job, dm_err *err)
 {
@@ -258,7 +258,8 @@ static int stage_infer(void *ctx, dm_job **jobs, int n, dm_err *err)
         double *acc = calloc((size_t)D, sizeof *acc);
         if (!acc)
             return dm_err_oom(err);
-        int nv = 0, ox = (j->cpatch.x * 16 - j->win.x) / 16, oy = (j->cpatch.y * 16 - j->win.y) / 16;
+        int nv = 0, ox = (j->cpatch.x * 16 - j->win.x) / 16,
+            oy = (j->cpatch.y * 16 - j->win.y) / 16;
         for (int pr = 0; pr < j->cpatch.h; pr++)
             for (int pc = 0; pc < j->cpatch.w; pc++) {
                 if (!j->pvalid[pr * tp + pc])
@@ -356,7 +357,7 @@ static int stage_write(void *ctx, dm_job *job, dm_err *err)
     return rc;
 }
 
-/* --- set-up ------------------------------------------------------------------------------------- */
+/* --- set-up ---------------------------------------------------------------------------------- */
 
 /* The files of a run in OUTDIR (for --overwrite, and to refuse a folder holding outputs without
  * an index). */

@@ -297,8 +297,8 @@ int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err)
     cJSON_AddStringToObject(j, "outputs", f->outputs);
     /* this invocation */
     cJSON *tm = cJSON_AddObjectToObject(j, "timings");
-    double secs = f->t0 > 0 ? now() - f->t0 : r->seconds, area = (double)r->tiles_run * f->g.tile * f->g.tile *
-                                     fabs(f->gt[1] * f->gt[5]) / 1e6;
+    double secs = f->t0 > 0 ? now() - f->t0 : r->seconds,
+           area = (double)r->tiles_run * f->g.tile * f->g.tile * fabs(f->gt[1] * f->gt[5]) / 1e6;
     const cJSON *geo = cJSON_GetObjectItemCaseSensitive(f->res, "georeferenced");
     cJSON_AddNumberToObject(tm, "tiles_run", (double)r->tiles_run);
     cJSON_AddNumberToObject(tm, "seconds_total", secs);

@@ -85,7 +85,8 @@ static int c_prepare(dm_eng *e, void **self, dm_err *err)
     cJSON *r = cJSON_AddObjectToObject(e->res, "chm");
     cJSON *meta = cJSON_AddArrayToObject(r, "meta");
     char m[700];
-#define META(...) (snprintf(m, sizeof m, __VA_ARGS__), cJSON_AddItemToArray(meta, cJSON_CreateString(m)))
+#define META(...)                                                                                  \
+    (snprintf(m, sizeof m, __VA_ARGS__), cJSON_AddItemToArray(meta, cJSON_CreateString(m)))
     META("DINOMAP_VERSION=%s", DINOMAP_VERSION);
     META("DINOMAP_PRODUCT=canopy_height");
     META("DINOMAP_UNITS=metres above ground; nodata NaN (0 m is a real height)");
@@ -191,7 +192,8 @@ static int c_write(void *self, const dm_wjob *j, const void *pd, dm_err *err)
         float fy = c->win[wy];
         const float *h = cj->height + (size_t)wy * S;
         const uint8_t *v = j->valid + (size_t)wy * S;
-        float *a1 = s1 + (size_t)(y - e->y) * e->w - e->x, *a0 = s0 + (size_t)(y - e->y) * e->w - e->x;
+        float *a1 = s1 + (size_t)(y - e->y) * e->w - e->x,
+              *a0 = s0 + (size_t)(y - e->y) * e->w - e->x;
         for (int x = x0; x < x1; x++) {
             int wx = x - j->win.x;
             if (!v[wx])
@@ -223,7 +225,7 @@ static int c_chunk_end(void *self, int chunk, int any_done, char *file, size_t n
     return rc;
 }
 
-/* --- finalize ----------------------------------------------------------------------------------- */
+/* --- finalize -------------------------------------------------------------------------------- */
 
 #define BLOCK 512 /* px per side of the pieces finalize works on */
 
@@ -236,13 +238,14 @@ static int c_finalize(dm_fin *fi, dm_err *err)
     dm_out_spec s = { .dir = fi->outdir, .name = "chm", .width = g->W, .height = g->H,
                       .bands = 1, .nodata = NAN, .wkt = fi->wkt, .meta = meta,
                       .band_names = bname, .unit = "m", .resampling = "AVERAGE",
-                      .max_bytes = fi->max_bytes, .block_align = 256 };
+                      .max_bytes = fi->max_bytes, .cancel = fi->cancel, .block_align = 256 };
     memcpy(s.gt, fi->gt, sizeof s.gt);
     int ncc = g->ccols, ncr = g->crows, rc = meta ? 0 : dm_err_oom(err);
     /* a chunk's extent: its columns' x range, its rows' y range */
     dm_window *ce = malloc(sizeof *ce * (size_t)ncc), *re = malloc(sizeof *re * (size_t)ncr);
     double *acc = malloc(sizeof(double) * 2 * BLOCK * BLOCK);
-    float *buf = malloc(sizeof(float) * 2 * BLOCK * BLOCK), *out = malloc(sizeof(float) * BLOCK * BLOCK);
+    float *buf = malloc(sizeof(float) * 2 * BLOCK * BLOCK),
+          *out = malloc(sizeof(float) * BLOCK * BLOCK);
     if (!rc && (!ce || !re || !acc || !buf || !out))
         rc = dm_err_oom(err);
     for (int i = 0; !rc && i < ncc; i++)

@@ -77,7 +77,8 @@ static int f_prepare(dm_eng *e, void **self, dm_err *err)
     cJSON_AddNumberToObject(r, "dim", e->D);
     cJSON *meta = cJSON_AddArrayToObject(r, "meta");
     char m[600];
-#define META(...) (snprintf(m, sizeof m, __VA_ARGS__), cJSON_AddItemToArray(meta, cJSON_CreateString(m)))
+#define META(...)                                                                                  \
+    (snprintf(m, sizeof m, __VA_ARGS__), cJSON_AddItemToArray(meta, cJSON_CreateString(m)))
     META("DINOMAP_VERSION=%s", DINOMAP_VERSION);
     META("DINOMAP_PRODUCT=features");
     META("DINOMAP_MODEL=%s (D=%d, %d blocks)", e->m->cfg.arch, e->D, e->m->cfg.depth);
@@ -238,7 +239,7 @@ static int f_chunk_end(void *self, int chunk, int any_done, char *file, size_t n
     return rc;
 }
 
-/* --- finalize ----------------------------------------------------------------------------------- */
+/* --- finalize -------------------------------------------------------------------------------- */
 
 typedef struct fctx {
     int D, quantize, want_pca;
@@ -337,11 +338,21 @@ static int f_finalize(dm_fin *fi, dm_err *err)
     if (!rc && !names)
         rc = dm_err_oom(err);
     double fgt[6] = { fi->gt[0], fi->gt[1] * 16, 0, fi->gt[3], 0, fi->gt[5] * 16 };
-    dm_out_spec fs = { .dir = fi->outdir, .name = "features", .width = g->fw, .height = g->fh,
-                       .bands = D, .byte = c.quantize, .nodata = c.quantize ? 0 : NAN,
-                       .wkt = fi->wkt, .meta = mp, .band_names = (const char *const *)names,
-                       .scale = c.quantize ? qscale : NULL, .resampling = "AVERAGE",
-                       .max_bytes = fi->max_bytes, .block_align = g->chunk * g->tp };
+    dm_out_spec fs = {.dir = fi->outdir,
+                      .name = "features",
+                      .width = g->fw,
+                      .height = g->fh,
+                      .bands = D,
+                      .byte = c.quantize,
+                      .nodata = c.quantize ? 0 : NAN,
+                      .wkt = fi->wkt,
+                      .meta = mp,
+                      .band_names = (const char *const *)names,
+                      .scale = c.quantize ? qscale : NULL,
+                      .resampling = "AVERAGE",
+                      .max_bytes = fi->max_bytes,
+                      .cancel = fi->cancel,
+                      .block_align = g->chunk * g->tp};
     memcpy(fs.gt, fgt, sizeof fgt);
     dm_out *fo = NULL, *po = NULL;
     if (!rc)
@@ -350,7 +361,7 @@ static int f_finalize(dm_fin *fi, dm_err *err)
     dm_out_spec ps = { .dir = fi->outdir, .name = "features_pca", .width = g->fw,
                        .height = g->fh, .bands = 3, .byte = 1, .nodata = 0, .wkt = fi->wkt,
                        .meta = mq, .band_names = pcn, .rgb = 1, .resampling = "AVERAGE",
-                       .block_align = 1 };
+                       .block_align = 1, .cancel = fi->cancel };
     memcpy(ps.gt, fgt, sizeof fgt);
     if (!rc && c.want_pca) {
         ps.side = dm_out_block_side(fo); /* the same blocks as features.tif */
