@@ -13,6 +13,7 @@
 #include <ogr_api.h>
 #include <ogr_srs_api.h>
 #include <cpl_error.h>
+#include <cpl_string.h>
 #include <cpl_vsi.h>
 #include <stdlib.h>
 #include <string.h>
@@ -268,4 +269,34 @@ int dm_aoi_touches(const dm_aoi *a, double minx, double miny, double maxx, doubl
     CPLPopErrorHandler();
     OGR_G_DestroyGeometry(rect);
     return hit;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int dm_aoi_sha256(const char *path, char out[65], dm_err *err)
+{
+    GDALAllRegister();
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    GDALDatasetH ds = GDALOpenEx(path, GDAL_OF_VECTOR | GDAL_OF_READONLY, NULL, NULL, NULL);
+    char **files = ds ? GDALGetFileList(ds) : NULL;
+    if (ds)
+        GDALClose(ds);
+    CPLPopErrorHandler();
+    if (!files) /* not a file GDAL lists (a URL...): its name alone */
+        return dm_sha256_file_cached(path, out, err);
+    dm_sha256 s;
+    int rc = dm_sha256_init(&s) ? dm_err_oom(err) : 0;
+    /* a shapefile's .shp, .shx, .dbf, .prj: all of them, in one order */
+    qsort(files, (size_t)CSLCount(files), sizeof *files, cmp_str);
+    for (int i = 0; !rc && files[i]; i++) {
+        char one[65];
+        if (!(rc = dm_sha256_file_cached(files[i], one, err)))
+            dm_sha256_update(&s, one, 64);
+    }
+    CSLDestroy(files);
+    dm_sha256_hex(&s, out);
+    return rc;
 }

@@ -86,6 +86,8 @@ int dm_aoi_open(const char *path, const char *target_wkt, dm_aoi **out, dm_err *
 /* 1 if the axis-aligned rectangle (in the target CRS) touches any polygon, else 0. */
 int dm_aoi_touches(const dm_aoi *a, double minx, double miny, double maxx, double maxy);
 void dm_aoi_free(dm_aoi *a); /* NULL-safe */
+/* The AOI's identity: the SHA-256 of all its files (a shapefile's .prj, .dbf... too). */
+int dm_aoi_sha256(const char *path, char out[65], dm_err *err);
 
 /* ==== chunk files ================================================================================
  * A chunk's results: float32 bands [bands, h, w] (band-major) in a tiled, band-interleaved GeoTIFF
@@ -202,6 +204,11 @@ int dm_tileindex_create(const char *path, const char *crs_wkt, const char *run_j
  * (run_json NULL: read-only use, nothing recorded). */
 int dm_tileindex_open(const char *path, const char *run_json, int dim, dm_tileindex **out,
                       dm_err *err);
+/* Reopens for update an index this invocation created (under a temporary name, then renamed):
+ * no new row of `runs`, the last one is this invocation's. */
+int dm_tileindex_reopen(const char *path, int dim, dm_tileindex **out, dm_err *err);
+/* Marks done (no files) every chunk none of whose tiles is to run (all outside the AOI). */
+int dm_tileindex_done_empty_chunks(dm_tileindex *ti, dm_err *err);
 int dm_tileindex_dim(const dm_tileindex *ti);
 int64_t dm_tileindex_run_id(const dm_tileindex *ti); /* this invocation's row of `runs` (0: none) */
 /* How many invocations the index recorded, and when the last began and how it ended ("" when

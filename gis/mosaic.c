@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include "gis.h"
@@ -227,11 +228,31 @@ static int add_fp(dm_mosaic *m, const char *file, double gx0, double gy0, double
     return 0;
 }
 
-/* The sources of a VRT file, each with its destination rectangle: a mosaic of many files then
- * redoes only what a changed file feeds. 0 and *n sources found (0 when it is no plain VRT). */
-static int vrt_sources(dm_mosaic *m, const char *vrt, const double gt[6], int *n, dm_err *err)
+/* A file's mask and metadata sidecars change what is read from it: watched with its footprint. */
+static int add_sidecars(dm_mosaic *m, const char *file, double x0, double y0, double x1,
+                        double y1, dm_err *err)
+{
+    static const char *ext[] = { ".msk", ".aux.xml" };
+    int rc = 0;
+    for (int i = 0; i < 2 && !rc; i++) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s%s", file, ext[i]);
+        VSIStatBufL st;
+        if (VSIStatExL(p, &st, VSI_STAT_EXISTS_FLAG) == 0)
+            rc = add_fp(m, p, x0, y0, x1, y1, err);
+    }
+    return rc;
+}
+
+/* The sources of a VRT file, each with its destination rectangle (a nested VRT's files all with
+ * its rectangle), so that a mosaic of many files redoes only what a changed file feeds; and a
+ * hash of the VRT without its sources (its grid, bands, nodata...: a change there redoes all).
+ * 0 and *n sources found (0 when it is no plain VRT). */
+static int vrt_sources(dm_mosaic *m, const char *vrt, const double gt[6], int *n,
+                       uint64_t *shape, dm_err *err)
 {
     *n = 0;
+    *shape = 0;
     CPLXMLNode *root = CPLParseXMLFile(vrt);
     if (!root)
         return 0;
@@ -242,25 +263,49 @@ static int vrt_sources(dm_mosaic *m, const char *vrt, const double gt[6], int *n
     for (CPLXMLNode *b = ds ? ds->psChild : NULL; !rc && b; b = b->psNext) {
         if (b->eType != CXT_Element || strcmp(b->pszValue, "VRTRasterBand"))
             continue;
-        for (CPLXMLNode *s = b->psChild; !rc && s; s = s->psNext) {
+        for (CPLXMLNode *s = b->psChild, *next; !rc && s; s = next) {
+            next = s->psNext;
             if (s->eType != CXT_Element || !strstr(s->pszValue, "Source"))
                 continue;
             const char *fn = CPLGetXMLValue(s, "SourceFilename", NULL);
             CPLXMLNode *dr = CPLGetXMLNode(s, "DstRect");
-            if (!fn || !dr)
-                continue;
-            int rel = atoi(CPLGetXMLValue(s, "SourceFilename.relativeToVRT", "0"));
-            char file[4096];
-            snprintf(file, sizeof file, "%s", rel ? CPLFormFilename(dir, fn, NULL) : fn);
-            double x = CPLAtof(CPLGetXMLValue(dr, "xOff", "0")),
-                   y = CPLAtof(CPLGetXMLValue(dr, "yOff", "0")),
-                   w = CPLAtof(CPLGetXMLValue(dr, "xSize", "0")),
-                   h = CPLAtof(CPLGetXMLValue(dr, "ySize", "0"));
-            rc = add_fp(m, file, gt[0] + x * gt[1], gt[3] + y * gt[5], gt[0] + (x + w) * gt[1],
-                        gt[3] + (y + h) * gt[5], err);
-            (*n)++;
+            if (fn && dr) {
+                int rel = atoi(CPLGetXMLValue(s, "SourceFilename.relativeToVRT", "0"));
+                char file[4096];
+                snprintf(file, sizeof file, "%s", rel ? CPLFormFilename(dir, fn, NULL) : fn);
+                double x = CPLAtof(CPLGetXMLValue(dr, "xOff", "0")),
+                       y = CPLAtof(CPLGetXMLValue(dr, "yOff", "0")),
+                       w = CPLAtof(CPLGetXMLValue(dr, "xSize", "0")),
+                       h = CPLAtof(CPLGetXMLValue(dr, "ySize", "0"));
+                double x0 = gt[0] + x * gt[1], y0 = gt[3] + y * gt[5];
+                double x1 = gt[0] + (x + w) * gt[1], y1 = gt[3] + (y + h) * gt[5];
+                rc = add_fp(m, file, x0, y0, x1, y1, err);
+                if (!rc)
+                    rc = add_sidecars(m, file, x0, y0, x1, y1, err);
+                size_t len = strlen(file);
+                if (!rc && len > 4 && !strcasecmp(file + len - 4, ".vrt")) {
+                    CPLPushErrorHandler(CPLQuietErrorHandler);
+                    GDALDatasetH nd = GDALOpen(file, GA_ReadOnly);
+                    CPLPopErrorHandler();
+                    char **files = nd ? GDALGetFileList(nd) : NULL;
+                    for (int i = 0; !rc && files && files[i]; i++)
+                        rc = add_fp(m, files[i], x0, y0, x1, y1, err);
+                    CSLDestroy(files);
+                    if (nd)
+                        GDALClose(nd);
+                }
+                (*n)++;
+            }
+            CPLRemoveXMLChild(b, s); /* what is left is the VRT's shape */
+            CPLDestroyXMLNode(s);
         }
     }
+    char *text = CPLSerializeXMLTree(root);
+    uint64_t hsh = 1469598103934665603ULL; /* FNV-1a */
+    for (const char *c = text; c && *c; c++)
+        hsh = (hsh ^ (unsigned char)*c) * 1099511628211ULL;
+    *shape = hsh & 0x7fffffffffffffffULL;
+    CPLFree(text);
     CPLDestroyXMLNode(root);
     return rc;
 }
@@ -276,12 +321,21 @@ static int add_fingerprints(dm_mosaic *m, GDALDatasetH src, const char *path, co
         x0 = m->gt[0], x1 = m->gt[0] + m->W * m->gt[1];
         y0 = m->gt[3], y1 = m->gt[3] + m->H * m->gt[5];
     }
-    int rc = add_fp(m, path, x0, y0, x1, y1, err), nsrc = 0;
+    int nsrc = 0, rc = 0;
+    uint64_t shape = 0;
     const char *drv = GDALGetDriverShortName(GDALGetDatasetDriver(src));
-    if (!rc && !warped && m->georef && drv && !strcmp(drv, "VRT"))
-        rc = vrt_sources(m, path, gt, &nsrc, err);
-    if (rc || nsrc)
+    if (!warped && m->georef && drv && !strcmp(drv, "VRT"))
+        rc = vrt_sources(m, path, gt, &nsrc, &shape, err);
+    if (rc)
         return rc;
+    if (nsrc) { /* the VRT itself by its shape: regenerated with the same layout, it is unchanged */
+        int before = m->nfp;
+        rc = add_fp(m, path, x0, y0, x1, y1, err);
+        if (!rc && m->nfp > before)
+            m->fp[m->nfp - 1].size = -2, m->fp[m->nfp - 1].mtime_ns = (int64_t)shape;
+        return rc;
+    }
+    rc = add_fp(m, path, x0, y0, x1, y1, err);
     char **files = GDALGetFileList(src);
     for (int i = 0; !rc && files && files[i]; i++)
         if (strcmp(files[i], path))

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <unistd.h>
 
 #include "gis.h"
@@ -91,8 +92,11 @@ int dm_gis_chunk_write(const char *path, const float *data, int bands, int w, in
             e = CE_Failure;
     }
     int rc = 0;
-    if (e != CE_None || rename(tmp, path) != 0) {
-        rc = dm_err_set(err, DM_EIO, "%s: cannot write the chunk: %s", path, gdal_msg());
+    /* on disk before the rename, and the rename on disk before the index says "done" */
+    if (e != CE_None || dm_sync_file(tmp) != 0 || rename(tmp, path) != 0 ||
+        dm_sync_parent(path) != 0) {
+        rc = dm_err_set(err, DM_EIO, "%s: cannot write the chunk: %s", path,
+                        e != CE_None ? gdal_msg() : strerror(errno));
         VSIUnlink(tmp);
     }
     CPLPopErrorHandler();

@@ -385,8 +385,10 @@ int dm_tileindex_create(const char *path, const char *crs_wkt, const char *run_j
     return rc;
 }
 
-int dm_tileindex_open(const char *path, const char *run_json, int dim, dm_tileindex **out,
-                      dm_err *err)
+/* mode 0: read only; 1: update, this invocation a new row of `runs`; 2: update, continuing the
+ * last row (the index a run just created under another name). */
+static int open_index(const char *path, int mode, const char *run_json, int dim,
+                      dm_tileindex **out, dm_err *err)
 {
     *out = NULL;
     int rc = check_path(path, dim ? dim : 1, err);
@@ -403,11 +405,10 @@ int dm_tileindex_open(const char *path, const char *run_json, int dim, dm_tilein
     if (VSIStatExL(path, &st, VSI_STAT_EXISTS_FLAG) != 0)
         rc = dm_err_set(err, DM_EIO, "tile index %s: no such file", path);
     else
-        ti->ds = GDALOpenEx(path, GDAL_OF_VECTOR | (run_json ? GDAL_OF_UPDATE : 0), drivers, NULL,
+        ti->ds = GDALOpenEx(path, GDAL_OF_VECTOR | (mode ? GDAL_OF_UPDATE : 0), drivers, NULL,
                             NULL);
     if (!rc && !ti->ds)
-    if (!ti->ds)
-        rc = gdal_fail(ti, DM_EIO, "cannot open as a GeoPackage for update", err);
+        rc = gdal_fail(ti, DM_EIO, "cannot open as a GeoPackage", err);
     if (rc == 0)
         rc = bind_layers(ti, err);
     /* The embeddings already stored must have the same length as the ones this run adds. */
@@ -423,6 +424,8 @@ int dm_tileindex_open(const char *path, const char *run_json, int dim, dm_tilein
             }
             OGR_F_Destroy(f);
         }
+        if (mode == 2)
+            ti->run_id = last;
         if (!dim)
             ti->dim = dim = stored;
         else if (stored != dim)
@@ -430,7 +433,7 @@ int dm_tileindex_open(const char *path, const char *run_json, int dim, dm_tilein
                             "this run makes %d; resume with the same model, or start a new run "
                             "folder", path, stored, dim);
     }
-    if (rc == 0 && run_json)
+    if (rc == 0 && mode == 1)
         rc = add_run(ti, run_json, err);
     if (rc)
         free_index(ti);
@@ -438,6 +441,17 @@ int dm_tileindex_open(const char *path, const char *run_json, int dim, dm_tilein
     if (rc == 0)
         *out = ti;
     return rc;
+}
+
+int dm_tileindex_open(const char *path, const char *run_json, int dim, dm_tileindex **out,
+                      dm_err *err)
+{
+    return open_index(path, run_json ? 1 : 0, run_json, dim, out, err);
+}
+
+int dm_tileindex_reopen(const char *path, int dim, dm_tileindex **out, dm_err *err)
+{
+    return open_index(path, 2, NULL, dim, out, err);
 }
 
 int dm_tileindex_dim(const dm_tileindex *ti) { return ti->dim; }

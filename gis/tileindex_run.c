@@ -237,7 +237,13 @@ int dm_tileindex_reset(dm_tileindex *ti, const int *chunks, int nchunks, const d
                      "state <> 'outside_aoi'", chunks[i]);
             rc = dm_ti_exec(ti, sql, err);
         }
+        if (rc == 0) { /* its PCA sample goes with it: a finalize before the redo must not use it */
+            snprintf(sql, sizeof sql, "DELETE FROM samples WHERE chunk = %d", chunks[i]);
+            rc = dm_ti_exec(ti, sql, err);
+        }
     }
+    if (rc == 0 && nchunks > 0) /* the outputs no longer match the chunks */
+        rc = dm_ti_bump_gen(ti, err);
     if (rc == 0 && fp)
         rc = store_inputs(ti, fp, nfp, err);
     if (rc == 0 && GDALDatasetCommitTransaction(ti->ds) != OGRERR_NONE)
@@ -369,6 +375,15 @@ int dm_tileindex_last_run(dm_tileindex *ti, int *n, char *started, size_t ns, ch
     }
     int rc = CPLGetLastErrorType() >= CE_Failure
                  ? dm_ti_fail(ti, DM_EIO, "cannot read the runs", err) : 0;
+    CPLPopErrorHandler();
+    return rc;
+}
+
+int dm_tileindex_done_empty_chunks(dm_tileindex *ti, dm_err *err)
+{
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    int rc = dm_ti_exec(ti, "UPDATE chunks SET state = 'done', file = NULL WHERE chunk NOT IN "
+                            "(SELECT chunk FROM tiles WHERE state <> 'outside_aoi')", err);
     CPLPopErrorHandler();
     return rc;
 }

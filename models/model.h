@@ -106,7 +106,9 @@ typedef struct dm_vit_request {
 /* --- backends ---------------------------------------------------------------------------- */
 typedef struct dm_backend dm_backend;
 typedef struct dm_backend_opts {
-    int threads; /* BLAS/compute threads; <= 0: all cores */
+    int threads;    /* BLAS/compute threads; <= 0: all cores */
+    int gemm_parts; /* slices each matrix product is cut into (<= 0: threads). The results depend
+                     * on it, bit for bit, not on the threads: a resumed run keeps its first's */
 } dm_backend_opts;
 
 /* device: "cpu" (and "cuda" when built with CUDA). */

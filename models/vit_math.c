@@ -52,24 +52,48 @@ static inline __attribute__((always_inline)) float erf_inl(float a)
 float dm_expf(float x) { return exp_inl(x); }
 float dm_erff(float x) { return erf_inl(x); }
 
+/* Reductions in 16 fixed lanes combined in a fixed order: a vector loop's result would follow
+ * the buffer's alignment (where the compiler starts its aligned part), so a token's value could
+ * change with the buffer it sits in, the batch or the thread count. This way it cannot, and a
+ * resumed or sharded run gives the same bits as one that ran straight through. */
+#define LANES 16
+
+static inline double lanes_sum_d(const double *acc)
+{
+    double s = 0.0;
+    for (int k = 0; k < LANES; k++)
+        s += acc[k];
+    return s;
+}
+
 void dm_layernorm(const float *x, float *y, int64_t rows, int D, const float *w, const float *b,
                   float eps)
 {
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * D;
         float *yr = y + r * D;
-        double s = 0.0;
-#pragma omp simd reduction(+ : s)
-        for (int i = 0; i < D; i++)
-            s += xr[i];
-        float mean = (float)(s / D);
-        double v = 0.0;
-#pragma omp simd reduction(+ : v)
-        for (int i = 0; i < D; i++) {
+        double acc[LANES] = { 0 };
+        int i = 0;
+        for (; i + LANES <= D; i += LANES)
+#pragma omp simd
+            for (int k = 0; k < LANES; k++)
+                acc[k] += xr[i + k];
+        for (; i < D; i++)
+            acc[i % LANES] += xr[i];
+        float mean = (float)(lanes_sum_d(acc) / D);
+        for (int k = 0; k < LANES; k++)
+            acc[k] = 0.0;
+        for (i = 0; i + LANES <= D; i += LANES)
+#pragma omp simd
+            for (int k = 0; k < LANES; k++) {
+                float d = xr[i + k] - mean;
+                acc[k] += (double)d * d;
+            }
+        for (; i < D; i++) {
             float d = xr[i] - mean;
-            v += (double)d * d;
+            acc[i % LANES] += (double)d * d;
         }
-        float rstd = (float)(1.0 / sqrt(v / D + eps));
+        float rstd = (float)(1.0 / sqrt(lanes_sum_d(acc) / D + eps));
 #pragma omp simd
         for (int i = 0; i < D; i++)
             yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
@@ -116,17 +140,27 @@ void dm_softmax_rows_unnorm(float *s, int rows, int cols, int64_t ld, float *inv
 {
     for (int r = 0; r < rows; r++) {
         float *v = s + (int64_t)r * ld;
-        float mx = -INFINITY;
+        float mx = -INFINITY; /* a maximum is exact in any order */
 #pragma omp simd reduction(max : mx)
         for (int j = 0; j < cols; j++)
             mx = v[j] > mx ? v[j] : mx;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < cols; j++) {
+        float acc[LANES] = { 0 };
+        int j = 0;
+        for (; j + LANES <= cols; j += LANES)
+#pragma omp simd
+            for (int k = 0; k < LANES; k++) {
+                float e = exp_inl(v[j + k] - mx);
+                v[j + k] = e;
+                acc[k] += e;
+            }
+        for (; j < cols; j++) {
             float e = exp_inl(v[j] - mx);
             v[j] = e;
-            sum += e;
+            acc[j % LANES] += e;
         }
+        float sum = 0.0f;
+        for (int k = 0; k < LANES; k++)
+            sum += acc[k];
         inv_sum[r] = 1.0f / sum;
     }
 }

@@ -19,6 +19,7 @@
 typedef struct map {
     unsigned char *p;
     size_t n;
+    char *path;
 } map;
 
 struct dm_weights {
@@ -280,6 +281,10 @@ static int map_file(const char *path, map *m, dm_err *err)
     close(fd);
     if (p == MAP_FAILED)
         return dm_err_set(err, DM_EIO, "%s: cannot map: %s", path, strerror(errno));
+    if (!(m->path = strdup(path))) {
+        munmap(p, (size_t)st.st_size);
+        return dm_err_oom(err);
+    }
     m->p = p;
     m->n = (size_t)st.st_size;
     return 0;
@@ -454,8 +459,10 @@ void dm_weights_close(dm_weights *w)
 {
     if (!w)
         return;
-    for (int i = 0; i < w->nmaps; i++)
+    for (int i = 0; i < w->nmaps; i++) {
         munmap(w->maps[i].p, w->maps[i].n);
+        free(w->maps[i].path);
+    }
     dm_tensor_list_free(&w->list);
     free(w->order);
     free(w->config);
@@ -488,3 +495,6 @@ const dm_tensor *dm_weights_find(const dm_weights *w, const char *name)
     }
     return NULL;
 }
+
+int dm_weights_nfiles(const dm_weights *w) { return w->nmaps; }
+const char *dm_weights_file(const dm_weights *w, int i) { return w->maps[i].path; }

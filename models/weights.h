@@ -42,6 +42,9 @@ const char *dm_weights_path(const dm_weights *w);
 const char *dm_weights_format(const dm_weights *w);  /* "pth" or "safetensors" */
 const char *dm_weights_config(const dm_weights *w);  /* config.json text, or NULL */
 uint64_t dm_weights_bytes(const dm_weights *w);      /* total size of the mapped files */
+/* The files mapped (one, or the shards in the index's order). */
+int dm_weights_nfiles(const dm_weights *w);
+const char *dm_weights_file(const dm_weights *w, int i);
 
 size_t dm_dtype_size(dm_dtype t);
 const char *dm_dtype_name(dm_dtype t);

@@ -296,7 +296,7 @@ int cmd_forward(int argc, char **argv)
     outset o = { .dir = outdir };
     int rc, nreq = nl, tap_at[DM_CHM_TAPS];
     dm_model_opts mo = { arch };
-    dm_backend_opts bo = { threads };
+    dm_backend_opts bo = { threads, 0 };
     /* the weights stay open beside the model: a Hugging Face CHMv2 file also holds the head */
     if ((rc = dm_weights_open(model, &wf, &err)) || (rc = dm_model_bind(wf, &mo, &m, &err)))
         goto fail;

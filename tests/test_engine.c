@@ -116,7 +116,7 @@ static int write_joint_ini(const char *t)
 TEST(engine_killed_runs_resume_to_identical_outputs)
 {
     const char *t = dm_test_tmpdir();
-    char in[1100], why[600], ref[1100], k[1100], cmd[4096];
+    char in[1100], why[600], ref[1100], k[1100], cmd[8192];
     const char *out;
     snprintf(in, sizeof in, "%s/in.tif", t);
     CHECK(make_input(in, 300, 260, 21) == 0);
@@ -152,7 +152,11 @@ TEST(engine_killed_runs_resume_to_identical_outputs)
         }
         if (i == 3)
             CHECKF(strstr(out, "interrupted") || 1, "%s", out);
-        st = joint(t, in, k, NULL, &out);
+        /* the rerun with other batches (windows per forward pass) and thread counts: the same
+         * pixels (the GEMMs' slicing is the run's, kept in its index) */
+        snprintf(cmd, sizeof cmd, "cd %s && %s run joint.ini -o %s --progress none --batch %d "
+                 "--threads %d", t, dm_bin(), k, 1 + (int)i, 1 + (int)(i % 2) * 2);
+        st = dm_run(cmd, &out);
         CHECKF(st == 0, "%s: the rerun: exit %d: %s", f[i].fault, st, out);
         CHECKF(same_outputs(ref, k, names, why, sizeof why), "%s: %s", f[i].fault, why);
     }
@@ -582,4 +586,79 @@ TEST(engine_grid_windows_inside_the_mosaic)
                        "%dx%d chunk %d: extent %d,%d %dx%d", W, H, ch, e.x, e.y, e.w, e.h);
             }
         }
+}
+
+/* Inputs that change shape rather than content: a source blanked to nodata (its chunks then
+ * have no file, and the old files must not come back), a VRT regenerated with the same sources
+ * (nothing to redo), the inputs given in another order (it decides which is on top). Also
+ * --overwrite with a bad option keeps the folder's run, and finalize refuses a chunk file the
+ * index lists but that is gone. */
+TEST(engine_inputs_blanked_regenerated_reordered)
+{
+    const char *t = dm_test_tmpdir();
+    char a[1100], b[1100], vrt[1100], cmd[8192], why[600], d1[1100], d2[1100];
+    const char *out;
+    snprintf(a, sizeof a, "%s/a.tif", t);
+    snprintf(b, sizeof b, "%s/b.tif", t);
+    snprintf(vrt, sizeof vrt, "%s/m.vrt", t);
+    CHECK(dm_make_tif(a, 160, 128, 3, (double[6]){ 500000, 0.6, 0, 4000000, 0, -0.6 }, 32631, -1,
+                      51) == 0);
+    CHECK(dm_make_tif(b, 160, 128, 3, (double[6]){ 500096, 0.6, 0, 4000000, 0, -0.6 }, 32631, -1,
+                      52) == 0);
+    snprintf(d1, sizeof d1, "%s/r", t);
+    snprintf(d2, sizeof d2, "%s/fresh", t);
+    const char *m = dm_golden("vitl_sat_tiny/backbone.pth");
+    static const char *names[] = { "features.tif", "features_pca.tif", NULL };
+#define RUN(dir, inputs) snprintf(cmd, sizeof cmd, "%s features --progress none -m %s %s -o %s " \
+                                  "--tile 32 --halo 16 --chunk 2", dm_bin(), m, inputs, dir)
+    char both[2300];
+    snprintf(both, sizeof both, "%s %s", a, b);
+    RUN(d1, both);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    /* b blanked: every pixel nodata */
+    sleep(1);
+    snprintf(cmd, sizeof cmd, "gdal_translate -q -scale 0 255 0 0 -a_nodata 0 %s %s/nb.tif && "
+             "mv %s/nb.tif %s", b, t, t, b);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    RUN(d1, both);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    RUN(d2, both);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    CHECKF(same_outputs(d1, d2, names, why, sizeof why), "after blanking an input: %s", why);
+    /* the other order: b drawn first, a on top; redone (a second rerun has nothing to do) */
+    snprintf(both, sizeof both, "%s %s", b, a);
+    RUN(d1, both);
+    CHECKF(dm_run(cmd, &out) == 0 && strstr(out, "order of the inputs"), "%s", out);
+    CHECKF(dm_run(cmd, &out) == 0 && !out[0], "%s", out);
+    /* --overwrite with a bad option: refused, the run still there */
+    snprintf(cmd, sizeof cmd, "%s features --progress none -m %s %s -o %s --tile 33 --overwrite",
+             dm_bin(), m, a, d1);
+    CHECKF(dm_run(cmd, &out) == 1, "%s", out);
+    snprintf(cmd, sizeof cmd, "test -e %s/tiles.gpkg && test -e %s/features.tif", d1, d1);
+    CHECKF(dm_run(cmd, &out) == 0, "a refused --overwrite removed the run");
+    /* a VRT of both, regenerated with the same sources: nothing to redo */
+    char vd[1100];
+    snprintf(vd, sizeof vd, "%s/v", t);
+    snprintf(cmd, sizeof cmd, "gdalbuildvrt -q %s %s %s", vrt, a, b);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    RUN(vd, vrt);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    sleep(1);
+    snprintf(cmd, sizeof cmd, "rm %s && gdalbuildvrt -q %s %s %s", vrt, vrt, a, b);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    RUN(vd, vrt);
+    CHECKF(dm_run(cmd, &out) == 0 && !out[0], "a regenerated VRT redid work: %s", out);
+    /* a source of it changes: only that source's chunks (not all of them) */
+    sleep(1);
+    CHECK(dm_make_tif(a, 160, 128, 3, (double[6]){ 500000, 0.6, 0, 4000000, 0, -0.6 }, 32631, -1,
+                      53) == 0);
+    snprintf(cmd, sizeof cmd, "%s features -m %s %s -o %s --tile 32 --halo 16 --chunk 2 "
+             "--progress none", dm_bin(), m, vrt, vd);
+    CHECKF(dm_run(cmd, &out) == 0 && strstr(out, "a.tif (changed)") &&
+           !strstr(out, "m.vrt (changed)"), "%s", out);
+    /* finalize with a chunk file the index lists but that is gone: an error, not a hole */
+    snprintf(cmd, sizeof cmd, "rm %s/chunks/c000000.features.tif && %s finalize %s -q", vd,
+             dm_bin(), vd);
+    CHECKF(dm_run(cmd, &out) == 1 && strstr(out, "is gone"), "%s", out);
+#undef RUN
 }

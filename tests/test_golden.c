@@ -73,7 +73,7 @@ static void check_library(const char *name)
     dm_model *m;
     CHECKF(dm_model_open(g.weights, NULL, &m, &err) == 0, "%s", err.msg);
     dm_backend *be;
-    dm_backend_opts bo = { 1 };
+    dm_backend_opts bo = { 1, 0 };
     CHECKF(dm_backend_open("cpu", m, &bo, &be, &err) == 0, "%s", err.msg);
     char path[700];
     snprintf(path, sizeof path, "%s/input.npy", g.dir);

@@ -295,6 +295,10 @@ static int chunk_commit(run *R, dm_err *err)
         if (!rc && f[0]) {
             size_t o = strlen(files);
             snprintf(files + o, sizeof files - o, "%s%s", o ? " " : "", f);
+        } else if (!rc) { /* none this time: an earlier attempt's file must not linger */
+            char path[4200];
+            dm_chunk_path(e->outdir, R->cur_chunk, e->rec[p]->name, path, sizeof path);
+            unlink(path);
         }
         if (s)
             smp = s, ns = n, sdim = d;
@@ -404,6 +408,9 @@ static int build_config(run *R, const char *aoi_sha, dm_err *err)
     e->res = cJSON_CreateObject();
     if (!e->cfg || !e->res)
         return dm_err_oom(err);
+    /* what a chunk means (window placement, blending, the PCA sample): a binary that changes it
+     * bumps this, and refuses to mix its chunks with an older run's */
+    cJSON_AddNumberToObject(e->cfg, "engine_format", DM_ENGINE_FORMAT);
     cJSON *pr = cJSON_AddArrayToObject(e->cfg, "products");
     if (o->products & DM_PRODUCT_FEATURES)
         cJSON_AddItemToArray(pr, cJSON_CreateString("features"));
@@ -464,6 +471,7 @@ static int build_config(run *R, const char *aoi_sha, dm_err *err)
     cJSON_AddStringToObject(e->res, "weights", o->weights);
     cJSON_AddNumberToObject(e->res, "window", e->S);
     cJSON_AddNumberToObject(e->res, "max_cog_gib", o->max_cog_gib);
+    cJSON_AddNumberToObject(e->res, "gemm_parts", e->gemm_parts);
     for (int i = 0; i < e->nprod; i++) {
         int rc = e->rec[i]->prepare(e, &e->self[i], err);
         if (rc)
@@ -553,6 +561,70 @@ static int changed_rects(const dm_input_fp *old, int nold, const dm_input_fp *cu
     return 0;
 }
 
+/* The weights' identity: the SHA-256 of the file, or of the shards' SHA-256s in order (a folder or
+ * an index.json), each cached by path, size, mtime and inode. */
+static int weights_sha(const dm_weights *w, char out[65], dm_err *err)
+{
+    int n = dm_weights_nfiles(w), rc = 0;
+    if (n == 1)
+        return dm_sha256_file_cached(dm_weights_file(w, 0), out, err);
+    dm_sha256 s;
+    if (dm_sha256_init(&s))
+        return dm_err_oom(err);
+    for (int i = 0; i < n && !rc; i++) {
+        char one[65];
+        if (!(rc = dm_sha256_file_cached(dm_weights_file(w, i), one, err)))
+            dm_sha256_update(&s, one, 64);
+    }
+    dm_sha256_hex(&s, out);
+    return rc;
+}
+
+/* The inputs in their order (real paths), as JSON: the order decides which is on top where
+ * inputs overlap. */
+static char *input_order(const dm_run_opts *o)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; a && i < o->mosaic.n_inputs; i++) {
+        char real[4096];
+        const char *p = realpath(o->mosaic.inputs[i], real) ? real : o->mosaic.inputs[i];
+        cJSON_AddItemToArray(a, cJSON_CreateString(p));
+    }
+    char *s = a ? cJSON_PrintUnformatted(a) : NULL;
+    cJSON_Delete(a);
+    return s;
+}
+
+static int in_array(const cJSON *a, const char *s)
+{
+    const cJSON *x;
+    cJSON_ArrayForEach(x, a) if (cJSON_IsString(x) && !strcmp(x->valuestring, s)) return 1;
+    return 0;
+}
+
+/* 1 when the inputs both lists hold come in another order (inputs added or removed alone do
+ * not count: their fingerprints say where they are). */
+static int reordered(const char *old_json, const char *now_json)
+{
+    cJSON *a = old_json ? cJSON_Parse(old_json) : NULL, *b = now_json ? cJSON_Parse(now_json) : NULL;
+    int diff = 0;
+    const cJSON *x = a ? a->child : NULL, *y = b ? b->child : NULL;
+    while (a && b && !diff) {
+        while (x && !(cJSON_IsString(x) && in_array(b, x->valuestring)))
+            x = x->next;
+        while (y && !(cJSON_IsString(y) && in_array(a, y->valuestring)))
+            y = y->next;
+        if (!x || !y) {
+            diff = (x != NULL) != (y != NULL);
+            break;
+        }
+        diff = strcmp(x->valuestring, y->valuestring) != 0;
+        x = x->next, y = y->next;
+    }
+    cJSON_Delete(a), cJSON_Delete(b);
+    return diff;
+}
+
 static void free_run(run *R)
 {
     dm_eng *e = &R->e;
@@ -632,7 +704,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     snprintf(e->outdir, sizeof e->outdir, "%s", o->outdir);
     /* 1. the folder */
     struct stat st;
-    int made = 0, fresh = 0;
+    int made = 0, fresh = 0, created_index = 0;
     if (stat(o->outdir, &st) != 0) {
         if (dm_mkdir_p(o->outdir) != 0)
             return dm_err_set(err, DM_EIO, "%s: cannot create the output folder: %s", o->outdir,
@@ -651,9 +723,9 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     int lock_existed = dm_exists(p);
     if ((rc = dm_lock_dir(o->outdir, &lock, err)))
         goto out;
-    if (o->overwrite && (rc = remove_run(o->outdir, err)))
-        goto out;
-    if (dm_exists(index)) {
+    if (o->overwrite) {
+        /* the folder's run goes only once everything below checked out (step 3) */
+    } else if (dm_exists(index)) {
         if ((rc = read_folder(index, &old_cfg, &old_res, err)))
             goto out;
     } else if (holds_outputs(o->outdir)) {
@@ -669,20 +741,26 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         goto out;
     }
     dm_model_opts mo = { o->arch };
-    dm_backend_opts bo = { o->threads };
+    /* the GEMMs' slicing decides the bits (not the thread count): a resumed run keeps its first's */
+    int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    const cJSON *gp = old_res ? cJSON_GetObjectItemCaseSensitive(old_res, "gemm_parts") : NULL;
+    e->gemm_parts = cJSON_IsNumber(gp) && gp->valueint > 0 ? gp->valueint : threads;
+    dm_backend_opts bo = { threads, e->gemm_parts };
     if ((rc = dm_model_open(o->weights, &mo, &e->m, err)) ||
         (rc = dm_backend_open(o->device, e->m, &bo, &e->be, err)))
         goto out;
-    if ((rc = dm_sha256_file_cached(o->weights, e->sha, err)) && rc != DM_EIO)
+    if ((rc = weights_sha(e->m->w, e->sha, err)))
         goto out;
-    rc = 0; /* a directory of shards has no single hash: leave it empty */
     dm_mosaic_opts mopt = o->mosaic;
     const cJSON *sc = old_res ? cJSON_GetObjectItemCaseSensitive(old_res, "scaling") : NULL;
-    if (sc && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sc, "scaled"))) {
+    const cJSON *slo = cJSON_GetObjectItemCaseSensitive(sc, "lo"),
+                *shi = cJSON_GetObjectItemCaseSensitive(sc, "hi");
+    if (sc && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sc, "scaled")) &&
+        cJSON_IsNumber(slo) && cJSON_IsNumber(shi)) {
         /* the colours the folder's first invocation chose, whatever the inputs are now */
         mopt.fixed_set = 1;
-        mopt.fixed_lo = cJSON_GetObjectItemCaseSensitive(sc, "lo")->valuedouble;
-        mopt.fixed_hi = cJSON_GetObjectItemCaseSensitive(sc, "hi")->valuedouble;
+        mopt.fixed_lo = slo->valuedouble;
+        mopt.fixed_hi = shi->valuedouble;
         mopt.fixed_text = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(sc, "text"));
     }
     if ((rc = dm_mosaic_open(&mopt, &e->mo, err)))
@@ -693,12 +771,19 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     e->wkt = dm_mosaic_wkt(e->mo);
     if ((rc = dm_grid_init(&e->g, W, H, o->tile, o->halo, o->chunk, err)))
         goto out;
+    if ((int64_t)e->g.ncols * e->g.nrows > 4000000) {
+        rc = dm_err_set(err, DM_EINVAL, "%d×%d px in tiles of %d px are %lld tiles; more than 4 "
+                        "million is beyond what one run folder handles well: use a larger --tile, "
+                        "or split the region", W, H, o->tile,
+                        (long long)e->g.ncols * e->g.nrows);
+        goto out;
+    }
     e->D = e->m->cfg.embed_dim;
     e->S = e->g.S;
     e->N = dm_model_tokens(e->m, e->S, e->S);
     char aoi_sha[65] = "";
     if (o->aoi && ((rc = dm_aoi_open(o->aoi, e->wkt, &e->aoi, err)) ||
-                   (rc = dm_sha256_file_cached(o->aoi, aoi_sha, err))))
+                   (rc = dm_aoi_sha256(o->aoi, aoi_sha, err))))
         goto out;
     if (o->products & DM_PRODUCT_FEATURES)
         e->rec[e->nprod++] = &dm_recipe_features;
@@ -770,7 +855,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
                     "different scales are less meaningful (--gsd warps)", gsd);
     }
     /* 3. the plan */
-    char *inv = invocation_json(&R);
+    char *inv = invocation_json(&R), *order = input_order(o);
     dm_input_fp *fp = NULL, *ofp = NULL;
     int nfp = 0, nofp = 0;
     if (!inv)
@@ -778,29 +863,45 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     if (!rc)
         rc = dm_mosaic_fingerprints(e->mo, &fp, &nfp, err);
     if (!rc && fresh) {
+        /* made whole under a temporary name, then renamed: a kill leaves no half index */
+        char part[4200];
+        snprintf(part, sizeof part, "%s/.tiles.new.gpkg", o->outdir);
+        unlink(part);
         char *cs = cJSON_PrintUnformatted(e->cfg), *rs = cJSON_PrintUnformatted(e->res), hash[65];
         if (!cs || !rs)
             rc = dm_err_oom(err);
         if (!rc)
-            rc = dm_tileindex_create(index, e->wkt, inv, e->D, &e->ti, err);
+            rc = dm_tileindex_create(part, e->wkt, inv, e->D, &e->ti, err);
         if (!rc) {
             dm_sha256_str(cs, hash);
             if (!(rc = dm_tileindex_config_set(e->ti, "config", cs, err)) &&
                 !(rc = dm_tileindex_config_set(e->ti, "config_sha256", hash, err)) &&
                 !(rc = dm_tileindex_config_set(e->ti, "resolved", rs, err)) &&
-                !(rc = dm_tileindex_add_tiles(e->ti, recs, tst, nt, err)))
-                rc = dm_tileindex_reset(e->ti, NULL, 0, fp, nfp, err);
-            /* chunks whose tiles are all outside the AOI have nothing to do: done, no files */
-            for (int k = 0; !rc && k < nch; k++)
-                if (!R.chunk_tiles[k])
-                    rc = dm_tileindex_chunk_done(e->ti, k, NULL, NULL, 0, NULL, 0, 1, err);
+                !(rc = dm_tileindex_config_set(e->ti, "input_order", order ? order : "[]",
+                                               err)) &&
+                !(rc = dm_tileindex_add_tiles(e->ti, recs, tst, nt, err)) &&
+                !(rc = dm_tileindex_reset(e->ti, NULL, 0, fp, nfp, err)))
+                /* chunks whose tiles are all outside the AOI: nothing to do, no files */
+                rc = dm_tileindex_done_empty_chunks(e->ti, err);
         }
         free(cs), free(rs);
-        if (rc && e->ti) { /* a half-made index would stop the next run: it goes */
-            dm_tileindex_close(e->ti, NULL);
+        if (e->ti) {
+            int rc2 = dm_tileindex_close(e->ti, rc ? NULL : err);
+            rc = rc ? rc : rc2;
             e->ti = NULL;
-            unlink(index);
         }
+        /* --overwrite: the folder's old run goes now, everything having checked out */
+        if (!rc && o->overwrite)
+            rc = remove_run(o->outdir, err);
+        if (!rc && rename(part, index) != 0)
+            rc = dm_err_set(err, DM_EIO, "%s: cannot rename into place: %s", index,
+                            strerror(errno));
+        if (!rc) {
+            created_index = 1;
+            rc = dm_tileindex_reopen(index, e->D, &e->ti, err);
+        }
+        if (rc)
+            unlink(part);
     } else if (!rc) {
         rc = dm_tileindex_open(index, inv, e->D, &e->ti, err);
     }
@@ -827,6 +928,27 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
             rc = changed_rects(ofp, nofp, fp, nfp, &rects, &nr, &nfiles, first, sizeof first, err);
         if (!rc)
             rc = dm_tileindex_config_get(e->ti, "chunks_dropped", &dropped, err);
+        char *old_order = NULL;
+        if (!rc)
+            rc = dm_tileindex_config_get(e->ti, "input_order", &old_order, err);
+        int moved = !rc && reordered(old_order, order);
+        if (moved) { /* another input may now be on top anywhere two overlap: all of them */
+            dm_window *r2 = realloc(rects, sizeof *r2 * (size_t)(nr + nfp + 1));
+            if (!r2)
+                rc = dm_err_oom(err);
+            else
+                rects = r2;
+            for (int i = 0; !rc && i < nfp; i++)
+                rects[nr++] = (dm_window){ fp[i].x0, fp[i].y0, fp[i].w, fp[i].h };
+            if (!rc) {
+                snprintf(first, sizeof first, "the order of the inputs (it decides which is on "
+                         "top where they overlap)");
+                nfiles = nfiles ? nfiles : 1;
+            }
+        }
+        free(old_order);
+        if (!rc && (nr || moved))
+            rc = dm_tileindex_config_set(e->ti, "input_order", order ? order : "[]", err);
         int was_dropped = dropped && !strcmp(dropped, "1");
         /* with the chunk files deleted, any change means recomputing everything */
         int redo_all = was_dropped && (nr > 0 || !dm_fin_uptodate(e->ti, o->outdir));
@@ -868,7 +990,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     }
     dm_input_fp_free(fp, nfp);
     dm_input_fp_free(ofp, nofp);
-    free(reset);
+    free(reset), free(order);
     /* the windows to run: the chunks not done */
     R.nj = 0;
     int ntodo = 0;
@@ -954,11 +1076,13 @@ out:
         dm_tileindex_end_run(e->ti, st2, NULL);
     }
     /* a run that made nothing leaves nothing: its own index and the folder it created */
-    int nothing_made = rc && fresh && (res->chunks_run == 0 || res->tiles_run == 0) &&
-                       rc != DM_EINTERRUPTED && rc != DM_ELOCKED;
+    int nothing_made = rc && fresh && created_index &&
+                       (res->chunks_run == 0 || res->tiles_run == 0) && rc != DM_EINTERRUPTED &&
+                       rc != DM_ELOCKED;
     free_run(&R);
-    if (nothing_made && lock) {
-        remove_run(o->outdir, NULL);
+    if (nothing_made || (rc && rc != DM_ELOCKED && fresh && !created_index && !o->overwrite)) {
+        if (nothing_made)
+            remove_run(o->outdir, NULL);
         if (!lock_existed) {
             snprintf(p, sizeof p, "%s/%s", o->outdir, DM_LOCK_FILE);
             unlink(p);

@@ -15,6 +15,7 @@
 #define DM_NPROD 2
 #define DM_MAX_LAYERS 8
 #define DM_PCA_SAMPLE 4096 /* patches the PCA preview is fitted on */
+#define DM_ENGINE_FORMAT 1 /* the meaning of a chunk; in every run's configuration */
 
 typedef struct dm_recipe dm_recipe;
 
@@ -54,6 +55,7 @@ typedef struct dm_eng {
     const char *wkt;
     const dm_norm *nm;
     int D, S, N;
+    int gemm_parts;                    /* the backend's GEMM slicing (kept by resumed runs) */
     char sha[65];                      /* backbone weights */
     int layers[DM_MAX_LAYERS], nlayers;/* raw blocks the recipes asked for */
     double sample_p;                   /* features: a patch is a PCA candidate when u < p */
@@ -77,6 +79,7 @@ typedef struct dm_fin {
     const char *wkt;
     dm_tileindex *ti;
     const uint8_t *done;               /* [nchunks] chunk marked done */
+    char *const *files;                /* [nchunks] its files as the index records them */
     const cJSON *cfg, *res;
     double max_bytes;
     int threads;
@@ -87,6 +90,12 @@ typedef struct dm_fin {
     char outputs[1024];                /* files written, space-separated (appended) */
     double t0;                         /* when the invocation began (CLOCK_MONOTONIC s), 0: now */
 } dm_fin;
+
+/* The file of chunk k for `product` when the index lists it (the chunk is done and made one):
+ * 1 and its path; 0 when it has none (not done, or no tile of it ran); DM_EIO when the index
+ * lists a file that is gone (finalize must not turn it into a hole). */
+int dm_fin_chunk_file(const dm_fin *f, int k, const char *product, char *path, size_t n,
+                      dm_err *err);
 
 /* Checks for cancellation and the testing fault "finalize:N" after each unit of finalize work. */
 int dm_fin_step(dm_fin *f, dm_err *err);

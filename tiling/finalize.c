@@ -24,6 +24,25 @@ int dm_fin_step(dm_fin *f, dm_err *err)
     return 0;
 }
 
+int dm_fin_chunk_file(const dm_fin *f, int k, const char *product, char *path, size_t n,
+                      dm_err *err)
+{
+    if (!f->done[k] || !f->files || !f->files[k])
+        return 0;
+    char rel[64];
+    dm_chunk_rel(k, product, rel, sizeof rel);
+    size_t len = strlen(rel);
+    for (const char *s = f->files[k]; (s = strstr(s, rel)); s += len)
+        if ((s == f->files[k] || s[-1] == ' ') && (s[len] == ' ' || !s[len])) {
+            snprintf(path, n, "%s/%s", f->outdir, rel);
+            if (!dm_exists(path))
+                return dm_err_set(err, DM_EIO, "%s is gone, but the index lists it for chunk %d; "
+                                  "run the mapping command again to redo that chunk", path, k);
+            return 1;
+        }
+    return 0;
+}
+
 static long long config_ll(dm_tileindex *ti, const char *key, long long def)
 {
     char *v = NULL;
@@ -117,11 +136,12 @@ static int fin_build_products(dm_fin *f, dm_run_result *r, int drop, dm_err *err
         snprintf(r->outputs, sizeof r->outputs, "%s", f->outputs);
     if (!rc)
         rc = dm_write_run_json(f, r, err);
-    if (!rc && drop) {
+    if (!rc && drop) { /* recorded first: a kill half-way through the deletion is then known */
         char p[4200];
         snprintf(p, sizeof p, "%s/chunks", f->outdir);
-        if (!(rc = dm_remove_tree(p, err)) && !(rc = dm_tileindex_forget_files(f->ti, err)))
-            rc = dm_tileindex_config_set(f->ti, "chunks_dropped", "1", err);
+        if (!(rc = dm_tileindex_config_set(f->ti, "chunks_dropped", "1", err)) &&
+            !(rc = dm_tileindex_forget_files(f->ti, err)))
+            rc = dm_remove_tree(p, err);
     }
     return rc;
 }
@@ -170,8 +190,8 @@ int dm_fin_run(dm_eng *e, const dm_run_opts *o, dm_tileindex *ti, const cJSON *c
         dm_tileindex_chunks_free(done, files, n);
         return 0;
     }
-    dm_fin f = { .outdir = o->outdir, .ti = ti, .done = done, .cfg = cfg, .res = res,
-                 .max_bytes = o->max_cog_gib * 1073741824.0, .threads = o->threads,
+    dm_fin f = { .outdir = o->outdir, .ti = ti, .done = done, .files = files, .cfg = cfg,
+                 .res = res, .max_bytes = o->max_cog_gib * 1073741824.0, .threads = o->threads,
                  .cancel = o->cancel, .ev = &o->ev, .fault = o->fault, .t0 = t0 };
     (void)e;
     rc = fin_grid(&f, err);
@@ -230,7 +250,8 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
     if (!rc) {
         double run_max = 16;
         num(res, "max_cog_gib", &run_max);
-        dm_fin f = { .outdir = outdir, .ti = ti, .done = done, .cfg = cfg, .res = res,
+        dm_fin f = { .outdir = outdir, .ti = ti, .done = done, .files = files, .cfg = cfg,
+                     .res = res,
                      .max_bytes = (o && o->max_cog_gib >= 0 ? o->max_cog_gib : run_max) *
                                   1073741824.0,
                      .threads = o ? o->threads : 0, .cancel = o ? o->cancel : NULL,

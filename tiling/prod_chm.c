@@ -283,8 +283,12 @@ static int c_finalize(dm_fin *fi, dm_err *err)
                         if (!fi->done[k] || !dm_window_overlap(b, ex))
                             continue;
                         char path[4200];
-                        dm_chunk_path(fi->outdir, k, "chm", path, sizeof path);
-                        if (!dm_exists(path))
+                        int has = dm_fin_chunk_file(fi, k, "chm", path, sizeof path, err);
+                        if (has < 0) {
+                            rc = has;
+                            break;
+                        }
+                        if (!has)
                             continue; /* a chunk of empty tiles has no file */
                         int x0 = b.x > ex.x ? b.x : ex.x, y0 = b.y > ex.y ? b.y : ex.y;
                         int x1 = b.x + b.w < ex.x + ex.w ? b.x + b.w : ex.x + ex.w;

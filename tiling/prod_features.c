@@ -388,8 +388,12 @@ static int f_finalize(dm_fin *fi, dm_err *err)
             if (!fi->done[k] || !dm_window_overlap(cw, rw))
                 continue;
             char path[4200];
-            dm_chunk_path(fi->outdir, k, "features", path, sizeof path);
-            if (!dm_exists(path))
+            int has = dm_fin_chunk_file(fi, k, "features", path, sizeof path, err);
+            if (has < 0) {
+                rc = has;
+                break;
+            }
+            if (!has)
                 continue; /* a chunk of empty tiles has no file */
             int x0 = cw.x > reg.x ? cw.x : reg.x, y0 = cw.y > reg.y ? cw.y : reg.y;
             int x1 = cw.x + cw.w < reg.x + reg.w ? cw.x + cw.w : reg.x + reg.w;

@@ -16,6 +16,7 @@
 typedef struct cpu {
     const dm_model *m;
     int threads;
+    int parts;           /* column slices of every GEMM (see job_gemm) */
     float *scratch;      /* widened weights, largest matrix */
     size_t scratch_n;
     /* activations, grown on demand */
@@ -108,6 +109,7 @@ static int cpu_create(const dm_model *m, const dm_backend_opts *o, void **state,
         return dm_err_oom(err);
     c->m = m;
     c->threads = o->threads > 0 ? o->threads : openblas_get_num_threads();
+    c->parts = o->gemm_parts > 0 ? o->gemm_parts : c->threads;
     /* The pool's threads run everything, GEMMs included: each calls single-threaded sgemm on
      * its share of the output columns (linear layers) or of the heads (attention). One set of
      * threads, no hand-over between OpenBLAS's and ours, and attention stays per-thread. */
@@ -156,31 +158,37 @@ typedef struct gemm_job {
     int parts;
 } gemm_job;
 
-/* part i of C[:, o0:o1] = A · W[o0:o1, :]^T, o split in multiples of 16 */
+/* Item i: image i / parts, its column slice i % parts: C[:, o0:o1] = A · W[o0:o1, :]^T, o split
+ * in multiples of 16. OpenBLAS's Haswell sgemm gives other bits for another M or N of a call, so
+ * the calls' shapes depend on neither the batch (one image per call) nor the thread count (the
+ * slices are the backend's `parts`, however many threads share them): a window gets the same
+ * tokens in any batch, and on a resumed run with another thread count. */
 static void job_gemm(void *ctx, int64_t b, int64_t e)
 {
     gemm_job *g = ctx;
     for (int64_t i = b; i < e; i++) {
-        int64_t blocks = (g->outs + 15) / 16;
-        int64_t o0 = blocks * i / g->parts * 16, o1 = blocks * (i + 1) / g->parts * 16;
+        int64_t img = i / g->parts, part = i % g->parts, blocks = (g->outs + 15) / 16;
+        int64_t o0 = blocks * part / g->parts * 16, o1 = blocks * (part + 1) / g->parts * 16;
         if (o1 > g->outs)
             o1 = g->outs;
         if (o1 > o0)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)g->rows, (int)(o1 - o0),
-                        (int)g->k, 1.0f, g->a, (int)g->lda, g->w + o0 * g->k, (int)g->k, 0.0f,
-                        g->c + o0, (int)g->ldc);
+                        (int)g->k, 1.0f, g->a + img * g->rows * g->lda, (int)g->lda,
+                        g->w + o0 * g->k, (int)g->k, 0.0f, g->c + img * g->rows * g->ldc + o0,
+                        (int)g->ldc);
     }
 }
 
-/* C[rows, mm.rows] (ldc) = A[rows, mm.cols] (lda) · W^T, spread over the pool */
-static int linear(cpu *c, const float *a, int64_t lda, int64_t rows, const dm_mat *mm, float *out,
-                  int64_t ldc, dm_err *err)
+/* C[rows, mm.rows] (ldc) = A[rows, mm.cols] (lda) · W^T for images of img_rows rows each,
+ * spread over the pool */
+static int linear(cpu *c, const float *a, int64_t lda, int64_t rows, int64_t img_rows,
+                  const dm_mat *mm, float *out, int64_t ldc, dm_err *err)
 {
     const float *w = weights_f32(c, mm, err);
     if (!w)
         return err ? err->code : DM_EFORMAT;
-    gemm_job g = { a, w, out, lda, ldc, rows, mm->rows, mm->cols, c->threads };
-    dm_pool_run(c->pool, job_gemm, &g, c->threads);
+    gemm_job g = { a, w, out, lda, ldc, img_rows, mm->rows, mm->cols, c->parts };
+    dm_pool_run(c->pool, job_gemm, &g, (rows / img_rows) * c->parts);
     return 0;
 }
 
@@ -233,7 +241,8 @@ static int embed(cpu *c, const float *images, int B, int H, int W, int N, dm_err
         if (R)
             memcpy(xb + D, m->storage, (size_t)R * D * sizeof(float));
         dm_im2patch(images + (size_t)b * 3 * H * W, H, W, c->patches);
-        int rc = linear(c, c->patches, 768, hw, &m->patch_w, xb + (size_t)(1 + R) * D, D, err);
+        int rc = linear(c, c->patches, 768, hw, hw, &m->patch_w, xb + (size_t)(1 + R) * D, D,
+                        err);
         if (rc)
             return rc;
         dm_add_bias(xb + (size_t)(1 + R) * D, hw, D, D, m->patch_b);
@@ -307,33 +316,33 @@ static int block(cpu *c, const dm_vit_block *blk, const dm_vit_block *next, int 
     int D = cfg->embed_dim, F = cfg->ffn_hidden, rc;
     int64_t T = (int64_t)B * N;
     if (blk->qkv.t) { /* one [3D, D] product is faster than three [D, D] ones */
-        if ((rc = linear(c, c->y, D, T, &blk->qkv, c->qkv, 3 * D, err)))
+        if ((rc = linear(c, c->y, D, T, N, &blk->qkv, c->qkv, 3 * D, err)))
             return rc;
-    } else if ((rc = linear(c, c->y, D, T, &blk->q, c->qkv, 3 * D, err)) ||
-               (rc = linear(c, c->y, D, T, &blk->k, c->qkv + D, 3 * D, err)) ||
-               (rc = linear(c, c->y, D, T, &blk->v, c->qkv + 2 * D, 3 * D, err))) {
+    } else if ((rc = linear(c, c->y, D, T, N, &blk->q, c->qkv, 3 * D, err)) ||
+               (rc = linear(c, c->y, D, T, N, &blk->k, c->qkv + D, 3 * D, err)) ||
+               (rc = linear(c, c->y, D, T, N, &blk->v, c->qkv + 2 * D, 3 * D, err))) {
         return rc;
     }
     rows_job qj = { .cfg = cfg, .x = c->qkv, .a = blk->qkv_b, .ld = 3 * D, .rcos = c->rcos,
                     .rsin = c->rsin, .N = N, .hw = hw };
     dm_pool_run(c->pool, job_qkv, &qj, T);
     attention(c, B, N);
-    if ((rc = linear(c, c->att, D, T, &blk->proj, c->y, D, err)))
+    if ((rc = linear(c, c->att, D, T, N, &blk->proj, c->y, D, err)))
         return rc;
     residual_ln(c, T, blk->proj_b, blk->ls1, blk->norm2_w, blk->norm2_b);
     if (cfg->swiglu) {
-        if ((rc = linear(c, c->y, D, T, &blk->w1, c->hid, F, err)) ||
-            (rc = linear(c, c->y, D, T, &blk->w2, c->up, F, err)))
+        if ((rc = linear(c, c->y, D, T, N, &blk->w1, c->hid, F, err)) ||
+            (rc = linear(c, c->y, D, T, N, &blk->w2, c->up, F, err)))
             return rc;
         rows_job j = { .x = c->hid, .y = c->up, .a = blk->fc1_b, .b = blk->w2_b, .cols = F };
         dm_pool_run(c->pool, job_swiglu, &j, T);
     } else {
-        if ((rc = linear(c, c->y, D, T, &blk->fc1, c->hid, F, err)))
+        if ((rc = linear(c, c->y, D, T, N, &blk->fc1, c->hid, F, err)))
             return rc;
         rows_job j = { .x = c->hid, .a = blk->fc1_b, .cols = F };
         dm_pool_run(c->pool, job_gelu, &j, T);
     }
-    if ((rc = linear(c, c->hid, F, T, &blk->fc2, c->y, D, err)))
+    if ((rc = linear(c, c->hid, F, T, N, &blk->fc2, c->y, D, err)))
         return rc;
     residual_ln(c, T, blk->fc2_b, blk->ls2, next ? next->norm1_w : NULL,
                 next ? next->norm1_b : NULL);

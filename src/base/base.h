@@ -61,6 +61,10 @@ int dm_write_file_atomic(const char *path, const void *data, size_t n, dm_err *e
 int dm_remove_tree(const char *path, dm_err *err);
 /* 1 if path exists (any type). */
 int dm_exists(const char *path);
+/* fsync(2) of a file by name, and of the folder holding a path (after a rename into it): what a
+ * commit that says "this file is in place" needs to survive a power cut. 0 or -1 with errno. */
+int dm_sync_file(const char *path);
+int dm_sync_parent(const char *path);
 
 /* An exclusive lock on a folder (flock(2) on FOLDER/.dinomap.lock, released when the process ends,
  * however it ends). DM_ELOCKED, at once, if another process holds it. */
