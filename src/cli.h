@@ -55,6 +55,9 @@ void dm_cli_help_options(FILE *f, unsigned cmdmask);
 int dm_cli_parse(dm_cli *c, int argc, char **argv, int first, void (*help)(FILE *));
 /* `dinomap features` / `dinomap chm`: options, then INPUT...; the exit code. */
 int dm_cli_main(int argc, char **argv, const char *cmd, unsigned mask, void (*help)(FILE *));
+/* The end of a mapping command: with code -1 (parsed fine) finishes the options and maps; frees
+ * c; the exit code. */
+int dm_cli_conclude(dm_cli *c, int code);
 /* After parsing: product-dependent defaults, required options; 0 or -2 with a message printed. */
 int dm_cli_finish(dm_cli *c);
 /* Runs the mapping (dinomap features/chm/run after parsing): progress, --log, signals, the

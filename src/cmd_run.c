@@ -50,10 +50,5 @@ int cmd_run(int argc, char **argv)
                 argv[optind]);
         code = DM_EXIT_USAGE;
     }
-    if (code < 0 && dm_cli_finish(&c))
-        code = DM_EXIT_USAGE;
-    if (code < 0)
-        code = dm_cli_map(&c);
-    dm_cli_free(&c);
-    return code;
+    return dm_cli_conclude(&c, code);
 }

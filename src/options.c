@@ -471,11 +471,16 @@ int dm_cli_main(int argc, char **argv, const char *cmd, unsigned mask, void (*he
     for (int i = optind; code < 0 && i < argc; i++)
         if (dm_cli_add_input(&c, argv[i]))
             code = DM_EXIT_FAIL;
-    if (code < 0 && dm_cli_finish(&c))
+    return dm_cli_conclude(&c, code);
+}
+
+int dm_cli_conclude(dm_cli *c, int code)
+{
+    if (code < 0 && dm_cli_finish(c))
         code = DM_EXIT_USAGE;
     if (code < 0)
-        code = dm_cli_map(&c);
-    dm_cli_free(&c);
+        code = dm_cli_map(c);
+    dm_cli_free(c);
     return code;
 }
 

@@ -66,6 +66,19 @@ const char *dm_bin(void)
     return abs;
 }
 
+/* A command's output file into buf (then removed). */
+static void slurp(const char *path, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (f) {
+        size_t n = fread(buf, 1, cap - 1, f);
+        buf[n] = '\0';
+        fclose(f);
+        remove(path);
+    }
+}
+
 int dm_run(const char *cmd, const char **outbuf)
 {
     static char buf[16384];
@@ -73,14 +86,7 @@ int dm_run(const char *cmd, const char **outbuf)
     snprintf(path, sizeof path, "%s/cmd.out", dm_test_tmpdir());
     snprintf(full, sizeof full, "{ %s\n} >%s 2>&1", cmd, path); /* the shell's own notes too */
     int st = system(full);
-    buf[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (f) {
-        size_t n = fread(buf, 1, sizeof buf - 1, f);
-        buf[n] = '\0';
-        fclose(f);
-        remove(path);
-    }
+    slurp(path, buf, sizeof buf);
     if (outbuf)
         *outbuf = buf;
     if (st == -1 || !WIFEXITED(st))
@@ -188,14 +194,7 @@ int dm_run_peak(const char *cmd, const char **outbuf, double *peak_mb)
     if (wait4(pid, &st, 0, &ru) != pid)
         return -1;
     *peak_mb = (double)ru.ru_maxrss / 1024.0; /* this process and what it waited for */
-    buf[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (f) {
-        size_t n = fread(buf, 1, sizeof buf - 1, f);
-        buf[n] = '\0';
-        fclose(f);
-        remove(path);
-    }
+    slurp(path, buf, sizeof buf);
     if (outbuf)
         *outbuf = buf;
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
