@@ -1,4 +1,4 @@
-/* tiling/config.c — a run's configuration as JSON: comparing a resumed run's settings with the
+/* tiling/config.c — a run's configuration as JSON: building it, comparing a resumed run's with the
  * folder's, and small JSON helpers of the engine. The configuration is one flat object of the
  * settings that change pixels (see engine.c and the recipes); its SHA-256 is the config hash. */
 #include <stdio.h>
@@ -80,3 +80,107 @@ int dm_config_diff(const cJSON *now, const cJSON *stored, char *msg, size_t n)
     }
     return nd;
 }
+
+/* The normalized comparable settings of this run (e->cfg) and what finalize needs (e->res). */
+int dm_config_build(dm_eng *e, const char *aoi_sha, dm_err *err)
+{
+    const dm_run_opts *o = e->o;
+    e->cfg = cJSON_CreateObject();
+    e->res = cJSON_CreateObject();
+    if (!e->cfg || !e->res)
+        return dm_err_oom(err);
+    /* what a chunk means (window placement, blending, the PCA sample): a binary that changes it
+     * bumps this, and refuses to mix its chunks with an older run's */
+    cJSON_AddNumberToObject(e->cfg, "engine_format", DM_ENGINE_FORMAT);
+    cJSON *pr = cJSON_AddArrayToObject(e->cfg, "products");
+    if (o->products & DM_PRODUCT_FEATURES)
+        cJSON_AddItemToArray(pr, cJSON_CreateString("features"));
+    if (o->products & DM_PRODUCT_CHM)
+        cJSON_AddItemToArray(pr, cJSON_CreateString("chm"));
+    cJSON_AddStringToObject(e->cfg, "weights_sha256", e->sha);
+    cJSON_AddStringToObject(e->cfg, "arch", e->m->cfg.arch);
+    cJSON_AddNumberToObject(e->cfg, "embed_dim", e->D);
+    cJSON_AddNumberToObject(e->cfg, "depth", e->m->cfg.depth);
+    cJSON_AddStringToObject(e->cfg, "device", o->device ? o->device : "cpu");
+    cJSON_AddStringToObject(e->cfg, "norm", e->nm->name);
+    cJSON_AddItemToObject(e->cfg, "bands", dm_json_ints(o->mosaic.bands, 3));
+    if (o->mosaic.scale_set) {
+        double v[2] = { o->mosaic.scale_min, o->mosaic.scale_max };
+        cJSON_AddItemToObject(e->cfg, "scale", cJSON_CreateDoubleArray(v, 2));
+    } else {
+        cJSON_AddNullToObject(e->cfg, "scale");
+    }
+    if (o->mosaic.stretch_set) {
+        double v[2] = { o->mosaic.p1, o->mosaic.p2 };
+        cJSON_AddItemToObject(e->cfg, "stretch", cJSON_CreateDoubleArray(v, 2));
+    } else {
+        cJSON_AddNullToObject(e->cfg, "stretch");
+    }
+    cJSON_AddNumberToObject(e->cfg, "gsd", o->mosaic.gsd);
+    if (o->mosaic.crs)
+        cJSON_AddStringToObject(e->cfg, "crs", o->mosaic.crs);
+    else
+        cJSON_AddNullToObject(e->cfg, "crs");
+    cJSON_AddBoolToObject(e->cfg, "allow_ungeoreferenced", o->mosaic.allow_ungeoreferenced);
+    if (aoi_sha)
+        cJSON_AddStringToObject(e->cfg, "aoi_sha256", aoi_sha);
+    else
+        cJSON_AddNullToObject(e->cfg, "aoi_sha256");
+    cJSON_AddNumberToObject(e->cfg, "tile", o->tile);
+    cJSON_AddNumberToObject(e->cfg, "halo", o->halo);
+    cJSON_AddNumberToObject(e->cfg, "chunk", o->chunk);
+    char grid[512], wsha[65];
+    snprintf(grid, sizeof grid, "%d×%d px, origin %.17g %.17g, pixel %.17g %.17g", e->g.W, e->g.H,
+             e->gt[0], e->gt[3], e->gt[1], e->gt[5]);
+    cJSON_AddStringToObject(e->cfg, "mosaic_grid", grid);
+    dm_sha256_str(e->wkt, wsha);
+    cJSON_AddStringToObject(e->cfg, "mosaic_crs_sha256", wsha);
+    /* resolved facts */
+    cJSON_AddNumberToObject(e->res, "width", e->g.W);
+    cJSON_AddNumberToObject(e->res, "height", e->g.H);
+    cJSON_AddItemToObject(e->res, "geotransform", cJSON_CreateDoubleArray(e->gt, 6));
+    cJSON_AddStringToObject(e->res, "crs_wkt", e->wkt);
+    cJSON_AddBoolToObject(e->res, "georeferenced", dm_mosaic_georeferenced(e->mo));
+    int scaled;
+    double lo, hi;
+    dm_mosaic_scale(e->mo, &scaled, &lo, &hi);
+    cJSON *sc = cJSON_AddObjectToObject(e->res, "scaling");
+    cJSON_AddBoolToObject(sc, "scaled", scaled);
+    cJSON_AddNumberToObject(sc, "lo", lo);
+    cJSON_AddNumberToObject(sc, "hi", hi);
+    cJSON_AddStringToObject(sc, "text", dm_mosaic_scaling(e->mo));
+    cJSON_AddStringToObject(e->res, "weights", o->weights);
+    cJSON_AddNumberToObject(e->res, "window", e->S);
+    cJSON_AddNumberToObject(e->res, "max_cog_gib", o->max_cog_gib);
+    cJSON_AddNumberToObject(e->res, "gemm_parts", e->gemm_parts);
+    for (int i = 0; i < e->nprod; i++) {
+        int rc = e->rec[i]->prepare(e, &e->self[i], err);
+        if (rc)
+            return rc;
+    }
+    cJSON_AddNumberToObject(e->res, "sample_p", e->sample_p);
+    return 0;
+}
+
+/* This invocation's parameters for `runs` (everything, not only what changes pixels). */
+char *dm_config_invocation(const dm_eng *e)
+{
+    const dm_run_opts *o = e->o;
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "version", DINOMAP_VERSION);
+    cJSON *in = cJSON_AddArrayToObject(j, "inputs");
+    for (int i = 0; i < o->mosaic.n_inputs; i++)
+        cJSON_AddItemToArray(in, cJSON_CreateString(o->mosaic.inputs[i]));
+    cJSON_AddStringToObject(j, "weights", o->weights);
+    if (o->head)
+        cJSON_AddStringToObject(j, "head", o->head);
+    if (o->aoi)
+        cJSON_AddStringToObject(j, "aoi", o->aoi);
+    cJSON_AddNumberToObject(j, "threads", o->threads);
+    cJSON_AddNumberToObject(j, "batch", o->batch);
+    cJSON_AddItemToObject(j, "config", cJSON_Duplicate(e->cfg, 1));
+    char *s = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return s;
+}
+

@@ -399,110 +399,6 @@ static int remove_run(const char *dir, dm_err *err)
     return rc;
 }
 
-/* The normalized comparable settings of this run (e->cfg) and what finalize needs (e->res). */
-static int build_config(run *R, const char *aoi_sha, dm_err *err)
-{
-    dm_eng *e = &R->e;
-    const dm_run_opts *o = R->o;
-    e->cfg = cJSON_CreateObject();
-    e->res = cJSON_CreateObject();
-    if (!e->cfg || !e->res)
-        return dm_err_oom(err);
-    /* what a chunk means (window placement, blending, the PCA sample): a binary that changes it
-     * bumps this, and refuses to mix its chunks with an older run's */
-    cJSON_AddNumberToObject(e->cfg, "engine_format", DM_ENGINE_FORMAT);
-    cJSON *pr = cJSON_AddArrayToObject(e->cfg, "products");
-    if (o->products & DM_PRODUCT_FEATURES)
-        cJSON_AddItemToArray(pr, cJSON_CreateString("features"));
-    if (o->products & DM_PRODUCT_CHM)
-        cJSON_AddItemToArray(pr, cJSON_CreateString("chm"));
-    cJSON_AddStringToObject(e->cfg, "weights_sha256", e->sha);
-    cJSON_AddStringToObject(e->cfg, "arch", e->m->cfg.arch);
-    cJSON_AddNumberToObject(e->cfg, "embed_dim", e->D);
-    cJSON_AddNumberToObject(e->cfg, "depth", e->m->cfg.depth);
-    cJSON_AddStringToObject(e->cfg, "device", o->device ? o->device : "cpu");
-    cJSON_AddStringToObject(e->cfg, "norm", e->nm->name);
-    cJSON_AddItemToObject(e->cfg, "bands", dm_json_ints(o->mosaic.bands, 3));
-    if (o->mosaic.scale_set) {
-        double v[2] = { o->mosaic.scale_min, o->mosaic.scale_max };
-        cJSON_AddItemToObject(e->cfg, "scale", cJSON_CreateDoubleArray(v, 2));
-    } else {
-        cJSON_AddNullToObject(e->cfg, "scale");
-    }
-    if (o->mosaic.stretch_set) {
-        double v[2] = { o->mosaic.p1, o->mosaic.p2 };
-        cJSON_AddItemToObject(e->cfg, "stretch", cJSON_CreateDoubleArray(v, 2));
-    } else {
-        cJSON_AddNullToObject(e->cfg, "stretch");
-    }
-    cJSON_AddNumberToObject(e->cfg, "gsd", o->mosaic.gsd);
-    if (o->mosaic.crs)
-        cJSON_AddStringToObject(e->cfg, "crs", o->mosaic.crs);
-    else
-        cJSON_AddNullToObject(e->cfg, "crs");
-    cJSON_AddBoolToObject(e->cfg, "allow_ungeoreferenced", o->mosaic.allow_ungeoreferenced);
-    if (aoi_sha)
-        cJSON_AddStringToObject(e->cfg, "aoi_sha256", aoi_sha);
-    else
-        cJSON_AddNullToObject(e->cfg, "aoi_sha256");
-    cJSON_AddNumberToObject(e->cfg, "tile", o->tile);
-    cJSON_AddNumberToObject(e->cfg, "halo", o->halo);
-    cJSON_AddNumberToObject(e->cfg, "chunk", o->chunk);
-    char grid[512], wsha[65];
-    snprintf(grid, sizeof grid, "%d×%d px, origin %.17g %.17g, pixel %.17g %.17g", e->g.W, e->g.H,
-             e->gt[0], e->gt[3], e->gt[1], e->gt[5]);
-    cJSON_AddStringToObject(e->cfg, "mosaic_grid", grid);
-    dm_sha256_str(e->wkt, wsha);
-    cJSON_AddStringToObject(e->cfg, "mosaic_crs_sha256", wsha);
-    /* resolved facts */
-    cJSON_AddNumberToObject(e->res, "width", e->g.W);
-    cJSON_AddNumberToObject(e->res, "height", e->g.H);
-    cJSON_AddItemToObject(e->res, "geotransform", cJSON_CreateDoubleArray(e->gt, 6));
-    cJSON_AddStringToObject(e->res, "crs_wkt", e->wkt);
-    cJSON_AddBoolToObject(e->res, "georeferenced", dm_mosaic_georeferenced(e->mo));
-    int scaled;
-    double lo, hi;
-    dm_mosaic_scale(e->mo, &scaled, &lo, &hi);
-    cJSON *sc = cJSON_AddObjectToObject(e->res, "scaling");
-    cJSON_AddBoolToObject(sc, "scaled", scaled);
-    cJSON_AddNumberToObject(sc, "lo", lo);
-    cJSON_AddNumberToObject(sc, "hi", hi);
-    cJSON_AddStringToObject(sc, "text", dm_mosaic_scaling(e->mo));
-    cJSON_AddStringToObject(e->res, "weights", o->weights);
-    cJSON_AddNumberToObject(e->res, "window", e->S);
-    cJSON_AddNumberToObject(e->res, "max_cog_gib", o->max_cog_gib);
-    cJSON_AddNumberToObject(e->res, "gemm_parts", e->gemm_parts);
-    for (int i = 0; i < e->nprod; i++) {
-        int rc = e->rec[i]->prepare(e, &e->self[i], err);
-        if (rc)
-            return rc;
-    }
-    cJSON_AddNumberToObject(e->res, "sample_p", e->sample_p);
-    return 0;
-}
-
-/* This invocation's parameters for `runs` (everything, not only what changes pixels). */
-static char *invocation_json(const run *R)
-{
-    const dm_run_opts *o = R->o;
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "version", DINOMAP_VERSION);
-    cJSON *in = cJSON_AddArrayToObject(j, "inputs");
-    for (int i = 0; i < o->mosaic.n_inputs; i++)
-        cJSON_AddItemToArray(in, cJSON_CreateString(o->mosaic.inputs[i]));
-    cJSON_AddStringToObject(j, "weights", o->weights);
-    if (o->head)
-        cJSON_AddStringToObject(j, "head", o->head);
-    if (o->aoi)
-        cJSON_AddStringToObject(j, "aoi", o->aoi);
-    cJSON_AddNumberToObject(j, "threads", o->threads);
-    cJSON_AddNumberToObject(j, "batch", o->batch);
-    cJSON_AddItemToObject(j, "config", cJSON_Duplicate(R->e.cfg, 1));
-    char *s = cJSON_PrintUnformatted(j);
-    cJSON_Delete(j);
-    return s;
-}
-
 /* The footprint of a tile's core in the run's CRS. */
 static void footprint(const dm_eng *e, int r, int c, dm_tile_rec *t)
 {
@@ -511,118 +407,6 @@ static void footprint(const dm_eng *e, int r, int c, dm_tile_rec *t)
     double ay = e->gt[3] + k.y * e->gt[5], by = e->gt[3] + (k.y + k.h) * e->gt[5];
     t->minx = fmin(ax, bx), t->maxx = fmax(ax, bx), t->miny = fmin(ay, by), t->maxy = fmax(ay, by);
     t->px0 = k.x, t->py0 = k.y, t->pw = k.w, t->ph = k.h;
-}
-
-/* Which inputs changed since the folder's run: the rectangles (mosaic px) of every file that is
- * new, gone, or of another size or modification time. */
-static int changed_rects(const dm_input_fp *old, int nold, const dm_input_fp *cur, int ncur,
-                         dm_window **rects, int *nr, int *nfiles, char *first, size_t nfirst,
-                         dm_err *err)
-{
-    *rects = NULL;
-    *nr = *nfiles = 0;
-    const char *lastpath = NULL;
-    first[0] = '\0';
-    int cap = 0;
-    const dm_input_fp *lists[2] = { old, cur };
-    int counts[2] = { nold, ncur };
-    for (int side = 0; side < 2; side++)
-        for (int i = 0; i < counts[side]; i++) {
-            const dm_input_fp *f = &lists[side][i];
-            /* the same path on the other side, with the same size, time and rectangle? */
-            const dm_input_fp *other = lists[1 - side];
-            int same = 0, seen_path = 0;
-            for (int k = 0; k < counts[1 - side] && !same; k++) {
-                const dm_input_fp *g = &other[k];
-                if (strcmp(g->path, f->path))
-                    continue;
-                seen_path = 1;
-                same = g->size == f->size && g->mtime_ns == f->mtime_ns && g->x0 == f->x0 &&
-                       g->y0 == f->y0 && g->w == f->w && g->h == f->h;
-            }
-            if (same)
-                continue;
-            if (!first[0])
-                snprintf(first, nfirst, "%s (%s)", f->path,
-                         !seen_path ? (side ? "new" : "gone") : "changed");
-            if (side == 0 || !seen_path) /* a changed file counts once */
-                if (!lastpath || strcmp(lastpath, f->path))
-                    (*nfiles)++;
-            lastpath = f->path;
-            if (*nr == cap) {
-                cap = cap ? 2 * cap : 16;
-                dm_window *p = realloc(*rects, sizeof *p * (size_t)cap);
-                if (!p)
-                    return dm_err_oom(err);
-                *rects = p;
-            }
-            (*rects)[(*nr)++] = (dm_window){ f->x0, f->y0, f->w, f->h };
-        }
-    return 0;
-}
-
-/* The weights' identity: the SHA-256 of the file, or of the shards' SHA-256s in order (a folder or
- * an index.json), each cached by path, size, mtime and inode. */
-static int weights_sha(const dm_weights *w, char out[65], dm_err *err)
-{
-    int n = dm_weights_nfiles(w), rc = 0;
-    if (n == 1)
-        return dm_sha256_file_cached(dm_weights_file(w, 0), out, err);
-    dm_sha256 s;
-    if (dm_sha256_init(&s))
-        return dm_err_oom(err);
-    for (int i = 0; i < n && !rc; i++) {
-        char one[65];
-        if (!(rc = dm_sha256_file_cached(dm_weights_file(w, i), one, err)))
-            dm_sha256_update(&s, one, 64);
-    }
-    dm_sha256_hex(&s, out);
-    return rc;
-}
-
-/* The inputs in their order (real paths), as JSON: the order decides which is on top where
- * inputs overlap. */
-static char *input_order(const dm_run_opts *o)
-{
-    cJSON *a = cJSON_CreateArray();
-    for (int i = 0; a && i < o->mosaic.n_inputs; i++) {
-        char real[4096];
-        const char *p = realpath(o->mosaic.inputs[i], real) ? real : o->mosaic.inputs[i];
-        cJSON_AddItemToArray(a, cJSON_CreateString(p));
-    }
-    char *s = a ? cJSON_PrintUnformatted(a) : NULL;
-    cJSON_Delete(a);
-    return s;
-}
-
-static int in_array(const cJSON *a, const char *s)
-{
-    const cJSON *x;
-    cJSON_ArrayForEach(x, a) if (cJSON_IsString(x) && !strcmp(x->valuestring, s)) return 1;
-    return 0;
-}
-
-/* 1 when the inputs both lists hold come in another order (inputs added or removed alone do
- * not count: their fingerprints say where they are). */
-static int reordered(const char *old_json, const char *now_json)
-{
-    cJSON *a = old_json ? cJSON_Parse(old_json) : NULL, *b = now_json ? cJSON_Parse(now_json) : NULL;
-    int diff = 0;
-    const cJSON *x = a ? a->child : NULL, *y = b ? b->child : NULL;
-    while (a && b && !diff) {
-        while (x && !(cJSON_IsString(x) && in_array(b, x->valuestring)))
-            x = x->next;
-        while (y && !(cJSON_IsString(y) && in_array(a, y->valuestring)))
-            y = y->next;
-        if (!x || !y) {
-            diff = (x != NULL) != (y != NULL);
-            break;
-        }
-        diff = strcmp(x->valuestring, y->valuestring) != 0;
-        x = x->next, y = y->next;
-    }
-    cJSON_Delete(a), cJSON_Delete(b);
-    return diff;
 }
 
 static void free_run(run *R)
@@ -749,7 +533,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     if ((rc = dm_model_open(o->weights, &mo, &e->m, err)) ||
         (rc = dm_backend_open(o->device, e->m, &bo, &e->be, err)))
         goto out;
-    if ((rc = weights_sha(e->m->w, e->sha, err)))
+    if ((rc = dm_weights_sha(e->m->w, e->sha, err)))
         goto out;
     dm_mosaic_opts mopt = o->mosaic;
     const cJSON *sc = old_res ? cJSON_GetObjectItemCaseSensitive(old_res, "scaling") : NULL;
@@ -826,7 +610,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     }
     e->sample_p = active_patches <= 2 * DM_PCA_SAMPLE ? 1.0
                                                        : 2.0 * DM_PCA_SAMPLE / active_patches;
-    if ((rc = build_config(&R, o->aoi ? aoi_sha : NULL, err))) {
+    if ((rc = dm_config_build(e, o->aoi ? aoi_sha : NULL, err))) {
         free(recs), free(tst);
         goto out;
     }
@@ -855,7 +639,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
                     "different scales are less meaningful (--gsd warps)", gsd);
     }
     /* 3. the plan */
-    char *inv = invocation_json(&R), *order = input_order(o);
+    char *inv = dm_config_invocation(e), *order = dm_plan_input_order(o);
     dm_input_fp *fp = NULL, *ofp = NULL;
     int nfp = 0, nofp = 0;
     if (!inv)
@@ -925,13 +709,13 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         char *dropped = NULL;
         rc = dm_tileindex_inputs(e->ti, &ofp, &nofp, err);
         if (!rc)
-            rc = changed_rects(ofp, nofp, fp, nfp, &rects, &nr, &nfiles, first, sizeof first, err);
+            rc = dm_plan_changed(ofp, nofp, fp, nfp, &rects, &nr, &nfiles, first, sizeof first, err);
         if (!rc)
             rc = dm_tileindex_config_get(e->ti, "chunks_dropped", &dropped, err);
         char *old_order = NULL;
         if (!rc)
             rc = dm_tileindex_config_get(e->ti, "input_order", &old_order, err);
-        int moved = !rc && reordered(old_order, order);
+        int moved = !rc && dm_plan_reordered(old_order, order);
         if (moved) { /* another input may now be on top anywhere two overlap: all of them */
             dm_window *r2 = realloc(rects, sizeof *r2 * (size_t)(nr + nfp + 1));
             if (!r2)

@@ -140,6 +140,21 @@ const char *dm_base_name(const char *path);
  * ("tile: 512 now, 256 in the folder's run; ..."); 0 when equal. */
 int dm_config_diff(const cJSON *now, const cJSON *stored, char *msg, size_t n);
 
+/* The run's settings that change pixels (e->cfg, compared on resume) and the facts finalize
+ * needs (e->res), the recipes' included; and this invocation's parameters for `runs`. */
+int dm_config_build(dm_eng *e, const char *aoi_sha, dm_err *err);
+char *dm_config_invocation(const dm_eng *e);
+
+/* plan.c: the rectangles (mosaic px) of every input file that is new, gone, or of another size
+ * or time since the folder's run (nfiles: how many files; first: one of them, for messages); the
+ * inputs' order as JSON and whether it changed; the weights' SHA-256 (shard by shard). */
+int dm_plan_changed(const dm_input_fp *old, int nold, const dm_input_fp *cur, int ncur,
+                    dm_window **rects, int *nr, int *nfiles, char *first, size_t nfirst,
+                    dm_err *err);
+char *dm_plan_input_order(const dm_run_opts *o);
+int dm_plan_reordered(const char *old_json, const char *now_json);
+int dm_weights_sha(const dm_weights *w, char out[65], dm_err *err);
+
 /* The run.json of a finished run (called by finalize). */
 int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err);
 
