@@ -525,7 +525,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         goto out;
     }
     dm_model_opts mo = { o->arch };
-    /* the GEMMs' slicing decides the bits (not the thread count): a resumed run keeps its first's */
+    /* the GEMMs' slicing decides the bits, not the thread count: a resumed run keeps its first's */
     int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     const cJSON *gp = old_res ? cJSON_GetObjectItemCaseSensitive(old_res, "gemm_parts") : NULL;
     e->gemm_parts = cJSON_IsNumber(gp) && gp->valueint > 0 ? gp->valueint : threads;
@@ -709,7 +709,8 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         char *dropped = NULL;
         rc = dm_tileindex_inputs(e->ti, &ofp, &nofp, err);
         if (!rc)
-            rc = dm_plan_changed(ofp, nofp, fp, nfp, &rects, &nr, &nfiles, first, sizeof first, err);
+            rc = dm_plan_changed(ofp, nofp, fp, nfp, &rects, &nr, &nfiles, first, sizeof first,
+                                 err);
         if (!rc)
             rc = dm_tileindex_config_get(e->ti, "chunks_dropped", &dropped, err);
         char *old_order = NULL;

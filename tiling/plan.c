@@ -99,7 +99,8 @@ static int in_array(const cJSON *a, const char *s)
  * not count: their fingerprints say where they are). */
 int dm_plan_reordered(const char *old_json, const char *now_json)
 {
-    cJSON *a = old_json ? cJSON_Parse(old_json) : NULL, *b = now_json ? cJSON_Parse(now_json) : NULL;
+    cJSON *a = old_json ? cJSON_Parse(old_json) : NULL;
+    cJSON *b = now_json ? cJSON_Parse(now_json) : NULL;
     int diff = 0;
     const cJSON *x = a ? a->child : NULL, *y = b ? b->child : NULL;
     while (a && b && !diff) {
