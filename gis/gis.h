@@ -175,7 +175,8 @@ typedef struct dm_tile_rec {
 
 typedef enum { DM_TILE_PENDING = 0, DM_TILE_DONE, DM_TILE_EMPTY, DM_TILE_OUTSIDE_AOI,
                DM_TILE_FAILED } dm_tile_state;
-const char *dm_tile_state_name(dm_tile_state s); /* "pending", "done", "empty", "outside_aoi", "failed" */
+/* "pending", "done", "empty", "outside_aoi", "failed" */
+const char *dm_tile_state_name(dm_tile_state s);
 
 /* What a run gave for one tile. */
 typedef struct dm_tile_result {
@@ -244,10 +245,11 @@ void dm_tileindex_chunks_free(uint8_t *done, char **files, int n);
 int dm_tileindex_forget_files(dm_tileindex *ti, dm_err *err);
 /* Per chunk: which invocation (run_id) last computed it, 0 if none; *n chunks (malloc'd). */
 int dm_tileindex_chunk_runs(dm_tileindex *ti, int64_t **run_ids, int *n, dm_err *err);
-/* Marks chunks pending again (their tiles too) and replaces the stored input fingerprints, in one
+/* Marks chunks pending again (their tiles too, their PCA sample gone, the output counter bumped)
+ * and replaces the stored input fingerprints and, when not NULL, the inputs' order (JSON), in one
  * transaction: what a rerun does when inputs changed. */
 int dm_tileindex_reset(dm_tileindex *ti, const int *chunks, int nchunks, const dm_input_fp *fp,
-                       int nfp, dm_err *err);
+                       int nfp, const char *input_order, dm_err *err);
 /* The stored input fingerprints (malloc'd; dm_input_fp_free). */
 int dm_tileindex_inputs(dm_tileindex *ti, dm_input_fp **fp, int *n, dm_err *err);
 /* The `limit` samples with the smallest u (ties: by position), vectors into v [limit, sdim];

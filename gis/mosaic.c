@@ -182,11 +182,67 @@ void dm_input_fp_free(dm_input_fp *fp, int n)
     free(fp);
 }
 
+/* Drops what changes no pixel from a PAM tree: STATISTICS_* metadata items and histograms (what
+ * gdalinfo -stats and QGIS write beside rasters), then elements left empty. */
+static void strip_stats(CPLXMLNode *n)
+{
+    for (CPLXMLNode *c = n->psChild, *next; c; c = next) {
+        next = c->psNext;
+        if (c->eType != CXT_Element)
+            continue;
+        int drop = !strcmp(c->pszValue, "Histograms");
+        if (!strcmp(c->pszValue, "MDI")) {
+            const char *key = CPLGetXMLValue(c, "key", "");
+            drop = !strncmp(key, "STATISTICS_", 11);
+        }
+        if (!drop) {
+            strip_stats(c);
+            int kids = 0; /* elements or text left (attributes alone do not count) */
+            for (CPLXMLNode *k = c->psChild; k; k = k->psNext)
+                kids += k->eType != CXT_Attribute;
+            drop = !kids;
+        }
+        if (drop) {
+            CPLRemoveXMLChild(n, c);
+            CPLDestroyXMLNode(c);
+        }
+    }
+}
+
+/* A .aux.xml sidecar by what it says that changes pixels (nodata, georeferencing...): 0 with its
+ * hash, or 1 when it holds nothing of that (statistics only): then it is not watched. */
+static int aux_shape(const char *path, uint64_t *hash)
+{
+    CPLXMLNode *root = CPLParseXMLFile(path);
+    if (!root)
+        return 0; /* unreadable: watched by size and time */
+    strip_stats(root);
+    int empty = 1;
+    for (CPLXMLNode *c = root; c; c = c->psNext)
+        if (c->eType == CXT_Element && c->psChild)
+            for (CPLXMLNode *k = c->psChild; k; k = k->psNext)
+                empty &= k->eType == CXT_Attribute;
+    char *text = CPLSerializeXMLTree(root);
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const char *t = text; t && *t; t++)
+        h = (h ^ (unsigned char)*t) * 1099511628211ULL;
+    CPLFree(text);
+    CPLDestroyXMLNode(root);
+    *hash = h & 0x7fffffffffffffffULL;
+    return empty;
+}
+
 /* Adds a file with its footprint in mosaic pixels (from a rectangle in georeferenced units),
- * clipped to the mosaic; identical entries (the same source in several bands) once. */
+ * clipped to the mosaic; identical entries (the same source in several bands) once. A .aux.xml
+ * counts by its content without statistics (size -2, the hash in mtime_ns). */
 static int add_fp(dm_mosaic *m, const char *file, double gx0, double gy0, double gx1, double gy1,
                   dm_err *err)
 {
+    size_t flen = strlen(file);
+    uint64_t aux_hash = 0;
+    int is_aux = flen > 8 && !strcasecmp(file + flen - 8, ".aux.xml");
+    if (is_aux && aux_shape(file, &aux_hash))
+        return 0;
     double a = (gx0 - m->gt[0]) / m->gt[1], b = (gx1 - m->gt[0]) / m->gt[1];
     double c = (gy0 - m->gt[3]) / m->gt[5], d = (gy1 - m->gt[3]) / m->gt[5];
     int x0 = (int)floor(fmin(a, b) + 1e-6), x1 = (int)ceil(fmax(a, b) - 1e-6);
@@ -223,6 +279,8 @@ static int add_fp(dm_mosaic *m, const char *file, double gx0, double gy0, double
     } else {
         f->size = f->mtime_ns = -1;
     }
+    if (is_aux)
+        f->size = -2, f->mtime_ns = (int64_t)aux_hash;
     f->x0 = x0, f->y0 = y0, f->w = x1 - x0, f->h = y1 - y0;
     m->nfp++;
     return 0;
@@ -246,7 +304,8 @@ static int add_sidecars(dm_mosaic *m, const char *file, double x0, double y0, do
 
 /* The sources of a VRT file, each with its destination rectangle (a nested VRT's files all with
  * its rectangle), so that a mosaic of many files redoes only what a changed file feeds; and a
- * hash of the VRT without its sources (its grid, bands, nodata...: a change there redoes all).
+ * hash of the VRT without the sources' file names nor statistics (its grid, bands, nodata, each
+ * source's band, windows, scaling and order: a change there redoes the whole VRT).
  * 0 and *n sources found (0 when it is no plain VRT). */
 static int vrt_sources(dm_mosaic *m, const char *vrt, const double gt[6], int *n,
                        uint64_t *shape, dm_err *err)
@@ -263,12 +322,20 @@ static int vrt_sources(dm_mosaic *m, const char *vrt, const double gt[6], int *n
     for (CPLXMLNode *b = ds ? ds->psChild : NULL; !rc && b; b = b->psNext) {
         if (b->eType != CXT_Element || strcmp(b->pszValue, "VRTRasterBand"))
             continue;
-        for (CPLXMLNode *s = b->psChild, *next; !rc && s; s = next) {
-            next = s->psNext;
+        for (CPLXMLNode *s = b->psChild; !rc && s; s = s->psNext) {
             if (s->eType != CXT_Element || !strstr(s->pszValue, "Source"))
                 continue;
             const char *fn = CPLGetXMLValue(s, "SourceFilename", NULL);
             CPLXMLNode *dr = CPLGetXMLNode(s, "DstRect");
+            if (fn && !dr) { /* no destination window: the source fills the whole VRT */
+                int rel = atoi(CPLGetXMLValue(s, "SourceFilename.relativeToVRT", "0"));
+                char file[4096];
+                snprintf(file, sizeof file, "%s", rel ? CPLFormFilename(dir, fn, NULL) : fn);
+                int w = atoi(CPLGetXMLValue(ds, "rasterXSize", "0")),
+                    h = atoi(CPLGetXMLValue(ds, "rasterYSize", "0"));
+                rc = add_fp(m, file, gt[0], gt[3], gt[0] + w * gt[1], gt[3] + h * gt[5], err);
+                (*n)++;
+            }
             if (fn && dr) {
                 int rel = atoi(CPLGetXMLValue(s, "SourceFilename.relativeToVRT", "0"));
                 char file[4096];
@@ -296,9 +363,16 @@ static int vrt_sources(dm_mosaic *m, const char *vrt, const double gt[6], int *n
                 }
                 (*n)++;
             }
-            CPLRemoveXMLChild(b, s); /* what is left is the VRT's shape */
-            CPLDestroyXMLNode(s);
+            /* the source stays in the VRT's shape without its file's name: its band, windows,
+             * scaling, nodata and order count; the file itself is watched by its own entry */
+            CPLSetXMLValue(s, "SourceFilename", "");
         }
+        /* statistics GDAL writes into a VRT (gdalinfo -stats) change no pixel */
+        CPLXMLNode *md;
+        while ((md = CPLGetXMLNode(b, "Metadata")))
+            CPLRemoveXMLChild(b, md), CPLDestroyXMLNode(md);
+        while ((md = CPLGetXMLNode(b, "Histograms")))
+            CPLRemoveXMLChild(b, md), CPLDestroyXMLNode(md);
     }
     char *text = CPLSerializeXMLTree(root);
     uint64_t hsh = 1469598103934665603ULL; /* FNV-1a */

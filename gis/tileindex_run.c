@@ -219,7 +219,7 @@ static int store_inputs(dm_tileindex *ti, const dm_input_fp *fp, int n, dm_err *
 }
 
 int dm_tileindex_reset(dm_tileindex *ti, const int *chunks, int nchunks, const dm_input_fp *fp,
-                       int nfp, dm_err *err)
+                       int nfp, const char *input_order, dm_err *err)
 {
     CPLPushErrorHandler(CPLQuietErrorHandler);
     CPLErrorReset();
@@ -246,6 +246,8 @@ int dm_tileindex_reset(dm_tileindex *ti, const int *chunks, int nchunks, const d
         rc = dm_ti_bump_gen(ti, err);
     if (rc == 0 && fp)
         rc = store_inputs(ti, fp, nfp, err);
+    if (rc == 0 && input_order)
+        rc = config_put(ti, "input_order", input_order, err);
     if (rc == 0 && GDALDatasetCommitTransaction(ti->ds) != OGRERR_NONE)
         rc = dm_ti_fail(ti, DM_EIO, "cannot commit", err);
     if (rc && in_tx)

@@ -648,6 +648,23 @@ TEST(engine_inputs_blanked_regenerated_reordered)
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
     RUN(vd, vrt);
     CHECKF(dm_run(cmd, &out) == 0 && !out[0], "a regenerated VRT redid work: %s", out);
+    /* statistics written into the VRT change no pixel; its sources in another order do */
+    sleep(1);
+    snprintf(cmd, sizeof cmd, "gdalinfo -stats %s >/dev/null", vrt);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    RUN(vd, vrt);
+    CHECKF(dm_run(cmd, &out) == 0 && !out[0], "VRT statistics redid work: %s", out);
+    snprintf(cmd, sizeof cmd, "rm -f %s %s.aux.xml && gdalbuildvrt -q %s %s %s", vrt, vrt, vrt, b,
+             a);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    snprintf(cmd, sizeof cmd, "%s features -m %s %s -o %s --tile 32 --halo 16 --chunk 2 "
+             "--progress none", dm_bin(), m, vrt, vd);
+    CHECKF(dm_run(cmd, &out) == 0 && strstr(out, "m.vrt (changed)"), "reordered VRT sources: %s",
+           out);
+    snprintf(cmd, sizeof cmd, "rm %s && gdalbuildvrt -q %s %s %s", vrt, vrt, a, b);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    RUN(vd, vrt);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
     /* a source of it changes: only that source's chunks (not all of them) */
     sleep(1);
     CHECK(dm_make_tif(a, 160, 128, 3, (double[6]){ 500000, 0.6, 0, 4000000, 0, -0.6 }, 32631, -1,

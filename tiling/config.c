@@ -98,6 +98,15 @@ int dm_config_build(dm_eng *e, const char *aoi_sha, dm_err *err)
     if (o->products & DM_PRODUCT_CHM)
         cJSON_AddItemToArray(pr, cJSON_CreateString("chm"));
     cJSON_AddStringToObject(e->cfg, "weights_sha256", e->sha);
+    /* a Hugging Face config.json beside the weights sets rope_theta, layer_norm_eps, taps... */
+    const char *wcfg = dm_weights_config(e->m->w);
+    if (wcfg) {
+        char h[65];
+        dm_sha256_str(wcfg, h);
+        cJSON_AddStringToObject(e->cfg, "weights_config_sha256", h);
+    } else {
+        cJSON_AddNullToObject(e->cfg, "weights_config_sha256");
+    }
     cJSON_AddStringToObject(e->cfg, "arch", e->m->cfg.arch);
     cJSON_AddNumberToObject(e->cfg, "embed_dim", e->D);
     cJSON_AddNumberToObject(e->cfg, "depth", e->m->cfg.depth);

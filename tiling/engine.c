@@ -661,10 +661,8 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
             if (!(rc = dm_tileindex_config_set(e->ti, "config", cs, err)) &&
                 !(rc = dm_tileindex_config_set(e->ti, "config_sha256", hash, err)) &&
                 !(rc = dm_tileindex_config_set(e->ti, "resolved", rs, err)) &&
-                !(rc = dm_tileindex_config_set(e->ti, "input_order", order ? order : "[]",
-                                               err)) &&
                 !(rc = dm_tileindex_add_tiles(e->ti, recs, tst, nt, err)) &&
-                !(rc = dm_tileindex_reset(e->ti, NULL, 0, fp, nfp, err)))
+                !(rc = dm_tileindex_reset(e->ti, NULL, 0, fp, nfp, order ? order : "[]", err)))
                 /* chunks whose tiles are all outside the AOI: nothing to do, no files */
                 rc = dm_tileindex_done_empty_chunks(e->ti, err);
         }
@@ -677,8 +675,9 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         /* --overwrite: the folder's old run goes now, everything having checked out */
         if (!rc && o->overwrite)
             rc = remove_run(o->outdir, err);
-        if (!rc && rename(part, index) != 0)
-            rc = dm_err_set(err, DM_EIO, "%s: cannot rename into place: %s", index,
+        if (!rc && (dm_sync_file(part) != 0 || rename(part, index) != 0 ||
+                    dm_sync_parent(index) != 0))
+            rc = dm_err_set(err, DM_EIO, "%s: cannot put into place: %s", index,
                             strerror(errno));
         if (!rc) {
             created_index = 1;
@@ -732,8 +731,6 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
             }
         }
         free(old_order);
-        if (!rc && (nr || moved))
-            rc = dm_tileindex_config_set(e->ti, "input_order", order ? order : "[]", err);
         int was_dropped = dropped && !strcmp(dropped, "1");
         /* with the chunk files deleted, any change means recomputing everything */
         int redo_all = was_dropped && (nr > 0 || !dm_fin_uptodate(e->ti, o->outdir));
@@ -764,8 +761,8 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
             dm_info("%d input file%s changed since the folder's run (%s%s): %d chunk%s to redo",
                     nfiles, nfiles == 1 ? "" : "s", nfiles > 1 ? "e.g. " : "", first, nreset,
                     nreset == 1 ? "" : "s");
-        if (!rc && (nreset || nr))
-            rc = dm_tileindex_reset(e->ti, reset, nreset, fp, nfp, err);
+        if (!rc && (nreset || nr || moved))
+            rc = dm_tileindex_reset(e->ti, reset, nreset, fp, nfp, order ? order : "[]", err);
         if (!rc && redo_all)
             rc = dm_tileindex_config_set(e->ti, "chunks_dropped", "0", err);
         for (int i = 0; i < nreset; i++)
@@ -865,7 +862,7 @@ out:
                        (res->chunks_run == 0 || res->tiles_run == 0) && rc != DM_EINTERRUPTED &&
                        rc != DM_ELOCKED;
     free_run(&R);
-    if (nothing_made || (rc && rc != DM_ELOCKED && fresh && !created_index && !o->overwrite)) {
+    if (nothing_made || (rc && rc != DM_ELOCKED && fresh && !created_index)) {
         if (nothing_made)
             remove_run(o->outdir, NULL);
         if (!lock_existed) {
