@@ -182,6 +182,17 @@ void dm_input_fp_free(dm_input_fp *fp, int n)
     free(fp);
 }
 
+/* A 63-bit FNV-1a hash of an XML tree's text (kept in an input fingerprint's mtime field). */
+static uint64_t tree_hash(const CPLXMLNode *root)
+{
+    char *text = CPLSerializeXMLTree(root);
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *t = text; t && *t; t++)
+        h = (h ^ (unsigned char)*t) * 1099511628211ULL;
+    CPLFree(text);
+    return h & 0x7fffffffffffffffULL;
+}
+
 /* Drops what changes no pixel from a PAM tree: STATISTICS_* metadata items and histograms (what
  * gdalinfo -stats and QGIS write beside rasters), then elements left empty. */
 static void strip_stats(CPLXMLNode *n)
@@ -222,13 +233,8 @@ static int aux_shape(const char *path, uint64_t *hash)
         if (c->eType == CXT_Element && c->psChild)
             for (CPLXMLNode *k = c->psChild; k; k = k->psNext)
                 empty &= k->eType == CXT_Attribute;
-    char *text = CPLSerializeXMLTree(root);
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (const char *t = text; t && *t; t++)
-        h = (h ^ (unsigned char)*t) * 1099511628211ULL;
-    CPLFree(text);
+    *hash = tree_hash(root);
     CPLDestroyXMLNode(root);
-    *hash = h & 0x7fffffffffffffffULL;
     return empty;
 }
 
@@ -374,12 +380,7 @@ static int vrt_sources(dm_mosaic *m, const char *vrt, const double gt[6], int *n
         while ((md = CPLGetXMLNode(b, "Histograms")))
             CPLRemoveXMLChild(b, md), CPLDestroyXMLNode(md);
     }
-    char *text = CPLSerializeXMLTree(root);
-    uint64_t hsh = 1469598103934665603ULL; /* FNV-1a */
-    for (const char *c = text; c && *c; c++)
-        hsh = (hsh ^ (unsigned char)*c) * 1099511628211ULL;
-    *shape = hsh & 0x7fffffffffffffffULL;
-    CPLFree(text);
+    *shape = tree_hash(root);
     CPLDestroyXMLNode(root);
     return rc;
 }
