@@ -333,19 +333,18 @@ static int vrt_sources(dm_mosaic *m, const char *vrt, const double gt[6], int *n
                 continue;
             const char *fn = CPLGetXMLValue(s, "SourceFilename", NULL);
             CPLXMLNode *dr = CPLGetXMLNode(s, "DstRect");
-            if (fn && !dr) { /* no destination window: the source fills the whole VRT */
+            char file[4096] = "";
+            if (fn) {
                 int rel = atoi(CPLGetXMLValue(s, "SourceFilename.relativeToVRT", "0"));
-                char file[4096];
                 snprintf(file, sizeof file, "%s", rel ? CPLFormFilename(dir, fn, NULL) : fn);
+            }
+            if (fn && !dr) { /* no destination window: the source fills the whole VRT */
                 int w = atoi(CPLGetXMLValue(ds, "rasterXSize", "0")),
                     h = atoi(CPLGetXMLValue(ds, "rasterYSize", "0"));
                 rc = add_fp(m, file, gt[0], gt[3], gt[0] + w * gt[1], gt[3] + h * gt[5], err);
                 (*n)++;
             }
             if (fn && dr) {
-                int rel = atoi(CPLGetXMLValue(s, "SourceFilename.relativeToVRT", "0"));
-                char file[4096];
-                snprintf(file, sizeof file, "%s", rel ? CPLFormFilename(dir, fn, NULL) : fn);
                 double x = CPLAtof(CPLGetXMLValue(dr, "xOff", "0")),
                        y = CPLAtof(CPLGetXMLValue(dr, "yOff", "0")),
                        w = CPLAtof(CPLGetXMLValue(dr, "xSize", "0")),

@@ -8,6 +8,7 @@
 
 #include "../tiling/tiling.h"
 #include "base/base.h"
+#include "progress.h"
 
 /* Exit codes of every command. */
 enum { DM_EXIT_OK = 0, DM_EXIT_FAIL = 1, DM_EXIT_USAGE = 2, DM_EXIT_LOCKED = 3,
@@ -70,8 +71,16 @@ int dm_cli_read_ini(dm_cli *c, const char *path);
 /* Installs SIGINT/SIGTERM handlers setting the flag returned (a second signal ends the process
  * at once). */
 volatile sig_atomic_t *dm_cli_signals(void);
-/* The --progress renderer and --log writer behind dm_run_events. */
-typedef struct dm_cli_events dm_cli_events;
+/* The --progress renderer and --log writer behind dm_run_events: dm_cli_events_open fills ev (mode
+ * DM_PROGRESS_*, log file or NULL) and returns the events to hand to the engine; close ends the bar
+ * and the log. */
+typedef struct dm_cli_events {
+    int mode;
+    dm_progress p;
+    FILE *log;
+} dm_cli_events;
+dm_run_events dm_cli_events_open(dm_cli_events *ev, int mode, FILE *log);
+void dm_cli_events_close(dm_cli_events *ev);
 
 int cmd_info(int argc, char **argv);
 int cmd_forward(int argc, char **argv);

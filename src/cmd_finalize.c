@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "progress.h"
 
 static void help(FILE *f)
 {
@@ -26,18 +25,6 @@ static void help(FILE *f)
         "Exit status: 0 done, 1 failure, 2 usage, 3 OUTDIR in use, 4 interrupted.\n");
 }
 
-typedef struct pctx {
-    int mode;
-    dm_progress p;
-} pctx;
-
-static void on_progress(void *ctx, const char *stage, int64_t done, int64_t total)
-{
-    pctx *c = ctx;
-    if (c->mode != DM_PROGRESS_NONE)
-        dm_progress_update(&c->p, c->mode, stage, done, total);
-}
-
 int cmd_finalize(int argc, char **argv)
 {
     enum { O_MAX = 256, O_DROP, O_PROG };
@@ -47,7 +34,7 @@ int cmd_finalize(int argc, char **argv)
         { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
     };
     dm_finalize_opts fo = { .threads = (int)sysconf(_SC_NPROCESSORS_ONLN), .max_cog_gib = -1 };
-    pctx pc = { DM_PROGRESS_AUTO, { 0 } };
+    int mode = DM_PROGRESS_AUTO;
     int ch;
     char *end;
     optind = 1;
@@ -66,7 +53,7 @@ int cmd_finalize(int argc, char **argv)
             }
             break;
         case O_PROG:
-            if ((pc.mode = dm_parse_progress(optarg)) < 0) {
+            if ((mode = dm_parse_progress(optarg)) < 0) {
                 fprintf(stderr, "dinomap finalize: --progress %s: expected auto, bar, json or "
                                 "none\n", optarg);
                 return DM_EXIT_USAGE;
@@ -83,13 +70,13 @@ int cmd_finalize(int argc, char **argv)
         return DM_EXIT_USAGE;
     }
     fo.cancel = dm_cli_signals();
-    fo.ev = (dm_run_events){ &pc, on_progress, NULL };
+    dm_cli_events ev;
+    fo.ev = dm_cli_events_open(&ev, mode, NULL);
     fo.fault = getenv("DINOMAP_FAULT");
     dm_err err = { 0 };
     dm_run_result r;
     int rc = dm_run_finalize(argv[optind], &fo, &r, &err);
-    if (pc.p.started)
-        dm_progress_end(&pc.p);
+    dm_cli_events_close(&ev);
     if (rc)
         fprintf(stderr, "dinomap finalize: %s\n", err.msg);
     else

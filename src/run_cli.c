@@ -16,7 +16,6 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "progress.h"
 
 int dm_exit_code(int rc)
 {
@@ -53,12 +52,6 @@ volatile sig_atomic_t *dm_cli_signals(void)
 }
 
 /* --- progress and --log ---------------------------------------------------------------------- */
-
-struct dm_cli_events {
-    int mode;
-    dm_progress p;
-    FILE *log;
-};
 
 static void on_progress(void *ctx, const char *stage, int64_t done, int64_t total)
 {
@@ -106,32 +99,42 @@ static void log_line(dm_cli_events *e, const char *type, int code, const char *m
     cJSON_Delete(j);
 }
 
-static int open_log(dm_cli_events *ev, const char *path, const char *cmd)
+dm_run_events dm_cli_events_open(dm_cli_events *ev, int mode, FILE *log)
 {
-    if (!path)
-        return 0;
-    if (!(ev->log = fopen(path, "a"))) {
-        fprintf(stderr, "dinomap %s: --log %s: cannot open: %s\n", cmd, path, strerror(errno));
-        return -1;
-    }
-    return 0;
+    memset(ev, 0, sizeof *ev);
+    ev->mode = mode;
+    ev->log = log;
+    return (dm_run_events){ ev, on_progress, on_event };
+}
+
+void dm_cli_events_close(dm_cli_events *ev)
+{
+    if (ev->p.started)
+        dm_progress_end(&ev->p);
+    if (ev->log)
+        fclose(ev->log);
+    ev->log = NULL;
 }
 
 int dm_cli_map(dm_cli *c)
 {
     if (c->quiet)
         dm_log_set_level(DM_LOG_WARN);
-    dm_cli_events ev = { .mode = c->progress };
-    if (open_log(&ev, c->log, c->cmd))
+    FILE *log = c->log ? fopen(c->log, "a") : NULL;
+    if (c->log && !log) {
+        fprintf(stderr, "dinomap %s: --log %s: cannot open: %s\n", c->cmd, c->log,
+                strerror(errno));
         return DM_EXIT_USAGE;
-    c->o.ev = (dm_run_events){ &ev, on_progress, on_event };
+    }
+    dm_cli_events ev;
+    c->o.ev = dm_cli_events_open(&ev, c->progress, log);
     c->o.cancel = dm_cli_signals();
     c->o.fault = getenv("DINOMAP_FAULT"); /* tests: kill the run at a chosen moment */
     dm_err err = { 0 };
     dm_run_result r;
     int rc = dm_run(&c->o, &r, &err);
-    if (ev.p.started)
-        dm_progress_end(&ev.p);
+    if (ev.p.started) /* the bar's last line before the messages */
+        dm_progress_end(&ev.p), ev.p.started = 0;
     int code = dm_exit_code(rc);
     if (rc) {
         fprintf(stderr, "dinomap %s: %s\n", c->cmd, err.msg);
@@ -146,8 +149,7 @@ int dm_cli_map(dm_cli *c)
                 r.outputs);
     }
     log_line(&ev, "summary", code, rc ? err.msg : NULL, rc ? NULL : &r);
-    if (ev.log)
-        fclose(ev.log);
+    dm_cli_events_close(&ev);
     return code;
 }
 

@@ -94,13 +94,11 @@ static int write_file(const char *path, const char *text)
 
 /* The joint run of the kill tests: features + chm of a 300×260 mosaic in 25 windows of 64 + 2·16
  * px, 9 chunks of 2×2 tiles. */
-static int joint(const char *t, const char *in, const char *out, const char *fault,
-                 const char **msg)
+static int joint(const char *t, const char *out, const char *fault, const char **msg)
 {
     char cmd[8192];
     snprintf(cmd, sizeof cmd, "cd %s && %s%s %s run joint.ini -o %s --progress none", t,
              fault ? "DINOMAP_FAULT=" : "", fault ? fault : "", dm_bin(), out);
-    (void)in;
     return dm_run(cmd, msg);
 }
 
@@ -122,7 +120,7 @@ TEST(engine_killed_runs_resume_to_identical_outputs)
     CHECK(make_input(in, 300, 260, 21) == 0);
     CHECK(write_joint_ini(t) == 0);
     snprintf(ref, sizeof ref, "%s/ref", t);
-    CHECKF(joint(t, in, ref, NULL, &out) == 0, "%s", out);
+    CHECKF(joint(t, ref, NULL, &out) == 0, "%s", out);
     static const char *names[] = { "features.tif", "features_pca.tif", "chm.tif", NULL };
     static const struct {
         const char *fault;
@@ -135,7 +133,7 @@ TEST(engine_killed_runs_resume_to_identical_outputs)
     };
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
         snprintf(k, sizeof k, "%s/k%zu", t, i);
-        int st = joint(t, in, k, f[i].fault, &out);
+        int st = joint(t, k, f[i].fault, &out);
         CHECKF(st == f[i].code, "%s: exit %d: %s", f[i].fault, st, out);
         snprintf(cmd, sizeof cmd, "%s status --json %s", dm_bin(), k);
         CHECKF(dm_run(cmd, &out) == 0, "%s", out);
@@ -305,7 +303,7 @@ TEST(engine_joint_run_equals_separate_runs)
     snprintf(cmd, sizeof cmd, "%s chm --progress none -m %s %s -o %s --tile 64 --halo 16 "
              "--chunk 2", dm_bin(), chm_model(), in, cd);
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
-    CHECKF(joint(t, in, jd, NULL, &out) == 0, "%s", out);
+    CHECKF(joint(t, jd, NULL, &out) == 0, "%s", out);
     static const char *fn[] = { "features.tif", "features_pca.tif", NULL }, *cn[] = { "chm.tif",
                                                                                        NULL };
     CHECKF(same_outputs(fd, jd, fn, why, sizeof why), "%s", why);
@@ -395,7 +393,7 @@ TEST(engine_block_cogs_and_vrt)
     CHECK(write_joint_ini(t) == 0);
     snprintf(a, sizeof a, "%s/one", t);
     snprintf(b, sizeof b, "%s/blocks", t);
-    CHECKF(joint(t, in, a, NULL, &out) == 0, "%s", out);
+    CHECKF(joint(t, a, NULL, &out) == 0, "%s", out);
     /* 0.0001 GiB: features (19×17 px × 128 bands × 4 B) and chm (300×260 × 4 B) in blocks */
     snprintf(cmd, sizeof cmd, "cd %s && %s run joint.ini -o %s -q --max-cog-gib 0.0001", t,
              dm_bin(), b);

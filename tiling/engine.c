@@ -21,8 +21,8 @@
 
 /* finalize.c */
 int dm_fin_uptodate(dm_tileindex *ti, const char *outdir);
-int dm_fin_run(dm_eng *e, const dm_run_opts *o, dm_tileindex *ti, const cJSON *cfg,
-               const cJSON *res, double t0, dm_run_result *r, dm_err *err);
+int dm_fin_run(const dm_run_opts *o, dm_tileindex *ti, const cJSON *cfg, const cJSON *res,
+               double t0, dm_run_result *r, dm_err *err);
 
 static double now(void)
 {
@@ -95,6 +95,7 @@ typedef struct run {
     int *chunk_tiles;        /* [nchunks] windows of each chunk to run */
     /* inference */
     float *batch_img, *normed, *layer_buf[DM_MAX_LAYERS];
+    double *mean_acc;        /* [D] a window's mean patch vector, summed */
     /* writer */
     int cur_chunk, left, nres, any_done;
     dm_tile_result *res;
@@ -255,9 +256,8 @@ static int stage_infer(void *ctx, dm_job **jobs, int n, dm_err *err)
         /* the tile's embedding: CLS and the mean of its valid core patches, last block normed */
         memcpy(j->emb, t.normed, (size_t)D * sizeof(float));
         float *mean = j->emb + D;
-        double *acc = calloc((size_t)D, sizeof *acc);
-        if (!acc)
-            return dm_err_oom(err);
+        double *acc = R->mean_acc;
+        memset(acc, 0, (size_t)D * sizeof *acc);
         int nv = 0, ox = (j->cpatch.x * 16 - j->win.x) / 16,
             oy = (j->cpatch.y * 16 - j->win.y) / 16;
         for (int pr = 0; pr < j->cpatch.h; pr++)
@@ -271,7 +271,6 @@ static int stage_infer(void *ctx, dm_job **jobs, int n, dm_err *err)
             }
         for (int d = 0; d < D; d++)
             mean[d] = nv ? (float)(acc[d] / nv) : 0.0f;
-        free(acc);
         unit(j->emb, D);
         unit(mean, D);
         for (int p = 0; p < e->nprod && !rc; p++)
@@ -419,7 +418,7 @@ static void free_run(run *R)
     cJSON_Delete(e->cfg);
     cJSON_Delete(e->res);
     free(R->jr), free(R->jc), free(R->jk), free(R->chunk_tiles);
-    free(R->batch_img), free(R->normed), free(R->res), free(R->emb);
+    free(R->batch_img), free(R->normed), free(R->res), free(R->emb), free(R->mean_acc);
     for (int i = 0; i < DM_MAX_LAYERS; i++)
         free(R->layer_buf[i]);
     dm_aoi_free(e->aoi);
@@ -817,7 +816,8 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         R.normed = malloc(sizeof(float) * tok);
         R.res = calloc((size_t)o->chunk * o->chunk, sizeof *R.res);
         R.emb = malloc(sizeof(float) * 2 * e->D * o->chunk * o->chunk);
-        int ok = R.batch_img && R.normed && R.res && R.emb;
+        R.mean_acc = malloc(sizeof(double) * e->D);
+        int ok = R.batch_img && R.normed && R.res && R.emb && R.mean_acc;
         for (int i = 0; ok && i < e->nlayers; i++)
             ok = (R.layer_buf[i] = malloc(sizeof(float) * tok)) != NULL;
         if (!ok) {
@@ -847,7 +847,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     free(R.batch_img), free(R.normed);
     R.batch_img = R.normed = NULL;
     dm_trim_memory();
-    rc = dm_fin_run(e, o, e->ti, e->cfg, e->res, t0, res, err);
+    rc = dm_fin_run(o, e->ti, e->cfg, e->res, t0, res, err);
 out:
     if (e->ti) {
         const char *status = !rc ? (res->nothing_to_do ? "nothing to do" : "done")

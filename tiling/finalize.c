@@ -171,8 +171,8 @@ static void counts_into(dm_tileindex *ti, const uint8_t *done, int nch, dm_run_r
         r->chunks_left += !done[k];
 }
 
-int dm_fin_run(dm_eng *e, const dm_run_opts *o, dm_tileindex *ti, const cJSON *cfg,
-               const cJSON *res, double t0, dm_run_result *r, dm_err *err)
+int dm_fin_run(const dm_run_opts *o, dm_tileindex *ti, const cJSON *cfg, const cJSON *res,
+               double t0, dm_run_result *r, dm_err *err)
 {
     uint8_t *done = NULL;
     char **files = NULL;
@@ -193,7 +193,6 @@ int dm_fin_run(dm_eng *e, const dm_run_opts *o, dm_tileindex *ti, const cJSON *c
     dm_fin f = { .outdir = o->outdir, .ti = ti, .done = done, .files = files, .cfg = cfg,
                  .res = res, .max_bytes = o->max_cog_gib * 1073741824.0, .threads = o->threads,
                  .cancel = o->cancel, .ev = &o->ev, .fault = o->fault, .t0 = t0 };
-    (void)e;
     rc = fin_grid(&f, err);
     if (!rc)
         rc = fin_build(&f, r, o->drop_chunks, err);
@@ -356,7 +355,7 @@ int dm_run_status(const char *outdir, char **json, dm_err *err)
         return dm_err_set(err, DM_EINVAL, "%s: not a dinomap run folder (no tiles.gpkg)", outdir);
     dm_tileindex *ti = NULL;
     int rc = dm_tileindex_open(index, NULL, 0, &ti, err);
-    char *c = NULL, *last = NULL, *outs = NULL;
+    char *c = NULL, *outs = NULL;
     uint8_t *done = NULL;
     char **files = NULL;
     int n = 0;
@@ -410,6 +409,6 @@ int dm_run_status(const char *outdir, char **json, dm_err *err)
     }
     dm_tileindex_chunks_free(done, files, n);
     dm_tileindex_close(ti, NULL);
-    free(c), free(last), free(outs);
+    free(c), free(outs);
     return rc;
 }
