@@ -10,6 +10,7 @@
 #include "gis.h"
 
 #include <gdal.h>
+#include <gdal_alg.h>
 #include <ogr_api.h>
 #include <ogr_srs_api.h>
 #include <cpl_error.h>
@@ -269,6 +270,65 @@ int dm_aoi_touches(const dm_aoi *a, double minx, double miny, double maxx, doubl
     CPLPopErrorHandler();
     OGR_G_DestroyGeometry(rect);
     return hit;
+}
+
+int dm_aoi_mask(const dm_aoi *a, const double gt[6], int x0, int y0, int w, int h, uint8_t *mask,
+                dm_err *err)
+{
+    double minx = gt[0] + x0 * gt[1], maxx = gt[0] + (x0 + w) * gt[1];
+    double maxy = gt[3] + y0 * gt[5], miny = gt[3] + (y0 + h) * gt[5];
+    OGRGeometryH rect = NULL, *hit = malloc(sizeof *hit * (size_t)(a->n ? a->n : 1));
+    if (!hit)
+        return dm_err_oom(err);
+    int nhit = 0, inside = 0, rc = 0;
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    for (int i = 0; i < a->n && !inside; i++) {
+        const OGREnvelope *e = &a->env[i];
+        if (maxx < e->MinX || minx > e->MaxX || maxy < e->MinY || miny > e->MaxY)
+            continue;
+        if (!rect && a->prep[i]) {
+            OGRGeometryH ring = OGR_G_CreateGeometry(wkbLinearRing);
+            rect = OGR_G_CreateGeometry(wkbPolygon);
+            if (ring && rect) {
+                OGR_G_AddPoint_2D(ring, minx, miny);
+                OGR_G_AddPoint_2D(ring, maxx, miny);
+                OGR_G_AddPoint_2D(ring, maxx, maxy);
+                OGR_G_AddPoint_2D(ring, minx, maxy);
+                OGR_G_AddPoint_2D(ring, minx, miny);
+                OGR_G_AddGeometryDirectly(rect, ring);
+            } else {
+                OGR_G_DestroyGeometry(ring);
+            }
+        }
+        /* a window wholly inside one polygon (the common case) keeps its mask */
+        inside = rect && a->prep[i] && OGRPreparedGeometryContains(a->prep[i], rect);
+        hit[nhit++] = a->g[i];
+    }
+    OGR_G_DestroyGeometry(rect);
+    if (!inside) {
+        GDALDatasetH mem = GDALCreate(GDALGetDriverByName("MEM"), "", w, h, 1, GDT_Byte, NULL);
+        uint8_t *in = malloc((size_t)w * h);
+        double wgt[6] = { minx, gt[1], 0, maxy, 0, gt[5] };
+        int band = 1;
+        double burn = 1;
+        char *opt[] = { "ALL_TOUCHED=FALSE", NULL };
+        if (!mem || !in)
+            rc = dm_err_oom(err);
+        else if (GDALSetGeoTransform(mem, wgt) != CE_None ||
+                 (nhit && GDALRasterizeGeometries(mem, 1, &band, nhit, hit, NULL, NULL, &burn,
+                                                  opt, NULL, NULL) != CE_None) ||
+                 GDALRasterIO(GDALGetRasterBand(mem, 1), GF_Read, 0, 0, w, h, in, w, h, GDT_Byte,
+                              0, 0) != CE_None)
+            rc = dm_err_set(err, DM_EIO, "cannot rasterize the AOI: %s", gdal_msg());
+        for (size_t i = 0; !rc && i < (size_t)w * h; i++)
+            mask[i] = mask[i] && in[i];
+        free(in);
+        if (mem)
+            GDALClose(mem);
+    }
+    CPLPopErrorHandler();
+    free(hit);
+    return rc;
 }
 
 static int cmp_str(const void *a, const void *b)

@@ -85,6 +85,10 @@ typedef struct dm_aoi dm_aoi;
 int dm_aoi_open(const char *path, const char *target_wkt, dm_aoi **out, dm_err *err);
 /* 1 if the axis-aligned rectangle (in the target CRS) touches any polygon, else 0. */
 int dm_aoi_touches(const dm_aoi *a, double minx, double miny, double maxx, double maxy);
+/* Clears mask[h, w] (a window at (x0, y0) of the raster with geotransform gt, north-up) where the
+ * pixel's centre lies outside every polygon, as gdalwarp -cutline does. */
+int dm_aoi_mask(const dm_aoi *a, const double gt[6], int x0, int y0, int w, int h, uint8_t *mask,
+                dm_err *err);
 void dm_aoi_free(dm_aoi *a); /* NULL-safe */
 /* The AOI's identity: the SHA-256 of all its files (a shapefile's .prj, .dbf... too). */
 int dm_aoi_sha256(const char *path, char out[65], dm_err *err);

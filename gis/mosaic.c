@@ -1,58 +1,225 @@
 /* gis/mosaic.c — the input mosaic (see gis.h). Everything stays virtual (VRTs in /vsimem) so reads
- * are windowed and memory does not grow with the mosaic. */
-#define _LARGEFILE64_SOURCE /* VSIStatBufL is a struct stat64 */
+ * are windowed and memory does not grow with the mosaic.
+ *
+ * The mosaic keeps one grid exactly: --gsd's (pixel corners on multiples of it, as gdalwarp -tap),
+ * else the first input's (warped first when its CRS is geographic or not --crs, or it is rotated).
+ * An input already on that grid (same CRS, pixel size, whole-pixel offset, north-up) is read as
+ * it is; only the others are warped onto it. Each input then becomes a 4-band VRT: its three
+ * selected bands and a validity band made from its own nodata, masks and alpha band, whatever
+ * its band count (GDAL's own default treats a last band as alpha only in 2- and 4-band files).
+ * The mosaic VRT places those with whole-pixel offsets; later inputs cover earlier ones where
+ * they are valid. */
 #include <gdal.h>
-#include <cpl_minixml.h>
+#include <gdal_alg.h>
 #include <cpl_string.h>
 #include <cpl_vsi.h>
 #include <gdal_utils.h>
 #include <math.h>
 #include <ogr_srs_api.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/stat.h>
 
-#include "gis.h"
+#include "mosaic_internal.h"
 
 #define MAX_INPUTS 4096
 
-struct dm_mosaic {
-    GDALDatasetH ds;          /* the mosaic every read goes to */
-    GDALRasterBandH band[3], mask[3];
-    int all_valid[3];
-    int W, H;
-    double gt[6];
-    char *wkt;
-    int georef;
-    GDALDataType type;
-    double lo, hi;            /* scaling to 8 bits (non-Byte input) */
-    char scaling[160];
-    char notes[1024];
-    char vsi[MAX_INPUTS + 2][64]; /* /vsimem files to unlink */
-    int nvsi;
-    float *fbuf;              /* read buffer for non-Byte input */
-    size_t fcap;
-    int scaled;               /* lo..hi mapped to 0..255 (else 8-bit used as is) */
-    dm_input_fp *fp;          /* the files read and their footprints */
-    int nfp, capfp;
-};
-
-static void note(dm_mosaic *m, const char *fmt, const char *a, double x)
+static void note(dm_mosaic *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void note(dm_mosaic *m, const char *fmt, ...)
 {
     size_t n = strlen(m->notes);
-    snprintf(m->notes + n, sizeof m->notes - n, fmt, a, x);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m->notes + n, sizeof m->notes - n, fmt, ap);
+    va_end(ap);
 }
 
+/* A new /vsimem name, removed with the mosaic; NULL when out of memory. */
 static const char *vsi_name(dm_mosaic *m, const char *what)
 {
-    char *s = m->vsi[m->nvsi++];
-    snprintf(s, 64, "/vsimem/dinomap_%p_%s_%d.vrt", (void *)m, what, m->nvsi);
-    return s;
+    if (m->nvsi == m->capvsi) {
+        int cap = m->capvsi ? 2 * m->capvsi : 16;
+        char **v = realloc(m->vsi, sizeof *v * (size_t)cap);
+        if (!v)
+            return NULL;
+        m->vsi = v;
+        m->capvsi = cap;
+    }
+    char buf[96];
+    snprintf(buf, sizeof buf, "/vsimem/dinomap_%p_%s_%d.vrt", (void *)m, what, m->nvsi);
+    return (m->vsi[m->nvsi] = strdup(buf)) ? m->vsi[m->nvsi++] : NULL;
 }
 
-/* GDAL utility (warp / buildvrt) argument list helper */
+/* --- text of the VRTs ---------------------------------------------------------------------- */
+
+typedef struct sbuf {
+    char *s;
+    size_t n, cap;
+    int oom;
+} sbuf;
+
+static void put(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(sbuf *b, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int k = b->oom ? 0 : vsnprintf(b->s ? b->s + b->n : NULL, b->s ? b->cap - b->n : 0, fmt, ap);
+        va_end(ap);
+        if (b->oom || k < 0)
+            return;
+        if (b->s && b->n + (size_t)k < b->cap) {
+            b->n += (size_t)k;
+            return;
+        }
+        size_t cap = (b->cap ? 2 * b->cap : 4096) + (size_t)k;
+        char *s = realloc(b->s, cap);
+        if (!s) {
+            b->oom = 1;
+            return;
+        }
+        b->s = s;
+        b->cap = cap;
+    }
+}
+
+/* Writes text as a /vsimem file. */
+static int vsi_write(const char *name, const sbuf *b, dm_err *err)
+{
+    if (b->oom)
+        return dm_err_oom(err);
+    VSILFILE *f = VSIFOpenL(name, "wb");
+    int ok = f && VSIFWriteL(b->s, 1, b->n, f) == b->n;
+    if (f)
+        VSIFCloseL(f);
+    return ok ? 0 : dm_err_set(err, DM_EIO, "cannot write %s", name);
+}
+
+static void put_header(sbuf *b, int w, int h, const char *wkt, const double *gt)
+{
+    put(b, "<VRTDataset rasterXSize=\"%d\" rasterYSize=\"%d\">\n", w, h);
+    if (wkt && wkt[0]) {
+        char *e = CPLEscapeString(wkt, -1, CPLES_XML);
+        put(b, "<SRS dataAxisToSRSAxisMapping=\"1,2\">%s</SRS>\n", e);
+        CPLFree(e);
+    }
+    if (gt)
+        put(b, "<GeoTransform>%.17g,%.17g,%.17g,%.17g,%.17g,%.17g</GeoTransform>\n", gt[0], gt[1],
+            gt[2], gt[3], gt[4], gt[5]);
+}
+
+static void put_source(sbuf *b, const char *kind, const char *file, const char *band,
+                       const char *extra)
+{
+    char *e = CPLEscapeString(file, -1, CPLES_XML);
+    put(b, "<%s><SourceFilename relativeToVRT=\"0\">%s</SourceFilename><SourceBand>%s"
+        "</SourceBand>%s</%s>\n", kind, e, band, extra, kind);
+    CPLFree(e);
+}
+
+/* One input as 4 bands: its selected bands, then validity (255 valid, 0 invalid) = its alpha band
+ * (last band with an alpha colour interpretation; > 0 is valid), AND the mask of each selected
+ * band (nodata, .msk, internal masks). The AND is VRT painting: the first source is the base,
+ * the next write only their 0s (NODATA 255 skips the rest). With neither, 255 everywhere. */
+static int normalize(dm_mosaic *m, GDALDatasetH ds, const char *file, const int bands[3],
+                     GDALDataType type, const char **name, int *all_valid, dm_err *err)
+{
+    int n = GDALGetRasterCount(ds), w = GDALGetRasterXSize(ds), h = GDALGetRasterYSize(ds);
+    double gt[6];
+    int has_gt = GDALGetGeoTransform(ds, gt) == CE_None;
+    sbuf b = { 0 };
+    put_header(&b, w, h, GDALGetProjectionRef(ds), has_gt ? gt : NULL);
+    static const char *ci[3] = { "Red", "Green", "Blue" };
+    char num[32];
+    for (int i = 0; i < 3; i++) {
+        snprintf(num, sizeof num, "%d", bands[i]);
+        put(&b, "<VRTRasterBand dataType=\"%s\" band=\"%d\"><ColorInterp>%s</ColorInterp>\n",
+            GDALGetDataTypeName(type), i + 1, ci[i]);
+        put_source(&b, "SimpleSource", file, num, "");
+        put(&b, "</VRTRasterBand>\n");
+    }
+    put(&b, "<VRTRasterBand dataType=\"Byte\" band=\"4\"><ColorInterp>Alpha</ColorInterp>\n");
+    static const char *lut = "<LUT>0:0,1:255,255:255</LUT>";
+    int first = 1;
+    if (n > 1 && GDALGetRasterColorInterpretation(GDALGetRasterBand(ds, n)) == GCI_AlphaBand) {
+        snprintf(num, sizeof num, "%d", n);
+        put_source(&b, "ComplexSource", file, num, lut);
+        first = 0;
+    }
+    int per_dataset_done = 0;
+    for (int i = 0; i < 3; i++) {
+        int flags = GDALGetMaskFlags(GDALGetRasterBand(ds, bands[i]));
+        if (flags & GMF_ALL_VALID)
+            continue; /* nothing to take away (and GDAL reads such masks through its cache) */
+        if (flags & GMF_PER_DATASET) { /* one mask for all bands: once */
+            if (per_dataset_done)
+                continue;
+            per_dataset_done = 1;
+        }
+        char extra[96];
+        snprintf(extra, sizeof extra, "%s%s", first ? "" : "<NODATA>255</NODATA>", lut);
+        snprintf(num, sizeof num, "mask,%d", bands[i]);
+        put_source(&b, "ComplexSource", file, num, extra);
+        first = 0;
+    }
+    *all_valid = first;
+    if (first) { /* all valid: 255 over the input's extent (0 × band + 255) */
+        snprintf(num, sizeof num, "%d", bands[0]);
+        put_source(&b, "ComplexSource", file, num,
+                   "<ScaleOffset>255</ScaleOffset><ScaleRatio>0</ScaleRatio>");
+    }
+    put(&b, "</VRTRasterBand>\n</VRTDataset>\n");
+    *name = vsi_name(m, "input");
+    int rc = *name ? vsi_write(*name, &b, err) : dm_err_oom(err);
+    free(b.s);
+    return rc;
+}
+
+/* An input placed on the mosaic's grid: its normalized VRT at whole-pixel offsets. */
+typedef struct part {
+    const char *name;
+    long col, row;
+    int w, h;
+    int all_valid;            /* no nodata, mask nor alpha */
+} part;
+
+/* The mosaic of the parts, the later over the earlier where valid (each source's mask is its
+ * validity band); size and geotransform given. */
+static int mosaic_vrt(dm_mosaic *m, const part *p, int n, int W, int H, const double gt[6],
+                      long c0, long r0, const char *wkt, GDALDataType type, const char **name,
+                      dm_err *err)
+{
+    sbuf b = { 0 };
+    put_header(&b, W, H, wkt, gt);
+    for (int band = 1; band <= 4; band++) {
+        put(&b, "<VRTRasterBand dataType=\"%s\" band=\"%d\">%s\n",
+            GDALGetDataTypeName(band == 4 ? GDT_Byte : type), band,
+            band == 4 ? "<ColorInterp>Alpha</ColorInterp>" : "");
+        char num[8], extra[512];
+        snprintf(num, sizeof num, "%d", band);
+        for (int i = 0; i < n && !b.oom; i++) {
+            snprintf(extra, sizeof extra, "<SourceProperties RasterXSize=\"%d\" RasterYSize=\"%d\" "
+                     "DataType=\"%s\" BlockXSize=\"128\" BlockYSize=\"128\"/>"
+                     "<SrcRect xOff=\"0\" yOff=\"0\" xSize=\"%d\" ySize=\"%d\"/>"
+                     "<DstRect xOff=\"%ld\" yOff=\"%ld\" xSize=\"%d\" ySize=\"%d\"/>"
+                     "<UseMaskBand>true</UseMaskBand>",
+                     p[i].w, p[i].h, GDALGetDataTypeName(band == 4 ? GDT_Byte : type), p[i].w,
+                     p[i].h, p[i].col - c0, p[i].row - r0, p[i].w, p[i].h);
+            put_source(&b, "ComplexSource", p[i].name, num, extra);
+        }
+        put(&b, "</VRTRasterBand>\n");
+    }
+    put(&b, "</VRTDataset>\n");
+    *name = vsi_name(m, "mosaic");
+    int rc = *name ? vsi_write(*name, &b, err) : dm_err_oom(err);
+    free(b.s);
+    return rc;
+}
+
+/* --- the grid ------------------------------------------------------------------------------ */
+
+/* GDAL utility (warp) argument list helper */
 static char **args(char **l, const char *a)
 {
     return CSLAddString(l, a);
@@ -77,6 +244,20 @@ static int same_crs(const char *a, const char *b)
     return same;
 }
 
+/* A CRS as WKT (anything OSRSetFromUserInput takes); NULL when PROJ does not know it. */
+static char *crs_wkt(const char *crs)
+{
+    OGRSpatialReferenceH s = OSRNewSpatialReference(NULL);
+    char *wkt = NULL, *out = NULL;
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    if (s && OSRSetFromUserInput(s, crs) == OGRERR_NONE && OSRExportToWkt(s, &wkt) == OGRERR_NONE)
+        out = strdup(wkt);
+    CPLPopErrorHandler();
+    CPLFree(wkt);
+    OSRDestroySpatialReference(s);
+    return out;
+}
+
 /* "EPSG:326zz" / "EPSG:327zz" for the centre of the dataset (geographic coordinates) */
 static void utm_for(GDALDatasetH ds, char *out, size_t n)
 {
@@ -92,352 +273,176 @@ static void utm_for(GDALDatasetH ds, char *out, size_t n)
     snprintf(out, n, "EPSG:%d", (lat >= 0 ? 32600 : 32700) + zone);
 }
 
-static int warp(dm_mosaic *m, GDALDatasetH src, const char *crs, double gsd, GDALDatasetH *out,
-                dm_err *err)
+/* The mosaic's grid: pixel size (rx > 0, ry < 0) and a pixel corner (x0, y0). */
+typedef struct grid {
+    int set;
+    double x0, y0, rx, ry;
+} grid;
+
+/* Where a north-up geotransform falls on the grid: 1 with its whole-pixel offset, else 0. */
+static int on_grid(const grid *g, const double gt[6], long *col, long *row)
+{
+    if (gt[2] != 0 || gt[4] != 0 || gt[5] >= 0 || gt[1] <= 0)
+        return 0;
+    if (fabs(gt[1] - g->rx) > 1e-9 * g->rx || fabs(gt[5] - g->ry) > 1e-9 * -g->ry)
+        return 0;
+    double c = (gt[0] - g->x0) / g->rx, r = (gt[3] - g->y0) / g->ry;
+    if (fabs(c - floor(c + 0.5)) > 1e-6 || fabs(r - floor(r + 0.5)) > 1e-6 ||
+        fabs(c) > 1e15 || fabs(r) > 1e15)
+        return 0;
+    *col = (long)floor(c + 0.5);
+    *row = (long)floor(r + 0.5);
+    return 1;
+}
+
+/* Warps src to target_wkt: onto grid g when it is set (the source's footprint, rounded out to
+ * whole grid pixels), else with gdalwarp's own choice of grid. Areas outside the source get
+ * alpha 0. */
+static int warp(dm_mosaic *m, GDALDatasetH src, const char *target_wkt, const grid *g,
+                const char **name, dm_err *err)
 {
     char **a = NULL;
-    char buf[64];
+    char buf[4][64];
     a = args(a, "-of"), a = args(a, "VRT");
-    if (crs)
-        a = args(a, "-t_srs"), a = args(a, crs);
-    if (gsd > 0) {
-        snprintf(buf, sizeof buf, "%.17g", gsd);
-        a = args(a, "-tr"), a = args(a, buf), a = args(a, buf), a = args(a, "-tap");
+    a = args(a, "-t_srs"), a = args(a, target_wkt);
+    if (g->set) {
+        /* the source's footprint in the target CRS, as gdalwarp would choose it */
+        char *opt[] = { NULL, NULL };
+        char *dst = CPLStrdup(CPLSPrintf("DST_SRS=%s", target_wkt));
+        opt[0] = dst;
+        void *tr = GDALCreateGenImgProjTransformer2(src, NULL, opt);
+        CPLFree(dst);
+        double sgt[6], ext[4];
+        int sw = 0, sh = 0;
+        int ok = tr && GDALSuggestedWarpOutput2(src, GDALGenImgProjTransform, tr, sgt, &sw, &sh,
+                                                ext, 0) == CE_None;
+        if (tr)
+            GDALDestroyGenImgProjTransformer(tr);
+        if (!ok) {
+            CSLDestroy(a);
+            return dm_err_set(err, DM_EINVAL, "cannot place %s in the mosaic's CRS: %s",
+                              GDALGetDescription(src), CPLGetLastErrorMsg());
+        }
+        /* ext: minx, miny, maxx, maxy; rounded out to whole grid pixels */
+        double c0 = floor((ext[0] - g->x0) / g->rx + 1e-6), c1 = ceil((ext[2] - g->x0) / g->rx - 1e-6);
+        double r0 = floor((ext[3] - g->y0) / g->ry + 1e-6), r1 = ceil((ext[1] - g->y0) / g->ry - 1e-6);
+        snprintf(buf[0], 64, "%.17g", g->x0 + c0 * g->rx);
+        snprintf(buf[1], 64, "%.17g", g->y0 + r1 * g->ry);
+        snprintf(buf[2], 64, "%.17g", g->x0 + c1 * g->rx);
+        snprintf(buf[3], 64, "%.17g", g->y0 + r0 * g->ry);
+        a = args(a, "-te");
+        for (int i = 0; i < 4; i++)
+            a = args(a, buf[i]);
+        snprintf(buf[0], 64, "%.17g", g->rx);
+        snprintf(buf[1], 64, "%.17g", -g->ry);
+        a = args(a, "-tr"), a = args(a, buf[0]), a = args(a, buf[1]);
     }
     a = args(a, "-r"), a = args(a, "bilinear");
     a = args(a, "-dstalpha"); /* the area outside the source becomes invalid, not black */
     GDALWarpAppOptions *wo = GDALWarpAppOptionsNew(a, NULL);
     CSLDestroy(a);
     int usage = 0;
-    const char *name = vsi_name(m, "warp");
-    GDALDatasetH d = wo ? GDALWarp(name, NULL, 1, &src, wo, &usage) : NULL;
+    *name = vsi_name(m, "warp");
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    GDALDatasetH d = wo && *name ? GDALWarp(*name, NULL, 1, &src, wo, &usage) : NULL;
+    CPLPopErrorHandler();
     GDALWarpAppOptionsFree(wo);
     if (!d)
-        return dm_err_set(err, DM_EINVAL, "cannot warp %s to %s: %s", GDALGetDescription(src),
-                          crs ? crs : "its own CRS", CPLGetLastErrorMsg());
-    *out = d;
+        return dm_err_set(err, DM_EINVAL, "cannot warp %s to the mosaic's CRS: %s",
+                          GDALGetDescription(src), CPLGetLastErrorMsg());
+    GDALClose(d);
     return 0;
 }
 
+/* --- scaling ------------------------------------------------------------------------------- */
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* The P1 and P2 percentiles of the valid pixels of the three bands, from a regular sample of at
+ * most 1024×1024 pixels of the whole mosaic (GDAL's statistics would count pixels that only the
+ * validity band marks invalid). */
 static int percentiles(dm_mosaic *m, double p1, double p2, dm_err *err)
 {
-    double lo = INFINITY, hi = -INFINITY;
-    for (int b = 0; b < 3; b++) {
-        double mn, mx, mean, sd;
-        if (GDALComputeRasterStatistics(m->band[b], TRUE, &mn, &mx, &mean, &sd, NULL, NULL) !=
-            CE_None)
-            return dm_err_set(err, DM_EIO, "cannot compute statistics of the mosaic: %s",
-                              CPLGetLastErrorMsg());
-        lo = mn < lo ? mn : lo;
-        hi = mx > hi ? mx : hi;
-    }
-    enum { NB = 4096 };
-    GUIntBig *hist = calloc(NB, sizeof *hist), *sum = calloc(NB, sizeof *sum);
-    if (!hist || !sum) {
-        free(hist), free(sum);
+    int bw = m->W < 1024 ? m->W : 1024, bh = m->H < 1024 ? m->H : 1024;
+    size_t np = (size_t)bw * bh;
+    float *v = malloc(3 * np * sizeof *v);
+    uint8_t *ok = malloc(np);
+    if (!v || !ok) {
+        free(v), free(ok);
         return dm_err_oom(err);
     }
-    double step = hi > lo ? (hi - lo) / NB : 1.0;
     int rc = 0;
-    for (int b = 0; b < 3 && !rc; b++) {
-        if (GDALGetRasterHistogramEx(m->band[b], lo, lo + step * NB, NB, hist, FALSE, TRUE, NULL,
-                                     NULL) != CE_None)
-            rc = dm_err_set(err, DM_EIO, "cannot compute a histogram of the mosaic: %s",
-                            CPLGetLastErrorMsg());
-        for (int i = 0; i < NB; i++)
-            sum[i] += hist[i];
+    if (GDALRasterIO(m->alpha, GF_Read, 0, 0, m->W, m->H, ok, bw, bh, GDT_Byte, 0, 0) != CE_None)
+        rc = 1;
+    for (int b = 0; b < 3 && !rc; b++)
+        if (GDALRasterIO(m->band[b], GF_Read, 0, 0, m->W, m->H, v + b * np, bw, bh, GDT_Float32, 0,
+                         0) != CE_None)
+            rc = 1;
+    if (rc) {
+        free(v), free(ok);
+        return dm_err_set(err, DM_EIO, "cannot sample the mosaic for its percentiles: %s",
+                          CPLGetLastErrorMsg());
     }
-    GUIntBig total = 0, acc = 0;
-    for (int i = 0; i < NB; i++)
-        total += sum[i];
-    double v1 = lo, v2 = hi;
-    int got1 = 0;
-    for (int i = 0; i < NB && total; i++) {
-        acc += sum[i];
-        if (!got1 && (double)acc >= p1 / 100.0 * (double)total) {
-            v1 = lo + step * i;
-            got1 = 1;
-        }
-        if ((double)acc >= p2 / 100.0 * (double)total) {
-            v2 = lo + step * (i + 1);
-            break;
-        }
+    size_t k = 0;
+    for (int b = 0; b < 3; b++)
+        for (size_t i = 0; i < np; i++)
+            if (ok[i] && !isnan(v[b * np + i]))
+                v[k++] = v[b * np + i];
+    free(ok);
+    if (!k) {
+        free(v);
+        return dm_err_set(err, DM_EINVAL, "the mosaic has no valid pixel (all nodata, masked "
+                          "or alpha 0)");
     }
-    free(hist), free(sum);
-    if (rc)
-        return rc;
-    m->lo = v1;
-    m->hi = v2 > v1 ? v2 : v1 + 1;
+    qsort(v, k, sizeof *v, cmp_float);
+    size_t i1 = (size_t)floor(p1 / 100.0 * (double)(k - 1) + 0.5);
+    size_t i2 = (size_t)floor(p2 / 100.0 * (double)(k - 1) + 0.5);
+    m->lo = v[i1];
+    m->hi = v[i2] > v[i1] ? v[i2] : v[i1] + 1;
+    free(v);
     snprintf(m->scaling, sizeof m->scaling, "stretch %g-%g percentiles of the mosaic: %g..%g", p1,
              p2, m->lo, m->hi);
     return 0;
 }
 
-/* --- what a rerun compares: the files read, and where they go in the mosaic ------------------ */
-
-void dm_input_fp_free(dm_input_fp *fp, int n)
+/* How the pixels come to 8 bits: the run's fixed scale, --scale, --stretch, or the default
+ * (8-bit as is; other types stretched 2-98 %). */
+static int choose_scaling(dm_mosaic *m, const dm_mosaic_opts *o, dm_err *err)
 {
-    for (int i = 0; fp && i < n; i++)
-        free(fp[i].path);
-    free(fp);
-}
-
-/* A 63-bit FNV-1a hash of an XML tree's text (kept in an input fingerprint's mtime field). */
-static uint64_t tree_hash(const CPLXMLNode *root)
-{
-    char *text = CPLSerializeXMLTree(root);
-    uint64_t h = 1469598103934665603ULL;
-    for (const char *t = text; t && *t; t++)
-        h = (h ^ (unsigned char)*t) * 1099511628211ULL;
-    CPLFree(text);
-    return h & 0x7fffffffffffffffULL;
-}
-
-/* Drops what changes no pixel from a PAM tree: STATISTICS_* metadata items and histograms (what
- * gdalinfo -stats and QGIS write beside rasters), then elements left empty. */
-static void strip_stats(CPLXMLNode *n)
-{
-    for (CPLXMLNode *c = n->psChild, *next; c; c = next) {
-        next = c->psNext;
-        if (c->eType != CXT_Element)
-            continue;
-        int drop = !strcmp(c->pszValue, "Histograms");
-        if (!strcmp(c->pszValue, "MDI")) {
-            const char *key = CPLGetXMLValue(c, "key", "");
-            drop = !strncmp(key, "STATISTICS_", 11);
-        }
-        if (!drop) {
-            strip_stats(c);
-            int kids = 0; /* elements or text left (attributes alone do not count) */
-            for (CPLXMLNode *k = c->psChild; k; k = k->psNext)
-                kids += k->eType != CXT_Attribute;
-            drop = !kids;
-        }
-        if (drop) {
-            CPLRemoveXMLChild(n, c);
-            CPLDestroyXMLNode(c);
-        }
-    }
-}
-
-/* A .aux.xml sidecar by what it says that changes pixels (nodata, georeferencing...): 0 with its
- * hash, or 1 when it holds nothing of that (statistics only): then it is not watched. */
-static int aux_shape(const char *path, uint64_t *hash)
-{
-    CPLXMLNode *root = CPLParseXMLFile(path);
-    if (!root)
-        return 0; /* unreadable: watched by size and time */
-    strip_stats(root);
-    int empty = 1;
-    for (CPLXMLNode *c = root; c; c = c->psNext)
-        if (c->eType == CXT_Element && c->psChild)
-            for (CPLXMLNode *k = c->psChild; k; k = k->psNext)
-                empty &= k->eType == CXT_Attribute;
-    *hash = tree_hash(root);
-    CPLDestroyXMLNode(root);
-    return empty;
-}
-
-/* Adds a file with its footprint in mosaic pixels (from a rectangle in georeferenced units),
- * clipped to the mosaic; identical entries (the same source in several bands) once. A .aux.xml
- * counts by its content without statistics (size -2, the hash in mtime_ns). */
-static int add_fp(dm_mosaic *m, const char *file, double gx0, double gy0, double gx1, double gy1,
-                  dm_err *err)
-{
-    size_t flen = strlen(file);
-    uint64_t aux_hash = 0;
-    int is_aux = flen > 8 && !strcasecmp(file + flen - 8, ".aux.xml");
-    if (is_aux && aux_shape(file, &aux_hash))
-        return 0;
-    double a = (gx0 - m->gt[0]) / m->gt[1], b = (gx1 - m->gt[0]) / m->gt[1];
-    double c = (gy0 - m->gt[3]) / m->gt[5], d = (gy1 - m->gt[3]) / m->gt[5];
-    int x0 = (int)floor(fmin(a, b) + 1e-6), x1 = (int)ceil(fmax(a, b) - 1e-6);
-    int y0 = (int)floor(fmin(c, d) + 1e-6), y1 = (int)ceil(fmax(c, d) - 1e-6);
-    x0 = x0 < 0 ? 0 : x0, y0 = y0 < 0 ? 0 : y0;
-    x1 = x1 > m->W ? m->W : x1, y1 = y1 > m->H ? m->H : y1;
-    if (x1 <= x0 || y1 <= y0)
-        x0 = y0 = x1 = y1 = 0; /* outside the mosaic: feeds nothing, still watched */
-    char real[4096];
-    const char *key = realpath(file, real) ? real : file;
-    for (int i = m->nfp - 1; i >= 0 && i >= m->nfp - 8; i--) /* repeats come close together */
-        if (m->fp[i].x0 == x0 && m->fp[i].y0 == y0 && m->fp[i].w == x1 - x0 &&
-            m->fp[i].h == y1 - y0 && !strcmp(m->fp[i].path, key))
-            return 0;
-    if (m->nfp == m->capfp) {
-        int cap = m->capfp ? 2 * m->capfp : 16;
-        dm_input_fp *p = realloc(m->fp, sizeof *p * (size_t)cap);
-        if (!p)
-            return dm_err_oom(err);
-        m->fp = p;
-        m->capfp = cap;
-    }
-    dm_input_fp *f = &m->fp[m->nfp];
-    if (!(f->path = strdup(key)))
-        return dm_err_oom(err);
-    VSIStatBufL st;
-    if (VSIStatExL(key, &st, VSI_STAT_EXISTS_FLAG | VSI_STAT_SIZE_FLAG) == 0 &&
-        !strncmp(key, "/", 1)) {
-        struct stat ls;
-        f->size = (int64_t)st.st_size;
-        f->mtime_ns = stat(key, &ls) == 0
-                          ? (int64_t)ls.st_mtim.tv_sec * 1000000000 + ls.st_mtim.tv_nsec
-                          : (int64_t)st.st_mtime * 1000000000;
+    int rc = 0;
+    if (o->fixed_set) {
+        m->lo = o->fixed_lo;
+        m->hi = o->fixed_hi;
+        snprintf(m->scaling, sizeof m->scaling, "%s",
+                 o->fixed_text ? o->fixed_text : "scale fixed by the run");
+        m->type = GDT_Float32;
+    } else if (o->scale_set) {
+        m->lo = o->scale_min;
+        m->hi = o->scale_max;
+        snprintf(m->scaling, sizeof m->scaling, "scale %g..%g to 0..255", m->lo, m->hi);
+        m->type = GDT_Float32; /* scale even 8-bit input when asked */
+    } else if (m->type != GDT_Byte) {
+        double p1 = o->stretch_set ? o->p1 : 2, p2 = o->stretch_set ? o->p2 : 98;
+        if (!o->stretch_set)
+            note(m, "input is %s, not 8-bit: stretching its 2-98 percentiles to 0..255 "
+                    "(--scale or --stretch to choose)\n", GDALGetDataTypeName(m->type));
+        rc = percentiles(m, p1, p2, err);
+        m->type = GDT_Float32;
+    } else if (o->stretch_set) {
+        rc = percentiles(m, o->p1, o->p2, err);
+        m->type = GDT_Float32;
     } else {
-        f->size = f->mtime_ns = -1;
+        snprintf(m->scaling, sizeof m->scaling, "8-bit input used as is");
     }
-    if (is_aux)
-        f->size = -2, f->mtime_ns = (int64_t)aux_hash;
-    f->x0 = x0, f->y0 = y0, f->w = x1 - x0, f->h = y1 - y0;
-    m->nfp++;
-    return 0;
-}
-
-/* A file's mask and metadata sidecars change what is read from it: watched with its footprint. */
-static int add_sidecars(dm_mosaic *m, const char *file, double x0, double y0, double x1,
-                        double y1, dm_err *err)
-{
-    static const char *ext[] = { ".msk", ".aux.xml" };
-    int rc = 0;
-    for (int i = 0; i < 2 && !rc; i++) {
-        char p[4200];
-        snprintf(p, sizeof p, "%s%s", file, ext[i]);
-        VSIStatBufL st;
-        if (VSIStatExL(p, &st, VSI_STAT_EXISTS_FLAG) == 0)
-            rc = add_fp(m, p, x0, y0, x1, y1, err);
-    }
+    m->scaled = m->type != GDT_Byte;
     return rc;
 }
 
-/* The sources of a VRT file, each with its destination rectangle (a nested VRT's files all with
- * its rectangle), so that a mosaic of many files redoes only what a changed file feeds; and a
- * hash of the VRT without the sources' file names nor statistics (its grid, bands, nodata, each
- * source's band, windows, scaling and order: a change there redoes the whole VRT).
- * 0 and *n sources found (0 when it is no plain VRT). */
-static int vrt_sources(dm_mosaic *m, const char *vrt, const double gt[6], int *n,
-                       uint64_t *shape, dm_err *err)
-{
-    *n = 0;
-    *shape = 0;
-    CPLXMLNode *root = CPLParseXMLFile(vrt);
-    if (!root)
-        return 0;
-    CPLXMLNode *ds = CPLGetXMLNode(root, "=VRTDataset");
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", CPLGetPath(vrt));
-    int rc = 0;
-    for (CPLXMLNode *b = ds ? ds->psChild : NULL; !rc && b; b = b->psNext) {
-        if (b->eType != CXT_Element || strcmp(b->pszValue, "VRTRasterBand"))
-            continue;
-        for (CPLXMLNode *s = b->psChild; !rc && s; s = s->psNext) {
-            if (s->eType != CXT_Element || !strstr(s->pszValue, "Source"))
-                continue;
-            const char *fn = CPLGetXMLValue(s, "SourceFilename", NULL);
-            CPLXMLNode *dr = CPLGetXMLNode(s, "DstRect");
-            char file[4096] = "";
-            if (fn) {
-                int rel = atoi(CPLGetXMLValue(s, "SourceFilename.relativeToVRT", "0"));
-                snprintf(file, sizeof file, "%s", rel ? CPLFormFilename(dir, fn, NULL) : fn);
-            }
-            if (fn && !dr) { /* no destination window: the source fills the whole VRT */
-                int w = atoi(CPLGetXMLValue(ds, "rasterXSize", "0")),
-                    h = atoi(CPLGetXMLValue(ds, "rasterYSize", "0"));
-                rc = add_fp(m, file, gt[0], gt[3], gt[0] + w * gt[1], gt[3] + h * gt[5], err);
-                (*n)++;
-            }
-            if (fn && dr) {
-                double x = CPLAtof(CPLGetXMLValue(dr, "xOff", "0")),
-                       y = CPLAtof(CPLGetXMLValue(dr, "yOff", "0")),
-                       w = CPLAtof(CPLGetXMLValue(dr, "xSize", "0")),
-                       h = CPLAtof(CPLGetXMLValue(dr, "ySize", "0"));
-                double x0 = gt[0] + x * gt[1], y0 = gt[3] + y * gt[5];
-                double x1 = gt[0] + (x + w) * gt[1], y1 = gt[3] + (y + h) * gt[5];
-                rc = add_fp(m, file, x0, y0, x1, y1, err);
-                if (!rc)
-                    rc = add_sidecars(m, file, x0, y0, x1, y1, err);
-                size_t len = strlen(file);
-                if (!rc && len > 4 && !strcasecmp(file + len - 4, ".vrt")) {
-                    CPLPushErrorHandler(CPLQuietErrorHandler);
-                    GDALDatasetH nd = GDALOpen(file, GA_ReadOnly);
-                    CPLPopErrorHandler();
-                    char **files = nd ? GDALGetFileList(nd) : NULL;
-                    for (int i = 0; !rc && files && files[i]; i++)
-                        rc = add_fp(m, files[i], x0, y0, x1, y1, err);
-                    CSLDestroy(files);
-                    if (nd)
-                        GDALClose(nd);
-                }
-                (*n)++;
-            }
-            /* the source stays in the VRT's shape without its file's name: its band, windows,
-             * scaling, nodata and order count; the file itself is watched by its own entry */
-            CPLSetXMLValue(s, "SourceFilename", "");
-        }
-        /* statistics GDAL writes into a VRT (gdalinfo -stats) change no pixel */
-        CPLXMLNode *md;
-        while ((md = CPLGetXMLNode(b, "Metadata")))
-            CPLRemoveXMLChild(b, md), CPLDestroyXMLNode(md);
-        while ((md = CPLGetXMLNode(b, "Histograms")))
-            CPLRemoveXMLChild(b, md), CPLDestroyXMLNode(md);
-    }
-    *shape = tree_hash(root);
-    CPLDestroyXMLNode(root);
-    return rc;
-}
-
-/* Every file of input `path` (GDAL's file list: the raster, its sidecars, a VRT's sources) with
- * the part of the mosaic it feeds: the input's footprint, or a VRT source's own rectangle. */
-static int add_fingerprints(dm_mosaic *m, GDALDatasetH src, const char *path, const double gt[6],
-                            int w, int h, int warped, dm_err *err)
-{
-    double x0 = gt[0], x1 = gt[0] + w * gt[1] + h * gt[2];
-    double y0 = gt[3], y1 = gt[3] + w * gt[4] + h * gt[5];
-    if (!m->georef) { /* pixel coordinates: every input covers the mosaic */
-        x0 = m->gt[0], x1 = m->gt[0] + m->W * m->gt[1];
-        y0 = m->gt[3], y1 = m->gt[3] + m->H * m->gt[5];
-    }
-    int nsrc = 0, rc = 0;
-    uint64_t shape = 0;
-    const char *drv = GDALGetDriverShortName(GDALGetDatasetDriver(src));
-    if (!warped && m->georef && drv && !strcmp(drv, "VRT"))
-        rc = vrt_sources(m, path, gt, &nsrc, &shape, err);
-    if (rc)
-        return rc;
-    if (nsrc) { /* the VRT itself by its shape: regenerated with the same layout, it is unchanged */
-        int before = m->nfp;
-        rc = add_fp(m, path, x0, y0, x1, y1, err);
-        if (!rc && m->nfp > before)
-            m->fp[m->nfp - 1].size = -2, m->fp[m->nfp - 1].mtime_ns = (int64_t)shape;
-        return rc;
-    }
-    rc = add_fp(m, path, x0, y0, x1, y1, err);
-    char **files = GDALGetFileList(src);
-    for (int i = 0; !rc && files && files[i]; i++)
-        if (strcmp(files[i], path))
-            rc = add_fp(m, files[i], x0, y0, x1, y1, err);
-    CSLDestroy(files);
-    return rc;
-}
-
-int dm_mosaic_fingerprints(const dm_mosaic *m, dm_input_fp **fp, int *n, dm_err *err)
-{
-    *fp = NULL;
-    *n = 0;
-    if (!m->nfp)
-        return 0;
-    dm_input_fp *c = calloc((size_t)m->nfp, sizeof *c);
-    if (!c)
-        return dm_err_oom(err);
-    for (int i = 0; i < m->nfp; i++) {
-        c[i] = m->fp[i];
-        if (!(c[i].path = strdup(m->fp[i].path))) {
-            dm_input_fp_free(c, i);
-            return dm_err_oom(err);
-        }
-    }
-    *fp = c;
-    *n = m->nfp;
-    return 0;
-}
+/* --- opening -------------------------------------------------------------------------------- */
 
 static int open_one(const char *path, GDALDatasetH *out, dm_err *err)
 {
@@ -452,6 +457,66 @@ static int open_one(const char *path, GDALDatasetH *out, dm_err *err)
     return 0;
 }
 
+/* The type the selected bands are read as: theirs when they agree, else Float32. */
+static GDALDataType bands_type(GDALDatasetH d, const int bands[3])
+{
+    GDALDataType t = GDALGetRasterDataType(GDALGetRasterBand(d, bands[0]));
+    for (int b = 1; b < 3; b++)
+        if (GDALGetRasterDataType(GDALGetRasterBand(d, bands[b])) != t)
+            return GDT_Float32;
+    return t;
+}
+
+/* Opens and checks input i (bands, georeferencing). */
+static int open_input(const dm_mosaic_opts *o, int i, GDALDatasetH *d, int *georef, dm_err *err)
+{
+    int rc = open_one(o->inputs[i], d, err);
+    if (rc)
+        return rc;
+    int nb = GDALGetRasterCount(*d);
+    for (int b = 0; b < 3; b++)
+        if (o->bands[b] < 1 || o->bands[b] > nb)
+            return dm_err_set(err, DM_EINVAL, "%s: has %d band%s; --bands %d,%d,%d asks for band "
+                              "%d", o->inputs[i], nb, nb == 1 ? "" : "s", o->bands[0],
+                              o->bands[1], o->bands[2], o->bands[b]);
+    double gt[6];
+    const char *w = GDALGetProjectionRef(*d);
+    int has_gt = GDALGetGeoTransform(*d, gt) == CE_None;
+    *georef = has_gt && w && w[0];
+    if (!*georef && !o->allow_ungeoreferenced)
+        return dm_err_set(err, DM_EINVAL, "%s: has no georeferencing (%s); outputs could not be "
+                          "placed on a map. Georeference it first (e.g. gdal_translate -a_srs "
+                          "... -a_ullr ...), or pass --allow-ungeoreferenced to map it in pixel "
+                          "coordinates", o->inputs[i], has_gt ? "no CRS" : "no geotransform");
+    if (!*georef && o->n_inputs > 1)
+        return dm_err_set(err, DM_EINVAL, "%s: has no georeferencing, so it cannot be placed in "
+                          "a mosaic of %d inputs; map it alone", o->inputs[i], o->n_inputs);
+    return 0;
+}
+
+/* The target CRS as WKT: --crs, else the first input's (a geographic one: its UTM zone). */
+static int target_crs(dm_mosaic *m, const dm_mosaic_opts *o, GDALDatasetH first, char **wkt,
+                      dm_err *err)
+{
+    const char *w0 = GDALGetProjectionRef(first);
+    if (o->crs) {
+        if (!(*wkt = crs_wkt(o->crs)))
+            return dm_err_set(err, DM_EINVAL, "--crs %s: not a CRS GDAL/PROJ knows (try "
+                              "EPSG:32631, an ESRI/OGC WKT or a PROJ string)", o->crs);
+        return 0;
+    }
+    if (w0 && w0[0] && is_geographic(w0)) {
+        char utm[32];
+        utm_for(first, utm, sizeof utm);
+        note(m, "the input CRS is geographic: warping to %s (square metric pixels, as the model "
+                "saw)\n", utm);
+        *wkt = crs_wkt(utm);
+    } else {
+        *wkt = strdup(w0 ? w0 : "");
+    }
+    return *wkt ? 0 : dm_err_oom(err);
+}
+
 int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
 {
     *out = NULL;
@@ -459,97 +524,81 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
     if (o->n_inputs < 1 || o->n_inputs > MAX_INPUTS)
         return dm_err_set(err, DM_EINVAL, "need 1 to %d input rasters, got %d", MAX_INPUTS,
                           o->n_inputs);
+    int n = o->n_inputs;
     dm_mosaic *m = calloc(1, sizeof *m);
-    GDALDatasetH *src = calloc((size_t)o->n_inputs, sizeof *src);
-    char (*names)[64] = calloc((size_t)o->n_inputs, 64);
-    const char **paths = calloc((size_t)o->n_inputs + 1, sizeof *paths);
-    double(*igt)[6] = calloc((size_t)o->n_inputs, sizeof *igt); /* each input as mosaicked */
-    int *isz = calloc(2 * (size_t)o->n_inputs, sizeof *isz), *iwarp = calloc((size_t)o->n_inputs,
-                                                                            sizeof *iwarp);
-    int rc = (!m || !src || !names || !paths || !igt || !isz || !iwarp) ? dm_err_oom(err) : 0;
-    char target[64] = "";
-    const char *crs = o->crs;
-    char *wkt0 = NULL;
-    for (int i = 0; !rc && i < o->n_inputs; i++) {
-        rc = open_one(o->inputs[i], &src[i], err);
-        if (rc)
-            break;
-        int nb = GDALGetRasterCount(src[i]);
-        for (int b = 0; b < 3 && !rc; b++)
-            if (o->bands[b] < 1 || o->bands[b] > nb)
-                rc = dm_err_set(err, DM_EINVAL, "%s: has %d band%s; --bands %d,%d,%d asks for band "
-                                "%d", o->inputs[i], nb, nb == 1 ? "" : "s", o->bands[0],
-                                o->bands[1], o->bands[2], o->bands[b]);
+    GDALDatasetH *src = calloc((size_t)n, sizeof *src);
+    part *parts = calloc((size_t)n, sizeof *parts);
+    int *warped = calloc((size_t)n, sizeof *warped);
+    int rc = (!m || !src || !parts || !warped) ? dm_err_oom(err) : 0;
+    int georef = 0, nwarped = 0;
+    char *twkt = NULL;
+    GDALDataType type = GDT_Byte;
+    for (int i = 0; !rc && i < n; i++) {
+        rc = open_input(o, i, &src[i], &georef, err);
+        GDALDataType t = rc ? GDT_Byte : bands_type(src[i], o->bands);
+        type = i == 0 || t == type ? t : GDT_Float32;
+    }
+    if (!rc && georef)
+        rc = target_crs(m, o, src[0], &twkt, err);
+    /* the grid: --gsd's, else the first input's (as it is, or as warped) */
+    grid g = { 0 };
+    if (!rc && georef && o->gsd > 0)
+        g = (grid){ 1, 0, 0, o->gsd, -o->gsd };
+    for (int i = 0; !rc && georef && i < n; i++) {
         double gt[6];
-        const char *w = GDALGetProjectionRef(src[i]);
-        int has_gt = GDALGetGeoTransform(src[i], gt) == CE_None;
-        if (!rc && (!has_gt || !w || !w[0]) && !o->allow_ungeoreferenced)
-            rc = dm_err_set(err, DM_EINVAL, "%s: has no georeferencing (%s); outputs could not be "
-                            "placed on a map. Georeference it first (e.g. gdal_translate -a_srs "
-                            "... -a_ullr ...), or pass --allow-ungeoreferenced to map it in pixel "
-                            "coordinates", o->inputs[i], has_gt ? "no CRS" : "no geotransform");
-        if (!rc && i == 0)
-            wkt0 = strdup(w ? w : "");
-        paths[i] = o->inputs[i];
-        if (!rc) {
-            memcpy(igt[i], gt, sizeof gt);
-            isz[2 * i] = GDALGetRasterXSize(src[i]);
-            isz[2 * i + 1] = GDALGetRasterYSize(src[i]);
-        }
-    }
-    /* target CRS: --crs, else the first input's; geographic → its UTM zone */
-    if (!rc && !crs && wkt0 && wkt0[0] && is_geographic(wkt0)) {
-        utm_for(src[0], target, sizeof target);
-        crs = target;
-        note(m, "the input CRS is geographic: warping to %s (square metric pixels, as the model "
-                "saw)%.0f\n", target, 0);
-    }
-    int need_warp = crs || o->gsd > 0;
-    for (int i = 0; !rc && !need_warp && i < o->n_inputs; i++) {
-        double gt[6];
-        if (GDALGetGeoTransform(src[i], gt) == CE_None && (gt[2] != 0 || gt[4] != 0 || gt[5] > 0))
-            need_warp = 1; /* rotated or south-up: make it north-up */
-        if (i > 0 && !same_crs(wkt0, GDALGetProjectionRef(src[i])))
-            need_warp = 1;
-    }
-    if (!rc && need_warp) {
-        for (int i = 0; !rc && i < o->n_inputs; i++) {
+        GDALGetGeoTransform(src[i], gt);
+        int same = same_crs(twkt, GDALGetProjectionRef(src[i]));
+        if (!g.set && same && gt[2] == 0 && gt[4] == 0 && gt[5] < 0 && gt[1] > 0)
+            g = (grid){ 1, gt[0], gt[3], gt[1], gt[5] };
+        const char *name = NULL;
+        if (!(same && on_grid(&g, gt, &parts[i].col, &parts[i].row))) {
+            int was = g.set;
+            if ((rc = warp(m, src[i], twkt, &g, &name, err)))
+                break;
             GDALDatasetH w = NULL;
-            rc = warp(m, src[i], crs ? crs : wkt0, o->gsd, &w, err);
-            if (!rc) {
-                snprintf(names[i], 64, "%s", m->vsi[m->nvsi - 1]);
-                paths[i] = names[i];
-                GDALGetGeoTransform(w, igt[i]);
-                isz[2 * i] = GDALGetRasterXSize(w);
-                isz[2 * i + 1] = GDALGetRasterYSize(w);
-                iwarp[i] = 1;
-                GDALClose(w);
-            }
-        }
-        if (!rc && o->gsd > 0)
-            note(m, "warped to a %s pixel size of %g\n", "", o->gsd);
-    }
-    if (!rc) {
-        if (o->n_inputs == 1 && !need_warp) {
-            m->ds = src[0];
-            src[0] = NULL;
+            if ((rc = open_one(name, &w, err)))
+                break;
+            GDALGetGeoTransform(w, gt);
+            if (!was) /* the first input, warped with gdalwarp's choice: its grid */
+                g = (grid){ 1, gt[0], gt[3], gt[1], gt[5] };
+            on_grid(&g, gt, &parts[i].col, &parts[i].row);
+            rc = normalize(m, w, name, o->bands, type, &parts[i].name, &parts[i].all_valid, err);
+            parts[i].w = GDALGetRasterXSize(w), parts[i].h = GDALGetRasterYSize(w);
+            GDALClose(w);
+            warped[i] = 1;
+            nwarped++;
         } else {
-            char **a = NULL;
-            if (o->n_inputs > 1)
-                a = args(a, "-addalpha"); /* gaps between inputs are invalid, not black */
-            GDALBuildVRTOptions *bo = GDALBuildVRTOptionsNew(a, NULL);
-            CSLDestroy(a);
-            int usage = 0;
-            CPLPushErrorHandler(CPLQuietErrorHandler);
-            m->ds = bo ? GDALBuildVRT(vsi_name(m, "mosaic"), o->n_inputs, NULL, paths, bo, &usage)
-                       : NULL;
-            CPLPopErrorHandler();
-            GDALBuildVRTOptionsFree(bo);
-            if (!m->ds)
-                rc = dm_err_set(err, DM_EFORMAT, "cannot build a mosaic of the inputs: %s",
-                                CPLGetLastErrorMsg());
+            rc = normalize(m, src[i], o->inputs[i], o->bands, type, &parts[i].name, &parts[i].all_valid, err);
+            parts[i].w = GDALGetRasterXSize(src[i]), parts[i].h = GDALGetRasterYSize(src[i]);
         }
     }
+    if (!rc && !georef)
+        rc = normalize(m, src[0], o->inputs[0], o->bands, type, &parts[0].name, &parts[0].all_valid, err);
+    if (!rc && nwarped && (n > 1 || o->gsd > 0 || o->crs))
+        note(m, "%d of %d input%s warped onto the mosaic's grid (%.10g × %.10g CRS units; other "
+                "CRS, pixel size or alignment), the rest read as they are\n", nwarped, n,
+             n == 1 ? "" : "s", g.rx, -g.ry);
+    /* the mosaic: the parts' union on the grid */
+    const char *mname = parts[0].name;
+    if (!rc && n > 1) {
+        long c0 = parts[0].col, r0 = parts[0].row, c1 = c0 + parts[0].w, r1 = r0 + parts[0].h;
+        for (int i = 1; i < n; i++) {
+            c0 = parts[i].col < c0 ? parts[i].col : c0;
+            r0 = parts[i].row < r0 ? parts[i].row : r0;
+            c1 = parts[i].col + parts[i].w > c1 ? parts[i].col + parts[i].w : c1;
+            r1 = parts[i].row + parts[i].h > r1 ? parts[i].row + parts[i].h : r1;
+        }
+        if (c1 - c0 > 2000000000L || r1 - r0 > 2000000000L)
+            rc = dm_err_set(err, DM_EINVAL, "the inputs span %ld × %ld px: too large a mosaic "
+                            "(inputs far apart, or in different places than meant?)", c1 - c0,
+                            r1 - r0);
+        double mgt[6] = { g.x0 + c0 * g.rx, g.rx, 0, g.y0 + r0 * g.ry, 0, g.ry };
+        if (!rc)
+            rc = mosaic_vrt(m, parts, n, (int)(c1 - c0), (int)(r1 - r0), mgt, c0, r0, twkt, type,
+                            &mname, err);
+    }
+    if (!rc)
+        rc = open_one(mname, &m->ds, err);
     if (!rc) {
         m->W = GDALGetRasterXSize(m->ds);
         m->H = GDALGetRasterYSize(m->ds);
@@ -560,51 +609,25 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
         }
         const char *w = GDALGetProjectionRef(m->ds);
         m->wkt = strdup(w ? w : "");
-        for (int b = 0; b < 3; b++) {
-            m->band[b] = GDALGetRasterBand(m->ds, o->bands[b]);
-            m->mask[b] = GDALGetMaskBand(m->band[b]);
-            m->all_valid[b] = GDALGetMaskFlags(m->band[b]) == GMF_ALL_VALID;
-        }
-        m->type = GDALGetRasterDataType(m->band[0]);
-        for (int b = 1; b < 3; b++)
-            if (GDALGetRasterDataType(m->band[b]) != GDT_Byte)
-                m->type = GDALGetRasterDataType(m->band[b]);
-        if (o->fixed_set) {
-            m->lo = o->fixed_lo;
-            m->hi = o->fixed_hi;
-            snprintf(m->scaling, sizeof m->scaling, "%s",
-                     o->fixed_text ? o->fixed_text : "scale fixed by the run");
-            m->type = GDT_Float32;
-        } else if (o->scale_set) {
-            m->lo = o->scale_min;
-            m->hi = o->scale_max;
-            snprintf(m->scaling, sizeof m->scaling, "scale %g..%g to 0..255", m->lo, m->hi);
-            if (m->type == GDT_Byte)
-                m->type = GDT_Float32; /* scale even 8-bit input when asked */
-        } else if (m->type != GDT_Byte) {
-            double p1 = o->stretch_set ? o->p1 : 2, p2 = o->stretch_set ? o->p2 : 98;
-            if (!o->stretch_set)
-                note(m, "input is %s, not 8-bit: stretching its 2-98 percentiles to 0..255 "
-                        "(--scale or --stretch to choose)%.0f\n",
-                     GDALGetDataTypeName(m->type), 0);
-            rc = percentiles(m, p1, p2, err);
-            m->type = GDT_Float32;
-        } else if (o->stretch_set) {
-            rc = percentiles(m, o->p1, o->p2, err);
-            m->type = GDT_Float32;
-        } else {
-            snprintf(m->scaling, sizeof m->scaling, "8-bit input used as is");
-        }
+        for (int b = 0; b < 3; b++)
+            m->band[b] = GDALGetRasterBand(m->ds, b + 1);
+        m->alpha = GDALGetRasterBand(m->ds, 4);
+        m->all_valid = n == 1 && parts[0].all_valid; /* a mosaic has gaps */
+        m->type = type;
+        rc = !m->wkt ? dm_err_oom(err) : choose_scaling(m, o, err);
     }
-    if (!rc)
-        m->scaled = m->type != GDT_Byte;
-    for (int i = 0; !rc && i < o->n_inputs; i++)
-        rc = add_fingerprints(m, src[i] ? src[i] : m->ds, o->inputs[i], igt[i], isz[2 * i],
-                              isz[2 * i + 1], iwarp[i], err);
-    for (int i = 0; src && i < o->n_inputs; i++)
+    for (int i = 0; !rc && i < n; i++) {
+        double gt[6] = { g.x0 + parts[i].col * g.rx, g.rx, 0, g.y0 + parts[i].row * g.ry, 0,
+                         g.ry };
+        if (!georef)
+            memcpy(gt, m->gt, sizeof gt);
+        rc = dm_mosaic_add_fingerprints(m, src[i], o->inputs[i], gt, parts[i].w, parts[i].h,
+                                        warped[i], err);
+    }
+    for (int i = 0; src && i < n; i++)
         if (src[i])
             GDALClose(src[i]);
-    free(src), free(names), free(paths), free(wkt0), free(igt), free(isz), free(iwarp);
+    free(src), free(parts), free(warped), free(twkt);
     if (rc) {
         dm_mosaic_close(m);
         return rc;
@@ -619,10 +642,14 @@ void dm_mosaic_close(dm_mosaic *m)
         return;
     if (m->ds)
         GDALClose(m->ds);
-    for (int i = 0; i < m->nvsi; i++)
+    for (int i = 0; i < m->nvsi; i++) {
         VSIUnlink(m->vsi[i]);
+        free(m->vsi[i]);
+    }
+    free(m->vsi);
     free(m->wkt);
     free(m->fbuf);
+    free(m->abuf);
     dm_input_fp_free(m->fp, m->nfp);
     free(m);
 }
@@ -646,6 +673,7 @@ void dm_mosaic_scale(const dm_mosaic *m, int *scaled, double *lo, double *hi)
     *hi = m->hi;
 }
 
+
 int dm_mosaic_read(dm_mosaic *m, int x0, int y0, int w, int h, uint8_t *rgb, uint8_t *valid,
                    dm_err *err)
 {
@@ -657,29 +685,24 @@ int dm_mosaic_read(dm_mosaic *m, int x0, int y0, int w, int h, uint8_t *rgb, uin
     if (ix1 <= ix0 || iy1 <= iy0)
         return 0;
     int rw = ix1 - ix0, rh = iy1 - iy0;
-    size_t off = (size_t)(iy0 - y0) * w + (ix0 - x0);
+    size_t off = (size_t)(iy0 - y0) * w + (ix0 - x0), need = (size_t)rw * rh;
     GSpacing line = w;
-    /* validity first: inside the raster, then every selected band's mask */
-    for (int y = 0; y < rh; y++)
-        memset(valid + off + (size_t)y * w, 1, (size_t)rw);
-    uint8_t *mbuf = NULL;
-    for (int b = 0; b < 3; b++) {
-        if (m->all_valid[b])
-            continue;
-        if (!mbuf && !(mbuf = malloc((size_t)rw * rh)))
+    /* validity first: the validity band (inside an input, not nodata, not masked, alpha > 0) */
+    if (need > m->acap) {
+        uint8_t *a = realloc(m->abuf, need);
+        if (!a)
             return dm_err_oom(err);
-        if (GDALRasterIO(m->mask[b], GF_Read, ix0, iy0, rw, rh, mbuf, rw, rh, GDT_Byte, 0, 0) !=
-            CE_None) {
-            free(mbuf);
-            return dm_err_set(err, DM_EIO, "reading the mask at (%d,%d): %s", ix0, iy0,
-                              CPLGetLastErrorMsg());
-        }
-        for (int y = 0; y < rh; y++)
-            for (int x = 0; x < rw; x++)
-                if (!mbuf[(size_t)y * rw + x])
-                    valid[off + (size_t)y * w + x] = 0;
+        m->abuf = a;
+        m->acap = need;
     }
-    free(mbuf);
+    if (!m->all_valid &&
+        GDALRasterIO(m->alpha, GF_Read, ix0, iy0, rw, rh, m->abuf, rw, rh, GDT_Byte, 0, 0) !=
+            CE_None)
+        return dm_err_set(err, DM_EIO, "reading the validity at (%d,%d): %s", ix0, iy0,
+                          CPLGetLastErrorMsg());
+    for (int y = 0; y < rh; y++)
+        for (int x = 0; x < rw; x++)
+            valid[off + (size_t)y * w + x] = m->all_valid || m->abuf[(size_t)y * rw + x] != 0;
     for (int b = 0; b < 3; b++) {
         uint8_t *dst = rgb + b * plane + off;
         if (m->type == GDT_Byte) {
@@ -689,7 +712,6 @@ int dm_mosaic_read(dm_mosaic *m, int x0, int y0, int w, int h, uint8_t *rgb, uin
                                   CPLGetLastErrorMsg());
             continue;
         }
-        size_t need = (size_t)rw * rh;
         if (need > m->fcap) {
             float *f = realloc(m->fbuf, need * sizeof *f);
             if (!f)

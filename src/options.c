@@ -14,7 +14,7 @@
 
 enum {
     O_MODEL, O_OUTPUT, O_HEAD, O_PRODUCTS, O_INPUT, O_BANDS, O_SCALE, O_STRETCH, O_GSD, O_CRS,
-    O_UNGEO, O_AOI, O_TILE, O_HALO, O_OVERLAP, O_CHUNK, O_LAYER, O_QUANT, O_NOPCA, O_TAPS,
+    O_UNGEO, O_AOI, O_AOI_TILES, O_TILE, O_HALO, O_OVERLAP, O_CHUNK, O_LAYER, O_QUANT, O_NOPCA, O_TAPS,
     O_NORM, O_ARCH, O_DEVICE, O_THREADS, O_BATCH, O_OVERWRITE, O_DROP, O_KEEP, O_MAXCOG,
     O_PROGRESS, O_LOG, O_QUIET, O_COUNT
 };
@@ -52,7 +52,9 @@ static const struct optdef {
     [O_UNGEO] = { "allow-ungeoreferenced", 0, 0, M, NULL, "map an input without "
                   "georeferencing in pixel coordinates (refused by default)" },
     [O_AOI] = { "aoi", 0, 1, M, "FILE", "polygons (any OGR format and CRS): only tiles "
-                "touching them run" },
+                "touching them run, and pixels outside them are nodata (as gdalwarp -cutline)" },
+    [O_AOI_TILES] = { "aoi-whole-tiles", 0, 0, M, NULL, "keep the tiles touching the AOI "
+                      "whole (no nodata outside the polygons)" },
     [O_TILE] = { "tile", 0, 1, M, "PX", "the core of each window, multiple of 16 (32 for chm); "
                  "windows step by it (default: 512; 384 for chm alone)" },
     [O_HALO] = { "halo", 0, 1, M, "PX", "context read on every side, multiple of 16: the "
@@ -338,6 +340,7 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
         c->progress_set = 1;
         break;
     case O_UNGEO:
+    case O_AOI_TILES:
     case O_NOPCA:
     case O_OVERWRITE:
     case O_DROP:
@@ -347,6 +350,8 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
             return BAD("%s = %s: expected true or false", defs[id].name, v);
         if (id == O_UNGEO)
             m->allow_ungeoreferenced = k;
+        else if (id == O_AOI_TILES)
+            o->aoi_whole_tiles = k;
         else if (id == O_NOPCA)
             o->pca = !k;
         else if (id == O_OVERWRITE)
@@ -495,6 +500,10 @@ int dm_cli_finish(dm_cli *c)
     else if (!c->products_set) {
         fprintf(stderr, "dinomap %s: no products (products = features, chm or features,chm)\n",
                 cmd);
+        return -2;
+    }
+    if (o->aoi_whole_tiles && !o->aoi) {
+        fprintf(stderr, "dinomap %s: --aoi-whole-tiles needs --aoi FILE\n", cmd);
         return -2;
     }
     if (c->quiet && !c->progress_set)

@@ -131,10 +131,13 @@ int dm_config_build(dm_eng *e, const char *aoi_sha, dm_err *err)
     else
         cJSON_AddNullToObject(e->cfg, "crs");
     cJSON_AddBoolToObject(e->cfg, "allow_ungeoreferenced", o->mosaic.allow_ungeoreferenced);
-    if (aoi_sha)
+    if (aoi_sha) {
         cJSON_AddStringToObject(e->cfg, "aoi_sha256", aoi_sha);
-    else
+        cJSON_AddStringToObject(e->cfg, "aoi_mask", o->aoi_whole_tiles ? "tiles" : "pixels");
+    } else {
         cJSON_AddNullToObject(e->cfg, "aoi_sha256");
+        cJSON_AddNullToObject(e->cfg, "aoi_mask");
+    }
     cJSON_AddNumberToObject(e->cfg, "tile", o->tile);
     cJSON_AddNumberToObject(e->cfg, "halo", o->halo);
     cJSON_AddNumberToObject(e->cfg, "chunk", o->chunk);

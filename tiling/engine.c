@@ -188,36 +188,41 @@ static int stage_read(void *ctx, dm_job *job, dm_err *err)
     j->cpatch = dm_grid_tile_patches(&e->g, j->r, j->c);
     if ((rc = dm_mosaic_read(e->mo, j->win.x, j->win.y, e->S, e->S, j->rgb, j->valid, err)))
         return rc;
-    /* validity of the core's pixels and patches */
-    int S = e->S, tp = e->g.tp, ox = j->core.x - j->win.x, oy = j->core.y - j->win.y;
-    int64_t nvalid = 0, npx = 0;
-    memset(j->pvalid, 0, (size_t)tp * tp);
-    for (int pr = 0; pr < j->cpatch.h; pr++)
-        for (int pc = 0; pc < j->cpatch.w; pc++) {
-            int cnt = 0, tot = 0;
-            for (int y = pr * 16; y < pr * 16 + 16 && y < j->core.h; y++)
-                for (int x = pc * 16; x < pc * 16 + 16 && x < j->core.w; x++) {
-                    tot++;
-                    cnt += j->valid[(size_t)(oy + y) * S + ox + x];
-                }
-            /* a patch is kept when at least half of its pixels inside the mosaic are valid */
-            j->pvalid[pr * tp + pc] = tot > 0 && 2 * cnt >= tot;
-            nvalid += cnt;
-            npx += tot;
-        }
-    j->valid_fraction = npx ? (float)nvalid / (float)npx : 0;
-    if (nvalid == 0) {
-        j->state = DM_TILE_EMPTY;
-        job->skip = 1;
-        return 0;
-    }
     /* normalize; invalid pixels become 0 in normalized space (the mean colour), like padding */
+    int S = e->S, tp = e->g.tp, ox = j->core.x - j->win.x, oy = j->core.y - j->win.y;
     size_t plane = (size_t)S * S;
     for (int ch = 0; ch < 3; ch++) {
         float mean = e->nm->mean[ch], sd = e->nm->std[ch];
         for (size_t p = 0; p < plane; p++)
             j->img[ch * plane + p] =
                 j->valid[p] ? ((float)j->rgb[ch * plane + p] / 255.0f - mean) / sd : 0.0f;
+    }
+    /* outside the AOI's polygons the outputs are nodata; the model still sees those pixels, so
+     * what lies inside is what an unclipped run gives */
+    if (e->aoi && !R->o->aoi_whole_tiles &&
+        (rc = dm_aoi_mask(e->aoi, e->gt, j->win.x, j->win.y, S, S, j->valid, err)))
+        return rc;
+    /* validity of the core's pixels and patches: a patch is kept when at least half of its
+     * 16×16 pixels are valid (pixels past the mosaic's edge count as invalid) */
+    int64_t nvalid = 0, npx = 0;
+    memset(j->pvalid, 0, (size_t)tp * tp);
+    for (int pr = 0; pr < j->cpatch.h; pr++)
+        for (int pc = 0; pc < j->cpatch.w; pc++) {
+            int cnt = 0;
+            for (int y = pr * 16; y < pr * 16 + 16; y++)
+                for (int x = pc * 16; x < pc * 16 + 16; x++) {
+                    int v = j->valid[(size_t)(oy + y) * S + ox + x];
+                    cnt += v;
+                    if (y < j->core.h && x < j->core.w)
+                        nvalid += v, npx++;
+                }
+            j->pvalid[pr * tp + pc] = 2 * cnt >= 256;
+        }
+    j->valid_fraction = npx ? (float)nvalid / (float)npx : 0;
+    if (nvalid == 0) {
+        j->state = DM_TILE_EMPTY;
+        job->skip = 1;
+        return 0;
     }
     j->state = DM_TILE_DONE;
     return 0;
@@ -624,8 +629,13 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         }
     }
     const char *notes = dm_mosaic_notes(e->mo);
-    if (notes[0] && fresh)
-        dm_info("%.*s", (int)strlen(notes) - 1, notes);
+    for (const char *l = notes; fresh && *l;) { /* one message a line */
+        const char *nl = strchr(l, '\n');
+        int len = nl ? (int)(nl - l) : (int)strlen(l);
+        if (len)
+            dm_info("%.*s", len, l);
+        l += len + (nl != NULL);
+    }
     if (!dm_mosaic_georeferenced(e->mo) && fresh)
         dm_warn("the input has no georeferencing: outputs are in pixel coordinates");
     double gsd = fabs(e->gt[1]);

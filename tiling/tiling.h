@@ -41,7 +41,9 @@ typedef struct dm_run_opts {
     const char *weights, *head;    /* backbone; CHMv2 head file (NULL: inside weights, HF) */
     const char *outdir;
     dm_mosaic_opts mosaic;
-    const char *aoi;               /* polygons: only tiles touching them run */
+    const char *aoi;               /* polygons: only tiles touching them run; pixels outside
+                                    * them are nodata in every output */
+    int aoi_whole_tiles;           /* keep the tiles touching the AOI whole */
     int tile, halo, chunk;         /* geometry (px, px, tiles) */
     int batch, threads;            /* windows per forward pass; compute threads (<= 0: all) */
     const char *device, *arch;     /* "cpu"; architecture preset or NULL */
