@@ -113,6 +113,7 @@ bench: check-deps
 	./$(BUILD)/bench_vit 2 512
 	@$(MAKE) --no-print-directory $(BUILD)/dinomap dinomap
 	sh tests/bench_features.sh 2
+	sh tests/bench_read.sh
 	@$(MAKE) --no-print-directory $(BUILD)/bench_chm_tiny $(BUILD)/bench_chm
 	./$(BUILD)/bench_chm_tiny 2 512
 	./$(BUILD)/bench_chm 2

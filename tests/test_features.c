@@ -597,3 +597,70 @@ TEST(features_gsd_and_json_progress)
     CHECKF(g[1] == 32 && g[5] == -32 && g[0] == 500000 && g[3] == 4000000 && w == 4 && h == 3,
            "gt %.17g %.17g %.17g %.17g, %d×%d", g[0], g[1], g[3], g[5], w, h);
 }
+
+/* Bytes this process has read so far (/proc/self/io rchar), or -1. */
+static long long bytes_read(void)
+{
+    FILE *f = fopen("/proc/self/io", "r");
+    long long v = -1;
+    char line[128];
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "rchar: %lld", &v) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return v;
+}
+
+/* The share of a raster's file read to get bands 1-3 whole (a fresh open, nothing cached). */
+static double share_read_for_three_bands(const char *p)
+{
+    struct stat st;
+    if (stat(p, &st))
+        return -1;
+    GDALDatasetH d = open_ro(p);
+    if (!d)
+        return -1;
+    int w = GDALGetRasterXSize(d), h = GDALGetRasterYSize(d);
+    float *buf = malloc(sizeof *buf * (size_t)w * h * 3);
+    int bands[3] = { 1, 2, 3 };
+    long long before = bytes_read();
+    CPLErr e = buf ? GDALDatasetRasterIO(d, GF_Read, 0, 0, w, h, buf, w, h, GDT_Float32, 3, bands,
+                                         0, 0, 0)
+                   : CE_Failure;
+    long long after = bytes_read();
+    GDALClose(d);
+    free(buf);
+    return e == CE_None && before >= 0 ? (double)(after - before) / (double)st.st_size : -1;
+}
+
+/* Many-band outputs are band-interleaved: a client reading 3 of 128 bands (QGIS drawing an RGB
+ * of them) reads those bands' blocks only, not every band's. */
+TEST(features_reading_three_bands_reads_only_theirs)
+{
+    const char *t = dm_test_tmpdir();
+    char in[1024], args[4096], p[1100], pix[1100], cmd[4096];
+    const char *out;
+    snprintf(in, sizeof in, "%s/in.tif", t);
+    double gt[6] = { 600000, 1, 0, 5000000, 0, -1 };
+    CHECK(dm_make_tif(in, 768, 512, 3, gt, 32631, -1, 12) == 0);
+    snprintf(args, sizeof args, "%s -o %s/o --tile 256 --halo 0 --no-pca", in, t);
+    CHECKF(run_features(args, &out) == 0, "%s", out);
+    snprintf(p, sizeof p, "%s/o/features.tif", t);
+    GDALDatasetH d = open_ro(p);
+    CHECK(d != NULL);
+    const char *il = GDALGetMetadataItem(d, "INTERLEAVE", "IMAGE_STRUCTURE");
+    int nb = GDALGetRasterCount(d);
+    GDALClose(d);
+    CHECKF(il && !strcmp(il, "BAND") && nb >= 64, "interleave %s, %d bands", il ? il : "?", nb);
+    /* the same raster pixel-interleaved, to show what the measure sees there */
+    snprintf(pix, sizeof pix, "%s/pixel.tif", t);
+    snprintf(cmd, sizeof cmd, "gdal_translate -q -co TILED=YES -co COMPRESS=DEFLATE -co "
+             "INTERLEAVE=PIXEL %s %s", p, pix);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    double band = share_read_for_three_bands(p), pixel = share_read_for_three_bands(pix);
+    printf("    reading 3 of %d bands reads %.1f%% of features.tif (pixel-interleaved: %.1f%%)\n",
+           nb, 100 * band, 100 * pixel);
+    CHECKF(band >= 0 && band < 3.0 * 3 / nb, "%.3f of the file read for 3 of %d bands", band, nb);
+    CHECKF(pixel > 0.5, "pixel-interleaved copy: %.3f read", pixel);
+}
