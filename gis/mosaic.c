@@ -65,7 +65,8 @@ static void put(sbuf *b, const char *fmt, ...)
     for (;;) {
         va_list ap;
         va_start(ap, fmt);
-        int k = b->oom ? 0 : vsnprintf(b->s ? b->s + b->n : NULL, b->s ? b->cap - b->n : 0, fmt, ap);
+        size_t room = b->s ? b->cap - b->n : 0;
+        int k = b->oom ? 0 : vsnprintf(b->s ? b->s + b->n : NULL, room, fmt, ap);
         va_end(ap);
         if (b->oom || k < 0)
             return;
@@ -324,8 +325,10 @@ static int warp(dm_mosaic *m, GDALDatasetH src, const char *target_wkt, const gr
                               GDALGetDescription(src), CPLGetLastErrorMsg());
         }
         /* ext: minx, miny, maxx, maxy; rounded out to whole grid pixels */
-        double c0 = floor((ext[0] - g->x0) / g->rx + 1e-6), c1 = ceil((ext[2] - g->x0) / g->rx - 1e-6);
-        double r0 = floor((ext[3] - g->y0) / g->ry + 1e-6), r1 = ceil((ext[1] - g->y0) / g->ry - 1e-6);
+        double c0 = floor((ext[0] - g->x0) / g->rx + 1e-6);
+        double c1 = ceil((ext[2] - g->x0) / g->rx - 1e-6);
+        double r0 = floor((ext[3] - g->y0) / g->ry + 1e-6);
+        double r1 = ceil((ext[1] - g->y0) / g->ry - 1e-6);
         snprintf(buf[0], 64, "%.17g", g->x0 + c0 * g->rx);
         snprintf(buf[1], 64, "%.17g", g->y0 + r1 * g->ry);
         snprintf(buf[2], 64, "%.17g", g->x0 + c1 * g->rx);
@@ -533,10 +536,13 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
     int georef = 0, nwarped = 0;
     char *twkt = NULL;
     GDALDataType type = GDT_Byte;
+    /* inputs are opened one at a time (a mosaic may have more than the open-file limit) */
     for (int i = 0; !rc && i < n; i++) {
         rc = open_input(o, i, &src[i], &georef, err);
         GDALDataType t = rc ? GDT_Byte : bands_type(src[i], o->bands);
         type = i == 0 || t == type ? t : GDT_Float32;
+        if (i > 0 && src[i])
+            GDALClose(src[i]), src[i] = NULL;
     }
     if (!rc && georef)
         rc = target_crs(m, o, src[0], &twkt, err);
@@ -546,6 +552,8 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
         g = (grid){ 1, 0, 0, o->gsd, -o->gsd };
     for (int i = 0; !rc && georef && i < n; i++) {
         double gt[6];
+        if (!src[i] && (rc = open_one(o->inputs[i], &src[i], err)))
+            break;
         GDALGetGeoTransform(src[i], gt);
         int same = same_crs(twkt, GDALGetProjectionRef(src[i]));
         if (!g.set && same && gt[2] == 0 && gt[4] == 0 && gt[5] < 0 && gt[1] > 0)
@@ -568,12 +576,16 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
             warped[i] = 1;
             nwarped++;
         } else {
-            rc = normalize(m, src[i], o->inputs[i], o->bands, type, &parts[i].name, &parts[i].all_valid, err);
+            rc = normalize(m, src[i], o->inputs[i], o->bands, type, &parts[i].name,
+                           &parts[i].all_valid, err);
             parts[i].w = GDALGetRasterXSize(src[i]), parts[i].h = GDALGetRasterYSize(src[i]);
         }
+        if (i > 0)
+            GDALClose(src[i]), src[i] = NULL;
     }
     if (!rc && !georef)
-        rc = normalize(m, src[0], o->inputs[0], o->bands, type, &parts[0].name, &parts[0].all_valid, err);
+        rc = normalize(m, src[0], o->inputs[0], o->bands, type, &parts[0].name,
+                       &parts[0].all_valid, err);
     if (!rc && nwarped && (n > 1 || o->gsd > 0 || o->crs))
         note(m, "%d of %d input%s warped onto the mosaic's grid (%.10g × %.10g CRS units; other "
                 "CRS, pixel size or alignment), the rest read as they are\n", nwarped, n,
@@ -621,8 +633,12 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
                          g.ry };
         if (!georef)
             memcpy(gt, m->gt, sizeof gt);
+        if (!src[i] && (rc = open_one(o->inputs[i], &src[i], err)))
+            break;
         rc = dm_mosaic_add_fingerprints(m, src[i], o->inputs[i], gt, parts[i].w, parts[i].h,
                                         warped[i], err);
+        if (i > 0)
+            GDALClose(src[i]), src[i] = NULL;
     }
     for (int i = 0; src && i < n; i++)
         if (src[i])

@@ -339,3 +339,29 @@ TEST(mosaic_edge_patches_count_all_their_pixels)
     free(a);
     CHECKF(bad == 0, "%d patches break the half-of-16×16 rule", bad);
 }
+
+/* A mosaic of more inputs than the process may open files: inputs are opened one at a time and
+ * the mosaic VRT's sources through GDAL's pool. */
+TEST(mosaic_more_inputs_than_open_files)
+{
+    const char *t = dm_test_tmpdir();
+    char path[1024], cmd[8192];
+    const char *out;
+    for (int i = 0; i < 300; i++) {
+        snprintf(path, sizeof path, "%s/t%03d.tif", t, i);
+        double gt[6] = { 600000 + 32 * (i % 20), 1, 0, 5000000 - 32 * (i / 20), 0, -1 };
+        CHECK(dm_make_tif(path, 32, 32, 3, gt, 32631, -1, (uint32_t)i) == 0);
+    }
+    snprintf(cmd, sizeof cmd, "ulimit -n 128 && %s features --progress none -q -m %s %s/t*.tif "
+             "-o %s/o --tile 64 --halo 16 --no-pca", dm_bin(),
+             dm_golden("vitl_sat_tiny/backbone.pth"), t, t);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    char d[1100];
+    snprintf(d, sizeof d, "%s/o", t);
+    int w, h;
+    float *a = band1(d, &w, &h);
+    CHECK(a && w == 40 && h == 30);
+    int nan = count_nan(a, w * h);
+    free(a);
+    CHECKF(nan == 0, "%d nodata patches in a gapless mosaic", nan);
+}
