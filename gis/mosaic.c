@@ -486,6 +486,14 @@ static int open_input(const dm_mosaic_opts *o, int i, GDALDatasetH *d, int *geor
     const char *w = GDALGetProjectionRef(*d);
     int has_gt = GDALGetGeoTransform(*d, gt) == CE_None;
     *georef = has_gt && w && w[0];
+    int finite = 1;
+    for (int k = 0; k < 6; k++)
+        finite &= isfinite(gt[k]);
+    if (has_gt && (!finite || fabs(gt[1] * gt[5] - gt[2] * gt[4]) < 1e-300))
+        return dm_err_set(err, DM_EINVAL, "%s: its geotransform (%g, %g, %g, %g, %g, %g) places "
+                          "no pixel on the map (a pixel size of 0 or not a number); fix it, e.g. "
+                          "with gdal_edit.py -a_ullr", o->inputs[i], gt[0], gt[1], gt[2],
+                          gt[3], gt[4], gt[5]);
     if (!*georef && !o->allow_ungeoreferenced)
         return dm_err_set(err, DM_EINVAL, "%s: has no georeferencing (%s); outputs could not be "
                           "placed on a map. Georeference it first (e.g. gdal_translate -a_srs "

@@ -365,3 +365,23 @@ TEST(mosaic_more_inputs_than_open_files)
     free(a);
     CHECKF(nan == 0, "%d nodata patches in a gapless mosaic", nan);
 }
+
+/* Geotransforms that place no pixel (size 0, NaN) are refused up front, naming the file; the
+ * output folder is not created. */
+TEST(mosaic_refuses_broken_geotransforms)
+{
+    const char *t = dm_test_tmpdir();
+    static const double bad[2][6] = { { 600000, 0, 0, 5000000, 0, 0 },
+                                      { NAN, 1, 0, 5000000, 0, -1 } };
+    for (int i = 0; i < 2; i++) {
+        char in[1024], args[4096], o[1100];
+        const char *out;
+        snprintf(in, sizeof in, "%s/bad%d.tif", t, i);
+        snprintf(o, sizeof o, "%s/o%d", t, i);
+        CHECK(dm_make_tif(in, 64, 64, 3, bad[i], 32631, -1, 1) == 0);
+        snprintf(args, sizeof args, "%s -o %s", in, o);
+        int rc = features(args, &out);
+        CHECKF(rc == 1 && strstr(out, "geotransform") && strstr(out, in), "rc %d: %s", rc, out);
+        CHECKF(dm_dir_empty_or_missing(o), "%s was left behind", o);
+    }
+}
