@@ -365,37 +365,56 @@ static int cmp_float(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* The P1 and P2 percentiles of the valid pixels of the three bands, from a regular sample of at
- * most 1024×1024 pixels of the whole mosaic (GDAL's statistics would count pixels that only the
- * validity band marks invalid). */
-static int percentiles(dm_mosaic *m, double p1, double p2, dm_err *err)
+/* Appends the valid values of the three bands in window (x, y, w, h), read at bw×bh, to v. */
+static int sample(dm_mosaic *m, int x, int y, int w, int h, int bw, int bh, float *f, uint8_t *ok,
+                  float *v, size_t *k, dm_err *err)
 {
-    int bw = m->W < 1024 ? m->W : 1024, bh = m->H < 1024 ? m->H : 1024;
     size_t np = (size_t)bw * bh;
-    float *v = malloc(3 * np * sizeof *v);
-    uint8_t *ok = malloc(np);
-    if (!v || !ok) {
-        free(v), free(ok);
-        return dm_err_oom(err);
-    }
-    int rc = 0;
-    if (GDALRasterIO(m->alpha, GF_Read, 0, 0, m->W, m->H, ok, bw, bh, GDT_Byte, 0, 0) != CE_None)
-        rc = 1;
-    for (int b = 0; b < 3 && !rc; b++)
-        if (GDALRasterIO(m->band[b], GF_Read, 0, 0, m->W, m->H, v + b * np, bw, bh, GDT_Float32, 0,
-                         0) != CE_None)
-            rc = 1;
-    if (rc) {
-        free(v), free(ok);
-        return dm_err_set(err, DM_EIO, "cannot sample the mosaic for its percentiles: %s",
-                          CPLGetLastErrorMsg());
-    }
-    size_t k = 0;
+    int bad = GDALRasterIO(m->alpha, GF_Read, x, y, w, h, ok, bw, bh, GDT_Byte, 0, 0) != CE_None;
+    for (int b = 0; b < 3 && !bad; b++)
+        bad = GDALRasterIO(m->band[b], GF_Read, x, y, w, h, f + b * np, bw, bh, GDT_Float32, 0,
+                           0) != CE_None;
+    if (bad)
+        return dm_err_set(err, DM_EIO, "cannot sample the mosaic for its percentiles at (%d,%d): "
+                          "%s", x, y, CPLGetLastErrorMsg());
     for (int b = 0; b < 3; b++)
         for (size_t i = 0; i < np; i++)
-            if (ok[i] && !isnan(v[b * np + i]))
-                v[k++] = v[b * np + i];
-    free(ok);
+            if ((m->all_valid || ok[i]) && !isnan(f[b * np + i]))
+                v[(*k)++] = f[b * np + i];
+    return 0;
+}
+
+/* The P1 and P2 percentiles of the valid pixels of the three bands (GDAL's statistics would count
+ * pixels only the validity band marks invalid): all pixels of a mosaic up to 1024×1024; else
+ * 16×16 windows of 64×64 px spread evenly over it (full-resolution reads touch few blocks even
+ * in a huge virtual mosaic, where a decimated read of the whole reads nearly all of it), and
+ * only where those find few valid pixels (a sparse mosaic) a 1024×1024 decimated read. */
+static int percentiles(dm_mosaic *m, double p1, double p2, dm_err *err)
+{
+    int small = m->W <= 1024 && m->H <= 1024, G = 16, S = 64;
+    size_t cap = 3 * (small ? (size_t)m->W * m->H : (size_t)(G * G * S * S) + 1024 * 1024);
+    float *v = malloc(cap * sizeof *v), *f = malloc(3 * (size_t)1024 * 1024 * sizeof *f);
+    uint8_t *ok = malloc((size_t)1024 * 1024);
+    size_t k = 0;
+    int rc = (!v || !f || !ok) ? dm_err_oom(err) : 0;
+    if (!rc && small)
+        rc = sample(m, 0, 0, m->W, m->H, m->W, m->H, f, ok, v, &k, err);
+    for (int gy = 0; gy < G && !rc && !small; gy++)
+        for (int gx = 0; gx < G && !rc; gx++) {
+            int ww = m->W < S ? m->W : S, wh = m->H < S ? m->H : S;
+            int x = (int)((int64_t)(m->W - ww) * (2 * gx + 1) / (2 * G));
+            int y = (int)((int64_t)(m->H - wh) * (2 * gy + 1) / (2 * G));
+            rc = sample(m, x, y, ww, wh, ww, wh, f, ok, v, &k, err);
+        }
+    if (!rc && !small && k < 3 * 4096) {
+        int bw = m->W < 1024 ? m->W : 1024, bh = m->H < 1024 ? m->H : 1024;
+        rc = sample(m, 0, 0, m->W, m->H, bw, bh, f, ok, v, &k, err);
+    }
+    free(ok), free(f);
+    if (rc) {
+        free(v);
+        return rc;
+    }
     if (!k) {
         free(v);
         return dm_err_set(err, DM_EINVAL, "the mosaic has no valid pixel (all nodata, masked "
