@@ -330,7 +330,9 @@ static int stage_write(void *ctx, dm_job *job, dm_err *err)
     run *R = ctx;
     dm_eng *e = &R->e;
     dm_wjob *j = job->data;
-    int rc = 0, D = e->D;
+    int rc = cancelled(R, err), D = e->D; /* a stop asked for: no further tile is recorded */
+    if (rc)
+        return rc;
     if (R->left == 0) {
         R->cur_chunk = j->chunk;
         R->left = R->chunk_tiles[j->chunk];
