@@ -133,7 +133,8 @@ void dm_chunk_rel(int chunk, const char *product, char *rel, size_t n);
 cJSON *dm_json_ints(const int *v, int n);
 const char **dm_json_strings(const cJSON *arr);
 
-/* The last component of a path (the weights' file name for metadata). */
+/* The last component of a path (the weights' file name for metadata; a folder's name keeps its
+ * trailing '/'). */
 const char *dm_base_name(const char *path);
 
 /* Config: the settings of a run as one flat JSON object; the differences between two, as text

@@ -293,7 +293,8 @@ int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err)
     cJSON_AddItemToObject(j, "config", cJSON_Duplicate(f->cfg, 1));
     const cJSON *w = cJSON_GetObjectItemCaseSensitive(f->res, "weights");
     cJSON *m = cJSON_AddObjectToObject(j, "model");
-    cJSON_AddStringToObject(m, "weights", cJSON_IsString(w) ? w->valuestring : "");
+    /* by name (older runs stored the path as given) */
+    cJSON_AddStringToObject(m, "weights", cJSON_IsString(w) ? dm_base_name(w->valuestring) : "");
     cJSON_AddItemToObject(m, "sha256", cJSON_Duplicate(
                                            cJSON_GetObjectItemCaseSensitive(f->cfg,
                                                                             "weights_sha256"), 1));
