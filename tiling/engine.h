@@ -88,6 +88,7 @@ typedef struct dm_fin {
     const char *fault;
     int fault_count;
     char outputs[1024];                /* files written, space-separated (appended) */
+    int64_t int8_clipped;              /* features: int8 values clipped; -1 when not int8 */
     double t0;                         /* when the invocation began (CLOCK_MONOTONIC s), 0: now */
 } dm_fin;
 

@@ -192,7 +192,8 @@ int dm_fin_run(const dm_run_opts *o, dm_tileindex *ti, const cJSON *cfg, const c
     }
     dm_fin f = { .outdir = o->outdir, .ti = ti, .done = done, .files = files, .cfg = cfg,
                  .res = res, .max_bytes = o->max_cog_gib * 1073741824.0, .threads = o->threads,
-                 .cancel = o->cancel, .ev = &o->ev, .fault = o->fault, .t0 = t0 };
+                 .cancel = o->cancel, .ev = &o->ev, .fault = o->fault, .t0 = t0,
+                 .int8_clipped = -1 };
     rc = fin_grid(&f, err);
     if (!rc)
         rc = fin_build(&f, r, o->drop_chunks, err);
@@ -254,7 +255,8 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
                      .max_bytes = (o && o->max_cog_gib >= 0 ? o->max_cog_gib : run_max) *
                                   1073741824.0,
                      .threads = o ? o->threads : 0, .cancel = o ? o->cancel : NULL,
-                     .ev = o ? &o->ev : NULL, .fault = o ? o->fault : NULL, .t0 = t0 };
+                     .ev = o ? &o->ev : NULL, .fault = o ? o->fault : NULL, .t0 = t0,
+                     .int8_clipped = -1 };
         dm_run_events none = { 0 };
         if (!f.ev)
             f.ev = &none;
@@ -316,6 +318,11 @@ int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err)
     for (int s = DM_TILE_PENDING; s <= DM_TILE_FAILED; s++)
         cJSON_AddNumberToObject(tl, dm_tile_state_name((dm_tile_state)s), (double)c[s]);
     cJSON_AddStringToObject(j, "outputs", f->outputs);
+    if (f->int8_clipped >= 0) {
+        cJSON *q = cJSON_AddObjectToObject(j, "int8");
+        cJSON_AddStringToObject(q, "scale", "per band: its largest |value| / 127");
+        cJSON_AddNumberToObject(q, "clipped_values", (double)f->int8_clipped);
+    }
     /* this invocation */
     cJSON *tm = cJSON_AddObjectToObject(j, "timings");
     double secs = f->t0 > 0 ? now() - f->t0 : r->seconds,
