@@ -89,6 +89,7 @@ typedef struct dm_fin {
     int fault_count;
     char outputs[1024];                /* files written, space-separated (appended) */
     int64_t int8_clipped;              /* features: int8 values clipped; -1 when not int8 */
+    char finished[32];                 /* when finalize wrote the outputs (RFC 3339 UTC) */
     double t0;                         /* when the invocation began (CLOCK_MONOTONIC s), 0: now */
 } dm_fin;
 
@@ -157,7 +158,8 @@ char *dm_plan_input_order(const dm_run_opts *o);
 int dm_plan_reordered(const char *old_json, const char *now_json);
 int dm_weights_sha(const dm_weights *w, char out[65], dm_err *err);
 
-/* The run.json of a finished run (called by finalize). */
+/* The run.json and item.json (STAC) of a finished run (called by finalize). */
 int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err);
+int dm_write_stac_item(dm_fin *f, dm_err *err);
 
 #endif
