@@ -1,6 +1,6 @@
 /* gis/gis.h — everything GDAL, OGR, PROJ and SQLite, and the one header of gis/: the input mosaic,
- * areas of interest, chunk files, the final rasters (COGs, or block COGs and a VRT), QGIS styles
- * and the tile index. gis/ knows no model math; the run engine (tiling/) computes, gis/ reads and
+ * areas of interest, chunk files, the final rasters (COGs, or block COGs and a VRT), QGIS styles,
+ * the STAC Item and the tile index. gis/ knows no model math; the run engine (tiling/) computes, gis/ reads and
  * writes. Every path may be a GDAL virtual path where GDAL allows it. */
 #ifndef DM_GIS_H
 #define DM_GIS_H
