@@ -6,7 +6,8 @@ CC      ?= cc
 BUILD   ?= build
 PKGS    := gdal openblas libcjson inih libcrypto
 DEB_PKGS := build-essential pkg-config libgdal-dev libproj-dev libopenblas-dev libtiff-dev \
-            libsqlite3-dev libcjson-dev libinih-dev libssl-dev gdal-bin python3-gdal
+            libsqlite3-dev libcjson-dev libinih-dev libssl-dev gdal-bin python3-gdal \
+            python3-jsonschema
 
 # SIMD: AVX2+FMA when this CPU has them (override with SIMD=); the code is correct without.
 SIMD    ?= $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null && echo -mavx2 -mfma) \
@@ -72,6 +73,7 @@ check-deps:
 	@missing=""; for p in $(PKGS); do pkg-config --exists $$p 2>/dev/null || missing="$$missing $$p"; done; \
 	command -v gdal_translate >/dev/null || missing="$$missing gdal-bin"; \
 	/usr/bin/python3 -c "import osgeo.gdal, numpy" 2>/dev/null || missing="$$missing python3-gdal"; \
+	/usr/bin/python3 -c "import jsonschema" 2>/dev/null || missing="$$missing python3-jsonschema"; \
 	if [ -n "$$missing" ]; then \
 	  echo "dinomap: missing libraries:$$missing"; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -1,6 +1,6 @@
 /* gis/gis.h — everything GDAL, OGR, PROJ and SQLite, and the one header of gis/: the input mosaic,
- * areas of interest, chunk files, the final rasters (COGs, or block COGs and a VRT), QGIS styles
- * and the tile index. gis/ knows no model math; the run engine (tiling/) computes, gis/ reads and
+ * areas of interest, chunk files, the final rasters (COGs, or block COGs and a VRT), QGIS styles,
+ * the STAC Item and the tile index. gis/ knows no model math; the run engine (tiling/) computes, gis/ reads and
  * writes. Every path may be a GDAL virtual path where GDAL allows it. */
 #ifndef DM_GIS_H
 #define DM_GIS_H
@@ -159,6 +159,29 @@ typedef struct dm_ramp_stop {
     const char *color, *label;
 } dm_ramp_stop;
 int dm_gis_write_qml(const char *path, const dm_ramp_stop *stops, int n, dm_err *err);
+
+/* ==== the STAC Item ==============================================================================
+ * dir/item.json: a STAC 1.0.0 Item of the files a run wrote (see stac.c), written atomically. */
+typedef struct dm_stac_asset {
+    const char *key;          /* the asset's key ("features"); a folder's blocks: their names */
+    const char *href;         /* relative to dir; ending in '/': a folder, each .tif an asset */
+    const char *title;
+    const char *roles;        /* space-separated: "data", "visual", "metadata", "style" */
+    const char *type;         /* media type; NULL: from the name (.tif: COG, .gpkg, .json...) */
+    int eo;                   /* 1: eo:bands (a colour preview: band names, the colour shown) */
+} dm_stac_asset;
+
+typedef struct dm_stac_spec {
+    const char *dir, *id;
+    const char *datetime;     /* RFC 3339 UTC ("2026-01-31T12:00:00Z"); NULL: now */
+    const dm_stac_asset *assets;
+    int nassets;
+    const char *properties;   /* a JSON object: more properties ("dinomap:..."), or NULL */
+} dm_stac_spec;
+
+/* Rasters (.tif, .vrt) are opened to describe them: grid, CRS, bands as the files say. Every
+ * href must exist. */
+int dm_gis_write_stac(const dm_stac_spec *s, dm_err *err);
 
 /* ==== the tile index =============================================================================
  * One SQLite file in GeoPackage form (`tiles.gpkg`): QGIS opens the `tiles` layer (tile footprints

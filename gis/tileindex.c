@@ -372,8 +372,26 @@ int dm_tileindex_create(const char *path, const char *crs_wkt, const char *run_j
         rc = bind_layers(ti, err);
     if (rc == 0)
         rc = add_run(ti, run_json, err);
+    /* No CRS: the tiles layer is in GeoPackage's predefined "Undefined cartesian SRS" (srs_id
+     * -1); OGR would put it in srs_id 0, the undefined *geographic* one, which tells QGIS the
+     * pixel coordinates are degrees. */
+    int undefined = !(crs_wkt && *crs_wkt);
+    if (rc == 0 && undefined)
+        rc = dm_ti_exec(ti, "UPDATE gpkg_contents SET srs_id = -1 WHERE table_name = 'tiles'", err);
+    if (rc == 0 && undefined)
+        rc = dm_ti_exec(ti, "UPDATE gpkg_geometry_columns SET srs_id = -1 WHERE table_name = "
+                        "'tiles'", err);
     if (rc == 0 && GDALDatasetCommitTransaction(ti->ds) != OGRERR_NONE)
         rc = gdal_fail(ti, DM_EIO, "cannot commit the new schema", err);
+    /* reopened, so that OGR reads the layer's srs_id back and puts it in every geometry's header */
+    if (rc == 0 && undefined) {
+        GDALClose(ti->ds);
+        const char *drivers[] = { "GPKG", NULL };
+        if (!(ti->ds = GDALOpenEx(path, GDAL_OF_VECTOR | GDAL_OF_UPDATE, drivers, NULL, NULL)))
+            rc = gdal_fail(ti, DM_EIO, "cannot reopen the new index", err);
+        if (rc == 0)
+            rc = bind_layers(ti, err);
+    }
     if (rc) {
         free_index(ti);
         if (created)

@@ -28,8 +28,12 @@ const char **dm_json_strings(const cJSON *arr)
 
 const char *dm_base_name(const char *p)
 {
-    const char *s = strrchr(p, '/');
-    return s ? s + 1 : p;
+    size_t n = strlen(p);
+    while (n > 1 && p[n - 1] == '/') /* a folder (Hugging Face weights): "name/" */
+        n--;
+    while (n > 0 && p[n - 1] != '/')
+        n--;
+    return p + n;
 }
 
 /* A value as short text for a message (long strings such as hashes are cut). */
@@ -161,7 +165,8 @@ int dm_config_build(dm_eng *e, const char *aoi_sha, dm_err *err)
     cJSON_AddNumberToObject(sc, "lo", lo);
     cJSON_AddNumberToObject(sc, "hi", hi);
     cJSON_AddStringToObject(sc, "text", dm_mosaic_scaling(e->mo));
-    cJSON_AddStringToObject(e->res, "weights", o->weights);
+    /* the weights by name and hash (cfg), never by a path of this machine */
+    cJSON_AddStringToObject(e->res, "weights", dm_base_name(o->weights));
     cJSON_AddNumberToObject(e->res, "window", e->S);
     cJSON_AddNumberToObject(e->res, "max_cog_gib", o->max_cog_gib);
     cJSON_AddNumberToObject(e->res, "gemm_parts", e->gemm_parts);
@@ -183,9 +188,10 @@ char *dm_config_invocation(const dm_eng *e)
     cJSON *in = cJSON_AddArrayToObject(j, "inputs");
     for (int i = 0; i < o->mosaic.n_inputs; i++)
         cJSON_AddItemToArray(in, cJSON_CreateString(o->mosaic.inputs[i]));
-    cJSON_AddStringToObject(j, "weights", o->weights);
+    cJSON_AddStringToObject(j, "weights", dm_base_name(o->weights));
+    cJSON_AddStringToObject(j, "weights_sha256", e->sha);
     if (o->head)
-        cJSON_AddStringToObject(j, "head", o->head);
+        cJSON_AddStringToObject(j, "head", dm_base_name(o->head));
     if (o->aoi)
         cJSON_AddStringToObject(j, "aoi", o->aoi);
     cJSON_AddNumberToObject(j, "threads", o->threads);

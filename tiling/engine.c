@@ -371,7 +371,8 @@ static int stage_write(void *ctx, dm_job *job, dm_err *err)
 
 /* The files of a run in OUTDIR (for --overwrite, and to refuse a folder holding outputs without
  * an index). */
-static const char *const run_files[] = { "tiles.gpkg", "run.json", "chm.qml", NULL };
+static const char *const run_files[] = { "tiles.gpkg", "run.json", "item.json", "chm.qml",
+                                         NULL };
 static const char *const run_outputs[] = { "features", "features_pca", "chm", NULL };
 
 static int holds_outputs(const char *dir)

@@ -88,6 +88,8 @@ typedef struct dm_fin {
     const char *fault;
     int fault_count;
     char outputs[1024];                /* files written, space-separated (appended) */
+    int64_t int8_clipped;              /* features: int8 values clipped; -1 when not int8 */
+    char finished[32];                 /* when finalize wrote the outputs (RFC 3339 UTC) */
     double t0;                         /* when the invocation began (CLOCK_MONOTONIC s), 0: now */
 } dm_fin;
 
@@ -133,7 +135,8 @@ void dm_chunk_rel(int chunk, const char *product, char *rel, size_t n);
 cJSON *dm_json_ints(const int *v, int n);
 const char **dm_json_strings(const cJSON *arr);
 
-/* The last component of a path (the weights' file name for metadata). */
+/* The last component of a path (the weights' file name for metadata; a folder's name keeps its
+ * trailing '/'). */
 const char *dm_base_name(const char *path);
 
 /* Config: the settings of a run as one flat JSON object; the differences between two, as text
@@ -155,7 +158,8 @@ char *dm_plan_input_order(const dm_run_opts *o);
 int dm_plan_reordered(const char *old_json, const char *now_json);
 int dm_weights_sha(const dm_weights *w, char out[65], dm_err *err);
 
-/* The run.json of a finished run (called by finalize). */
+/* The run.json and item.json (STAC) of a finished run (called by finalize). */
 int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err);
+int dm_write_stac_item(dm_fin *f, dm_err *err);
 
 #endif

@@ -3,6 +3,7 @@
  * model: the grid, the CRS and every product's settings come from the index. It is up to date
  * when no chunk was committed since it last ran (the index's `gen` counter equals the
  * `finalized_gen` it recorded) and the outputs it wrote are all there. */
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -128,14 +129,21 @@ static int fin_build_products(dm_fin *f, dm_run_result *r, int drop, dm_err *err
     }
     char g[32];
     snprintf(g, sizeof g, "%lld", gen);
+    time_t t = time(NULL);
+    struct tm tm;
+    strftime(f->finished, sizeof f->finished, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+    if (!rc)
+        snprintf(r->outputs, sizeof r->outputs, "%s", f->outputs);
+    /* run.json and item.json before the index says the outputs are up to date: a kill in
+     * between makes the next run finalize again, and rewrite both */
+    if (!rc)
+        rc = dm_write_run_json(f, r, err);
+    if (!rc)
+        rc = dm_write_stac_item(f, err);
     if (!rc)
         rc = dm_tileindex_config_set(f->ti, "outputs", f->outputs, err);
     if (!rc)
         rc = dm_tileindex_config_set(f->ti, "finalized_gen", g, err);
-    if (!rc)
-        snprintf(r->outputs, sizeof r->outputs, "%s", f->outputs);
-    if (!rc)
-        rc = dm_write_run_json(f, r, err);
     if (!rc && drop) { /* recorded first: a kill half-way through the deletion is then known */
         char p[4200];
         snprintf(p, sizeof p, "%s/chunks", f->outdir);
@@ -192,7 +200,8 @@ int dm_fin_run(const dm_run_opts *o, dm_tileindex *ti, const cJSON *cfg, const c
     }
     dm_fin f = { .outdir = o->outdir, .ti = ti, .done = done, .files = files, .cfg = cfg,
                  .res = res, .max_bytes = o->max_cog_gib * 1073741824.0, .threads = o->threads,
-                 .cancel = o->cancel, .ev = &o->ev, .fault = o->fault, .t0 = t0 };
+                 .cancel = o->cancel, .ev = &o->ev, .fault = o->fault, .t0 = t0,
+                 .int8_clipped = -1 };
     rc = fin_grid(&f, err);
     if (!rc)
         rc = fin_build(&f, r, o->drop_chunks, err);
@@ -254,7 +263,8 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
                      .max_bytes = (o && o->max_cog_gib >= 0 ? o->max_cog_gib : run_max) *
                                   1073741824.0,
                      .threads = o ? o->threads : 0, .cancel = o ? o->cancel : NULL,
-                     .ev = o ? &o->ev : NULL, .fault = o ? o->fault : NULL, .t0 = t0 };
+                     .ev = o ? &o->ev : NULL, .fault = o ? o->fault : NULL, .t0 = t0,
+                     .int8_clipped = -1 };
         dm_run_events none = { 0 };
         if (!f.ev)
             f.ev = &none;
@@ -278,12 +288,9 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
 int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err)
 {
     cJSON *j = cJSON_CreateObject();
-    char ts[32];
-    time_t t = time(NULL);
-    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
     cJSON_AddStringToObject(j, "tool", "dinomap");
     cJSON_AddStringToObject(j, "version", DINOMAP_VERSION);
-    cJSON_AddStringToObject(j, "finalized", ts);
+    cJSON_AddStringToObject(j, "finalized", f->finished);
     cJSON_AddItemToObject(j, "products",
                           cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(f->cfg, "products"), 1));
     char *cs = NULL;
@@ -293,7 +300,8 @@ int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err)
     cJSON_AddItemToObject(j, "config", cJSON_Duplicate(f->cfg, 1));
     const cJSON *w = cJSON_GetObjectItemCaseSensitive(f->res, "weights");
     cJSON *m = cJSON_AddObjectToObject(j, "model");
-    cJSON_AddStringToObject(m, "weights", cJSON_IsString(w) ? w->valuestring : "");
+    /* by name (older runs stored the path as given) */
+    cJSON_AddStringToObject(m, "weights", cJSON_IsString(w) ? dm_base_name(w->valuestring) : "");
     cJSON_AddItemToObject(m, "sha256", cJSON_Duplicate(
                                            cJSON_GetObjectItemCaseSensitive(f->cfg,
                                                                             "weights_sha256"), 1));
@@ -315,6 +323,11 @@ int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err)
     for (int s = DM_TILE_PENDING; s <= DM_TILE_FAILED; s++)
         cJSON_AddNumberToObject(tl, dm_tile_state_name((dm_tile_state)s), (double)c[s]);
     cJSON_AddStringToObject(j, "outputs", f->outputs);
+    if (f->int8_clipped >= 0) {
+        cJSON *q = cJSON_AddObjectToObject(j, "int8");
+        cJSON_AddStringToObject(q, "scale", "per band: its largest |value| / 127");
+        cJSON_AddNumberToObject(q, "clipped_values", (double)f->int8_clipped);
+    }
     /* this invocation */
     cJSON *tm = cJSON_AddObjectToObject(j, "timings");
     double secs = f->t0 > 0 ? now() - f->t0 : r->seconds,
@@ -343,6 +356,97 @@ int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err)
     }
     int rc = dm_write_file_atomic(p, s, len, err);
     free(s);
+    return rc;
+}
+
+/* What each file of a run is, for item.json: by name without extension (X.tif, X.vrt,
+ * X_blocks/); anything else by its full name. */
+static const struct {
+    const char *stem, *key, *title, *roles;
+    int eo;
+} kinds[] = {
+    { "features", "features", "DINOv3 patch features: one pixel per 16 x 16 px patch, a band per "
+      "dimension", "data", 0 },
+    { "features_pca", "features_pca", "colour preview of the features: their first three "
+      "principal components", "visual", 1 },
+    { "chm", "chm", "canopy height (CHMv2), metres above ground", "data", 0 },
+    { "chm.qml", "chm_style", "QGIS style of chm (pseudocolour height ramp)", "style", 0 },
+    { "tiles.gpkg", "tiles", "tile index (GeoPackage): tile footprints and states, per-tile "
+      "embeddings, the run's configuration and invocations", "metadata", 0 },
+    { "run.json", "run", "the run: configuration, model, grid, timings", "metadata", 0 },
+};
+
+int dm_write_stac_item(dm_fin *f, dm_err *err)
+{
+    char files[1100], titles[16][256];
+    snprintf(files, sizeof files, "%s tiles.gpkg run.json", f->outputs);
+    dm_stac_asset as[16];
+    int n = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(files, " ", &save); t && n < 16; t = strtok_r(NULL, " ", &save)) {
+        size_t len = strlen(t), stem = len;
+        const char *dot = strrchr(t, '.');
+        int folder = len > 8 && !strcmp(t + len - 8, "_blocks/");
+        if (folder)
+            stem = len - 8;
+        else if (dot && !strchr(t, '/') && (!strcmp(dot, ".tif") || !strcmp(dot, ".vrt")))
+            stem = (size_t)(dot - t);
+        as[n] = (dm_stac_asset){ .key = t, .href = t, .roles = "data" };
+        for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
+            if (strlen(kinds[k].stem) == stem && !strncmp(kinds[k].stem, t, stem)) {
+                as[n].key = kinds[k].key, as[n].roles = kinds[k].roles;
+                as[n].eo = kinds[k].eo, as[n].title = kinds[k].title;
+            }
+        if (folder) {
+            snprintf(titles[n], sizeof titles[n], "block of %.*s.vrt", (int)stem, t);
+            as[n].title = titles[n];
+        } else if (dot && !strcmp(dot, ".vrt") && as[n].title) {
+            snprintf(titles[n], sizeof titles[n], "%s (GDAL VRT mosaic of the blocks in "
+                     "%.*s_blocks/)", as[n].title, (int)stem, t);
+            as[n].title = titles[n];
+        }
+        n++;
+    }
+    /* the id: the run folder's name */
+    char real[4200], id[256];
+    const char *dir = realpath(f->outdir, real) ? real : f->outdir;
+    snprintf(id, sizeof id, "%s", dm_base_name(dir));
+    size_t il = strlen(id);
+    while (il && id[il - 1] == '/')
+        id[--il] = '\0';
+    if (!il)
+        snprintf(id, sizeof id, "dinomap-run");
+    /* dinomap's own properties: the weights by name and SHA-256, never by path */
+    cJSON *p = cJSON_CreateObject();
+    const cJSON *w = cJSON_GetObjectItemCaseSensitive(f->res, "weights");
+    cJSON_AddStringToObject(p, "dinomap:version", DINOMAP_VERSION);
+    cJSON_AddItemToObject(p, "dinomap:products",
+                          cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(f->cfg, "products"), 1));
+    cJSON_AddStringToObject(p, "dinomap:weights",
+                            cJSON_IsString(w) ? dm_base_name(w->valuestring) : "");
+    static const char *keys[][2] = { { "weights_sha256", "dinomap:weights_sha256" },
+                                     { "chm_head_sha256", "dinomap:head_sha256" },
+                                     { "arch", "dinomap:arch" } };
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(f->cfg, keys[k][0]);
+        if (cJSON_IsString(v))
+            cJSON_AddStringToObject(p, keys[k][1], v->valuestring);
+    }
+    char *cs = NULL;
+    dm_tileindex_config_get(f->ti, "config_sha256", &cs, NULL);
+    if (cs)
+        cJSON_AddStringToObject(p, "dinomap:config_sha256", cs);
+    free(cs);
+    if (f->int8_clipped >= 0)
+        cJSON_AddNumberToObject(p, "dinomap:int8_clipped", (double)f->int8_clipped);
+    char *props = cJSON_PrintUnformatted(p);
+    cJSON_Delete(p);
+    if (!props)
+        return dm_err_oom(err);
+    dm_stac_spec s = { .dir = f->outdir, .id = id, .datetime = f->finished, .assets = as,
+                       .nassets = n, .properties = props };
+    int rc = dm_gis_write_stac(&s, err);
+    free(props);
     return rc;
 }
 

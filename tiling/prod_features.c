@@ -4,7 +4,9 @@
  * does not depend on how the run was cut or interrupted: each patch (x, y) of the grid has a key
  * u = hash(x, y) in [0, 1); patches with u < p are stored with their chunk, and finalize fits on
  * the DM_PCA_SAMPLE of them with the smallest u (a uniform sample of the valid patches).
- * Finalize writes features.tif (float32, or int8 with a per-band scale) and features_pca.tif. */
+ * Finalize writes features.tif (float32, or int8 with a per-band scale) and features_pca.tif.
+ * The int8 scale of a band is its largest |value| over every done chunk / 127 (one read of the
+ * chunks before the write pass): no value is clipped, whatever the PCA sample saw. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -245,11 +247,11 @@ typedef struct fctx {
     int D, quantize, want_pca;
     dm_pca *pca;
     float *qinv;            /* [D] 1/scale */
+    int64_t clipped;        /* int8 values that fell outside 1..255 (0 by construction) */
 } fctx;
 
 /* A slab of a chunk [D, h, w] → quantised bytes [D, h, w] and/or PCA colours [3, h, w]. */
-static void colour(const fctx *c, const float *v, size_t plane, uint8_t *q, uint8_t *rgb,
-                   float *px)
+static void colour(fctx *c, const float *v, size_t plane, uint8_t *q, uint8_t *rgb, float *px)
 {
     int D = c->D;
     for (size_t i = 0; i < plane; i++) {
@@ -267,6 +269,7 @@ static void colour(const fctx *c, const float *v, size_t plane, uint8_t *q, uint
         if (q)
             for (int d = 0; d < D; d++) {
                 float x = floorf(px[d] * c->qinv[d] + 0.5f) + 128.0f;
+                c->clipped += x < 1 || x > 255;
                 q[(size_t)d * plane + i] = (uint8_t)(x < 1 ? 1 : x > 255 ? 255 : x); /* 0 nodata */
             }
         if (rgb) {
@@ -275,6 +278,59 @@ static void colour(const fctx *c, const float *v, size_t plane, uint8_t *q, uint
             rgb[i] = c3[0], rgb[plane + i] = c3[1], rgb[2 * plane + i] = c3[2];
         }
     }
+}
+
+/* The largest |value| of each band over every done chunk's file, read in slabs of rows
+ * (mx [D]; 0 for a band with no value). */
+static int chunk_absmax(dm_fin *fi, int D, size_t slab_bytes, float *mx, dm_err *err)
+{
+    const dm_grid *g = &fi->g;
+    int64_t nch = dm_grid_nchunks(g);
+    float *buf = NULL;
+    size_t cap = 0;
+    int rc = 0;
+    for (int d = 0; d < D; d++)
+        mx[d] = 0;
+    for (int k = 0; !rc && k < nch; k++) {
+        int r0, c0, r1, c1;
+        dm_window cw;
+        dm_grid_chunk(g, k, &r0, &c0, &r1, &c1, &cw);
+        char path[4200];
+        int has = dm_fin_chunk_file(fi, k, "features", path, sizeof path, err);
+        if (has <= 0) {
+            rc = has;
+            continue;
+        }
+        int rows = (int)(slab_bytes / ((size_t)4 * D * cw.w));
+        rows = rows < 1 ? 1 : rows > cw.h ? cw.h : rows;
+        size_t plane = (size_t)cw.w * rows;
+        if (plane > cap) {
+            free(buf);
+            if (!(buf = malloc(plane * D * sizeof *buf))) {
+                rc = dm_err_oom(err);
+                break;
+            }
+            cap = plane;
+        }
+        for (int y = 0; !rc && y < cw.h; y += rows) {
+            int h = cw.h - y < rows ? cw.h - y : rows;
+            size_t pl = (size_t)cw.w * h;
+            rc = dm_gis_chunk_read(path, D, 0, y, cw.w, h, buf, err);
+            for (int d = 0; !rc && d < D; d++) {
+                const float *v = buf + (size_t)d * pl;
+                float m = mx[d];
+                for (size_t i = 0; i < pl; i++)
+                    if (fabsf(v[i]) > m && isfinite(v[i])) /* NaN: nodata */
+                        m = fabsf(v[i]);
+                mx[d] = m;
+            }
+        }
+        if (!rc && fi->cancel && *fi->cancel)
+            rc = dm_err_set(err, DM_EINTERRUPTED, "interrupted during finalize: the chunks are "
+                            "kept; run the same command (or dinomap finalize) again");
+    }
+    free(buf);
+    return rc;
 }
 
 static int f_finalize(dm_fin *fi, dm_err *err)
@@ -286,7 +342,7 @@ static int f_finalize(dm_fin *fi, dm_err *err)
     if (!cJSON_IsNumber(dj) || !cJSON_IsString(q))
         return dm_err_set(err, DM_EFORMAT, "%s/tiles.gpkg: the features settings are missing "
                           "from its configuration; is this a dinomap run folder?", fi->outdir);
-    fctx c = { dj->valueint, !strcmp(q->valuestring, "int8"), cJSON_IsTrue(pj), NULL, NULL };
+    fctx c = { dj->valueint, !strcmp(q->valuestring, "int8"), cJSON_IsTrue(pj), NULL, NULL, 0 };
     const dm_grid *g = &fi->g;
     int D = c.D, rc = 0, ns = 0;
     float *sv = malloc(sizeof(float) * (size_t)DM_PCA_SAMPLE * D);
@@ -294,7 +350,8 @@ static int f_finalize(dm_fin *fi, dm_err *err)
     c.qinv = malloc(sizeof(float) * D);
     if (!sv || !qscale || !px || !c.qinv)
         rc = dm_err_oom(err);
-    if (!rc && (c.want_pca || c.quantize))
+    const size_t SLAB = (size_t)32 << 20; /* bytes of floats per read */
+    if (!rc && c.want_pca)
         rc = dm_tileindex_samples(fi->ti, DM_PCA_SAMPLE, D, sv, &ns, err);
     if (!rc && ns >= 2) {
         rc = dm_pca_create(D, DM_PCA_SAMPLE, 0x5eed, &c.pca, err);
@@ -303,9 +360,11 @@ static int f_finalize(dm_fin *fi, dm_err *err)
         if (!rc)
             rc = dm_pca_fit(c.pca, err);
     }
-    for (int d = 0; !rc && d < D; d++) {
-        float mx = c.pca ? dm_pca_absmax(c.pca, d) : 1.0f;
-        qscale[d] = (mx > 0 ? mx : 1.0f) / 127.0f;
+    if (!rc && c.quantize)
+        rc = chunk_absmax(fi, D, SLAB, qscale, err);
+    for (int d = 0; !rc && c.quantize && d < D; d++) {
+        double mx = qscale[d];
+        qscale[d] = (float)((mx > 0 ? mx : 1.0) / 127.0);
         c.qinv[d] = 1.0f / qscale[d];
     }
     if (c.want_pca && !c.pca) {
@@ -317,7 +376,7 @@ static int f_finalize(dm_fin *fi, dm_err *err)
     int nm = 0;
     while (meta && meta[nm])
         nm++;
-    const char **mp = calloc((size_t)nm + 3, sizeof *mp), **mq = calloc((size_t)nm + 3, sizeof *mq);
+    const char **mp = calloc((size_t)nm + 4, sizeof *mp), **mq = calloc((size_t)nm + 4, sizeof *mq);
     char pline[400] = "", prod[64] = "DINOMAP_PRODUCT=features_pca";
     if (!meta || !mp || !mq)
         rc = rc ? rc : dm_err_oom(err);
@@ -331,6 +390,16 @@ static int f_finalize(dm_fin *fi, dm_err *err)
     }
     if (!rc && pline[0])
         mp[nm] = mq[nm] = pline;
+    /* the scale is the exact largest |value| of the band: nothing can clip (checked below) */
+    static const char iline[] = "DINOMAP_INT8_SCALE=per band: the band's largest |value| over "
+                                "every mapped patch / 127; DINOMAP_INT8_CLIPPED counts the values "
+                                "that did not fit";
+    static const char cline[] = "DINOMAP_INT8_CLIPPED=0";
+    if (!rc && c.quantize) {
+        int k = nm + !!pline[0];
+        mp[k] = iline;
+        mp[k + 1] = cline;
+    }
     char **names = rc ? NULL : calloc((size_t)D, sizeof *names);
     for (int d = 0; names && d < D; d++)
         if ((names[d] = malloc(8)))
@@ -368,7 +437,6 @@ static int f_finalize(dm_fin *fi, dm_err *err)
         rc = dm_out_create(&ps, &po, err);
     }
     /* one pass over the chunks, region by region; a chunk is read in slabs of rows */
-    const size_t SLAB = (size_t)32 << 20; /* bytes of floats per read */
     float *slab = NULL;
     uint8_t *qb = NULL, *rgb = NULL;
     size_t cap = 0;
@@ -438,6 +506,11 @@ static int f_finalize(dm_fin *fi, dm_err *err)
     if (!rc && !any)
         rc = dm_err_set(err, DM_EINVAL, "nothing was mapped: every tile is empty (nodata) or "
                         "outside the area of interest");
+    if (!rc && c.clipped) /* the metadata says 0 */
+        rc = dm_err_set(err, DM_EINVAL, "features: %lld int8 values were clipped although the "
+                        "scale came from the largest value (a bug)", (long long)c.clipped);
+    if (!rc && c.quantize)
+        fi->int8_clipped = c.clipped;
     if (!rc)
         rc = dm_out_commit(fo, err);
     if (!rc && po)
