@@ -84,7 +84,7 @@ static const struct optdef {
     [O_KEEP] = { "keep-chunks", 0, 0, M, NULL, "keep chunks/ (the default: they are the run's "
                  "state, so changed inputs redo only their chunks)" },
     [O_MAXCOG] = { "max-cog-gib", 0, 1, M, "GIB", "outputs larger than this (uncompressed) are "
-                   "written as block COGs + a VRT (default: 16)" },
+                   "written as block COGs + a VRT (default: 16; 0: no limit)" },
     [O_PROGRESS] = { "progress", 0, 1, M, "MODE", "auto (a bar on a terminal, else a line per "
                      "10%), bar, json (one object per line), none (default: auto)" },
     [O_LOG] = { "log", 0, 1, M, "FILE", "append JSON lines (start, chunks, errors, summary) "
@@ -285,7 +285,7 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
     case O_MAXCOG:
         o->max_cog_gib = strtod(v, &end);
         if (end == v || *end || !(o->max_cog_gib >= 0))
-            return BAD("--max-cog-gib %s: expected a size in GiB (0: always blocks)", v);
+            return BAD("--max-cog-gib %s: expected a size in GiB (0: no limit, always one COG)", v);
         break;
     case O_TILE:
         if ((o->tile = dm_parse_pos_int(v)) < 0)
