@@ -238,6 +238,24 @@ int dm_aoi_open(const char *path, const char *target_wkt, dm_aoi **out, dm_err *
     return 0;
 }
 
+/* An axis-aligned rectangle as a polygon; NULL when out of memory. */
+static OGRGeometryH rectangle(double minx, double miny, double maxx, double maxy)
+{
+    OGRGeometryH ring = OGR_G_CreateGeometry(wkbLinearRing), rect = OGR_G_CreateGeometry(wkbPolygon);
+    if (!ring || !rect) {
+        OGR_G_DestroyGeometry(ring);
+        OGR_G_DestroyGeometry(rect);
+        return NULL;
+    }
+    OGR_G_AddPoint_2D(ring, minx, miny);
+    OGR_G_AddPoint_2D(ring, maxx, miny);
+    OGR_G_AddPoint_2D(ring, maxx, maxy);
+    OGR_G_AddPoint_2D(ring, minx, maxy);
+    OGR_G_AddPoint_2D(ring, minx, miny);
+    OGR_G_AddGeometryDirectly(rect, ring);
+    return rect;
+}
+
 int dm_aoi_touches(const dm_aoi *a, double minx, double miny, double maxx, double maxy)
 {
     if (maxx < a->all.MinX || minx > a->all.MaxX || maxy < a->all.MinY || miny > a->all.MaxY)
@@ -249,20 +267,11 @@ int dm_aoi_touches(const dm_aoi *a, double minx, double miny, double maxx, doubl
         const OGREnvelope *e = &a->env[i];
         if (maxx < e->MinX || minx > e->MaxX || maxy < e->MinY || miny > e->MaxY)
             continue;
-        if (!rect) { /* built only for the few tiles that pass an envelope */
-            OGRGeometryH ring = OGR_G_CreateGeometry(wkbLinearRing);
-            rect = OGR_G_CreateGeometry(wkbPolygon);
-            if (!ring || !rect) { /* out of memory: keep the tile rather than lose data */
-                OGR_G_DestroyGeometry(ring);
-                hit = 1;
-                break;
-            }
-            OGR_G_AddPoint_2D(ring, minx, miny);
-            OGR_G_AddPoint_2D(ring, maxx, miny);
-            OGR_G_AddPoint_2D(ring, maxx, maxy);
-            OGR_G_AddPoint_2D(ring, minx, maxy);
-            OGR_G_AddPoint_2D(ring, minx, miny);
-            OGR_G_AddGeometryDirectly(rect, ring);
+        /* built only for the few tiles that pass an envelope; out of memory: keep the tile
+         * rather than lose data */
+        if (!rect && !(rect = rectangle(minx, miny, maxx, maxy))) {
+            hit = 1;
+            break;
         }
         hit = a->prep[i] ? OGRPreparedGeometryIntersects(a->prep[i], rect)
                          : OGR_G_Intersects(a->g[i], rect);
@@ -286,20 +295,8 @@ int dm_aoi_mask(const dm_aoi *a, const double gt[6], int x0, int y0, int w, int 
         const OGREnvelope *e = &a->env[i];
         if (maxx < e->MinX || minx > e->MaxX || maxy < e->MinY || miny > e->MaxY)
             continue;
-        if (!rect && a->prep[i]) {
-            OGRGeometryH ring = OGR_G_CreateGeometry(wkbLinearRing);
-            rect = OGR_G_CreateGeometry(wkbPolygon);
-            if (ring && rect) {
-                OGR_G_AddPoint_2D(ring, minx, miny);
-                OGR_G_AddPoint_2D(ring, maxx, miny);
-                OGR_G_AddPoint_2D(ring, maxx, maxy);
-                OGR_G_AddPoint_2D(ring, minx, maxy);
-                OGR_G_AddPoint_2D(ring, minx, miny);
-                OGR_G_AddGeometryDirectly(rect, ring);
-            } else {
-                OGR_G_DestroyGeometry(ring);
-            }
-        }
+        if (!rect && a->prep[i])
+            rect = rectangle(minx, miny, maxx, maxy);
         /* a window wholly inside one polygon (the common case) keeps its mask */
         inside = rect && a->prep[i] && OGRPreparedGeometryContains(a->prep[i], rect);
         hit[nhit++] = a->g[i];
