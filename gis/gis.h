@@ -127,6 +127,8 @@ typedef struct dm_out_spec {
     int block_align;              /* block sides are multiples of this (px), >= 1 */
     int side;                     /* > 0: blocks of exactly this side (another output's) */
     volatile sig_atomic_t *cancel; /* set: overviews and the COG copy stop (DM_EINTERRUPTED) */
+    const char *const *co;        /* the user's GeoTIFF creation options (-co, checked with
+                                   * dm_out_format_check), NULL: dinomap's defaults */
 } dm_out_spec;
 
 typedef struct dm_out dm_out;
@@ -150,8 +152,47 @@ int dm_out_commit(dm_out *o, dm_err *err);
 void dm_out_free(dm_out *o);                   /* removes temporaries; NULL-safe */
 /* The files a commit wrote, relative to dir ("chm.tif", or "chm.vrt" and the blocks' folder). */
 const char *dm_out_files(const dm_out *o);
-/* Removes dir/name.tif, dir/name.vrt and dir/name_blocks/ (an output the run will rebuild). */
+/* Removes dir/name.tif, dir/name.vrt, dir/name_blocks/ and dir/name.zarr (an output the run
+ * will rebuild). */
 int dm_out_remove(const char *dir, const char *name, dm_err *err);
+
+/* ==== output formats (-of, -co) ==================================================================
+ * The final rasters are Cloud-Optimized GeoTIFFs; DM_OF_ZARR also writes a Zarr copy of the
+ * features (NAME.zarr: one array NAME [band, y, x] with x/y coordinates, the CRS and the
+ * metadata as attributes, for xarray). Creation options belong to the format's driver, as in
+ * GDAL's tools: with COG, the GeoTIFFs' (GDAL's COG names COMPRESS, LEVEL, PREDICTOR, BLOCKSIZE,
+ * BIGTIFF, NUM_THREADS, MAX_Z_ERROR, or GTiff's own); with Zarr, the Zarr store's (COMPRESS,
+ * BLOCKSIZE=B,Y,X, FORMAT, ...) while the COGs keep dinomap's defaults. Options that would break
+ * the tiled, band-interleaved COG layout or change the samples are refused. */
+enum { DM_OF_COG = 0, DM_OF_ZARR = 1 };
+typedef struct dm_out_format {
+    int format;                   /* DM_OF_* */
+    const char *const *co;        /* NAME=VALUE, NULL-terminated, or NULL */
+} dm_out_format;
+/* "COG" → DM_OF_COG, "Zarr" → DM_OF_ZARR (any case); -1 for anything else. */
+int dm_out_format_parse(const char *name);
+const char *dm_out_format_name(int format); /* "COG", "Zarr" */
+/* Checks that this GDAL can write the format and that every creation option is one its driver
+ * takes with a value it accepts; DM_EINVAL naming the option ("-co TILED=NO: ..."). Opens
+ * nothing. */
+int dm_out_format_check(const dm_out_format *f, dm_err *err);
+/* The Zarr copy of a finished raster (src: NAME.tif or NAME.vrt) at dst (NAME.zarr), with the
+ * format's creation options; built under dst.part and renamed into place. int8 rasters (a GDAL
+ * scale per band) are written decoded, as float32 with NaN for nodata. */
+int dm_gis_write_zarr(const char *src, const char *dst, const char *const *co,
+                      volatile sig_atomic_t *cancel, dm_err *err);
+
+/* ==== GDAL's environment =========================================================================
+ * For programs: GDAL's warnings and the errors not handled where they arose become dinomap log
+ * warnings ("GDAL: ...", on one line; after 50, one notice and silence) instead of GDAL's own
+ * "ERROR 1: ..." on stderr. CPL_DEBUG output stays GDAL's. Process-wide; call once, first. */
+void dm_gis_log_messages(void);
+/* A GDAL configuration option (--config KEY VALUE) for the rest of the process, before any
+ * dataset is opened. GDAL_CACHEMAX takes effect at once (megabytes below 100000, else bytes, or
+ * N% of the RAM, as GDAL reads it). DM_EINVAL for an unreadable GDAL_CACHEMAX. */
+int dm_gis_config_set(const char *key, const char *value, dm_err *err);
+/* DM_EINVAL unless GDAL/PROJ knows the CRS (anything OSRSetFromUserInput takes). */
+int dm_gis_crs_check(const char *crs, dm_err *err);
 
 /* A QGIS style file: a pseudocolour ramp on band 1, from (value, colour) stops. */
 typedef struct dm_ramp_stop {

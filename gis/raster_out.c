@@ -6,7 +6,9 @@
  * IFD at the start: GDAL's validator accepts it). Unlike GDAL 3.6's COG driver this keeps the
  * output band-interleaved (reading 3 of 1024 bands reads 3 bands) and its memory small whatever the
  * band count: the COG driver reading a VRT of many pixel-interleaved chunk files kept one block
- * buffer per open source (1.9 GB for a 19,968² px mosaic of a 128-dim model). */
+ * buffer per open source (1.9 GB for a 19,968² px mosaic of a 128-dim model). The copy's creation
+ * options are dinomap's defaults under the user's -co (outfmt.c); every raster written here is
+ * stamped with TIFFTAG_SOFTWARE and TIFFTAG_DATETIME. */
 #include <cpl_string.h>
 #include <cpl_vsi.h>
 #include <gdal.h>
@@ -18,9 +20,16 @@
 #include <errno.h>
 #include <unistd.h>
 
-#include "gis.h"
+#include "outfmt_internal.h"
 
-#define OUT_BLOCK 256 /* COG tile size */
+/* What every raster dinomap writes says: the software and when (TIFF tags in a GeoTIFF). */
+static void stamp(GDALDatasetH d)
+{
+    char when[20];
+    dm_tiff_datetime(when);
+    GDALSetMetadataItem(d, "TIFFTAG_SOFTWARE", "dinomap " DINOMAP_VERSION, NULL);
+    GDALSetMetadataItem(d, "TIFFTAG_DATETIME", when, NULL);
+}
 
 static const char *gdal_msg(void)
 {
@@ -83,6 +92,7 @@ int dm_gis_chunk_write(const char *path, const float *data, int bands, int w, in
         GDALSetGeoTransform(ds, (double *)gt);
         if (wkt && wkt[0])
             GDALSetProjection(ds, wkt);
+        stamp(ds);
         for (int b = 1; b <= bands; b++)
             GDALSetRasterNoDataValue(GDALGetRasterBand(ds, b), NAN);
         e = GDALDatasetRasterIO(ds, GF_Write, 0, 0, w, h, (void *)data, w, h, GDT_Float32, bands,
@@ -139,8 +149,11 @@ struct dm_out {
     GDALDatasetH tmp;
     char tmp_path[4200];
     char **parts;            /* [regions] finished COGs under their .part names, NULL until done */
+    char **co;               /* the COG copy's creation options */
+    int bx, by;              /* its tile size */
     char files[4400];
 };
+
 
 static int nregions(const dm_out *o) { return o->side ? o->nrx * o->nry : 1; }
 
@@ -201,6 +214,11 @@ int dm_out_create(const dm_out_spec *s, dm_out **out, dm_err *err)
         dm_out_free(o);
         return dm_err_oom(err);
     }
+    if (!(o->co = dm_cog_options(s->co, s->byte, &o->bx, &o->by, err))) {
+        dm_err_prefix(err, "%s", s->name);
+        dm_out_free(o);
+        return DM_EINVAL;
+    }
     if (o->side) {
         char d[4200];
         snprintf(d, sizeof d, "%s/%s_blocks", o->dir, o->name);
@@ -226,6 +244,7 @@ static void describe(const dm_out *o, GDALDatasetH d, const double gt[6])
             GDALSetMetadataItem(d, key, val, NULL);
         CPLFree(key);
     }
+    stamp(d);
     static const GDALColorInterp rgb[3] = { GCI_RedBand, GCI_GreenBand, GCI_BlueBand };
     for (int b = 0; b < s->bands; b++) {
         GDALRasterBandH h = GDALGetRasterBand(d, b + 1);
@@ -251,7 +270,7 @@ int dm_out_begin(dm_out *o, int region, dm_err *err)
     char p[4200];
     region_path(o, region, p, sizeof p);
     snprintf(o->tmp_path, sizeof o->tmp_path, "%s.tmp.tif", p);
-    char **co = tiled(NULL, OUT_BLOCK, OUT_BLOCK);
+    char **co = tiled(NULL, o->bx, o->by);
     /* uncompressed: read back once, and no codec buffers churning the heap (finalize of a
      * 19,968² px run: 312 MB peak this way, 385 MB with ZSTD) */
     CPLPushErrorHandler(CPLQuietErrorHandler);
@@ -316,9 +335,10 @@ int dm_out_end(dm_out *o, dm_err *err)
     if (!rc && !d)
         rc = dm_err_set(err, DM_EIO, "%s: cannot reopen: %s", o->tmp_path, gdal_msg());
     int lev[32], nl = 0;
-    for (int f = 2; nl < 30 && (o->reg.w > OUT_BLOCK * (f / 2) || o->reg.h > OUT_BLOCK * (f / 2));
-         f *= 2)
+    for (int f = 2; nl < 30 && (o->reg.w > o->bx * (f / 2) || o->reg.h > o->by * (f / 2)); f *= 2)
         lev[nl++] = f;
+    if (d) /* the time the raster is written, not when its first window was */
+        stamp(d);
     /* the overview levels first (empty), then band by band: GDAL's all-bands path holds a
      * strip of every band at once (224 MB for 128 bands, growing with the band count) */
     if (!rc && nl && GDALBuildOverviews(d, "NONE", nl, lev, 0, NULL, NULL, NULL) != CE_None)
@@ -347,15 +367,9 @@ int dm_out_end(dm_out *o, dm_err *err)
     if (!rc && !d)
         rc = dm_err_set(err, DM_EIO, "%s: cannot reopen: %s", o->tmp_path, gdal_msg());
     if (!rc) {
-        char **co = tiled(NULL, OUT_BLOCK, OUT_BLOCK);
-        co = CSLSetNameValue(co, "COPY_SRC_OVERVIEWS", "YES");
-        co = CSLSetNameValue(co, "COMPRESS", "DEFLATE");
-        co = CSLSetNameValue(co, "PREDICTOR", o->s.byte ? "2" : "3");
-        co = CSLSetNameValue(co, "NUM_THREADS", "ALL_CPUS");
         CPLErrorReset();
-        GDALDatasetH c = GDALCreateCopy(GDALGetDriverByName("GTiff"), part, d, FALSE, co,
+        GDALDatasetH c = GDALCreateCopy(GDALGetDriverByName("GTiff"), part, d, FALSE, o->co,
                                         keep_going, o);
-        CSLDestroy(co);
         if (c) {
             CPLErrorReset();
             GDALClose(c);
@@ -468,6 +482,7 @@ void dm_out_free(dm_out *o)
             free(o->parts[i]);
         }
     free(o->parts);
+    CSLDestroy(o->co);
     free(o->dir);
     free(o->name);
     free(o);
@@ -480,6 +495,9 @@ int dm_out_remove(const char *dir, const char *name, dm_err *err)
     unlink(p);
     snprintf(p, sizeof p, "%s/%s.vrt", dir, name);
     unlink(p);
+    snprintf(p, sizeof p, "%s/%s.zarr", dir, name);
+    if (dm_remove_tree(p, err))
+        return DM_EIO;
     snprintf(p, sizeof p, "%s/%s_blocks", dir, name);
     return dm_remove_tree(p, err);
 }

@@ -34,6 +34,12 @@ typedef struct dm_cli {
     int ninputs, capinputs;
     char **owned;             /* strings kept for o's pointers */
     int nowned, capowned;
+    char **co;                /* -co NAME=VALUE, NULL-terminated (o.out.co) */
+    int nco, capco;
+    char **config;            /* --config KEY=VALUE, set in dm_cli_finish */
+    int nconfig, capconfig;
+    char **argv;              /* what getopt_long read (dm_cli_gdal_argv); operands from optind */
+    int argc;
 } dm_cli;
 
 void dm_cli_init(dm_cli *c, const char *cmd, unsigned cmdmask);
@@ -51,15 +57,20 @@ const void *dm_cli_longopts(unsigned cmdmask);
 int dm_cli_getopt(dm_cli *c, int code, const char *arg);
 /* Prints the options this command takes, one per line with its default. */
 void dm_cli_help_options(FILE *f, unsigned cmdmask);
-/* Parses argv[first..] with getopt_long (this command's options); stops at the first operand
- * (optind). -1 to go on, else the exit code (0 after --help, 2 for a bad option: said). */
+/* Parses argv[first..] with getopt_long (this command's options), GDAL's spellings first made
+ * getopt_long's (dm_cli_gdal_argv, into c->argv); the operands are c->argv[optind..]. -1 to go
+ * on, else the exit code (0 after --help, 2 for a bad option: said). */
 int dm_cli_parse(dm_cli *c, int argc, char **argv, int first, void (*help)(FILE *));
 /* `dinomap features` / `dinomap chm`: options, then INPUT...; the exit code. */
 int dm_cli_main(int argc, char **argv, const char *cmd, unsigned mask, void (*help)(FILE *));
 /* The end of a mapping command: with code -1 (parsed fine) finishes the options and maps; frees
  * c; the exit code. */
 int dm_cli_conclude(dm_cli *c, int code);
-/* After parsing: product-dependent defaults, required options; 0 or -2 with a message printed. */
+/* Sets the --config options c holds, for the rest of the process: before anything is opened
+ * (GDAL reads some once: PROJ's, the HTTP ones). 0, or -2 with the message said. */
+int dm_cli_apply_config(dm_cli *c);
+/* After parsing: product-dependent defaults, required options, --config set, then dm_run_check
+ * (--crs, -of, -co...); 0 or -2 with a message printed. */
 int dm_cli_finish(dm_cli *c);
 /* Runs the mapping (dinomap features/chm/run after parsing): progress, --log, signals, the
  * summary; returns the exit code. */
@@ -81,6 +92,24 @@ typedef struct dm_cli_events {
 } dm_cli_events;
 dm_run_events dm_cli_events_open(dm_cli_events *ev, int mode, FILE *log);
 void dm_cli_events_close(dm_cli_events *ev);
+
+/* src/say.c: stderr. Each line of msg as "dinomap: PREFIXline" (prefix "" or "warning: "). */
+void dm_say_lines(const char *prefix, const char *msg);
+/* A message, each of its lines prefixed "dinomap: ". */
+void dm_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The name of names (NULL-terminated) nearest to word when near enough to be a typo; or NULL. */
+const char *dm_cli_suggest(const char *word, const char *const *names);
+/* Says what is wrong with the option getopt_long could not take (ch '?' unknown or ambiguous,
+ * ':' without its value; token argv[optind - 1], opt getopt's optopt; lo the command's table)
+ * in one line, with a "did you mean" hint; returns DM_EXIT_USAGE. */
+struct option;
+int dm_cli_bad_option(const char *cmd, int ch, const char *token, int opt,
+                      const struct option *lo);
+/* argv with GDAL's spellings made getopt_long's from argv[first] on (up to "--"): -co and -of
+ * become --co and --of, --config KEY VALUE (two arguments) and --config KEY=VALUE become
+ * --config=KEY=VALUE. One malloc'd block (free it), NULL-terminated, *nargc entries; NULL with
+ * the message said when --config lacks its value. */
+char **dm_cli_gdal_argv(int argc, char **argv, int first, int *nargc);
 
 int cmd_info(int argc, char **argv);
 int cmd_forward(int argc, char **argv);

@@ -14,72 +14,105 @@ static void help(FILE *f)
         "Builds the run's final rasters (features.tif, features_pca.tif, chm.tif, ...) from the\n"
         "chunks its tile index marks done. A complete run does this by itself at the end; use it\n"
         "to look at a part of a long run (the chunks not done yet are nodata) or after changing\n"
-        "--max-cog-gib. Needs no model.\n\n"
+        "--max-cog-gib, -of or -co. Needs no model.\n\n"
         "options:\n"
         "  --max-cog-gib GIB       outputs larger than this are block COGs + a VRT (default: the "
         "run's)\n"
+        "  -of FORMAT              COG or Zarr (features.zarr too), as for dinomap features\n"
+        "  -co NAME=VALUE          a creation option of the -of format's GDAL driver, repeatable\n"
+        "                          (without -of and -co: those of the folder's last finalize)\n"
+        "  --config KEY VALUE      a GDAL configuration option, repeatable\n"
         "  --drop-chunks           delete chunks/ afterwards (a later change recomputes all)\n"
         "  --progress MODE         auto, bar, json, none (default: auto)\n"
-        "  -q, --quiet             only warnings and errors\n"
+        "  -q, --quiet             only warnings and errors: no notices, progress or summary\n"
         "  -h, --help              this help\n\n"
         "Exit status: 0 done, 1 failure, 2 usage, 3 OUTDIR in use, 4 interrupted.\n");
 }
 
 int cmd_finalize(int argc, char **argv)
 {
-    enum { O_MAX = 256, O_DROP, O_PROG };
+    enum { O_MAX = 256, O_DROP, O_PROG, O_OF, O_CO, O_CONFIG };
     static const struct option opts[] = {
         { "max-cog-gib", required_argument, 0, O_MAX }, { "drop-chunks", no_argument, 0, O_DROP },
+        { "of", required_argument, 0, O_OF }, { "co", required_argument, 0, O_CO },
+        { "config", required_argument, 0, O_CONFIG },
         { "progress", required_argument, 0, O_PROG }, { "quiet", no_argument, 0, 'q' },
         { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
     };
     dm_finalize_opts fo = { .threads = (int)sysconf(_SC_NPROCESSORS_ONLN), .max_cog_gib = -1 };
-    int mode = DM_PROGRESS_AUTO;
-    int ch;
-    char *end;
+    int mode = DM_PROGRESS_AUTO, mode_set = 0, quiet = 0, ch, code = -1;
+    char *end, why[700];
+    /* -of, -co and --config are read by the mapping commands' parser, into c */
+    dm_cli c;
+    dm_cli_init(&c, "finalize", DM_CMD_FEATURES);
+    if (!(c.argv = dm_cli_gdal_argv(argc, argv, 1, &c.argc)))
+        code = DM_EXIT_USAGE;
     optind = 1;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
+    while (code < 0 && (ch = getopt_long(c.argc, c.argv, ":qh", opts, NULL)) != -1) {
         switch (ch) {
-        case 'h': help(stdout); return 0;
-        case 'q': dm_log_set_level(DM_LOG_WARN); break;
+        case 'h': help(stdout); code = 0; break;
+        case 'q': quiet = 1; break;
         case O_DROP: fo.drop_chunks = 1; break;
         case O_MAX:
             fo.max_cog_gib = strtod(optarg, &end);
             if (end == optarg || *end || fo.max_cog_gib < 0) {
-                fprintf(stderr, "dinomap finalize: --max-cog-gib %s: expected a size in GiB\n",
-                        optarg);
-                return DM_EXIT_USAGE;
+                dm_say("--max-cog-gib %s: expected a size in GiB", optarg);
+                code = DM_EXIT_USAGE;
             }
             break;
         case O_PROG:
+            mode_set = 1;
             if ((mode = dm_parse_progress(optarg)) < 0) {
-                fprintf(stderr, "dinomap finalize: --progress %s: expected auto, bar, json or "
-                                "none\n", optarg);
-                return DM_EXIT_USAGE;
+                dm_say("--progress %s: expected auto, bar, json or none", optarg);
+                code = DM_EXIT_USAGE;
+            }
+            break;
+        case O_OF:
+        case O_CO:
+        case O_CONFIG:
+            fo.out_set |= ch != O_CONFIG;
+            if (dm_cli_set(&c, ch == O_OF ? "of" : ch == O_CO ? "co" : "config", optarg, why,
+                           sizeof why)) {
+                dm_say("%s", why);
+                code = DM_EXIT_USAGE;
             }
             break;
         default:
-            fprintf(stderr, "dinomap finalize: %s: unknown option (dinomap finalize --help)\n",
-                    argv[optind - 1]);
-            return DM_EXIT_USAGE;
+            code = dm_cli_bad_option("finalize", ch, c.argv[optind - 1], optopt, opts);
         }
     }
-    if (optind != argc - 1) {
-        fprintf(stderr, "dinomap finalize: expected one OUTDIR (dinomap finalize --help)\n");
-        return DM_EXIT_USAGE;
+    if (code < 0 && optind != c.argc - 1) {
+        dm_say("finalize: expected one OUTDIR (dinomap finalize --help)");
+        code = DM_EXIT_USAGE;
     }
-    fo.cancel = dm_cli_signals();
-    dm_cli_events ev;
-    fo.ev = dm_cli_events_open(&ev, mode, NULL);
-    fo.fault = getenv("DINOMAP_FAULT");
     dm_err err = { 0 };
-    dm_run_result r;
-    int rc = dm_run_finalize(argv[optind], &fo, &r, &err);
-    dm_cli_events_close(&ev);
-    if (rc)
-        fprintf(stderr, "dinomap finalize: %s\n", err.msg);
-    else
-        dm_info("finalized in %.1f s: %s", r.seconds, r.outputs);
-    return dm_exit_code(rc);
+    fo.out = c.o.out;
+    fo.out.co = (const char *const *)c.co;
+    if (code < 0 && (dm_cli_apply_config(&c) || (fo.out_set &&
+                                                  dm_out_format_check(&fo.out, &err)))) {
+        if (err.msg[0])
+            dm_say("%s", err.msg);
+        code = DM_EXIT_USAGE;
+    }
+    if (quiet) { /* warnings and errors only, as the mapping commands' -q */
+        dm_log_set_level(DM_LOG_WARN);
+        mode = mode_set ? mode : DM_PROGRESS_NONE;
+    }
+    if (code < 0) {
+        fo.cancel = dm_cli_signals();
+        dm_cli_events ev;
+        fo.ev = dm_cli_events_open(&ev, mode, NULL);
+        fo.fault = getenv("DINOMAP_FAULT");
+        dm_run_result r;
+        int rc = dm_run_finalize(c.argv[optind], &fo, &r, &err);
+        dm_cli_events_close(&ev);
+        if (rc)
+            dm_say("%s", err.msg);
+        else
+            dm_info("finalized in %.1f s: %s", r.seconds, r.outputs);
+        code = dm_exit_code(rc);
+    }
+    dm_cli_free(&c);
+    return code;
 }

@@ -239,7 +239,8 @@ int cmd_forward(int argc, char **argv)
     int layers[MAX_LAYERS + DM_CHM_TAPS], nl = 0, threads = (int)sysconf(_SC_NPROCESSORS_ONLN), ch;
     int taps[MAX_LAYERS], ntaps = 0;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "m:i:o:qh", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, ":m:i:o:qh", opts, NULL)) != -1) {
         switch (ch) {
         case 'm': model = optarg; break;
         case 'i': inpath = optarg; break;
@@ -250,39 +251,36 @@ int cmd_forward(int argc, char **argv)
         case 'q': dm_log_set_level(DM_LOG_WARN); break;
         case 'T':
             if ((ntaps = dm_parse_int_list(optarg, taps, MAX_LAYERS)) != DM_CHM_TAPS) {
-                fprintf(stderr, "dinomap forward: --taps %s: expected %d comma-separated block "
-                        "indices, e.g. 5,11,17,23\n", optarg, DM_CHM_TAPS);
+                dm_say("--taps %s: expected %d comma-separated block indices, e.g. 5,11,17,23",
+                       optarg, DM_CHM_TAPS);
                 return 2;
             }
             break;
         case 'L':
             if ((nl = dm_parse_int_list(optarg, layers, MAX_LAYERS)) < 0) {
-                fprintf(stderr, "dinomap forward: --layers %s: expected a comma-separated list of "
-                        "block indices, e.g. 5,11,17,23\n", optarg);
+                dm_say("--layers %s: expected a comma-separated list of block indices, e.g. "
+                       "5,11,17,23", optarg);
                 return 2;
             }
             break;
         case 'n':
             if (!(nm = dm_norm_get(optarg))) {
-                fprintf(stderr, "dinomap forward: --norm %s: unknown preset (sat, chm, lvd)\n",
-                        optarg);
+                dm_say("--norm %s: unknown preset (sat, chm, lvd)", optarg);
                 return 2;
             }
             break;
         case 't':
             if ((threads = dm_parse_pos_int(optarg)) < 0) {
-                fprintf(stderr, "dinomap forward: --threads %s: expected a positive number\n",
-                        optarg);
+                dm_say("--threads %s: expected a positive number", optarg);
                 return 2;
             }
             break;
         case 'h': help(stdout); return 0;
-        default: help(stderr); return 2;
+        default: return dm_cli_bad_option("forward", ch, argv[optind - 1], optopt, opts);
         }
     }
     if (!model || !inpath || !outdir || optind != argc) {
-        fprintf(stderr, "dinomap forward: -m WEIGHTS, -i INPUT and -o OUTDIR are required\n\n");
-        help(stderr);
+        dm_say("forward: -m WEIGHTS, -i INPUT and -o OUTDIR are required (dinomap forward --help)");
         return 2;
     }
     dm_err err = { 0 };
@@ -422,7 +420,7 @@ int cmd_forward(int argc, char **argv)
     dm_info("wrote %d files to %s", o.nwritten, outdir);
 fail:
     if (rc) {
-        fprintf(stderr, "dinomap forward: %s\n", err.msg);
+        dm_say("%s", err.msg);
         remove_written(&o);
     }
     for (int k = 0; k < nreq; k++)

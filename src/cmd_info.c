@@ -30,30 +30,30 @@ int cmd_info(int argc, char **argv)
     const char *arch = NULL;
     int list = 0, ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (ch) {
         case 'a': arch = optarg; break;
         case 't': list = 1; break;
         case 'h': help(stdout); return 0;
-        default: help(stderr); return 2;
+        default: return dm_cli_bad_option("info", ch, argv[optind - 1], optopt, opts);
         }
     }
     if (optind != argc - 1) {
-        fprintf(stderr, "dinomap info: expected one WEIGHTS file\n\n");
-        help(stderr);
+        dm_say("info: expected one WEIGHTS file (dinomap info --help)");
         return 2;
     }
     const char *path = argv[optind];
     dm_err err = { 0 };
     dm_weights *w;
     if (dm_weights_open(path, &w, &err)) {
-        fprintf(stderr, "dinomap info: %s\n", err.msg);
+        dm_say("%s", err.msg);
         return 1;
     }
     dm_model_opts mo = { arch };
     dm_model *m;
     if (dm_model_bind(w, &mo, &m, &err)) {
-        fprintf(stderr, "dinomap info: %s\n", err.msg);
+        dm_say("%s", err.msg);
         dm_weights_close(w);
         return 1;
     }

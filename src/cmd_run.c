@@ -36,8 +36,7 @@ int cmd_run(int argc, char **argv)
         return 0;
     }
     if (argc < 2 || argv[1][0] == '-') {
-        fprintf(stderr,
-                "dinomap run: the first argument is the config file (dinomap run --help)\n");
+        dm_say("run: the first argument is the config file (dinomap run --help)");
         return DM_EXIT_USAGE;
     }
     dm_cli c;
@@ -45,9 +44,8 @@ int cmd_run(int argc, char **argv)
     int code = dm_cli_read_ini(&c, argv[1]) ? DM_EXIT_USAGE : -1;
     if (code < 0)
         code = dm_cli_parse(&c, argc, argv, 2, help);
-    if (code < 0 && optind < argc) {
-        fprintf(stderr, "dinomap run: %s: inputs go in the config file (input = ...)\n",
-                argv[optind]);
+    if (code < 0 && optind < c.argc) {
+        dm_say("%s: inputs go in the config file (input = ...)", c.argv[optind]);
         code = DM_EXIT_USAGE;
     }
     return dm_cli_conclude(&c, code);

@@ -39,7 +39,7 @@ int cmd_status(int argc, char **argv)
     int ch, json = 0;
     optind = 1;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         if (ch == 'h') {
             help(stdout);
             return 0;
@@ -48,18 +48,16 @@ int cmd_status(int argc, char **argv)
             json = 1;
             continue;
         }
-        fprintf(stderr, "dinomap status: %s: unknown option (dinomap status --help)\n",
-                argv[optind - 1]);
-        return DM_EXIT_USAGE;
+        return dm_cli_bad_option("status", ch, argv[optind - 1], optopt, opts);
     }
     if (optind != argc - 1) {
-        fprintf(stderr, "dinomap status: expected one OUTDIR (dinomap status --help)\n");
+        dm_say("status: expected one OUTDIR (dinomap status --help)");
         return DM_EXIT_USAGE;
     }
     dm_err err = { 0 };
     char *s = NULL;
     if (dm_run_status(argv[optind], &s, &err)) {
-        fprintf(stderr, "dinomap status: %s\n", err.msg);
+        dm_say("%s", err.msg);
         return DM_EXIT_FAIL;
     }
     if (json) {

@@ -5,6 +5,7 @@
 
 #include <gdal.h>
 
+#include "../gis/gis.h"
 #include "../models/model.h"
 #include "base/base.h"
 #include "cli.h"
@@ -35,11 +36,11 @@ static void usage(FILE *f)
                "Face) file.\n");
 }
 
-/* The command line's log sink: "dinomap: message" on stderr. */
+/* The command line's log sink: "dinomap: message" on stderr, every line of it. */
 static void log_to_stderr(void *ctx, int level, const char *msg)
 {
     (void)ctx;
-    fprintf(stderr, "%s%s\n", level == DM_LOG_WARN ? "dinomap: warning: " : "dinomap: ", msg);
+    dm_say_lines(level == DM_LOG_WARN ? "warning: " : "", msg);
 }
 
 int main(int argc, char **argv)
@@ -47,12 +48,13 @@ int main(int argc, char **argv)
     dm_blas_pick_core(argv);
     dm_memory_policy();
     dm_log_set_sink(log_to_stderr, NULL);
+    dm_gis_log_messages(); /* GDAL's "ERROR 1: ..." lines become dinomap's */
     /* GDAL's block cache defaults to 5% of RAM; a fixed size keeps a run's memory bounded and
      * predictable (GDAL_CACHEMAX still wins when set) */
     if (!getenv("GDAL_CACHEMAX"))
         GDALSetCacheMax64((GIntBig)256 << 20);
     if (argc < 2) {
-        usage(stderr);
+        dm_say("usage: dinomap COMMAND [options] (dinomap --help lists the commands)");
         return 2;
     }
     const char *c = argv[1];
@@ -73,7 +75,16 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmds[i].name, c))
             return cmds[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "dinomap: unknown command '%s'\n\n", c);
-    usage(stderr);
+    const char *names[sizeof cmds / sizeof cmds[0] + 2];
+    size_t n = 0;
+    for (; n < sizeof cmds / sizeof cmds[0]; n++)
+        names[n] = cmds[n].name;
+    names[n++] = "version";
+    names[n] = NULL;
+    const char *s = dm_cli_suggest(c, names);
+    if (s)
+        dm_say("unknown command '%s' (did you mean %s? dinomap --help lists the commands)", c, s);
+    else
+        dm_say("unknown command '%s' (dinomap --help lists the commands)", c);
     return 2;
 }

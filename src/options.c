@@ -16,7 +16,7 @@ enum {
     O_MODEL, O_OUTPUT, O_HEAD, O_PRODUCTS, O_INPUT, O_BANDS, O_SCALE, O_STRETCH, O_GSD, O_CRS,
     O_UNGEO, O_AOI, O_AOI_TILES, O_TILE, O_HALO, O_OVERLAP, O_CHUNK, O_LAYER, O_QUANT, O_NOPCA,
     O_TAPS, O_NORM, O_ARCH, O_DEVICE, O_THREADS, O_BATCH, O_OVERWRITE, O_DROP, O_KEEP, O_MAXCOG,
-    O_PROGRESS, O_LOG, O_QUIET, O_COUNT
+    O_OF, O_CO, O_CONFIG, O_PROGRESS, O_LOG, O_QUIET, O_COUNT
 };
 
 #define F DM_CMD_FEATURES
@@ -85,11 +85,24 @@ static const struct optdef {
                  "state, so changed inputs redo only their chunks)" },
     [O_MAXCOG] = { "max-cog-gib", 0, 1, M, "GIB", "outputs larger than this (uncompressed) are "
                    "written as block COGs + a VRT (default: 16; 0: no limit)" },
+    [O_OF] = { "of", 0, 1, M, "FORMAT", "COG (default: Cloud-Optimized GeoTIFFs) or Zarr "
+               "(features only: features.zarr beside the COGs, one [band, y, x] array for "
+               "xarray)" },
+    [O_CO] = { "co", 0, 1, M, "NAME=VALUE", "a creation option of the -of format's GDAL driver, "
+               "repeatable; COG: COMPRESS (DEFLATE), LEVEL, PREDICTOR, BLOCKSIZE (256), BIGTIFF, "
+               "MAX_Z_ERROR, NUM_THREADS; Zarr: COMPRESS (ZSTD), BLOCKSIZE=B,Y,X (32,256,256), "
+               "FORMAT. Refused: what breaks the tiled band-interleaved COG (TILED=NO, "
+               "INTERLEAVE=PIXEL) or changes the samples. A change rebuilds only the outputs. INI: "
+               "co = A=1 B=2" },
+    [O_CONFIG] = { "config", 0, 1, M, "KEY VALUE", "a GDAL configuration option, repeatable "
+                   "(GDAL_CACHEMAX, GDAL_NUM_THREADS, AWS_*, GDAL_HTTP_*...), set before any "
+                   "file is opened; INI: config = KEY=VALUE" },
     [O_PROGRESS] = { "progress", 0, 1, M, "MODE", "auto (a bar on a terminal, else a line per "
                      "10%), bar, json (one object per line), none (default: auto)" },
     [O_LOG] = { "log", 0, 1, M, "FILE", "append JSON lines (start, chunks, errors, summary) "
                 "to FILE" },
-    [O_QUIET] = { "quiet", 'q', 0, M, NULL, "only warnings and errors" },
+    [O_QUIET] = { "quiet", 'q', 0, M, NULL, "only warnings and errors: no notices, progress or "
+                 "summary" },
 };
 #undef F
 #undef C
@@ -114,12 +127,20 @@ void dm_cli_free(dm_cli *c)
     for (int i = 0; i < c->nowned; i++)
         free(c->owned[i]);
     free(c->owned);
+    for (int i = 0; i < c->nco; i++)
+        free(c->co[i]);
+    free(c->co);
+    for (int i = 0; i < c->nconfig; i++)
+        free(c->config[i]);
+    free(c->config);
+    free(c->argv);
 }
 
-/* Appends a copy of s to a growing array of strings; the copy, or NULL when out of memory. */
+/* Appends a copy of s to a growing NULL-terminated array of strings; the copy, or NULL when out
+ * of memory. */
 static char *push(char ***arr, int *n, int *cap, const char *s)
 {
-    if (*n == *cap) {
+    if (*n + 1 >= *cap) {
         int c = *cap ? 2 * *cap : 16;
         char **p = realloc(*arr, sizeof *p * (size_t)c);
         if (!p)
@@ -130,6 +151,7 @@ static char *push(char ***arr, int *n, int *cap, const char *s)
     char *d = strdup(s);
     if (d)
         (*arr)[(*n)++] = d;
+    (*arr)[*n] = NULL;
     return d;
 }
 
@@ -227,7 +249,7 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
     double a, b;
     char *end;
     if (defs[id].has_arg && (!v || !*v))
-        return BAD("--%s: needs a value", defs[id].name);
+        return BAD("%s%s: needs a value", id == O_CO || id == O_OF ? "-" : "--", defs[id].name);
     const char *keep = defs[id].has_arg ? dm_cli_keep(c, v) : NULL;
     if (defs[id].has_arg && !keep)
         return BAD("out of memory");
@@ -334,6 +356,36 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
             return BAD("--taps %s: expected four block indices, e.g. 5,11,17,23", v);
         o->taps_set = 1;
         break;
+    case O_OF:
+        if ((k = dm_out_format_parse(v)) < 0)
+            return BAD("-of %s: expected COG or Zarr%s", v, strcasecmp(v, "GTiff") ? "" :
+                       " (dinomap's GeoTIFFs are Cloud-Optimized: COG, the default)");
+        o->out.format = k;
+        break;
+    case O_CO: { /* several in one value (an INI line), separated by spaces */
+        char buf[1024];
+        snprintf(buf, sizeof buf, "%s", v);
+        char *save = NULL;
+        for (char *t = strtok_r(buf, " \t", &save); t; t = strtok_r(NULL, " \t", &save)) {
+            char *eq = strchr(t, '=');
+            if (!eq || eq == t || !eq[1])
+                return BAD("-co %s: expected NAME=VALUE, e.g. -co COMPRESS=ZSTD", t);
+            if (!push(&c->co, &c->nco, &c->capco, t))
+                return BAD("out of memory");
+        }
+        break;
+    }
+    case O_CONFIG: { /* KEY=VALUE (the command line's two arguments, joined) or KEY VALUE */
+        size_t kl = strcspn(v, "= \t");
+        const char *val = v + kl + (v[kl] != '\0');
+        if (!kl || !v[kl] || !*val)
+            return BAD("--config %s: needs a value (--config KEY VALUE)", v);
+        char kv[1024];
+        snprintf(kv, sizeof kv, "%.*s=%s", (int)kl, v, val);
+        if (!push(&c->config, &c->nconfig, &c->capconfig, kv))
+            return BAD("out of memory");
+        break;
+    }
     case O_PROGRESS:
         if ((c->progress = dm_parse_progress(v)) < 0)
             return BAD("--progress %s: expected auto, bar, json or none", v);
@@ -372,8 +424,21 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
 int dm_cli_set(dm_cli *c, const char *name, const char *value, char *why, size_t n)
 {
     int id = find(name);
-    if (id < 0 || !(defs[id].cmds & c->cmdmask))
-        return snprintf(why, n, "unknown option '%s' for dinomap %s", name, c->cmd), -1;
+    if (id < 0 || !(defs[id].cmds & c->cmdmask)) {
+        const char *names[O_COUNT + 1];
+        int k = 0;
+        for (int i = 0; i < O_COUNT; i++)
+            if (defs[i].cmds & c->cmdmask)
+                names[k++] = defs[i].name;
+        names[k] = NULL;
+        const char *s = dm_cli_suggest(name, names);
+        if (s)
+            snprintf(why, n, "unknown option '%s' for dinomap %s (did you mean %s?)", name,
+                     c->cmd, s);
+        else
+            snprintf(why, n, "unknown option '%s' for dinomap %s", name, c->cmd);
+        return -1;
+    }
     return set(c, id, value, why, n);
 }
 
@@ -403,8 +468,7 @@ int dm_cli_getopt(dm_cli *c, int code, const char *arg)
     int r = id < 0 ? (snprintf(why, sizeof why, "unknown option"), -1)
                    : set(c, id, defs[id].has_arg ? arg : NULL, why, sizeof why);
     if (r) {
-        fprintf(stderr, "dinomap %s: %s (dinomap %s --help lists the options)\n", c->cmd, why,
-                c->cmd);
+        dm_say("%s (dinomap %s --help lists the options)", why, c->cmd);
         return -2;
     }
     return 0;
@@ -417,7 +481,9 @@ void dm_cli_help_options(FILE *f, unsigned cmdmask)
         if (!(d->cmds & cmdmask))
             continue;
         char head[64];
-        if (d->shortopt)
+        if (i == O_CO || i == O_OF) /* GDAL's spelling */
+            snprintf(head, sizeof head, "-%s %s", d->name, d->arg);
+        else if (d->shortopt)
             snprintf(head, sizeof head, "-%c, --%s%s%s", d->shortopt, d->name, d->arg ? " " : "",
                      d->arg ? d->arg : "");
         else
@@ -450,18 +516,18 @@ int dm_cli_parse(dm_cli *c, int argc, char **argv, int first, void (*help)(FILE 
 {
     const struct option *lo = dm_cli_longopts(c->cmdmask);
     int ch;
+    free(c->argv);
+    if (!(c->argv = dm_cli_gdal_argv(argc, argv, first, &c->argc)))
+        return DM_EXIT_USAGE;
     optind = first;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, "m:o:qh", lo, NULL)) != -1) {
+    while ((ch = getopt_long(c->argc, c->argv, ":m:o:qh", lo, NULL)) != -1) {
         if (ch == 'h') {
             help(stdout);
             return DM_EXIT_OK;
         }
-        if (ch == '?' || ch == ':') {
-            fprintf(stderr, "dinomap %s: %s: %s (dinomap %s --help lists the options)\n", c->cmd,
-                    argv[optind - 1], ch == ':' ? "needs a value" : "unknown option", c->cmd);
-            return DM_EXIT_USAGE;
-        }
+        if (ch == '?' || ch == ':')
+            return dm_cli_bad_option(c->cmd, ch, c->argv[optind - 1], optopt, lo);
         if (dm_cli_getopt(c, ch, optarg))
             return DM_EXIT_USAGE;
     }
@@ -473,8 +539,8 @@ int dm_cli_main(int argc, char **argv, const char *cmd, unsigned mask, void (*he
     dm_cli c;
     dm_cli_init(&c, cmd, mask);
     int code = dm_cli_parse(&c, argc, argv, 1, help);
-    for (int i = optind; code < 0 && i < argc; i++)
-        if (dm_cli_add_input(&c, argv[i]))
+    for (int i = optind; code < 0 && i < c.argc; i++)
+        if (dm_cli_add_input(&c, c.argv[i]))
             code = DM_EXIT_FAIL;
     return dm_cli_conclude(&c, code);
 }
@@ -489,6 +555,22 @@ int dm_cli_conclude(dm_cli *c, int code)
     return code;
 }
 
+int dm_cli_apply_config(dm_cli *c)
+{
+    dm_err err = { 0 };
+    for (int i = 0; i < c->nconfig; i++) {
+        char *eq = strchr(c->config[i], '=');
+        *eq = '\0';
+        int r = dm_gis_config_set(c->config[i], eq + 1, &err);
+        *eq = '=';
+        if (r) {
+            dm_say("%s", err.msg);
+            return -2;
+        }
+    }
+    return 0;
+}
+
 int dm_cli_finish(dm_cli *c)
 {
     dm_run_opts *o = &c->o;
@@ -498,8 +580,7 @@ int dm_cli_finish(dm_cli *c)
     else if (c->cmdmask == DM_CMD_CHM)
         o->products = DM_PRODUCT_CHM;
     else if (!c->products_set) {
-        fprintf(stderr, "dinomap %s: no products (products = features, chm or features,chm)\n",
-                cmd);
+        dm_say("no products (products = features, chm or features,chm)");
         return -2;
     }
     if (o->aoi_whole_tiles && !o->aoi) {
@@ -512,8 +593,8 @@ int dm_cli_finish(dm_cli *c)
         o->tile = 384; /* chm alone: 512-px windows with the default halo, as CHMv2 was run */
     if (c->overlap_set) {
         if (c->halo_set && c->overlap != 2 * o->halo) {
-            fprintf(stderr, "dinomap %s: --overlap %d and --halo %d disagree (overlap = 2 × "
-                            "halo); give one of them\n", cmd, c->overlap, o->halo);
+            dm_say("--overlap %d and --halo %d disagree (overlap = 2 × halo); give one of them",
+                   c->overlap, o->halo);
             return -2;
         }
         o->halo = c->overlap / 2;
@@ -527,10 +608,18 @@ int dm_cli_finish(dm_cli *c)
         if (!c->ninputs)
             strcat(miss, c->cmdmask == DM_CMD_RUN ? "input = ..., " : "an INPUT, ");
         miss[strlen(miss) - 2] = '\0';
-        fprintf(stderr, "dinomap %s: missing %s (dinomap %s --help)\n", cmd, miss, cmd);
+        dm_say("missing %s (dinomap %s --help)", miss, cmd);
         return -2;
     }
     o->mosaic.inputs = (const char *const *)c->inputs;
     o->mosaic.n_inputs = c->ninputs;
+    o->out.co = (const char *const *)c->co;
+    dm_err err = { 0 };
+    if (dm_cli_apply_config(c))
+        return -2;
+    if (dm_run_check(o, &err)) {
+        dm_say("%s", err.msg);
+        return -2;
+    }
     return 0;
 }

@@ -41,7 +41,7 @@ static void show(dm_progress *p, int final)
         for (int i = 0; i < 40; i++)
             bar[i] = i < k ? '#' : '.';
         bar[40] = '\0';
-        fprintf(stderr, "\r%s [%s] %3d%% %lld/%lld  %.2f/s  ETA %.0fs ", p->what, bar, pct,
+        fprintf(stderr, "\rdinomap: %s [%s] %3d%% %lld/%lld  %.2f/s  ETA %.0fs ", p->what, bar, pct,
                 (long long)p->done, (long long)p->total, rate, eta);
         if (final)
             fputc('\n', stderr);

@@ -122,8 +122,7 @@ int dm_cli_map(dm_cli *c)
         dm_log_set_level(DM_LOG_WARN);
     FILE *log = c->log ? fopen(c->log, "a") : NULL;
     if (c->log && !log) {
-        fprintf(stderr, "dinomap %s: --log %s: cannot open: %s\n", c->cmd, c->log,
-                strerror(errno));
+        dm_say("--log %s: cannot open: %s", c->log, strerror(errno));
         return DM_EXIT_USAGE;
     }
     dm_cli_events ev;
@@ -137,7 +136,7 @@ int dm_cli_map(dm_cli *c)
         dm_progress_end(&ev.p), ev.p.started = 0;
     int code = dm_exit_code(rc);
     if (rc) {
-        fprintf(stderr, "dinomap %s: %s\n", c->cmd, err.msg);
+        dm_say("%s", err.msg);
     } else if (r.nothing_to_do) {
         /* cron: silence; a person at a terminal is told */
         if (isatty(2) && !c->quiet)
@@ -238,8 +237,9 @@ static int handler(void *user, const char *section, const char *name, const char
     }
     int r = dm_cli_set(x->c, name, v, why, sizeof why);
     if (r == -1) {
+        const char *hint = strstr(why, " (did you mean"); /* dm_cli_set's hint */
         fail(x, "unknown key '%s'%s (the keys are the long option names of dinomap features and "
-                "dinomap chm, e.g. tile, halo, bands)", name, "");
+                "dinomap chm, e.g. tile, halo, bands)", name, hint ? hint : "");
         return 0;
     }
     if (r) {
@@ -293,18 +293,17 @@ int dm_cli_read_ini(dm_cli *c, const char *path)
     snprintf(tmp, sizeof tmp, "%s", path);
     snprintf(x.dir, sizeof x.dir, "%s", dirname(tmp));
     if (!(x.f = fopen(path, "r"))) {
-        fprintf(stderr, "dinomap run: %s: cannot open: %s\n", path, strerror(errno));
+        dm_say("%s: cannot open: %s", path, strerror(errno));
         return -2;
     }
     int r = ini_parse_stream(reader, &x, handler, &x);
     fclose(x.f);
     if (x.err_line) {
-        fprintf(stderr, "dinomap run: %s:%d: %s\n", path, x.err_line, x.err);
+        dm_say("%s:%d: %s", path, x.err_line, x.err);
         return -2;
     }
     if (r) {
-        fprintf(stderr, "dinomap run: %s:%d: not a KEY = VALUE line (or [run])\n", path,
-                r > 0 ? r : 0);
+        dm_say("%s:%d: not a KEY = VALUE line (or [run])", path, r > 0 ? r : 0);
         return -2;
     }
     return 0;

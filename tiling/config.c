@@ -196,6 +196,10 @@ char *dm_config_invocation(const dm_eng *e)
         cJSON_AddStringToObject(j, "aoi", o->aoi);
     cJSON_AddNumberToObject(j, "threads", o->threads);
     cJSON_AddNumberToObject(j, "batch", o->batch);
+    cJSON_AddStringToObject(j, "output_format", dm_out_format_name(o->out.format));
+    cJSON *co = cJSON_AddArrayToObject(j, "co");
+    for (int i = 0; o->out.co && o->out.co[i]; i++)
+        cJSON_AddItemToArray(co, cJSON_CreateString(o->out.co[i]));
     cJSON_AddItemToObject(j, "config", cJSON_Duplicate(e->cfg, 1));
     char *s = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);

@@ -435,7 +435,7 @@ static void free_run(run *R)
     dm_model_free(e->m);
 }
 
-static int check_opts(const dm_run_opts *o, dm_err *err)
+int dm_run_check(const dm_run_opts *o, dm_err *err)
 {
     if (!o->products || (o->products & ~DM_PRODUCT_ALL))
         return dm_err_set(err, DM_EINVAL, "no product to make (features, chm)");
@@ -449,7 +449,12 @@ static int check_opts(const dm_run_opts *o, dm_err *err)
         return dm_err_set(err, DM_EINVAL, "--batch %d: expected 1..256", o->batch);
     if (o->head && !(o->products & DM_PRODUCT_CHM))
         return dm_err_set(err, DM_EINVAL, "--head is for the chm product");
-    return 0;
+    if (o->mosaic.crs && dm_gis_crs_check(o->mosaic.crs, err))
+        return DM_EINVAL;
+    if (o->out.format == DM_OF_ZARR && !(o->products & DM_PRODUCT_FEATURES))
+        return dm_err_set(err, DM_EINVAL, "-of Zarr: only the features have a Zarr output; the "
+                          "canopy height map is a COG (leave -of out)");
+    return dm_out_format_check(&o->out, err);
 }
 
 /* Reads what a folder's index says (for a resumed run): its configuration and facts. */
@@ -482,7 +487,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     if (!res)
         res = &dummy;
     memset(res, 0, sizeof *res);
-    int rc = check_opts(o, err);
+    int rc = dm_run_check(o, err);
     if (rc)
         return rc;
     double t0 = now();

@@ -82,6 +82,8 @@ typedef struct dm_fin {
     char *const *files;                /* [nchunks] its files as the index records them */
     const cJSON *cfg, *res;
     double max_bytes;
+    dm_out_format out;                 /* -of, -co */
+    const char *const *cog_co;         /* -co for the recipes' COGs (NULL: -of is not COG) */
     int threads;
     volatile sig_atomic_t *cancel;
     const dm_run_events *ev;

@@ -2,7 +2,9 @@
  * complete run, or `dinomap finalize OUTDIR`), run.json, and `dinomap status`. Finalize needs no
  * model: the grid, the CRS and every product's settings come from the index. It is up to date
  * when no chunk was committed since it last ran (the index's `gen` counter equals the
- * `finalized_gen` it recorded) and the outputs it wrote are all there. */
+ * `finalized_gen` it recorded), the outputs it wrote are all there, and they were written with
+ * the output format and creation options asked for now (`output_format`: another -of or -co
+ * rebuilds the outputs from the chunks, nothing is recomputed). */
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -74,6 +76,82 @@ int dm_fin_uptodate(dm_tileindex *ti, const char *outdir)
     return ok;
 }
 
+/* The output format as the index records it: {"format":"COG","co":["COMPRESS=ZSTD"]}. */
+static char *format_json(const dm_out_format *f)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "format", dm_out_format_name(f->format));
+    cJSON *co = cJSON_AddArrayToObject(j, "co");
+    for (int i = 0; f->co && f->co[i]; i++)
+        cJSON_AddItemToArray(co, cJSON_CreateString(f->co[i]));
+    char *s = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return s;
+}
+
+/* 1 when the outputs were last written in format f (a folder from before -of/-co: the
+ * defaults). */
+static int same_format(dm_tileindex *ti, const dm_out_format *f)
+{
+    char *was = NULL, *now = format_json(f);
+    dm_tileindex_config_get(ti, "output_format", &was, NULL);
+    dm_out_format def = { DM_OF_COG, NULL };
+    char *d = was ? NULL : format_json(&def);
+    int same = now && (was || d) && !strcmp(now, was ? was : d);
+    free(was), free(now), free(d);
+    return same;
+}
+
+/* The format of the folder's last finalize, into f; its strings live in *keep (cJSON_Delete;
+ * and free *co). Defaults when none is recorded. */
+static int recorded_format(dm_tileindex *ti, dm_out_format *f, cJSON **keep, const char ***co,
+                           dm_err *err)
+{
+    char *s = NULL;
+    *keep = NULL, *co = NULL;
+    f->format = DM_OF_COG, f->co = NULL;
+    int rc = dm_tileindex_config_get(ti, "output_format", &s, err);
+    if (rc || !s)
+        return rc;
+    *keep = cJSON_Parse(s);
+    free(s);
+    const cJSON *fm = cJSON_GetObjectItemCaseSensitive(*keep, "format");
+    if (!cJSON_IsString(fm) || dm_out_format_parse(fm->valuestring) < 0 ||
+        !(*co = dm_json_strings(cJSON_GetObjectItemCaseSensitive(*keep, "co"))))
+        return dm_err_set(err, DM_EFORMAT, "the index's output_format is damaged");
+    f->format = dm_out_format_parse(fm->valuestring);
+    f->co = *co;
+    return 0;
+}
+
+static int has_product(const cJSON *cfg, const char *name)
+{
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(cfg, "products"))
+    {
+        if (cJSON_IsString(it) && !strcmp(it->valuestring, name))
+            return 1;
+    }
+    return 0;
+}
+
+/* The Zarr copy of the features, from the COG (or the blocks' VRT) just written. */
+static int fin_zarr(dm_fin *f, dm_err *err)
+{
+    char src[4200], dst[4200];
+    snprintf(src, sizeof src, "%s/features.vrt", f->outdir);
+    if (!dm_exists(src))
+        snprintf(src, sizeof src, "%s/features.tif", f->outdir);
+    snprintf(dst, sizeof dst, "%s/features.zarr", f->outdir);
+    dm_info("finalize: features.zarr");
+    int rc = dm_gis_write_zarr(src, dst, f->out.co, f->cancel, err);
+    if (!rc) {
+        size_t o = strlen(f->outputs);
+        snprintf(f->outputs + o, sizeof f->outputs - o, "%sfeatures.zarr", o ? " " : "");
+    }
+    return rc;
+}
+
 static double now(void)
 {
     struct timespec t;
@@ -124,11 +202,22 @@ static int fin_build_products(dm_fin *f, dm_run_result *r, int drop, dm_err *err
             break;
         }
         dm_info("finalize: %s", rec->name);
-        if ((rc = rec->finalize(f, err)))
+        /* -co belongs to the COGs with -of COG, to the Zarr store with -of Zarr */
+        f->cog_co = f->out.format == DM_OF_COG ? f->out.co : NULL;
+        rc = rec->finalize(f, err);
+        if (!rc && p == DM_PRODUCT_FEATURES && f->out.format == DM_OF_ZARR)
+            rc = fin_zarr(f, err);
+        if (rc)
             break;
     }
-    char g[32];
+    char g[32], *fj = rc ? NULL : format_json(&f->out), zarr[4200];
     snprintf(g, sizeof g, "%lld", gen);
+    snprintf(zarr, sizeof zarr, "%s/features.zarr", f->outdir);
+    if (!rc && f->out.format != DM_OF_ZARR) /* not left from an earlier -of Zarr */
+        rc = dm_remove_tree(zarr, err);
+    if (!rc)
+        rc = fj ? dm_tileindex_config_set(f->ti, "output_format", fj, err) : dm_err_oom(err);
+    free(fj);
     time_t t = time(NULL);
     struct tm tm;
     strftime(f->finished, sizeof f->finished, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
@@ -193,15 +282,29 @@ int dm_fin_run(const dm_run_opts *o, dm_tileindex *ti, const cJSON *cfg, const c
         return dm_err_set(err, DM_EIO, "%lld chunks are still to do (a bug: the pipeline ended "
                           "early)", (long long)r->chunks_left);
     }
-    if (!r->chunks_run && !r->chunks_reset && dm_fin_uptodate(ti, o->outdir)) {
+    int same = same_format(ti, &o->out);
+    if (!r->chunks_run && !r->chunks_reset && dm_fin_uptodate(ti, o->outdir) && !same) {
+        char *dropped = NULL;
+        dm_tileindex_config_get(ti, "chunks_dropped", &dropped, NULL);
+        if (dropped && !strcmp(dropped, "1")) {
+            /* the outputs are all that is left: recomputing them for a creation option is
+             * --overwrite's to decide */
+            dm_warn("the chunks were deleted after the last finalize (--drop-chunks): the outputs "
+                    "keep their format and creation options; --overwrite recomputes them with "
+                    "the new ones");
+            same = 1;
+        }
+        free(dropped);
+    }
+    if (!r->chunks_run && !r->chunks_reset && dm_fin_uptodate(ti, o->outdir) && same) {
         r->nothing_to_do = 1;
         dm_tileindex_chunks_free(done, files, n);
         return 0;
     }
     dm_fin f = { .outdir = o->outdir, .ti = ti, .done = done, .files = files, .cfg = cfg,
-                 .res = res, .max_bytes = o->max_cog_gib * 1073741824.0, .threads = o->threads,
-                 .cancel = o->cancel, .ev = &o->ev, .fault = o->fault, .t0 = t0,
-                 .int8_clipped = -1 };
+                 .res = res, .max_bytes = o->max_cog_gib * 1073741824.0, .out = o->out,
+                 .threads = o->threads, .cancel = o->cancel, .ev = &o->ev, .fault = o->fault,
+                 .t0 = t0, .int8_clipped = -1 };
     rc = fin_grid(&f, err);
     if (!rc)
         rc = fin_build(&f, r, o->drop_chunks, err);
@@ -231,6 +334,9 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
     uint8_t *done = NULL;
     char **files = NULL;
     int n = 0;
+    dm_out_format of = { DM_OF_COG, NULL };
+    cJSON *of_keep = NULL;
+    const char **of_co = NULL;
     rc = dm_tileindex_open(index, "{\"command\":\"finalize\"}", 0, &ti, err);
     if (!rc)
         rc = dm_tileindex_config_get(ti, "config", &c, err);
@@ -255,13 +361,20 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
                         "(--drop-chunks); the outputs cannot be rebuilt from them. Run the "
                         "mapping command again to recompute", outdir);
     free(dropped);
+    if (!rc && o && o->out_set)
+        of = o->out;
+    else if (!rc)
+        rc = recorded_format(ti, &of, &of_keep, &of_co, err);
+    if (!rc && of.format == DM_OF_ZARR && !has_product(cfg, "features"))
+        rc = dm_err_set(err, DM_EINVAL, "-of Zarr: only the features have a Zarr output, and "
+                        "this run has none");
     if (!rc) {
         double run_max = 16;
         num(res, "max_cog_gib", &run_max);
         dm_fin f = { .outdir = outdir, .ti = ti, .done = done, .files = files, .cfg = cfg,
                      .res = res,
                      .max_bytes = (o && o->max_cog_gib >= 0 ? o->max_cog_gib : run_max) *
-                                  1073741824.0,
+                                  1073741824.0, .out = of,
                      .threads = o ? o->threads : 0, .cancel = o ? o->cancel : NULL,
                      .ev = o ? &o->ev : NULL, .fault = o ? o->fault : NULL, .t0 = t0,
                      .int8_clipped = -1 };
@@ -278,8 +391,8 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
                                     : "finalized", NULL);
     dm_tileindex_chunks_free(done, files, n);
     dm_tileindex_close(ti, NULL);
-    cJSON_Delete(cfg), cJSON_Delete(res);
-    free(c), free(rs);
+    cJSON_Delete(cfg), cJSON_Delete(res), cJSON_Delete(of_keep);
+    free(c), free(rs), free(of_co);
     dm_unlock(lock);
     r->seconds = now() - t0;
     return rc;
@@ -328,6 +441,11 @@ int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err)
         cJSON_AddStringToObject(q, "scale", "per band: its largest |value| / 127");
         cJSON_AddNumberToObject(q, "clipped_values", (double)f->int8_clipped);
     }
+    cJSON *of = cJSON_AddObjectToObject(j, "output_format");
+    cJSON_AddStringToObject(of, "format", dm_out_format_name(f->out.format));
+    cJSON *co = cJSON_AddArrayToObject(of, "co");
+    for (int i = 0; f->out.co && f->out.co[i]; i++)
+        cJSON_AddItemToArray(co, cJSON_CreateString(f->out.co[i]));
     /* this invocation */
     cJSON *tm = cJSON_AddObjectToObject(j, "timings");
     double secs = f->t0 > 0 ? now() - f->t0 : r->seconds,

@@ -238,7 +238,8 @@ static int c_finalize(dm_fin *fi, dm_err *err)
     dm_out_spec s = { .dir = fi->outdir, .name = "chm", .width = g->W, .height = g->H,
                       .bands = 1, .nodata = NAN, .wkt = fi->wkt, .meta = meta,
                       .band_names = bname, .unit = "m", .resampling = "AVERAGE",
-                      .max_bytes = fi->max_bytes, .cancel = fi->cancel, .block_align = 256 };
+                      .max_bytes = fi->max_bytes, .cancel = fi->cancel, .block_align = 256,
+                      .co = fi->cog_co };
     memcpy(s.gt, fi->gt, sizeof s.gt);
     int ncc = g->ccols, ncr = g->crows, rc = meta ? 0 : dm_err_oom(err);
     /* a chunk's extent: its columns' x range, its rows' y range */

@@ -421,7 +421,8 @@ static int f_finalize(dm_fin *fi, dm_err *err)
                       .resampling = "AVERAGE",
                       .max_bytes = fi->max_bytes,
                       .cancel = fi->cancel,
-                      .block_align = g->chunk * g->tp};
+                      .block_align = g->chunk * g->tp,
+                      .co = fi->cog_co};
     memcpy(fs.gt, fgt, sizeof fgt);
     dm_out *fo = NULL, *po = NULL;
     if (!rc)
@@ -430,7 +431,7 @@ static int f_finalize(dm_fin *fi, dm_err *err)
     dm_out_spec ps = { .dir = fi->outdir, .name = "features_pca", .width = g->fw,
                        .height = g->fh, .bands = 3, .byte = 1, .nodata = 0, .wkt = fi->wkt,
                        .meta = mq, .band_names = pcn, .rgb = 1, .resampling = "AVERAGE",
-                       .block_align = 1, .cancel = fi->cancel };
+                       .block_align = 1, .cancel = fi->cancel, .co = fi->cog_co };
     memcpy(ps.gt, fgt, sizeof fgt);
     if (!rc && c.want_pca) {
         ps.side = dm_out_block_side(fo); /* the same blocks as features.tif */

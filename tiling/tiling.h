@@ -55,6 +55,8 @@ typedef struct dm_run_opts {
     int overwrite;                 /* remove this folder's run and start afresh */
     int drop_chunks;               /* after a complete finalize, delete chunks/ */
     double max_cog_gib;            /* finalize: above this (uncompressed), block COGs + a VRT */
+    dm_out_format out;             /* finalize: -of, -co; they change the outputs, not the chunks:
+                                    * a rerun with others rebuilds only the outputs */
     volatile sig_atomic_t *cancel; /* set (by a signal handler): stop soon, keep what is done */
     const char *fault;             /* testing only: "tile:N", "commit:N", "finalize:N" kills the
                                     * process (SIGKILL) at that moment */
@@ -72,6 +74,12 @@ typedef struct dm_run_result {
     char outputs[1024];            /* what finalize wrote, space-separated */
 } dm_run_result;
 
+/* What can be checked of the options before anything is opened or written: products, weights,
+ * folder and inputs given, --batch, --head, --crs (GDAL/PROJ must know it), -of and -co (this
+ * GDAL's drivers must take them; Zarr needs the features product). 0 or DM_EINVAL (or
+ * DM_EUNSUPPORTED: no Zarr driver) with the message. dm_run begins with it. */
+int dm_run_check(const dm_run_opts *o, dm_err *err);
+
 /* Runs (or resumes) a run. Returns 0, DM_ELOCKED, DM_EINTERRUPTED (what was done is kept; run
  * again to go on), DM_EMISMATCH, or another DM_E* code; a run that fails before writing anything
  * leaves OUTDIR as it was (a folder it created is removed). */
@@ -81,6 +89,8 @@ typedef struct dm_finalize_opts {
     int threads;
     int drop_chunks;
     double max_cog_gib;            /* < 0: the run's own setting */
+    dm_out_format out;             /* -of, -co (dm_out_format_check them first) */
+    int out_set;                   /* 0: the options of the folder's last finalize */
     volatile sig_atomic_t *cancel;
     dm_run_events ev;
     const char *fault;
