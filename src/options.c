@@ -584,7 +584,7 @@ int dm_cli_finish(dm_cli *c)
         return -2;
     }
     if (o->aoi_whole_tiles && !o->aoi) {
-        fprintf(stderr, "dinomap %s: --aoi-whole-tiles needs --aoi FILE\n", cmd);
+        dm_say("--aoi-whole-tiles needs --aoi FILE");
         return -2;
     }
     if (c->quiet && !c->progress_set)

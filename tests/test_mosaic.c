@@ -314,6 +314,12 @@ TEST(mosaic_aoi_masks_pixels)
             wrong += in_triangle(x + 0.5, y + 0.5, v) == isnan(c[y * 256 + x]);
     free(c);
     CHECKF(wrong == 0, "chm: %d pixels on the wrong side of the AOI", wrong);
+    /* the option alone is a mistake, said before anything runs */
+    snprintf(args, sizeof args, "%s -o %s/alone --aoi-whole-tiles", in, t);
+    int rc = features(args, &out);
+    snprintf(d1, sizeof d1, "%s/alone", t);
+    CHECKF(rc == 2 && strstr(out, "dinomap: --aoi-whole-tiles needs --aoi") &&
+           dm_dir_empty_or_missing(d1), "exit %d: %s", rc, out);
 }
 
 /* A patch counts all its 16×16 pixels: one with 4 of its 16 columns inside the mosaic is nodata,
