@@ -649,10 +649,12 @@ TEST(features_reading_three_bands_reads_only_theirs)
     snprintf(p, sizeof p, "%s/o/features.tif", t);
     GDALDatasetH d = open_ro(p);
     CHECK(d != NULL);
-    const char *il = GDALGetMetadataItem(d, "INTERLEAVE", "IMAGE_STRUCTURE");
+    const char *v = GDALGetMetadataItem(d, "INTERLEAVE", "IMAGE_STRUCTURE");
+    char il[32];
+    snprintf(il, sizeof il, "%s", v ? v : "?"); /* the item lives only as long as d */
     int nb = GDALGetRasterCount(d);
     GDALClose(d);
-    CHECKF(il && !strcmp(il, "BAND") && nb >= 64, "interleave %s, %d bands", il ? il : "?", nb);
+    CHECKF(!strcmp(il, "BAND") && nb >= 64, "interleave %s, %d bands", il, nb);
     /* the same raster pixel-interleaved, to show what the measure sees there */
     snprintf(pix, sizeof pix, "%s/pixel.tif", t);
     snprintf(cmd, sizeof cmd, "gdal_translate -q -co TILED=YES -co COMPRESS=DEFLATE -co "
