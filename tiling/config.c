@@ -97,10 +97,9 @@ int dm_config_build(dm_eng *e, const char *aoi_sha, dm_err *err)
      * bumps this, and refuses to mix its chunks with an older run's */
     cJSON_AddNumberToObject(e->cfg, "engine_format", DM_ENGINE_FORMAT);
     cJSON *pr = cJSON_AddArrayToObject(e->cfg, "products");
-    if (o->products & DM_PRODUCT_FEATURES)
-        cJSON_AddItemToArray(pr, cJSON_CreateString("features"));
-    if (o->products & DM_PRODUCT_CHM)
-        cJSON_AddItemToArray(pr, cJSON_CreateString("chm"));
+    for (int i = 0; i < dm_nproducts; i++)
+        if (o->products & dm_products[i].bit)
+            cJSON_AddItemToArray(pr, cJSON_CreateString(dm_products[i].rec->name));
     cJSON_AddStringToObject(e->cfg, "weights_sha256", e->sha);
     /* a Hugging Face config.json beside the weights sets rope_theta, layer_norm_eps, taps... */
     const char *wcfg = dm_weights_config(e->m->w);

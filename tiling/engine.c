@@ -31,12 +31,25 @@ static double now(void)
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
+const dm_product dm_products[] = {
+    { DM_PRODUCT_FEATURES, &dm_recipe_features },
+    { DM_PRODUCT_CHM, &dm_recipe_chm },
+};
+const int dm_nproducts = (int)(sizeof dm_products / sizeof dm_products[0]);
+
+const dm_recipe *dm_recipe_of(unsigned p)
+{
+    for (int i = 0; i < dm_nproducts; i++)
+        if (dm_products[i].bit == p)
+            return dm_products[i].rec;
+    return NULL;
+}
+
 unsigned dm_product_from_name(const char *name)
 {
-    if (!strcmp(name, "features"))
-        return DM_PRODUCT_FEATURES;
-    if (!strcmp(name, "chm"))
-        return DM_PRODUCT_CHM;
+    for (int i = 0; i < dm_nproducts; i++)
+        if (!strcmp(name, dm_products[i].rec->name))
+            return dm_products[i].bit;
     return 0;
 }
 
@@ -581,10 +594,9 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     if (o->aoi && ((rc = dm_aoi_open(o->aoi, e->wkt, &e->aoi, err)) ||
                    (rc = dm_aoi_sha256(o->aoi, aoi_sha, err))))
         goto out;
-    if (o->products & DM_PRODUCT_FEATURES)
-        e->rec[e->nprod++] = &dm_recipe_features;
-    if (o->products & DM_PRODUCT_CHM)
-        e->rec[e->nprod++] = &dm_recipe_chm;
+    for (int i = 0; i < dm_nproducts; i++)
+        if (o->products & dm_products[i].bit)
+            e->rec[e->nprod++] = dm_products[i].rec;
     /* which tiles run (the AOI), and the PCA sampling rate from how many patches that is */
     int nt = dm_grid_ntiles(&e->g), nch = dm_grid_nchunks(&e->g);
     dm_tile_rec *recs = calloc((size_t)nt, sizeof *recs);

@@ -128,6 +128,17 @@ struct dm_recipe {
 extern const dm_recipe dm_recipe_features;
 extern const dm_recipe dm_recipe_chm;
 
+/* Every product, in the order its recipe runs and finalizes (a product derived from another's
+ * chunks comes after it): its DM_PRODUCT_* bit and recipe. */
+typedef struct dm_product {
+    unsigned bit;
+    const dm_recipe *rec;
+} dm_product;
+extern const dm_product dm_products[];
+extern const int dm_nproducts;
+/* The recipe of product bit p, or NULL. */
+const dm_recipe *dm_recipe_of(unsigned p);
+
 /* OUTDIR/chunks/cNNNNNN.PRODUCT.tif, and the name relative to OUTDIR. */
 void dm_chunk_path(const char *outdir, int chunk, const char *product, char *path, size_t n);
 void dm_chunk_rel(int chunk, const char *product, char *rel, size_t n);

@@ -194,8 +194,7 @@ static int fin_build_products(dm_fin *f, dm_run_result *r, int drop, dm_err *err
     cJSON_ArrayForEach(it, pr)
     {
         unsigned p = cJSON_IsString(it) ? dm_product_from_name(it->valuestring) : 0;
-        const dm_recipe *rec = p == DM_PRODUCT_FEATURES ? &dm_recipe_features
-                               : p == DM_PRODUCT_CHM    ? &dm_recipe_chm : NULL;
+        const dm_recipe *rec = dm_recipe_of(p);
         if (!rec) {
             rc = dm_err_set(err, DM_EFORMAT, "%s/tiles.gpkg: unknown product in its configuration",
                             f->outdir);
