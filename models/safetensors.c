@@ -157,8 +157,14 @@ int dm_safetensors_read(const unsigned char *base, size_t size, const char *path
     {
         if (!e->string)
             continue;
-        if (!strcmp(e->string, "__metadata__"))
+        if (!strcmp(e->string, "__metadata__")) { /* string → string (the format's rule) */
+            if (cJSON_IsObject(e) && !out->metadata &&
+                !(out->metadata = cJSON_PrintUnformatted(e)))
+                rc = ferr(err, DM_ENOMEM, path, "out of memory");
+            if (rc)
+                break;
             continue;
+        }
         if ((rc = read_tensor(e, data, data_size, path, out, err)))
             break;
     }

@@ -259,7 +259,9 @@ void dm_tensor_list_free(dm_tensor_list *l)
     for (size_t i = 0; i < l->n; i++)
         free(l->v[i].name);
     free(l->v);
+    free(l->metadata);
     l->v = NULL;
+    l->metadata = NULL;
     l->n = l->cap = 0;
 }
 
@@ -478,6 +480,7 @@ const dm_tensor *dm_weights_at(const dm_weights *w, size_t i)
 const char *dm_weights_path(const dm_weights *w) { return w->path; }
 const char *dm_weights_format(const dm_weights *w) { return w->format; }
 const char *dm_weights_config(const dm_weights *w) { return w->config; }
+const char *dm_weights_metadata(const dm_weights *w) { return w->list.metadata; }
 uint64_t dm_weights_bytes(const dm_weights *w) { return w->bytes; }
 
 const dm_tensor *dm_weights_find(const dm_weights *w, const char *name)

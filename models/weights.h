@@ -41,6 +41,8 @@ const dm_tensor *dm_weights_find(const dm_weights *w, const char *name); /* NULL
 const char *dm_weights_path(const dm_weights *w);
 const char *dm_weights_format(const dm_weights *w);  /* "pth" or "safetensors" */
 const char *dm_weights_config(const dm_weights *w);  /* config.json text, or NULL */
+/* A safetensors file's __metadata__ object as JSON text (the first shard's), or NULL. */
+const char *dm_weights_metadata(const dm_weights *w);
 uint64_t dm_weights_bytes(const dm_weights *w);      /* total size of the mapped files */
 /* The files mapped (one, or the shards in the index's order). */
 int dm_weights_nfiles(const dm_weights *w);

@@ -8,6 +8,7 @@
 typedef struct dm_tensor_list {
     dm_tensor *v;
     size_t n, cap;
+    char *metadata;           /* a safetensors header's __metadata__ object as JSON, or NULL */
 } dm_tensor_list;
 
 /* Appends t (taking ownership of t->name, which must be malloc'd). Frees t->name on failure. */

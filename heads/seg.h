@@ -1,0 +1,69 @@
+/* heads/seg.h — segmentation heads: a linear map from a patch's feature vector (what the features
+ * product writes for the patch: the run's layer through the final norm) to class logits,
+ * logits = W·x + b. Every head dinomap uses is one:
+ *   - "logistic": multinomial logistic regression fitted by `dinomap seg train`;
+ *   - "kmeans": `dinomap seg cluster`'s centroids c_k, as W_k = 2·c_k, b_k = −|c_k|² (the argmax of
+ *     the logits is then the nearest centroid);
+ *   - "linear": Meta's linear segmentation head (spec §6.1: BatchNorm2d + 1×1 conv), folded.
+ * Like the other heads it knows no files' georeferencing, tiles or CRSs, and computes through the
+ * backend's dense operations (models/ops.h).
+ *
+ * The head file (`.dmseg`) is a safetensors file: tensors "weight" F32 [C, D] and "bias" F32 [C];
+ * its __metadata__ (string values, as the format requires):
+ *   format "dinomap-seg", version "1", kind (above), classes (JSON: [{"id":1,"name":"water",
+ *   "color":"#1f78b4"}, ...], one per row of weight, in order), embed_dim, backbone_sha256 (the
+ *   weights the features came from; "" when unknown), arch, layer (-1: the last block), norm (the
+ *   normalization preset), info (JSON object: how it was made — training metrics, k-means seed...;
+ *   may be "{}"). */
+#ifndef DM_HEADS_SEG_H
+#define DM_HEADS_SEG_H
+
+#include <stdint.h>
+
+#include "../src/base/base.h"
+
+#define DM_SEG_MAX_CLASSES 255 /* class ids are 0..254 in an 8-bit raster; 255 is nodata */
+
+typedef struct dm_seg_class {
+    int id;                    /* the value seg.tif holds for the class, 0..254 */
+    char name[64];
+    uint8_t rgb[3];
+} dm_seg_class;
+
+typedef struct dm_seg_head {
+    int C, D;
+    float *w, *b;              /* [C, D], [C] */
+    dm_seg_class *cls;         /* [C] */
+    char kind[16];             /* "logistic", "kmeans", "linear" */
+    char backbone_sha256[65];  /* "" when unknown */
+    char arch[32];
+    int layer;                 /* -1: the last block */
+    char norm[16];
+    char *info;                /* JSON object text (malloc'd), or NULL */
+} dm_seg_head;
+
+/* A head of C classes over D dimensions: weights and biases 0, classes id 1..C named "class N"
+ * with distinct default colours, layer -1, info NULL. NULL when out of memory or C, D invalid. */
+dm_seg_head *dm_seg_head_new(int C, int D);
+void dm_seg_head_free(dm_seg_head *h); /* NULL-safe */
+
+/* Reads a .dmseg file, or Meta's linear segmentation head (a .pth or .safetensors with
+ * batchnorm_layer.* and conv.*, optionally prefixed; folded into W, b; classes id 1..C, kind
+ * "linear", backbone unknown). Errors name the file and what is wrong (not a head, shapes,
+ * classes that are not valid JSON, duplicate ids...). */
+int dm_seg_head_load(const char *path, dm_seg_head **out, dm_err *err);
+/* Writes h as a .dmseg file (temporary name, then renamed). */
+int dm_seg_head_save(const dm_seg_head *h, const char *path, dm_err *err);
+/* The SHA-256 of the head's weights, biases and classes (what a run's configuration records:
+ * the same head saved again has the same hash). */
+void dm_seg_head_sha256(const dm_seg_head *h, char out[65]);
+
+/* logits[n, C] = x[n, D] · Wᵀ + b on the calling thread. */
+void dm_seg_logits(const dm_seg_head *h, const float *x, int n, float *logits);
+
+/* The default colour of class index i (a qualitative palette, then a hash for the rest). */
+void dm_seg_default_color(int i, uint8_t rgb[3]);
+/* "#rrggbb" → rgb; 0, or -1 when it is not such a colour. */
+int dm_seg_parse_color(const char *s, uint8_t rgb[3]);
+
+#endif
