@@ -259,15 +259,30 @@ static char *crs_wkt(const char *crs)
     return out;
 }
 
-/* "EPSG:326zz" / "EPSG:327zz" for the centre of the dataset (geographic coordinates) */
+/* An input's CRS: its own, or that of its ground control points (a scene georeferenced by GCPs
+ * only, warped with them); "" when neither. */
+static const char *input_wkt(GDALDatasetH d)
+{
+    const char *w = GDALGetProjectionRef(d);
+    if ((!w || !w[0]) && GDALGetGCPCount(d) > 0)
+        w = GDALGetGCPProjection(d);
+    return w ? w : "";
+}
+
+/* "EPSG:326zz" / "EPSG:327zz" for the centre of the dataset (geographic coordinates: its
+ * geotransform's, or the mean of its GCPs) */
 static void utm_for(GDALDatasetH ds, char *out, size_t n)
 {
-    double gt[6];
-    GDALGetGeoTransform(ds, gt);
-    double lon =
-        gt[0] + gt[1] * GDALGetRasterXSize(ds) / 2.0 + gt[2] * GDALGetRasterYSize(ds) / 2.0;
-    double lat =
-        gt[3] + gt[4] * GDALGetRasterXSize(ds) / 2.0 + gt[5] * GDALGetRasterYSize(ds) / 2.0;
+    double gt[6], lon = 0, lat = 0;
+    if (GDALGetGeoTransform(ds, gt) == CE_None) {
+        lon = gt[0] + gt[1] * GDALGetRasterXSize(ds) / 2.0 + gt[2] * GDALGetRasterYSize(ds) / 2.0;
+        lat = gt[3] + gt[4] * GDALGetRasterXSize(ds) / 2.0 + gt[5] * GDALGetRasterYSize(ds) / 2.0;
+    } else {
+        int k = GDALGetGCPCount(ds);
+        const GDAL_GCP *g = GDALGetGCPs(ds);
+        for (int i = 0; i < k; i++)
+            lon += g[i].dfGCPX / k, lat += g[i].dfGCPY / k;
+    }
     /* axis order of a geographic CRS in a GeoTIFF geotransform is lon, lat */
     int zone = (int)floor((lon + 180.0) / 6.0) + 1;
     zone = zone < 1 ? 1 : zone > 60 ? 60 : zone;
@@ -504,7 +519,7 @@ static int open_input(const dm_mosaic_opts *o, int i, GDALDatasetH *d, int *geor
     double gt[6];
     const char *w = GDALGetProjectionRef(*d);
     int has_gt = GDALGetGeoTransform(*d, gt) == CE_None;
-    *georef = has_gt && w && w[0];
+    *georef = (has_gt && w && w[0]) || (GDALGetGCPCount(*d) >= 3 && input_wkt(*d)[0]);
     int finite = 1;
     for (int k = 0; k < 6; k++)
         finite &= isfinite(gt[k]);
@@ -528,7 +543,7 @@ static int open_input(const dm_mosaic_opts *o, int i, GDALDatasetH *d, int *geor
 static int target_crs(dm_mosaic *m, const dm_mosaic_opts *o, GDALDatasetH first, char **wkt,
                       dm_err *err)
 {
-    const char *w0 = GDALGetProjectionRef(first);
+    const char *w0 = input_wkt(first);
     if (o->crs) {
         if (!(*wkt = crs_wkt(o->crs)))
             return dm_err_set(err, DM_EINVAL, "--crs %s: not a CRS GDAL/PROJ knows (try "
@@ -581,8 +596,9 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
         double gt[6];
         if (!src[i] && (rc = open_one(o->inputs[i], &src[i], err)))
             break;
-        GDALGetGeoTransform(src[i], gt);
-        int same = same_crs(twkt, GDALGetProjectionRef(src[i]));
+        /* by GCPs only: no geotransform, so never on the grid (warped with its GCPs) */
+        int same = GDALGetGeoTransform(src[i], gt) == CE_None &&
+                   same_crs(twkt, GDALGetProjectionRef(src[i]));
         if (!g.set && same && gt[2] == 0 && gt[4] == 0 && gt[5] < 0 && gt[1] > 0)
             g = (grid){ 1, gt[0], gt[3], gt[1], gt[5] };
         const char *name = NULL;

@@ -443,3 +443,32 @@ TEST(mosaic_stretch_counts_valid_pixels_only)
         CHECKF(scaled && ok, "%d px%s: stretch %g..%g", n, s == 2 ? ", warped" : "", lo, hi);
     }
 }
+
+/* A scene georeferenced by ground control points only (no geotransform) is warped with them:
+ * a geographic GCP CRS goes to its UTM zone like any geographic input. */
+TEST(mosaic_gcps_only_input_is_warped)
+{
+    const char *t = dm_test_tmpdir();
+    char in[1024], gcp[1024], cmd[4096], args[4096];
+    const char *out;
+    snprintf(in, sizeof in, "%s/in.tif", t);
+    snprintf(gcp, sizeof gcp, "%s/gcp.tif", t);
+    CHECK(dm_make_tif(in, 128, 128, 3, NULL, 0, -1, 13) == 0);
+    snprintf(cmd, sizeof cmd, "gdal_translate -q -a_srs EPSG:4326 -gcp 0 0 2.30 48.90 -gcp 128 0 "
+             "2.3017 48.90 -gcp 0 128 2.30 48.8989 -gcp 128 128 2.3017 48.8989 %s %s", in, gcp);
+    CHECKF(dm_run(cmd, &out) == 0, "%s", out);
+    snprintf(args, sizeof args, "%s -o %s/o --tile 64 --halo 16", gcp, t);
+    CHECKF(features(args, &out) == 0, "%s", out);
+    char p[1100];
+    snprintf(p, sizeof p, "%s/o/features.tif", t);
+    GDALDatasetH d = GDALOpen(p, GA_ReadOnly);
+    CHECK(d != NULL);
+    double gt[6];
+    int has = GDALGetGeoTransform(d, gt) == CE_None;
+    const char *wkt = GDALGetProjectionRef(d);
+    int utm = wkt && strstr(wkt, "UTM zone 31N");
+    GDALClose(d);
+    /* 0.0017° of longitude at 48.9° N is ~125 m: 128 px of ~0.98 m, 16 px a patch */
+    CHECKF(has && utm && gt[1] > 14 && gt[1] < 17, "georeferenced %d, UTM 31N %d, pixel %g", has,
+           utm, gt[1]);
+}
