@@ -201,6 +201,34 @@ typedef struct dm_ramp_stop {
 } dm_ramp_stop;
 int dm_gis_write_qml(const char *path, const dm_ramp_stop *stops, int n, dm_err *err);
 
+/* ==== feature rasters read back ==================================================================
+ * For similarity maps: a dinomap features output (features.tif, or the features.vrt of its
+ * blocks; float32 with NaN nodata, or int8 with a GDAL scale and offset per band and nodata 0),
+ * or a run's chunk file, read as real values by groups of bands. */
+typedef struct dm_gis_feat dm_gis_feat;
+/* Opens path (a folder: its features.vrt, else features.tif). product: the DINOMAP_PRODUCT its
+ * metadata must name ("features"), or NULL (a chunk file). DM_EINVAL naming the file when it is
+ * not one. */
+int dm_gis_feat_open(const char *path, const char *product, dm_gis_feat **out, dm_err *err);
+void dm_gis_feat_close(dm_gis_feat *f); /* NULL-safe */
+/* Size, bands, geotransform (north-up), CRS as WKT ("" none, owned by f), the first band's block
+ * width clamped to 64..1024 px (the size worth reading at once). */
+void dm_gis_feat_info(const dm_gis_feat *f, int *w, int *h, int *bands, double gt[6],
+                      const char **wkt, int *block);
+/* Its DINOMAP_* metadata: one value (NULL when absent), or all "KEY=VALUE" (NULL-terminated or
+ * NULL; owned by f). */
+const char *dm_gis_feat_meta(const dm_gis_feat *f, const char *key);
+const char *const *dm_gis_feat_meta_list(const dm_gis_feat *f);
+/* Bands [b0, b0 + nb) of the window into buf [nb, h, w]: scale and offset applied, nodata NaN. */
+int dm_gis_feat_read(dm_gis_feat *f, int b0, int nb, int x, int y, int w, int h, float *buf,
+                     dm_err *err);
+/* DM_EINVAL unless GDAL/PROJ knows crs; the message names the option opt ("--srs"). */
+int dm_gis_srs_check(const char *opt, const char *crs, dm_err *err);
+/* (x, y) in srs (NULL or "": already in the target's CRS) moved into the CRS of target_wkt, with x
+ * the easting or longitude whatever the CRS's official axis order (EPSG:4326 takes lon,lat). */
+int dm_gis_point_to(const char *srs, const char *target_wkt, double x, double y, double *ox,
+                    double *oy, dm_err *err);
+
 /* ==== the STAC Item ==============================================================================
  * dir/item.json: a STAC 1.0.0 Item of the files a run wrote (see stac.c), written atomically. */
 typedef struct dm_stac_asset {

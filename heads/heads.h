@@ -1,6 +1,7 @@
-/* heads/heads.h — what turns backbone tokens into arrays: the CHMv2 canopy-height head and the PCA
- * colour preview of feature rasters. Heads know no files, tiles or CRSs, and compute through the
- * backend's dense operations (models/ops.h), never through a BLAS of their own. */
+/* heads/heads.h — what turns backbone tokens into arrays: the CHMv2 canopy-height head, the PCA
+ * colour preview of feature rasters and similarity maps. Heads know no files, tiles or CRSs,
+ * and compute through the backend's dense operations (models/ops.h), never through a BLAS of
+ * their own. */
 #ifndef DM_HEADS_H
 #define DM_HEADS_H
 
@@ -117,5 +118,18 @@ void dm_pca_rgb(const dm_pca *p, const float *v, uint8_t rgb[3]);
 float dm_pca_absmax(const dm_pca *p, int d);
 /* After fit: the share of variance the 3 components explain. */
 double dm_pca_explained(const dm_pca *p);
+
+/* ==== similarity ============================================================================= */
+/* the DINOv3 paper's similarity maps: cosine similarity of patch vectors to a unit query vector.
+ * Vectors come as band-major pieces v [nb, n] (nb of the D bands of n patches), a group of bands
+ * at a time: dot and nn [n] start at 0 and accumulate Σ q[d]·v[d] and Σ v[d]² over the groups
+ * (q pointing at the group's first band); NaN (nodata) in a patch's values makes its result NaN. */
+void dm_sim_accumulate(const float *q, int nb, const float *v, size_t n, double *dot, double *nn);
+/* out [n] = dot / sqrt(nn) (the cosine for a unit q); NaN stays NaN, a zero vector gives 0. */
+void dm_sim_finish(const double *dot, const double *nn, size_t n, float *out);
+/* sum [nb] += Σ over the patches with mask[i] of v[d, i] (the caller masks nodata out). */
+void dm_sim_sum(const float *v, int nb, size_t n, const uint8_t *mask, double *sum);
+/* q [D] = sum / |sum| (float); -1 when the sum is zero or not finite. */
+int dm_sim_unit(const double *sum, int D, float *q);
 
 #endif

@@ -19,17 +19,21 @@ int dm_exit_code(int rc);
 enum { DM_PROGRESS_AUTO, DM_PROGRESS_BAR, DM_PROGRESS_JSON, DM_PROGRESS_NONE };
 
 /* Which commands take an option. */
-enum { DM_CMD_FEATURES = 1, DM_CMD_CHM = 2, DM_CMD_RUN = 4, DM_CMD_FINALIZE = 8 };
+enum { DM_CMD_FEATURES = 1, DM_CMD_CHM = 2, DM_CMD_RUN = 4, DM_CMD_FINALIZE = 8,
+       DM_CMD_SIMILARITY = 16 };
 #define DM_CMD_MAP (DM_CMD_FEATURES | DM_CMD_CHM | DM_CMD_RUN)
 
 /* A mapping command being parsed: the engine's options and the face's own. */
 typedef struct dm_cli {
-    const char *cmd;          /* "features", "chm", "run" */
+    const char *cmd;          /* "features", "chm", "similarity", "run" */
     unsigned cmdmask;         /* DM_CMD_* of this command */
     dm_run_opts o;
     int progress, progress_set, quiet;
     const char *log;
     int tile_set, halo_set, overlap, overlap_set, products_set;
+    uint64_t given;           /* the options set, by their bit in options.c's table */
+    const char *features;     /* similarity --features PATH: no run */
+    int in_file, query_in_file; /* reading an INI file; the similarity query came from one */
     char **inputs;            /* owned */
     int ninputs, capinputs;
     char **owned;             /* strings kept for o's pointers */
@@ -69,6 +73,9 @@ int dm_cli_conclude(dm_cli *c, int code);
 /* Sets the --config options c holds, for the rest of the process: before anything is opened
  * (GDAL reads some once: PROJ's, the HTTP ones). 0, or -2 with the message said. */
 int dm_cli_apply_config(dm_cli *c);
+/* similarity --features maps no mosaic: the first option given that it does not use (--tile...),
+ * or NULL. */
+const char *dm_cli_unused_with_features(const dm_cli *c);
 /* After parsing: product-dependent defaults, required options, --config set, then dm_run_check
  * (--crs, -of, -co...); 0 or -2 with a message printed. */
 int dm_cli_finish(dm_cli *c);
@@ -116,6 +123,7 @@ int cmd_forward(int argc, char **argv);
 int cmd_features(int argc, char **argv);
 int cmd_chm(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_similarity(int argc, char **argv);
 int cmd_finalize(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 

@@ -1,9 +1,11 @@
 /* src/options.c — the one vocabulary of the mapping commands: every option of `dinomap features`,
- * `dinomap chm` and `dinomap run` is defined once here, with the commands that take it, its
- * help, and its parser. The command line (getopt_long) and INI files (`dinomap run`, keys = the
+ * `dinomap chm`, `dinomap similarity` (which takes every option of features, whose product it
+ * runs) and `dinomap run` is defined once here, with the commands that take it, its help, and
+ * its parser. The command line (getopt_long) and INI files (`dinomap run`, keys = the
  * long option names) both end in dm_cli_set, so a value means the same wherever it is written. */
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,16 +15,20 @@
 #include "cli.h"
 
 enum {
-    O_MODEL, O_OUTPUT, O_HEAD, O_PRODUCTS, O_INPUT, O_BANDS, O_SCALE, O_STRETCH, O_GSD, O_CRS,
+    O_MODEL, O_OUTPUT, O_HEAD, O_PRODUCTS, O_INPUT, O_AT, O_SRS, O_QAOI, O_FEATURES, O_BANDS,
+    O_SCALE, O_STRETCH, O_GSD, O_CRS,
     O_UNGEO, O_AOI, O_AOI_TILES, O_TILE, O_HALO, O_OVERLAP, O_CHUNK, O_LAYER, O_QUANT, O_NOPCA,
     O_TAPS, O_NORM, O_ARCH, O_DEVICE, O_THREADS, O_BATCH, O_OVERWRITE, O_DROP, O_KEEP, O_MAXCOG,
     O_OF, O_CO, O_CONFIG, O_PROGRESS, O_LOG, O_QUIET, O_COUNT
 };
 
+_Static_assert(O_COUNT <= 64, "dm_cli.given holds one bit per option");
+
 #define F DM_CMD_FEATURES
 #define C DM_CMD_CHM
 #define R DM_CMD_RUN
 #define M DM_CMD_MAP
+#define S DM_CMD_SIMILARITY
 static const struct optdef {
     const char *name;
     int shortopt, has_arg;
@@ -36,10 +42,20 @@ static const struct optdef {
                    "(required); the same command in the same folder resumes" },
     [O_HEAD] = { "head", 0, 1, C | R, "HEAD", "Meta's CHMv2 head (dinov3_vitl16_chmv2_dpt_"
                  "head-*.pth), for a backbone file without one" },
-    [O_PRODUCTS] = { "products", 0, 1, R, "LIST", "what to make: features, chm or "
-                     "features,chm (one backbone pass feeds both) (required)" },
+    [O_PRODUCTS] = { "products", 0, 1, R, "LIST", "what to make: features, chm, similarity "
+                     "or a list, e.g. features,chm (one backbone pass feeds all; similarity "
+                     "brings the features) (required)" },
     [O_INPUT] = { "input", 0, 1, R, "PATH", "an input raster or a glob (*.tif); repeat for "
                   "more (one mosaic) (required)" },
+    [O_AT] = { "at", 0, 1, S | R, "X,Y", "similarity: the query is the patch under this point "
+               "(in --srs; default: the output CRS)" },
+    [O_SRS] = { "srs", 0, 1, S | R, "CRS", "similarity: the CRS of --at, e.g. EPSG:4326 (then "
+                "X,Y = longitude,latitude)" },
+    [O_QAOI] = { "query-aoi", 0, 1, S | R, "FILE", "similarity: the query is the mean vector of "
+                 "the patches whose centre lies inside these polygons (any OGR format and CRS)" },
+    [O_FEATURES] = { "features", 0, 1, S, "PATH", "similarity without a model: from an existing "
+                     "features output (features.tif or .vrt, float32 or int8, or its folder) "
+                     "into -o OUTDIR; no -m, no INPUT" },
     [O_BANDS] = { "bands", 0, 1, M, "R,G,B", "input bands fed as red, green, blue "
                   "(default: 1,2,3)" },
     [O_SCALE] = { "scale", 0, 1, M, "MIN,MAX", "map input values MIN..MAX to 0..255 "
@@ -108,6 +124,14 @@ static const struct optdef {
 #undef C
 #undef R
 #undef M
+#undef S
+
+/* The commands taking an option: `similarity` runs the features product, so it takes every
+ * option `features` takes. */
+static unsigned takers(const struct optdef *d)
+{
+    return d->cmds & DM_CMD_FEATURES ? d->cmds | DM_CMD_SIMILARITY : d->cmds;
+}
 
 void dm_cli_init(dm_cli *c, const char *cmd, unsigned cmdmask)
 {
@@ -253,6 +277,13 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
     const char *keep = defs[id].has_arg ? dm_cli_keep(c, v) : NULL;
     if (defs[id].has_arg && !keep)
         return BAD("out of memory");
+    c->given |= (uint64_t)1 << id;
+    if (id == O_AT || id == O_SRS || id == O_QAOI) {
+        /* a query on the command line replaces the config file's (at, srs, query-aoi) */
+        if (!c->in_file && c->query_in_file)
+            memset(&o->query, 0, sizeof o->query), c->query_in_file = 0;
+        c->query_in_file |= c->in_file;
+    }
     switch (id) {
     case O_MODEL: o->weights = keep; break;
     case O_OUTPUT: o->outdir = keep; break;
@@ -263,6 +294,15 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
     case O_DEVICE: o->device = keep; break;
     case O_NORM: o->norm = keep; break;
     case O_LOG: c->log = keep; break;
+    case O_SRS: o->query.srs = keep; break;
+    case O_QAOI: o->query.aoi = keep; break;
+    case O_FEATURES: c->features = keep; break;
+    case O_AT:
+        if (dm_parse_pair(v, &a, &b) || !isfinite(a) || !isfinite(b))
+            return BAD("--at %s: expected two numbers X,Y (e.g. --at 500123.5,4199876 in the "
+                       "output CRS, or longitude,latitude with --srs EPSG:4326)", v);
+        o->query.at_set = 1, o->query.x = a, o->query.y = b;
+        break;
     case O_INPUT:
         if (dm_cli_add_input(c, v))
             return BAD("out of memory");
@@ -275,11 +315,12 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
         for (char *t = strtok_r(buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
             unsigned x = dm_product_from_name(t);
             if (!x)
-                return BAD("--products %s: unknown product '%s' (features, chm)", v, t);
+                return BAD("--products %s: unknown product '%s' (features, chm, similarity)", v,
+                           t);
             p |= x;
         }
         if (!p)
-            return BAD("--products: empty (features, chm)");
+            return BAD("--products: empty (features, chm, similarity)");
         o->products = p;
         c->products_set = 1;
         break;
@@ -424,11 +465,11 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
 int dm_cli_set(dm_cli *c, const char *name, const char *value, char *why, size_t n)
 {
     int id = find(name);
-    if (id < 0 || !(defs[id].cmds & c->cmdmask)) {
+    if (id < 0 || !(takers(&defs[id]) & c->cmdmask)) {
         const char *names[O_COUNT + 1];
         int k = 0;
         for (int i = 0; i < O_COUNT; i++)
-            if (defs[i].cmds & c->cmdmask)
+            if (takers(&defs[i]) & c->cmdmask)
                 names[k++] = defs[i].name;
         names[k] = NULL;
         const char *s = dm_cli_suggest(name, names);
@@ -444,13 +485,14 @@ int dm_cli_set(dm_cli *c, const char *name, const char *value, char *why, size_t
 
 const void *dm_cli_longopts(unsigned cmdmask)
 {
-    static struct option tables[3][O_COUNT + 2];
-    int t = cmdmask == DM_CMD_FEATURES ? 0 : cmdmask == DM_CMD_CHM ? 1 : 2;
+    static struct option tables[4][O_COUNT + 2];
+    int t = cmdmask == DM_CMD_FEATURES ? 0 : cmdmask == DM_CMD_CHM ? 1
+            : cmdmask == DM_CMD_SIMILARITY ? 3 : 2;
     struct option *l = tables[t];
     if (!l[0].name) {
         int k = 0;
         for (int i = 0; i < O_COUNT; i++)
-            if (defs[i].cmds & cmdmask)
+            if (takers(&defs[i]) & cmdmask)
                 l[k++] = (struct option){ defs[i].name, defs[i].has_arg ? required_argument
                                                                         : no_argument,
                                           0, 1000 + i };
@@ -478,7 +520,7 @@ void dm_cli_help_options(FILE *f, unsigned cmdmask)
 {
     for (int i = 0; i < O_COUNT; i++) {
         const struct optdef *d = &defs[i];
-        if (!(d->cmds & cmdmask))
+        if (!(takers(d) & cmdmask))
             continue;
         char head[64];
         if (i == O_CO || i == O_OF) /* GDAL's spelling */
@@ -571,6 +613,20 @@ int dm_cli_apply_config(dm_cli *c)
     return 0;
 }
 
+const char *dm_cli_unused_with_features(const dm_cli *c)
+{
+    static const int used[] = { O_OUTPUT, O_AT, O_SRS, O_QAOI, O_FEATURES, O_MAXCOG, O_OF, O_CO,
+                                O_CONFIG, O_PROGRESS, O_QUIET };
+    for (int i = 0; i < O_COUNT; i++) {
+        int ok = !(c->given >> i & 1);
+        for (size_t k = 0; !ok && k < sizeof used / sizeof used[0]; k++)
+            ok = used[k] == i;
+        if (!ok)
+            return defs[i].name;
+    }
+    return NULL;
+}
+
 int dm_cli_finish(dm_cli *c)
 {
     dm_run_opts *o = &c->o;
@@ -579,8 +635,10 @@ int dm_cli_finish(dm_cli *c)
         o->products = DM_PRODUCT_FEATURES;
     else if (c->cmdmask == DM_CMD_CHM)
         o->products = DM_PRODUCT_CHM;
+    else if (c->cmdmask == DM_CMD_SIMILARITY)
+        o->products = DM_PRODUCT_FEATURES | DM_PRODUCT_SIMILARITY;
     else if (!c->products_set) {
-        dm_say("no products (products = features, chm or features,chm)");
+        dm_say("no products (products = features, chm, similarity or a list: features,chm)");
         return -2;
     }
     if (o->aoi_whole_tiles && !o->aoi) {
@@ -608,6 +666,8 @@ int dm_cli_finish(dm_cli *c)
         if (!c->ninputs)
             strcat(miss, c->cmdmask == DM_CMD_RUN ? "input = ..., " : "an INPUT, ");
         miss[strlen(miss) - 2] = '\0';
+        if (c->cmdmask == DM_CMD_SIMILARITY && (!o->weights || !c->ninputs))
+            strcat(miss, " (or --features PATH instead of -m and INPUT)");
         dm_say("missing %s (dinomap %s --help)", miss, cmd);
         return -2;
     }

@@ -166,7 +166,8 @@ typedef struct ini_ctx {
 /* Keys whose values are paths, taken relative to the config file's folder. */
 static int is_path_key(const char *k)
 {
-    static const char *keys[] = { "model", "head", "output", "aoi", "input", "log", NULL };
+    static const char *keys[] = { "model", "head", "output", "aoi", "input", "log", "query-aoi",
+                                  NULL };
     for (int i = 0; keys[i]; i++)
         if (!strcmp(k, keys[i]))
             return 1;
@@ -226,7 +227,8 @@ static int handler(void *user, const char *section, const char *name, const char
         }
         return 1;
     }
-    if (!strcmp(name, "model") || !strcmp(name, "head") || !strcmp(name, "aoi")) {
+    if (!strcmp(name, "model") || !strcmp(name, "head") || !strcmp(name, "aoi") ||
+        !strcmp(name, "query-aoi")) {
         struct stat st;
         if (strncmp(v, "/vsi", 4) && stat(v, &st) != 0) {
             char m[600];
@@ -296,7 +298,9 @@ int dm_cli_read_ini(dm_cli *c, const char *path)
         dm_say("%s: cannot open: %s", path, strerror(errno));
         return -2;
     }
+    c->in_file = 1;
     int r = ini_parse_stream(reader, &x, handler, &x);
+    c->in_file = 0;
     fclose(x.f);
     if (x.err_line) {
         dm_say("%s:%d: %s", path, x.err_line, x.err);

@@ -91,7 +91,8 @@ int dm_config_build(dm_eng *e, const char *aoi_sha, dm_err *err)
     const dm_run_opts *o = e->o;
     e->cfg = cJSON_CreateObject();
     e->res = cJSON_CreateObject();
-    if (!e->cfg || !e->res)
+    e->outset = cJSON_CreateObject();
+    if (!e->cfg || !e->res || !e->outset)
         return dm_err_oom(err);
     /* what a chunk means (window placement, blending, the PCA sample): a binary that changes it
      * bumps this, and refuses to mix its chunks with an older run's */
@@ -200,6 +201,7 @@ char *dm_config_invocation(const dm_eng *e)
     for (int i = 0; o->out.co && o->out.co[i]; i++)
         cJSON_AddItemToArray(co, cJSON_CreateString(o->out.co[i]));
     cJSON_AddItemToObject(j, "config", cJSON_Duplicate(e->cfg, 1));
+    cJSON_AddItemToObject(j, "output_settings", cJSON_Duplicate(e->outset, 1));
     char *s = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return s;

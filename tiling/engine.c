@@ -22,7 +22,7 @@
 /* finalize.c */
 int dm_fin_uptodate(dm_tileindex *ti, const char *outdir);
 int dm_fin_run(const dm_run_opts *o, dm_tileindex *ti, const cJSON *cfg, const cJSON *res,
-               double t0, dm_run_result *r, dm_err *err);
+               const cJSON *outset, double t0, dm_run_result *r, dm_err *err);
 
 static double now(void)
 {
@@ -33,9 +33,17 @@ static double now(void)
 
 const dm_product dm_products[] = {
     { DM_PRODUCT_FEATURES, &dm_recipe_features },
+    { DM_PRODUCT_SIMILARITY, &dm_recipe_similarity },
     { DM_PRODUCT_CHM, &dm_recipe_chm },
 };
 const int dm_nproducts = (int)(sizeof dm_products / sizeof dm_products[0]);
+_Static_assert(sizeof dm_products / sizeof dm_products[0] <= DM_NPROD,
+               "DM_NPROD (engine.h) is smaller than the product table");
+
+unsigned dm_products_needed(unsigned p)
+{
+    return p & DM_PRODUCT_SIMILARITY ? p | DM_PRODUCT_FEATURES : p;
+}
 
 const dm_recipe *dm_recipe_of(unsigned p)
 {
@@ -385,8 +393,9 @@ static int stage_write(void *ctx, dm_job *job, dm_err *err)
 /* The files of a run in OUTDIR (for --overwrite, and to refuse a folder holding outputs without
  * an index). */
 static const char *const run_files[] = { "tiles.gpkg", "run.json", "item.json", "chm.qml",
-                                         NULL };
-static const char *const run_outputs[] = { "features", "features_pca", "chm", NULL };
+                                         "similarity.qml", NULL };
+static const char *const run_outputs[] = { "features", "features_pca", "chm", "similarity",
+                                           NULL };
 
 static int holds_outputs(const char *dir)
 {
@@ -438,6 +447,7 @@ static void free_run(run *R)
     dm_tileindex_close(e->ti, NULL);
     cJSON_Delete(e->cfg);
     cJSON_Delete(e->res);
+    cJSON_Delete(e->outset);
     free(R->jr), free(R->jc), free(R->jk), free(R->chunk_tiles);
     free(R->batch_img), free(R->normed), free(R->res), free(R->emb), free(R->mean_acc);
     for (int i = 0; i < DM_MAX_LAYERS; i++)
@@ -451,7 +461,7 @@ static void free_run(run *R)
 int dm_run_check(const dm_run_opts *o, dm_err *err)
 {
     if (!o->products || (o->products & ~DM_PRODUCT_ALL))
-        return dm_err_set(err, DM_EINVAL, "no product to make (features, chm)");
+        return dm_err_set(err, DM_EINVAL, "no product to make (features, chm, similarity)");
     if (!o->weights)
         return dm_err_set(err, DM_EINVAL, "no weights (--model)");
     if (!o->outdir || !o->outdir[0])
@@ -462,6 +472,15 @@ int dm_run_check(const dm_run_opts *o, dm_err *err)
         return dm_err_set(err, DM_EINVAL, "--batch %d: expected 1..256", o->batch);
     if (o->head && !(o->products & DM_PRODUCT_CHM))
         return dm_err_set(err, DM_EINVAL, "--head is for the chm product");
+    const dm_sim_query *q = &o->query;
+    if (o->products & DM_PRODUCT_SIMILARITY) {
+        if (dm_sim_query_check(q, err))
+            return DM_EINVAL;
+    } else if (q->at_set || q->aoi || q->srs) {
+        return dm_err_set(err, DM_EINVAL, "%s: a query is for the similarity product (products "
+                          "= features, similarity, or dinomap similarity)",
+                          q->at_set ? "--at" : q->aoi ? "--query-aoi" : "--srs");
+    }
     if (o->mosaic.crs && dm_gis_crs_check(o->mosaic.crs, err))
         return DM_EINVAL;
     if (o->out.format == DM_OF_ZARR && !(o->products & DM_PRODUCT_FEATURES))
@@ -503,6 +522,10 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     int rc = dm_run_check(o, err);
     if (rc)
         return rc;
+    /* a product derived from another's chunks brings that product along */
+    dm_run_opts with = *o;
+    with.products = dm_products_needed(o->products);
+    o = &with;
     double t0 = now();
     run R;
     memset(&R, 0, sizeof R);
@@ -718,6 +741,12 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         rc = dm_tileindex_open(index, inv, e->D, &e->ti, err);
     }
     free(inv), free(recs);
+    /* the output settings asked for now (the similarity query): `dinomap finalize` builds with
+     * them; they are compared with those the outputs were built with, never with the run's */
+    char *os = rc ? NULL : cJSON_PrintUnformatted(e->outset);
+    if (!rc)
+        rc = os ? dm_tileindex_config_set(e->ti, "output_settings", os, err) : dm_err_oom(err);
+    free(os);
     uint8_t *cdone = NULL;
     char **cfiles = NULL;
     int ncd = 0;
@@ -877,7 +906,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     free(R.batch_img), free(R.normed);
     R.batch_img = R.normed = NULL;
     dm_trim_memory();
-    rc = dm_fin_run(o, e->ti, e->cfg, e->res, t0, res, err);
+    rc = dm_fin_run(o, e->ti, e->cfg, e->res, e->outset, t0, res, err);
 out:
     if (e->ti) {
         const char *status = !rc ? (res->nothing_to_do ? "nothing to do" : "done")

@@ -1,5 +1,6 @@
 /* tiling/engine.h — inside the run engine: the state of a run, the window jobs, and the interface
- * every product recipe implements (prod_features.c, prod_chm.c). Not for use outside tiling/. */
+ * every product recipe implements (prod_features.c, prod_chm.c, prod_similarity.c). Not for use
+ * outside tiling/. */
 #ifndef DM_TILING_ENGINE_H
 #define DM_TILING_ENGINE_H
 
@@ -12,7 +13,7 @@
 #include "pipeline.h"
 #include "tiling.h"
 
-#define DM_NPROD 2
+#define DM_NPROD 4 /* products one run can make (engine.c checks the table fits) */
 #define DM_MAX_LAYERS 8
 #define DM_PCA_SAMPLE 4096 /* patches the PCA preview is fitted on */
 #define DM_ENGINE_FORMAT 1 /* the meaning of a chunk; in every run's configuration */
@@ -65,6 +66,8 @@ typedef struct dm_eng {
     dm_tileindex *ti;
     cJSON *cfg;                        /* compared with a resumed run's: what changes pixels */
     cJSON *res;                        /* resolved facts finalize needs (grid, CRS, metadata) */
+    cJSON *outset;                     /* output settings by product (the similarity query): they
+                                        * change outputs, no chunk; recorded, never compared */
     double model_seconds;
 } dm_eng;
 
@@ -81,6 +84,10 @@ typedef struct dm_fin {
     const uint8_t *done;               /* [nchunks] chunk marked done */
     char *const *files;                /* [nchunks] its files as the index records them */
     const cJSON *cfg, *res;
+    const cJSON *outset;               /* the output settings to build with, by product */
+    cJSON *report;                     /* what products add to run.json, by product (or NULL) */
+    void *sim;                         /* similarity: its query, resolved before any output is
+                                        * written (dm_sim_fin_begin) */
     double max_bytes;
     dm_out_format out;                 /* -of, -co */
     const char *const *cog_co;         /* -co for the recipes' COGs (NULL: -of is not COG) */
@@ -127,6 +134,13 @@ struct dm_recipe {
 
 extern const dm_recipe dm_recipe_features;
 extern const dm_recipe dm_recipe_chm;
+extern const dm_recipe dm_recipe_similarity;
+
+/* prod_similarity.c: finds the similarity query's vector in the done chunks (or, after
+ * --drop-chunks, in the run's features raster) before finalize writes anything, so that a query
+ * on nodata fails with the outputs untouched; end frees it (NULL-safe). */
+int dm_sim_fin_begin(dm_fin *f, dm_err *err);
+void dm_sim_fin_end(dm_fin *f);
 
 /* Every product, in the order its recipe runs and finalizes (a product derived from another's
  * chunks comes after it): its DM_PRODUCT_* bit and recipe. */
@@ -170,6 +184,9 @@ int dm_plan_changed(const dm_input_fp *old, int nold, const dm_input_fp *cur, in
 char *dm_plan_input_order(const dm_run_opts *o);
 int dm_plan_reordered(const char *old_json, const char *now_json);
 int dm_weights_sha(const dm_weights *w, char out[65], dm_err *err);
+
+/* Products that come with others (similarity: features), added to products p. */
+unsigned dm_products_needed(unsigned p);
 
 /* The run.json and item.json (STAC) of a finished run (called by finalize). */
 int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err);

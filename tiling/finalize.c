@@ -4,7 +4,9 @@
  * when no chunk was committed since it last ran (the index's `gen` counter equals the
  * `finalized_gen` it recorded), the outputs it wrote are all there, and they were written with
  * the output format and creation options asked for now (`output_format`: another -of or -co
- * rebuilds the outputs from the chunks, nothing is recomputed). */
+ * rebuilds the outputs from the chunks, nothing is recomputed). Output settings (the similarity
+ * query) are the same by product: the outputs record those they were built with
+ * (`output_settings_built`), and when only they changed, only those products are rebuilt. */
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -185,21 +187,96 @@ static int fin_grid(dm_fin *f, dm_err *err)
     return dm_grid_init(&f->g, (int)W, (int)H, (int)tile, (int)halo, (int)chunk, err);
 }
 
-/* Builds the outputs of every product of the run; the index then records them. */
-static int fin_build_products(dm_fin *f, dm_run_result *r, int drop, dm_err *err)
+/* The run's products as DM_PRODUCT_* bits; 0 with the message when one is unknown. */
+static unsigned run_products(const dm_fin *f, dm_err *err)
+{
+    unsigned all = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(f->cfg, "products"))
+    {
+        unsigned p = cJSON_IsString(it) ? dm_product_from_name(it->valuestring) : 0;
+        if (!p) {
+            dm_err_set(err, DM_EFORMAT, "%s/tiles.gpkg: unknown product in its configuration",
+                       f->outdir);
+            return 0;
+        }
+        all |= p;
+    }
+    return all;
+}
+
+/* 1 when file (an entry of `outputs`) is one of product `name`'s: NAME.tif, NAME.vrt, NAME.qml,
+ * NAME.zarr or NAME_blocks/. */
+static int output_of(const char *file, const char *name)
+{
+    size_t n = strlen(name);
+    if (strncmp(file, name, n))
+        return 0;
+    const char *t = file + n;
+    return !strcmp(t, ".tif") || !strcmp(t, ".vrt") || !strcmp(t, ".qml") ||
+           !strcmp(t, ".zarr") || !strcmp(t, "_blocks/");
+}
+
+/* The products whose output settings differ from those their outputs were built with. */
+static unsigned stale_settings(dm_tileindex *ti, const cJSON *cfg, const cJSON *outset)
+{
+    char *b = NULL;
+    dm_tileindex_config_get(ti, "output_settings_built", &b, NULL);
+    cJSON *built = b ? cJSON_Parse(b) : NULL;
+    free(b);
+    unsigned stale = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(cfg, "products"))
+    {
+        if (!cJSON_IsString(it))
+            continue;
+        const cJSON *now = cJSON_GetObjectItemCaseSensitive(outset, it->valuestring);
+        const cJSON *was = cJSON_GetObjectItemCaseSensitive(built, it->valuestring);
+        if ((now || was) && !(now && was && cJSON_Compare(now, was, 1)))
+            stale |= dm_product_from_name(it->valuestring);
+    }
+    cJSON_Delete(built);
+    return stale;
+}
+
+/* Builds the outputs of the run's products (only: those of these products, the others' outputs
+ * being up to date; 0: all); the index then records them. */
+static int fin_build_products(dm_fin *f, dm_run_result *r, int drop, unsigned only, dm_err *err)
 {
     const cJSON *pr = cJSON_GetObjectItemCaseSensitive(f->cfg, "products"), *it;
     long long gen = config_ll(f->ti, "gen", 0);
-    int rc = 0;
+    unsigned all = run_products(f, err);
+    int rc = all ? 0 : DM_EFORMAT;
+    if (!rc && only) { /* the outputs that stay, as recorded */
+        char *outs = NULL, *save = NULL;
+        rc = dm_tileindex_config_get(f->ti, "outputs", &outs, err);
+        for (char *t = outs ? strtok_r(outs, " ", &save) : NULL; t;
+             t = strtok_r(NULL, " ", &save)) {
+            int mine = 0;
+            for (int i = 0; i < dm_nproducts; i++)
+                mine |= (only & dm_products[i].bit) && output_of(t, dm_products[i].rec->name);
+            size_t o = strlen(f->outputs);
+            if (!mine)
+                snprintf(f->outputs + o, sizeof f->outputs - o, "%s%s", o ? " " : "", t);
+        }
+        free(outs);
+        /* int8 features left as they are were written without clipping (finalize fails
+         * otherwise) */
+        const cJSON *q = cJSON_GetObjectItemCaseSensitive(f->cfg, "features_quantize");
+        if (!(only & DM_PRODUCT_FEATURES) && cJSON_IsString(q) && !strcmp(q->valuestring, "int8"))
+            f->int8_clipped = 0;
+    }
+    /* the similarity query's vector first: a query on nodata fails before any output is touched */
+    if (!rc && (all & DM_PRODUCT_SIMILARITY) && (!only || (only & DM_PRODUCT_SIMILARITY)))
+        rc = dm_sim_fin_begin(f, err);
     cJSON_ArrayForEach(it, pr)
     {
-        unsigned p = cJSON_IsString(it) ? dm_product_from_name(it->valuestring) : 0;
-        const dm_recipe *rec = dm_recipe_of(p);
-        if (!rec) {
-            rc = dm_err_set(err, DM_EFORMAT, "%s/tiles.gpkg: unknown product in its configuration",
-                            f->outdir);
+        if (rc)
             break;
-        }
+        unsigned p = dm_product_from_name(it->valuestring);
+        const dm_recipe *rec = dm_recipe_of(p);
+        if (only && !(only & p))
+            continue;
         dm_info("finalize: %s", rec->name);
         /* -co belongs to the COGs with -of COG, to the Zarr store with -of Zarr */
         f->cog_co = f->out.format == DM_OF_COG ? f->out.co : NULL;
@@ -209,6 +286,7 @@ static int fin_build_products(dm_fin *f, dm_run_result *r, int drop, dm_err *err
         if (rc)
             break;
     }
+    dm_sim_fin_end(f);
     char g[32], *fj = rc ? NULL : format_json(&f->out), zarr[4200];
     snprintf(g, sizeof g, "%lld", gen);
     snprintf(zarr, sizeof zarr, "%s/features.zarr", f->outdir);
@@ -230,6 +308,11 @@ static int fin_build_products(dm_fin *f, dm_run_result *r, int drop, dm_err *err
         rc = dm_write_stac_item(f, err);
     if (!rc)
         rc = dm_tileindex_config_set(f->ti, "outputs", f->outputs, err);
+    char *os = rc ? NULL : cJSON_PrintUnformatted(f->outset);
+    if (!rc)
+        rc = os ? dm_tileindex_config_set(f->ti, "output_settings_built", os, err)
+                : dm_err_oom(err);
+    free(os);
     if (!rc)
         rc = dm_tileindex_config_set(f->ti, "finalized_gen", g, err);
     if (!rc && drop) { /* recorded first: a kill half-way through the deletion is then known */
@@ -242,15 +325,17 @@ static int fin_build_products(dm_fin *f, dm_run_result *r, int drop, dm_err *err
     return rc;
 }
 
-/* Builds the outputs of every product of the run; the index then records them. */
-static int fin_build(dm_fin *f, dm_run_result *r, int drop, dm_err *err)
+/* Builds the outputs (see fin_build_products) with a small GDAL cache. */
+static int fin_build(dm_fin *f, dm_run_result *r, int drop, unsigned only, dm_err *err)
 {
     /* each block is written once: 64 MB of GDAL cache is plenty, and finalize's peak memory
      * then stays near it whatever the band count (measured: 256 MB → 600 MB peak, 64 → 400) */
     int64_t cache = dm_gis_cache_set(0), small = (int64_t)64 << 20;
     dm_gis_cache_set(cache < small ? cache : small);
-    int rc = fin_build_products(f, r, drop, err);
+    int rc = fin_build_products(f, r, drop, only, err);
     dm_gis_cache_set(cache);
+    cJSON_Delete(f->report);
+    f->report = NULL;
     return rc;
 }
 
@@ -268,7 +353,7 @@ static void counts_into(dm_tileindex *ti, const uint8_t *done, int nch, dm_run_r
 }
 
 int dm_fin_run(const dm_run_opts *o, dm_tileindex *ti, const cJSON *cfg, const cJSON *res,
-               double t0, dm_run_result *r, dm_err *err)
+               const cJSON *outset, double t0, dm_run_result *r, dm_err *err)
 {
     uint8_t *done = NULL;
     char **files = NULL;
@@ -295,18 +380,20 @@ int dm_fin_run(const dm_run_opts *o, dm_tileindex *ti, const cJSON *cfg, const c
         }
         free(dropped);
     }
-    if (!r->chunks_run && !r->chunks_reset && dm_fin_uptodate(ti, o->outdir) && same) {
+    unsigned only = 0; /* the outputs are up to date but for these products' output settings */
+    if (!r->chunks_run && !r->chunks_reset && dm_fin_uptodate(ti, o->outdir) && same &&
+        !(only = stale_settings(ti, cfg, outset))) {
         r->nothing_to_do = 1;
         dm_tileindex_chunks_free(done, files, n);
         return 0;
     }
     dm_fin f = { .outdir = o->outdir, .ti = ti, .done = done, .files = files, .cfg = cfg,
-                 .res = res, .max_bytes = o->max_cog_gib * 1073741824.0, .out = o->out,
-                 .threads = o->threads, .cancel = o->cancel, .ev = &o->ev, .fault = o->fault,
-                 .t0 = t0, .int8_clipped = -1 };
+                 .res = res, .outset = outset, .max_bytes = o->max_cog_gib * 1073741824.0,
+                 .out = o->out, .threads = o->threads, .cancel = o->cancel, .ev = &o->ev,
+                 .fault = o->fault, .t0 = t0, .int8_clipped = -1 };
     rc = fin_grid(&f, err);
     if (!rc)
-        rc = fin_build(&f, r, o->drop_chunks, err);
+        rc = fin_build(&f, r, o->drop_chunks, only, err);
     dm_tileindex_chunks_free(done, files, n);
     return rc;
 }
@@ -334,7 +421,7 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
     char **files = NULL;
     int n = 0;
     dm_out_format of = { DM_OF_COG, NULL };
-    cJSON *of_keep = NULL;
+    cJSON *of_keep = NULL, *outset = NULL;
     const char **of_co = NULL;
     rc = dm_tileindex_open(index, "{\"command\":\"finalize\"}", 0, &ti, err);
     if (!rc)
@@ -343,6 +430,13 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
         rc = dm_tileindex_config_get(ti, "resolved", &rs, err);
     if (!rc && (!c || !rs || !(cfg = cJSON_Parse(c)) || !(res = cJSON_Parse(rs))))
         rc = dm_err_set(err, DM_EFORMAT, "%s: holds no dinomap run configuration", index);
+    char *os = NULL; /* the output settings the last run asked for (a folder from before them:
+                      * none) */
+    if (!rc)
+        rc = dm_tileindex_config_get(ti, "output_settings", &os, err);
+    if (!rc && !(outset = os ? cJSON_Parse(os) : cJSON_CreateObject()))
+        rc = dm_err_set(err, DM_EFORMAT, "%s: its output_settings are damaged", index);
+    free(os);
     if (!rc)
         rc = dm_tileindex_chunks(ti, &done, &files, &n, err);
     if (!rc) {
@@ -371,7 +465,7 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
         double run_max = 16;
         num(res, "max_cog_gib", &run_max);
         dm_fin f = { .outdir = outdir, .ti = ti, .done = done, .files = files, .cfg = cfg,
-                     .res = res,
+                     .res = res, .outset = outset,
                      .max_bytes = (o && o->max_cog_gib >= 0 ? o->max_cog_gib : run_max) *
                                   1073741824.0, .out = of,
                      .threads = o ? o->threads : 0, .cancel = o ? o->cancel : NULL,
@@ -383,14 +477,14 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
         rc = fin_grid(&f, err);
         r->seconds = now() - t0;
         if (!rc)
-            rc = fin_build(&f, r, o && o->drop_chunks, err);
+            rc = fin_build(&f, r, o && o->drop_chunks, 0, err);
     }
     if (ti)
         dm_tileindex_end_run(ti, rc ? (rc == DM_EINTERRUPTED ? "interrupted" : "failed")
                                     : "finalized", NULL);
     dm_tileindex_chunks_free(done, files, n);
     dm_tileindex_close(ti, NULL);
-    cJSON_Delete(cfg), cJSON_Delete(res), cJSON_Delete(of_keep);
+    cJSON_Delete(cfg), cJSON_Delete(res), cJSON_Delete(of_keep), cJSON_Delete(outset);
     free(c), free(rs), free(of_co);
     dm_unlock(lock);
     r->seconds = now() - t0;
@@ -440,6 +534,11 @@ int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err)
         cJSON_AddStringToObject(q, "scale", "per band: its largest |value| / 127");
         cJSON_AddNumberToObject(q, "clipped_values", (double)f->int8_clipped);
     }
+    const cJSON *rp;
+    cJSON_ArrayForEach(rp, f->report) /* the products' own facts (the similarity query) */
+    {
+        cJSON_AddItemToObject(j, rp->string, cJSON_Duplicate(rp, 1));
+    }
     cJSON *of = cJSON_AddObjectToObject(j, "output_format");
     cJSON_AddStringToObject(of, "format", dm_out_format_name(f->out.format));
     cJSON *co = cJSON_AddArrayToObject(of, "co");
@@ -488,6 +587,10 @@ static const struct {
       "principal components", "visual", 1 },
     { "chm", "chm", "canopy height (CHMv2), metres above ground", "data", 0 },
     { "chm.qml", "chm_style", "QGIS style of chm (pseudocolour height ramp)", "style", 0 },
+    { "similarity", "similarity", "cosine similarity of each patch's features to the query: one "
+      "pixel per 16 x 16 px patch", "data", 0 },
+    { "similarity.qml", "similarity_style", "QGIS style of similarity (pseudocolour ramp)",
+      "style", 0 },
     { "tiles.gpkg", "tiles", "tile index (GeoPackage): tile footprints and states, per-tile "
       "embeddings, the run's configuration and invocations", "metadata", 0 },
     { "run.json", "run", "the run: configuration, model, grid, timings", "metadata", 0 },

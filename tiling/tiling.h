@@ -1,5 +1,6 @@
 /* tiling/tiling.h — the run engine, and the one header of tiling/: one crash-safe, resumable way
- * to map a mosaic with any set of products (features, chm) in one backbone pass per window.
+ * to map a mosaic with any set of products (features, chm, similarity) in one backbone pass per
+ * window.
  *
  * A run = inputs + products + one window geometry: the model sees windows of S = tile + 2·halo
  * px stepping by the tile; features keep each window's core patches; chm blends whole windows
@@ -22,9 +23,11 @@
 #include "../gis/gis.h"
 
 enum { DM_PRODUCT_FEATURES = 1, DM_PRODUCT_CHM = 2 };
-#define DM_PRODUCT_ALL (DM_PRODUCT_FEATURES | DM_PRODUCT_CHM)
+/* similarity: derived from the features' chunks (asking for it runs the features too) */
+enum { DM_PRODUCT_SIMILARITY = 8 };
+#define DM_PRODUCT_ALL (DM_PRODUCT_FEATURES | DM_PRODUCT_CHM | DM_PRODUCT_SIMILARITY)
 
-/* "features" / "chm" → DM_PRODUCT_*; 0 if unknown. */
+/* "features" / "chm" / "similarity" → DM_PRODUCT_*; 0 if unknown. */
 unsigned dm_product_from_name(const char *name);
 
 /* What the engine tells its caller while it works (any may be NULL). */
@@ -35,6 +38,20 @@ typedef struct dm_run_events {
     /* one event as a JSON object on one line (start, chunk, finalize, done, ...): `--log` */
     void (*event)(void *ctx, const char *json);
 } dm_run_events;
+
+/* The query of a similarity map: a point (--at, in srs; NULL: the output CRS) whose patch's
+ * vector is the query, or polygons (--query-aoi, any OGR format and CRS) whose patches' mean
+ * vector (patches whose centre lies inside, normalized) is. Exactly one of the two. */
+typedef struct dm_sim_query {
+    int at_set;
+    double x, y;
+    const char *srs;
+    const char *aoi;
+} dm_sim_query;
+
+/* What can be checked of a query before anything is opened: one of --at and --query-aoi, --srs
+ * only with --at and known to PROJ. 0 or DM_EINVAL with the message. */
+int dm_sim_query_check(const dm_sim_query *q, dm_err *err);
 
 typedef struct dm_run_opts {
     unsigned products;             /* DM_PRODUCT_* */
@@ -52,6 +69,8 @@ typedef struct dm_run_opts {
     int quantize;                  /* features: int8 */
     int pca;                       /* features: the PCA preview */
     int taps[4], taps_set;         /* chm: the head's blocks */
+    dm_sim_query query;            /* similarity: not part of the configuration (it changes no
+                                    * chunk): a rerun with another rebuilds only similarity.tif */
     int overwrite;                 /* remove this folder's run and start afresh */
     int drop_chunks;               /* after a complete finalize, delete chunks/ */
     double max_cog_gib;            /* finalize: above this (uncompressed), block COGs + a VRT */
@@ -100,6 +119,19 @@ typedef struct dm_finalize_opts {
  * nodata; a notice says so). Takes the folder's lock. */
 int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result *res,
                     dm_err *err);
+
+/* A similarity map without a run: from a features output (features.tif, features.vrt or their
+ * folder; float32 or int8) into outdir/similarity.tif and similarity.qml (outdir is created if
+ * missing; a run folder is refused: its similarity.tif belongs to its run). No model needed. */
+typedef struct dm_sim_opts {
+    const char *features, *outdir;
+    dm_sim_query query;
+    double max_cog_gib;            /* above this (uncompressed), block COGs + a VRT; 0: never */
+    dm_out_format out;             /* -co (COG only) */
+    volatile sig_atomic_t *cancel;
+    dm_run_events ev;
+} dm_sim_opts;
+int dm_similarity(const dm_sim_opts *o, dm_run_result *res, dm_err *err);
 
 /* What OUTDIR's run is and what is left, as a JSON object (malloc'd string in *json). */
 int dm_run_status(const char *outdir, char **json, dm_err *err);
