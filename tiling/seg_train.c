@@ -166,9 +166,12 @@ static int run_features(const dm_seg_train_opts *o, const dm_labels *lab, dm_seg
     }
     int same = !rc && slurp(fp, &old) == 0 && !strcmp(old, json);
     if (!rc && !same && dm_exists(idx) && !o->run.overwrite)
-        rc = dm_err_set(err, DM_EMISMATCH, "--work %s holds the features of labels with another "
-                        "extent (its " FOOTPRINT " differs from where %s are): give another "
-                        "--work folder, or --overwrite to recompute this one", work, o->labels);
+        rc = dm_err_set(err, DM_EMISMATCH, "--work %s holds %s: give another --work folder, "
+                        "or --overwrite to recompute this one for %s (a run's features can also "
+                        "be read as they are: --features %s/features.tif)", work,
+                        old ? "the features of labels with another extent (its " FOOTPRINT
+                              " differs)" : "a run that is not a seg train's (no " FOOTPRINT ")",
+                        o->labels, work);
     if (!rc && !same) {
         rc = dm_write_file_atomic(fp, json, strlen(json), err);
         wrote = !rc;
