@@ -353,4 +353,75 @@ int dm_tileindex_inputs(dm_tileindex *ti, dm_input_fp **fp, int *n, dm_err *err)
 int dm_tileindex_samples(dm_tileindex *ti, int limit, int sdim, float *v, int *n, dm_err *err);
 int dm_tileindex_close(dm_tileindex *ti, dm_err *err); /* NULL-safe; commits and closes */
 
+/* ==== segmentation labels (gis/labels.c) =========================================================
+ * What `dinomap seg train` learns from: a class raster (band 1; any raster GDAL reads, any CRS;
+ * 0 and nodata are unlabelled) or a polygon layer (the file's first layer; any OGR format and
+ * CRS) whose field gives the class: an integer field's values are the class ids, a string field's
+ * values are class names, numbered 1..n in sorted (byte) order; 0, NULL and "" are unlabelled.
+ * Class ids are 1..254 (255 is the nodata of a class raster dinomap writes). */
+#define DM_LABEL_IDS 255 /* ids 0..254 */
+#define DM_LABEL_MIN_PX 128 /* of a patch's 256 pixels, for it to take a class */
+
+typedef struct dm_label_class {
+    char name[64];
+    uint8_t rgb[3];
+    int has_name, has_rgb;     /* what the file says of the class */
+} dm_label_class;
+
+typedef struct dm_labels dm_labels;
+/* Opens the labels and reads what they say of their classes (a raster's attribute table: value,
+ * name and colour columns by GDAL's field usages or by name; its colour table; a vector field's
+ * values). field: the vector field; NULL: the first integer or string field. Errors name the
+ * file and the problem: not readable, no CRS, an unknown field (listing the fields), a field that
+ * is neither integer nor string, features that are not polygons, ids outside 1..254. */
+int dm_labels_open(const char *path, const char *field, dm_labels **out, dm_err *err);
+void dm_labels_free(dm_labels *l); /* NULL-safe */
+int dm_labels_is_vector(const dm_labels *l);
+const char *dm_labels_field(const dm_labels *l); /* the vector field read; NULL for a raster */
+/* What the file says of class id (0..254). */
+const dm_label_class *dm_labels_class(const dm_labels *l, int id);
+/* Where the labels are, as a GeoJSON FeatureCollection in EPSG:4326 (malloc'd in *json): a
+ * raster's footprint, or a layer's polygons without their attributes (editing the classes does
+ * not change it). The same labels give the same text. */
+int dm_labels_footprint(const dm_labels *l, char **json, dm_err *err);
+
+/* One class per patch of a grid of 16×16-px patches (a features raster's grid: geotransform gt
+ * and CRS wkt, W × H patches; its pixels are 16 × finer): the labels are warped (raster,
+ * nearest neighbour) or rasterized at pixel centres (polygons) onto the pixels, and a patch takes
+ * a class when at least DM_LABEL_MIN_PX of its 256 pixels carry that class (a 128/128 tie takes
+ * none). Covers the window of the grid the labels' extent touches. */
+typedef struct dm_label_grid {
+    int x0, y0, w, h;          /* the window, in patches */
+    uint8_t *cls;              /* [h, w] class id, 0: none (malloc'd; the caller frees) */
+    int64_t labelled_px;       /* labelled pixels in the window */
+    int64_t mixed;             /* patches with labelled pixels that took no class */
+} dm_label_grid;
+/* Errors: the labels do not overlap the grid, a pixel value that is not a class id. */
+int dm_labels_patches(const dm_labels *l, const double gt[6], const char *wkt, int W, int H,
+                      dm_label_grid *out, dm_err *err);
+
+/* ==== a features raster read back by patch (gis/features_patches.c) ============================================
+ * features.tif / features.vrt of a dinomap features run (float32 with NaN nodata, or int8 with a
+ * GDAL scale and offset per band and q = 0 nodata), by patch. */
+typedef struct dm_features_info {
+    int W, H, D;               /* patches across, down; dimensions (bands) */
+    int int8;
+    double gt[6];
+    const char *wkt;
+    char arch[32], norm[16];   /* from DINOMAP_MODEL, DINOMAP_NORMALIZATION */
+    char sha256[65];           /* DINOMAP_WEIGHTS_SHA256 */
+    int layer;                 /* DINOMAP_LAYER; -1: the last block */
+} dm_features_info;
+
+typedef struct dm_features_in dm_features_in;
+/* Errors name the file: not readable, not a dinomap features raster (DINOMAP_PRODUCT). */
+int dm_features_in_open(const char *path, dm_features_in **out, dm_err *err);
+const dm_features_info *dm_features_in_info(const dm_features_in *f);
+/* The vectors of n patches (px[i], py[i]) of the grid, ordered by row then column, into v [n, D]
+ * (values as stored for float32, q · scale + offset for int8); ok[i] = 0 where the patch is
+ * nodata (its vector is then 0). Reads strips of rows, whole blocks' worth at a time. */
+int dm_features_in_read(dm_features_in *f, const int *px, const int *py, int n, float *v,
+                        uint8_t *ok, dm_err *err);
+void dm_features_in_close(dm_features_in *f); /* NULL-safe */
+
 #endif

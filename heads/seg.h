@@ -66,4 +66,31 @@ void dm_seg_default_color(int i, uint8_t rgb[3]);
 /* "#rrggbb" → rgb; 0, or -1 when it is not such a colour. */
 int dm_seg_parse_color(const char *s, uint8_t rgb[3]);
 
+/* --- training (heads/seg_train.c) ----------------------------------------------------------
+ * A "logistic" head: multinomial logistic regression on patch feature vectors, class weights
+ * N / (C · n_k), an L2 penalty λ/2·|V|² on the weights of the standardized features (each
+ * dimension centred and scaled to unit variance over the training patches; folded back into W
+ * and b), minimised by L-BFGS from zero. The same inputs give the same head bit for bit, with
+ * any number of threads. */
+typedef struct dm_seg_fit_opts {
+    double l2;                 /* λ >= 0 */
+    int max_iter;              /* L-BFGS iterations at most */
+} dm_seg_fit_opts;
+
+typedef struct dm_seg_fit_result {
+    int iterations, converged; /* converged: the gradient or the decrease became negligible */
+    double loss;               /* the objective at the result */
+    double grad;               /* the largest component of its gradient there */
+    double train_accuracy;     /* share of the training patches the head gets right */
+} dm_seg_fit_result;
+
+struct dm_ops;
+/* Fits h's weights and biases (its C classes and D dimensions) to X [N, D] (the patches' feature
+ * vectors; standardized in place: X is overwritten) and y [N] (class indices 0..C-1, every class
+ * present), on the threads of ws (NULL: the calling thread). */
+int dm_seg_fit(dm_seg_head *h, float *X, const int *y, int N, const dm_seg_fit_opts *o,
+               struct dm_ops *ws, dm_seg_fit_result *r, dm_err *err);
+/* pred[n] = the class index of the largest logit of x[n] (ties: the lower index). */
+int dm_seg_predict(const dm_seg_head *h, const float *X, int N, int *pred, dm_err *err);
+
 #endif

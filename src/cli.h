@@ -126,6 +126,8 @@ int cmd_run(int argc, char **argv);
 int cmd_similarity(int argc, char **argv);
 int cmd_finalize(int argc, char **argv);
 int cmd_status(int argc, char **argv);
+/* `dinomap seg train` (argv[0] is "train"): src/cmd_seg_train.c */
+int cmd_seg_train(int argc, char **argv);
 
 /* Parses "0,2,5" into out (at most max values); returns the count or -1 on a bad list. */
 int dm_parse_int_list(const char *s, int *out, int max);

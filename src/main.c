@@ -24,6 +24,7 @@ static const struct {
     { "status", cmd_status, "what a run folder holds, how far it got and what is left" },
     { "finalize", cmd_finalize, "build a run's final rasters from its done chunks" },
     { "forward", cmd_forward, "run the backbone on one image or tensor and write .npy outputs" },
+    { "seg-train", cmd_seg_train, "fit a segmentation head on labels (also: dinomap seg train)" },
 };
 
 static void usage(FILE *f)
@@ -74,6 +75,8 @@ int main(int argc, char **argv)
         printf("dinomap %s\n", DINOMAP_VERSION);
         return 0;
     }
+    if (!strcmp(c, "seg") && argc > 2 && !strcmp(argv[2], "train"))
+        return cmd_seg_train(argc - 2, argv + 2);
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmds[i].name, c))
             return cmds[i].fn(argc - 1, argv + 1);

@@ -136,4 +136,50 @@ int dm_similarity(const dm_sim_opts *o, dm_run_result *res, dm_err *err);
 /* What OUTDIR's run is and what is left, as a JSON object (malloc'd string in *json). */
 int dm_run_status(const char *outdir, char **json, dm_err *err);
 
+/* ==== training a segmentation head (tiling/seg_train.c) ==========================================
+ * `dinomap seg train`: labels (a class raster or polygons, gis.h) reduced to one class per patch,
+ * the patches' feature vectors (from an existing features raster, or from a features run of the
+ * mosaic over the labels' extent into a work folder: a normal, resumable run folder, reused by
+ * the next training), a softmax head fitted on them (heads/seg.h), metrics on a held-out share,
+ * and the head written as a .dmseg file. Nothing is written to `out` unless everything worked. */
+typedef struct dm_seg_train_opts {
+    dm_run_opts run;               /* the features run when features is NULL: run.outdir is the
+                                    * work folder; products and the AOI are set here */
+    const char *features;          /* an existing features raster (.tif, .vrt): no run */
+    const char *labels, *label_field, *classes; /* classes: CSV id,name,#rrggbb (or NULL) */
+    const char *out;               /* the head, .dmseg */
+    double l2;                     /* λ (default 1e-3) */
+    double holdout;                /* share of the labelled patches held out, 0 <= f < 1 (0.2) */
+    int iterations;                /* L-BFGS iterations at most (500) */
+    int threads;                   /* the fit's threads (<= 0: all cores) */
+} dm_seg_train_opts;
+
+void dm_seg_train_opts_init(dm_seg_train_opts *o);
+
+typedef struct dm_seg_train_class {
+    int id;
+    char name[64];
+    int64_t train, holdout;        /* labelled patches */
+    double iou;                    /* on the held-out patches; NaN when none is or is said to be
+                                    * of the class */
+    int in_head;                   /* 0: all its patches were held out */
+} dm_seg_train_class;
+
+typedef struct dm_seg_train_result {
+    int ran;                       /* a features run was made, resumed or found done */
+    dm_run_result run;
+    char features[4200];           /* the features raster read */
+    int nclasses;                  /* every class with labelled patches; the head's first */
+    dm_seg_train_class cls[255];
+    int C, D;                      /* the head */
+    int64_t labelled, mixed, no_features, train, holdout;
+    double train_accuracy, accuracy, miou; /* accuracy, miou: NaN without held-out patches */
+    double loss, l2;
+    int iterations, converged;
+} dm_seg_train_result;
+
+/* 0, or DM_EINVAL (bad labels, options; no overlap, one class, no patch taking a class...),
+ * DM_EFORMAT, DM_EIO, or what the features run returned (DM_EINTERRUPTED, DM_ELOCKED, ...). */
+int dm_seg_train(const dm_seg_train_opts *o, dm_seg_train_result *res, dm_err *err);
+
 #endif
