@@ -91,7 +91,8 @@ int dm_config_build(dm_eng *e, const char *aoi_sha, dm_err *err)
     const dm_run_opts *o = e->o;
     e->cfg = cJSON_CreateObject();
     e->res = cJSON_CreateObject();
-    if (!e->cfg || !e->res)
+    e->fin = cJSON_CreateObject();
+    if (!e->cfg || !e->res || !e->fin)
         return dm_err_oom(err);
     /* what a chunk means (window placement, blending, the PCA sample): a binary that changes it
      * bumps this, and refuses to mix its chunks with an older run's */
@@ -191,6 +192,12 @@ char *dm_config_invocation(const dm_eng *e)
     cJSON_AddStringToObject(j, "weights_sha256", e->sha);
     if (o->head)
         cJSON_AddStringToObject(j, "head", dm_base_name(o->head));
+    if (o->seg_head)
+        cJSON_AddStringToObject(j, "seg_head", dm_base_name(o->seg_head));
+    if (o->seg_k) {
+        cJSON_AddNumberToObject(j, "clusters", o->seg_k);
+        cJSON_AddNumberToObject(j, "seed", o->seg_seed);
+    }
     if (o->aoi)
         cJSON_AddStringToObject(j, "aoi", o->aoi);
     cJSON_AddNumberToObject(j, "threads", o->threads);

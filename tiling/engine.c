@@ -34,6 +34,7 @@ static double now(void)
 const dm_product dm_products[] = {
     { DM_PRODUCT_FEATURES, &dm_recipe_features },
     { DM_PRODUCT_CHM, &dm_recipe_chm },
+    { DM_PRODUCT_SEG, &dm_recipe_seg }, /* from the features' chunks */
 };
 const int dm_nproducts = (int)(sizeof dm_products / sizeof dm_products[0]);
 
@@ -385,8 +386,9 @@ static int stage_write(void *ctx, dm_job *job, dm_err *err)
 /* The files of a run in OUTDIR (for --overwrite, and to refuse a folder holding outputs without
  * an index). */
 static const char *const run_files[] = { "tiles.gpkg", "run.json", "item.json", "chm.qml",
-                                         NULL };
-static const char *const run_outputs[] = { "features", "features_pca", "chm", NULL };
+                                         "seg.qml", "cluster.dmseg", NULL };
+static const char *const run_outputs[] = { "features", "features_pca", "chm", "seg",
+                                           "seg_probabilities", NULL };
 
 static int holds_outputs(const char *dir)
 {
@@ -438,6 +440,7 @@ static void free_run(run *R)
     dm_tileindex_close(e->ti, NULL);
     cJSON_Delete(e->cfg);
     cJSON_Delete(e->res);
+    cJSON_Delete(e->fin);
     free(R->jr), free(R->jc), free(R->jk), free(R->chunk_tiles);
     free(R->batch_img), free(R->normed), free(R->res), free(R->emb), free(R->mean_acc);
     for (int i = 0; i < DM_MAX_LAYERS; i++)
@@ -462,9 +465,20 @@ int dm_run_check(const dm_run_opts *o, dm_err *err)
         return dm_err_set(err, DM_EINVAL, "--batch %d: expected 1..256", o->batch);
     if (o->head && !(o->products & DM_PRODUCT_CHM))
         return dm_err_set(err, DM_EINVAL, "--head is for the chm product");
+    if ((o->seg_head || o->seg_k || o->seg_probabilities) && !(o->products & DM_PRODUCT_SEG))
+        return dm_err_set(err, DM_EINVAL, "seg-head, clusters and probabilities are for the seg "
+                          "product (products = seg)");
+    if ((o->products & DM_PRODUCT_SEG) && !o->seg_head == !o->seg_k)
+        return dm_err_set(err, DM_EINVAL, "seg: %s", o->seg_head ? "a head to apply or clusters "
+                          "to fit, not both" : "no head to apply (dinomap seg apply --head "
+                          "HEAD.dmseg; seg-head in a config file) and no clusters to fit "
+                          "(dinomap seg cluster -k K; clusters in a config file)");
+    if ((o->products & DM_PRODUCT_SEG) && o->seg_k && (o->seg_k < 2 || o->seg_k > 254))
+        return dm_err_set(err, DM_EINVAL, "-k %d: expected 2..254 clusters (class ids 1..K; 255 "
+                          "is nodata)", o->seg_k);
     if (o->mosaic.crs && dm_gis_crs_check(o->mosaic.crs, err))
         return DM_EINVAL;
-    if (o->out.format == DM_OF_ZARR && !(o->products & DM_PRODUCT_FEATURES))
+    if (o->out.format == DM_OF_ZARR && !(o->products & (DM_PRODUCT_FEATURES | DM_PRODUCT_SEG)))
         return dm_err_set(err, DM_EINVAL, "-of Zarr: only the features have a Zarr output; the "
                           "canopy height map is a COG (leave -of out)");
     return dm_out_format_check(&o->out, err);
@@ -503,6 +517,14 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     int rc = dm_run_check(o, err);
     if (rc)
         return rc;
+    dm_run_opts so; /* seg: the features product, the head's layer and normalization */
+    char seg_norm[32];
+    if (o->products & DM_PRODUCT_SEG) {
+        so = *o;
+        if ((rc = dm_seg_run_opts(&so, seg_norm, sizeof seg_norm, err)))
+            return rc;
+        o = &so;
+    }
     double t0 = now();
     run R;
     memset(&R, 0, sizeof R);
@@ -718,6 +740,11 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         rc = dm_tileindex_open(index, inv, e->D, &e->ti, err);
     }
     free(inv), free(recs);
+    /* this invocation's output-only settings: finalize compares them with those it last used */
+    char *fs = rc ? NULL : cJSON_PrintUnformatted(e->fin);
+    if (!rc)
+        rc = fs ? dm_tileindex_config_set(e->ti, "finalize_settings", fs, err) : dm_err_oom(err);
+    free(fs);
     uint8_t *cdone = NULL;
     char **cfiles = NULL;
     int ncd = 0;

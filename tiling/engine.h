@@ -1,5 +1,6 @@
 /* tiling/engine.h — inside the run engine: the state of a run, the window jobs, and the interface
- * every product recipe implements (prod_features.c, prod_chm.c). Not for use outside tiling/. */
+ * every product recipe implements (prod_features.c, prod_chm.c, prod_seg.c). Not for use outside
+ * tiling/. */
 #ifndef DM_TILING_ENGINE_H
 #define DM_TILING_ENGINE_H
 
@@ -12,7 +13,7 @@
 #include "pipeline.h"
 #include "tiling.h"
 
-#define DM_NPROD 2
+#define DM_NPROD 3
 #define DM_MAX_LAYERS 8
 #define DM_PCA_SAMPLE 4096 /* patches the PCA preview is fitted on */
 #define DM_ENGINE_FORMAT 1 /* the meaning of a chunk; in every run's configuration */
@@ -65,6 +66,9 @@ typedef struct dm_eng {
     dm_tileindex *ti;
     cJSON *cfg;                        /* compared with a resumed run's: what changes pixels */
     cJSON *res;                        /* resolved facts finalize needs (grid, CRS, metadata) */
+    cJSON *fin;                        /* settings that change the outputs only (the seg head),
+                                        * by recipe name: recorded by every invocation; another
+                                        * one rebuilds the outputs, recomputes no chunk */
     double model_seconds;
 } dm_eng;
 
@@ -81,6 +85,8 @@ typedef struct dm_fin {
     const uint8_t *done;               /* [nchunks] chunk marked done */
     char *const *files;                /* [nchunks] its files as the index records them */
     const cJSON *cfg, *res;
+    const cJSON *fin;                  /* the settings of dm_eng.fin the folder last recorded */
+    cJSON *report;                     /* what recipes tell run.json, by name (they add to it) */
     double max_bytes;
     dm_out_format out;                 /* -of, -co */
     const char *const *cog_co;         /* -co for the recipes' COGs (NULL: -of is not COG) */
@@ -127,6 +133,12 @@ struct dm_recipe {
 
 extern const dm_recipe dm_recipe_features;
 extern const dm_recipe dm_recipe_chm;
+extern const dm_recipe dm_recipe_seg;
+
+/* prod_seg.c: a run with the seg product, before anything is opened: o with the features
+ * product added and the seg head's layer and normalization (norm: storage for its name); the
+ * head must load, and an explicit --layer or --norm must agree with it. */
+int dm_seg_run_opts(dm_run_opts *o, char *norm, size_t n, dm_err *err);
 
 /* Every product, in the order its recipe runs and finalizes (a product derived from another's
  * chunks comes after it): its DM_PRODUCT_* bit and recipe. */

@@ -4,7 +4,9 @@
  * when no chunk was committed since it last ran (the index's `gen` counter equals the
  * `finalized_gen` it recorded), the outputs it wrote are all there, and they were written with
  * the output format and creation options asked for now (`output_format`: another -of or -co
- * rebuilds the outputs from the chunks, nothing is recomputed). */
+ * rebuilds the outputs from the chunks, nothing is recomputed), and with the output-only settings
+ * the last invocation recorded (`finalize_settings`, e.g. the seg head: its SHA-256 is
+ * `finalized_settings_sha256` once the outputs are built with it). */
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -56,11 +58,33 @@ static long long config_ll(dm_tileindex *ti, const char *key, long long def)
     return r;
 }
 
-/* 1 when the outputs match the chunks: nothing committed since finalize, its files all there. */
+/* The SHA-256 of the output-only settings the folder records ("{}" when none: older folders). */
+static void settings_sha(dm_tileindex *ti, char out[65])
+{
+    char *s = NULL;
+    dm_tileindex_config_get(ti, "finalize_settings", &s, NULL);
+    dm_sha256_str(s ? s : "{}", out);
+    free(s);
+}
+
+/* 1 when the outputs were built with the settings recorded now. */
+static int same_settings(dm_tileindex *ti)
+{
+    char now[65], *was = NULL, none[65];
+    settings_sha(ti, now);
+    dm_tileindex_config_get(ti, "finalized_settings_sha256", &was, NULL);
+    dm_sha256_str("{}", none);
+    int same = !strcmp(now, was ? was : none);
+    free(was);
+    return same;
+}
+
+/* 1 when the outputs match the chunks: nothing committed since finalize, its files all there,
+ * built with the output-only settings recorded now. */
 int dm_fin_uptodate(dm_tileindex *ti, const char *outdir)
 {
     long long gen = config_ll(ti, "gen", 0), fg = config_ll(ti, "finalized_gen", -1);
-    if (gen != fg)
+    if (gen != fg || !same_settings(ti))
         return 0;
     char *outs = NULL;
     if (dm_tileindex_config_get(ti, "outputs", &outs, NULL) || !outs)
@@ -228,8 +252,12 @@ static int fin_build_products(dm_fin *f, dm_run_result *r, int drop, dm_err *err
         rc = dm_write_run_json(f, r, err);
     if (!rc)
         rc = dm_write_stac_item(f, err);
+    char ss[65];
+    settings_sha(f->ti, ss);
     if (!rc)
         rc = dm_tileindex_config_set(f->ti, "outputs", f->outputs, err);
+    if (!rc)
+        rc = dm_tileindex_config_set(f->ti, "finalized_settings_sha256", ss, err);
     if (!rc)
         rc = dm_tileindex_config_set(f->ti, "finalized_gen", g, err);
     if (!rc && drop) { /* recorded first: a kill half-way through the deletion is then known */
@@ -245,12 +273,26 @@ static int fin_build_products(dm_fin *f, dm_run_result *r, int drop, dm_err *err
 /* Builds the outputs of every product of the run; the index then records them. */
 static int fin_build(dm_fin *f, dm_run_result *r, int drop, dm_err *err)
 {
+    /* the output-only settings as the folder records them (this invocation's, in a run) */
+    char *s = NULL;
+    int rc = dm_tileindex_config_get(f->ti, "finalize_settings", &s, err);
+    cJSON *fs = rc ? NULL : cJSON_Parse(s ? s : "{}");
+    free(s);
+    f->report = rc ? NULL : cJSON_CreateObject();
+    if (!rc && (!fs || !f->report))
+        rc = dm_err_set(err, DM_EFORMAT, "%s/tiles.gpkg: its finalize_settings are damaged; run "
+                        "the mapping command again", f->outdir);
+    f->fin = fs;
     /* each block is written once: 64 MB of GDAL cache is plenty, and finalize's peak memory
      * then stays near it whatever the band count (measured: 256 MB → 600 MB peak, 64 → 400) */
     int64_t cache = dm_gis_cache_set(0), small = (int64_t)64 << 20;
     dm_gis_cache_set(cache < small ? cache : small);
-    int rc = fin_build_products(f, r, drop, err);
+    if (!rc)
+        rc = fin_build_products(f, r, drop, err);
     dm_gis_cache_set(cache);
+    cJSON_Delete(fs);
+    cJSON_Delete(f->report);
+    f->fin = f->report = NULL;
     return rc;
 }
 
@@ -435,6 +477,11 @@ int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err)
     for (int s = DM_TILE_PENDING; s <= DM_TILE_FAILED; s++)
         cJSON_AddNumberToObject(tl, dm_tile_state_name((dm_tile_state)s), (double)c[s]);
     cJSON_AddStringToObject(j, "outputs", f->outputs);
+    const cJSON *it; /* the recipes' own reports ("seg": its head, classes...) */
+    cJSON_ArrayForEach(it, f->report)
+    {
+        cJSON_AddItemToObject(j, it->string, cJSON_Duplicate(it, 1));
+    }
     if (f->int8_clipped >= 0) {
         cJSON *q = cJSON_AddObjectToObject(j, "int8");
         cJSON_AddStringToObject(q, "scale", "per band: its largest |value| / 127");
@@ -488,6 +535,14 @@ static const struct {
       "principal components", "visual", 1 },
     { "chm", "chm", "canopy height (CHMv2), metres above ground", "data", 0 },
     { "chm.qml", "chm_style", "QGIS style of chm (pseudocolour height ramp)", "style", 0 },
+    { "seg", "seg", "segmentation classes (uint8 class ids of the head; 255 nodata), colour "
+      "table and class names (RAT)", "data", 0 },
+    { "seg_probabilities", "seg_probabilities", "segmentation class probabilities: a band per "
+      "class (softmax of the logits)", "data", 0 },
+    { "seg.qml", "seg_style", "QGIS style of seg (paletted: the classes' colours and names)",
+      "style", 0 },
+    { "cluster.dmseg", "seg_head", "the k-means head the classes came from (.dmseg: "
+      "safetensors)", "metadata", 0 },
     { "tiles.gpkg", "tiles", "tile index (GeoPackage): tile footprints and states, per-tile "
       "embeddings, the run's configuration and invocations", "metadata", 0 },
     { "run.json", "run", "the run: configuration, model, grid, timings", "metadata", 0 },
@@ -549,6 +604,10 @@ int dm_write_stac_item(dm_fin *f, dm_err *err)
         if (cJSON_IsString(v))
             cJSON_AddStringToObject(p, keys[k][1], v->valuestring);
     }
+    const cJSON *sh = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(f->report, "seg"), "head_sha256");
+    if (cJSON_IsString(sh))
+        cJSON_AddStringToObject(p, "dinomap:seg_head_sha256", sh->valuestring);
     char *cs = NULL;
     dm_tileindex_config_get(f->ti, "config_sha256", &cs, NULL);
     if (cs)
