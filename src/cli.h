@@ -19,12 +19,14 @@ int dm_exit_code(int rc);
 enum { DM_PROGRESS_AUTO, DM_PROGRESS_BAR, DM_PROGRESS_JSON, DM_PROGRESS_NONE };
 
 /* Which commands take an option. */
-enum { DM_CMD_FEATURES = 1, DM_CMD_CHM = 2, DM_CMD_RUN = 4, DM_CMD_FINALIZE = 8 };
-#define DM_CMD_MAP (DM_CMD_FEATURES | DM_CMD_CHM | DM_CMD_RUN)
+enum { DM_CMD_FEATURES = 1, DM_CMD_CHM = 2, DM_CMD_RUN = 4, DM_CMD_FINALIZE = 8,
+       DM_CMD_SEG_APPLY = 16, DM_CMD_SEG_CLUSTER = 32 };
+#define DM_CMD_MAP                                                                                 \
+    (DM_CMD_FEATURES | DM_CMD_CHM | DM_CMD_RUN | DM_CMD_SEG_APPLY | DM_CMD_SEG_CLUSTER)
 
 /* A mapping command being parsed: the engine's options and the face's own. */
 typedef struct dm_cli {
-    const char *cmd;          /* "features", "chm", "run" */
+    const char *cmd;          /* "features", "chm", "run", "seg apply", "seg cluster" */
     unsigned cmdmask;         /* DM_CMD_* of this command */
     dm_run_opts o;
     int progress, progress_set, quiet;
@@ -118,6 +120,9 @@ int cmd_chm(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_finalize(int argc, char **argv);
 int cmd_status(int argc, char **argv);
+/* `dinomap seg apply|cluster|train`; train is cmd_seg_train (src/cmd_seg_train.c). */
+int cmd_seg(int argc, char **argv);
+int cmd_seg_train(int argc, char **argv);
 
 /* Parses "0,2,5" into out (at most max values); returns the count or -1 on a bad list. */
 int dm_parse_int_list(const char *s, int *out, int max);

@@ -18,6 +18,7 @@ static const struct {
     { "info", cmd_info, "describe a weights file: architecture, parameters, dtypes, tensors" },
     { "features", cmd_features, "map a mosaic to a feature raster (+ PCA preview, tile index)" },
     { "chm", cmd_chm, "canopy height map (metres) of a mosaic with Meta's CHMv2 head" },
+    { "seg", cmd_seg, "segmentation rasters: apply a head, or k-means clusters (seg --help)" },
     { "run", cmd_run, "run, resume or update a mapping described by an INI file (cron)" },
     { "status", cmd_status, "what a run folder holds, how far it got and what is left" },
     { "finalize", cmd_finalize, "build a run's final rasters from its done chunks" },
