@@ -343,9 +343,15 @@ static int pass_logits(sfin *s, dm_err *err)
         dm_window cw;
         dm_grid_chunk(g, k, &r0, &c0, &r1, &c1, &cw);
         char path[4200], lp[4300];
+        if (!s->fi->done[k])
+            continue;
         int has = dm_fin_chunk_file(s->fi, k, "features", path, sizeof path, err);
-        if (has <= 0) {
+        if (has < 0) {
             rc = has;
+            break;
+        }
+        if (!has) { /* a chunk of empty tiles: nodata */
+            rc = progress(s, err);
             continue;
         }
         int rows = (int)(SLAB / ((size_t)4 * D * cw.w));
