@@ -103,6 +103,10 @@ int dm_gis_chunk_write(const char *path, const float *data, int bands, int w, in
  * bands and hold the window. */
 int dm_gis_chunk_read(const char *path, int bands, int x, int y, int w, int h, float *buf,
                       dm_err *err);
+/* The same for a per-pixel mask (uint8 [h, w], one band, compressed; no nodata). */
+int dm_gis_mask_write(const char *path, const uint8_t *mask, int w, int h, const double gt[6],
+                      const char *wkt, dm_err *err);
+int dm_gis_mask_read(const char *path, int x, int y, int w, int h, uint8_t *buf, dm_err *err);
 
 /* ==== final rasters ==============================================================================
  * A product's output raster, written by windows, finished as one Cloud-Optimized GeoTIFF (tiled,
@@ -110,6 +114,13 @@ int dm_gis_chunk_read(const char *path, int bands, int x, int y, int w, int h, f
  * COPY_SRC_OVERVIEWS, which keeps memory bounded for any number of bands) or, when larger than
  * max_bytes uncompressed, as block COGs in NAME_blocks/ plus NAME.vrt that GDAL and QGIS open as
  * one layer. Blocks are written one at a time: the writer asks for the regions, fills each. */
+/* A class of a class raster: its value, name and colour. */
+typedef struct dm_out_class {
+    int value;                    /* 0..254 */
+    const char *name;
+    uint8_t rgb[3];
+} dm_out_class;
+
 typedef struct dm_out_spec {
     const char *dir, *name;       /* writes dir/name.tif, or dir/name.vrt + dir/name_blocks/ */
     int width, height, bands;
@@ -129,6 +140,10 @@ typedef struct dm_out_spec {
     volatile sig_atomic_t *cancel; /* set: overviews and the COG copy stop (DM_EINTERRUPTED) */
     const char *const *co;        /* the user's GeoTIFF creation options (-co, checked with
                                    * dm_out_format_check), NULL: dinomap's defaults */
+    const dm_out_class *classes;  /* a 1-band uint8 class raster: an embedded colour table and
+                                   * a Raster Attribute Table (Value, Class, Red, Green, Blue; in
+                                   * NAME.tif.aux.xml, as GDAL keeps it), or NULL */
+    int nclasses;
 } dm_out_spec;
 
 typedef struct dm_out dm_out;
@@ -200,6 +215,8 @@ typedef struct dm_ramp_stop {
     const char *color, *label;
 } dm_ramp_stop;
 int dm_gis_write_qml(const char *path, const dm_ramp_stop *stops, int n, dm_err *err);
+/* A QGIS style file: a paletted renderer on band 1 with the classes' values, colours and names. */
+int dm_gis_write_qml_classes(const char *path, const dm_out_class *classes, int n, dm_err *err);
 
 /* ==== feature rasters read back ==================================================================
  * For similarity maps: a dinomap features output (features.tif, or the features.vrt of its

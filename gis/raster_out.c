@@ -72,8 +72,9 @@ static char **tiled(char **o, int bx, int by)
 
 /* --- chunk files ----------------------------------------------------------------------------- */
 
-int dm_gis_chunk_write(const char *path, const float *data, int bands, int w, int h,
-                       const double gt[6], const char *wkt, dm_err *err)
+/* A chunk file of `bands` bands of type t (float32 with nodata NaN, or a uint8 mask). */
+static int chunk_write(const char *path, const void *data, GDALDataType t, int bands, int w,
+                       int h, const double gt[6], const char *wkt, dm_err *err)
 {
     GDALAllRegister();
     char tmp[4200];
@@ -85,18 +86,19 @@ int dm_gis_chunk_write(const char *path, const float *data, int bands, int w, in
     o = fast_options(o);
     CPLPushErrorHandler(CPLQuietErrorHandler);
     CPLErrorReset();
-    GDALDatasetH ds = GDALCreate(GDALGetDriverByName("GTiff"), tmp, w, h, bands, GDT_Float32, o);
+    GDALDatasetH ds = GDALCreate(GDALGetDriverByName("GTiff"), tmp, w, h, bands, t, o);
     CSLDestroy(o);
     CPLErr e = ds ? CE_None : CE_Failure;
     if (ds) {
+        int sz = GDALGetDataTypeSizeBytes(t);
         GDALSetGeoTransform(ds, (double *)gt);
         if (wkt && wkt[0])
             GDALSetProjection(ds, wkt);
         stamp(ds);
-        for (int b = 1; b <= bands; b++)
+        for (int b = 1; b <= bands && t == GDT_Float32; b++)
             GDALSetRasterNoDataValue(GDALGetRasterBand(ds, b), NAN);
-        e = GDALDatasetRasterIO(ds, GF_Write, 0, 0, w, h, (void *)data, w, h, GDT_Float32, bands,
-                                NULL, 4, (GSpacing)4 * w, (GSpacing)4 * w * h);
+        e = GDALDatasetRasterIO(ds, GF_Write, 0, 0, w, h, (void *)data, w, h, t, bands, NULL, sz,
+                                (GSpacing)sz * w, (GSpacing)sz * w * h);
         GDALClose(ds); /* flushes: a full disk shows up here */
         if (CPLGetLastErrorType() >= CE_Failure)
             e = CE_Failure;
@@ -113,29 +115,53 @@ int dm_gis_chunk_write(const char *path, const float *data, int bands, int w, in
     return rc;
 }
 
-int dm_gis_chunk_read(const char *path, int bands, int x, int y, int w, int h, float *buf,
-                      dm_err *err)
+int dm_gis_chunk_write(const char *path, const float *data, int bands, int w, int h,
+                       const double gt[6], const char *wkt, dm_err *err)
+{
+    return chunk_write(path, data, GDT_Float32, bands, w, h, gt, wkt, err);
+}
+
+int dm_gis_mask_write(const char *path, const uint8_t *mask, int w, int h, const double gt[6],
+                      const char *wkt, dm_err *err)
+{
+    return chunk_write(path, mask, GDT_Byte, 1, w, h, gt, wkt, err);
+}
+
+static int chunk_read(const char *path, GDALDataType t, int bands, int x, int y, int w, int h,
+                      void *buf, dm_err *err)
 {
     GDALAllRegister();
     CPLPushErrorHandler(CPLQuietErrorHandler);
     const char *drv[] = { "GTiff", NULL };
     GDALDatasetH d = GDALOpenEx(path, GDAL_OF_RASTER | GDAL_OF_READONLY, drv, NULL, NULL);
-    int rc = 0;
+    int rc = 0, sz = GDALGetDataTypeSizeBytes(t);
     if (!d)
         rc = dm_err_set(err, DM_EIO, "chunk %s: cannot open: %s", path, gdal_msg());
     else if (GDALGetRasterCount(d) != bands || x < 0 || y < 0 ||
-             x + w > GDALGetRasterXSize(d) || y + h > GDALGetRasterYSize(d))
+             x + w > GDALGetRasterXSize(d) || y + h > GDALGetRasterYSize(d) ||
+             GDALGetRasterDataType(GDALGetRasterBand(d, 1)) != t)
         rc = dm_err_set(err, DM_EFORMAT, "chunk %s: has %d bands of %d×%d px, not what the run "
                         "wrote (%d bands, window %d,%d %d×%d); was it replaced? Redo the run with "
                         "--overwrite", path, GDALGetRasterCount(d), GDALGetRasterXSize(d),
                         GDALGetRasterYSize(d), bands, x, y, w, h);
-    else if (GDALDatasetRasterIO(d, GF_Read, x, y, w, h, buf, w, h, GDT_Float32, bands, NULL, 4,
-                                 (GSpacing)4 * w, (GSpacing)4 * w * h) != CE_None)
+    else if (GDALDatasetRasterIO(d, GF_Read, x, y, w, h, buf, w, h, t, bands, NULL, sz,
+                                 (GSpacing)sz * w, (GSpacing)sz * w * h) != CE_None)
         rc = dm_err_set(err, DM_EIO, "chunk %s: read error: %s", path, gdal_msg());
     if (d)
         GDALClose(d);
     CPLPopErrorHandler();
     return rc;
+}
+
+int dm_gis_chunk_read(const char *path, int bands, int x, int y, int w, int h, float *buf,
+                      dm_err *err)
+{
+    return chunk_read(path, GDT_Float32, bands, x, y, w, h, buf, err);
+}
+
+int dm_gis_mask_read(const char *path, int x, int y, int w, int h, uint8_t *buf, dm_err *err)
+{
+    return chunk_read(path, GDT_Byte, 1, x, y, w, h, buf, err);
 }
 
 /* --- final rasters --------------------------------------------------------------------------- */
@@ -154,6 +180,26 @@ struct dm_out {
     char files[4400];
 };
 
+
+/* GDAL keeps what a GeoTIFF cannot hold (a class raster's RAT) in PATH.aux.xml beside it: it
+ * travels with its raster. */
+static void unlink_aux(const char *path)
+{
+    char a[4300];
+    snprintf(a, sizeof a, "%s.aux.xml", path);
+    unlink(a);
+}
+
+/* Renames a raster and its .aux.xml (a stale one at the target goes). */
+static int rename_raster(const char *from, const char *to)
+{
+    char a[4300], b[4300];
+    snprintf(a, sizeof a, "%s.aux.xml", from);
+    snprintf(b, sizeof b, "%s.aux.xml", to);
+    if (dm_exists(a) ? rename(a, b) != 0 : (unlink(b) != 0 && errno != ENOENT))
+        return -1;
+    return rename(from, to);
+}
 
 static int nregions(const dm_out *o) { return o->side ? o->nrx * o->nry : 1; }
 
@@ -231,6 +277,41 @@ int dm_out_create(const dm_out_spec *s, dm_out **out, dm_err *err)
     return 0;
 }
 
+/* A class raster's colour table (the classes' colours; every other value transparent) and its
+ * Raster Attribute Table (Value, Class, Red, Green, Blue: class names for QGIS >= 3.30, ArcGIS;
+ * GDAL keeps it in the GeoTIFF's .aux.xml, the COG copy carries it over). */
+static void describe_classes(const dm_out_spec *s, GDALRasterBandH h)
+{
+    GDALColorTableH ct = GDALCreateColorTable(GPI_RGB);
+    GDALColorEntry none = { 0, 0, 0, 0 };
+    for (int v = 0; v < 256; v++)
+        GDALSetColorEntry(ct, v, &none);
+    for (int i = 0; i < s->nclasses; i++) {
+        const dm_out_class *c = &s->classes[i];
+        GDALColorEntry e = { c->rgb[0], c->rgb[1], c->rgb[2], 255 };
+        GDALSetColorEntry(ct, c->value, &e);
+    }
+    GDALSetRasterColorTable(h, ct);
+    GDALDestroyColorTable(ct);
+    GDALRasterAttributeTableH rat = GDALCreateRasterAttributeTable();
+    GDALRATSetTableType(rat, GRTT_THEMATIC);
+    GDALRATCreateColumn(rat, "Value", GFT_Integer, GFU_MinMax);
+    GDALRATCreateColumn(rat, "Class", GFT_String, GFU_Name);
+    GDALRATCreateColumn(rat, "Red", GFT_Integer, GFU_Red);
+    GDALRATCreateColumn(rat, "Green", GFT_Integer, GFU_Green);
+    GDALRATCreateColumn(rat, "Blue", GFT_Integer, GFU_Blue);
+    GDALRATSetRowCount(rat, s->nclasses);
+    for (int i = 0; i < s->nclasses; i++) {
+        const dm_out_class *c = &s->classes[i];
+        GDALRATSetValueAsInt(rat, i, 0, c->value);
+        GDALRATSetValueAsString(rat, i, 1, c->name);
+        for (int k = 0; k < 3; k++)
+            GDALRATSetValueAsInt(rat, i, 2 + k, c->rgb[k]);
+    }
+    GDALSetDefaultRAT(h, rat);
+    GDALDestroyRasterAttributeTable(rat);
+}
+
 static void describe(const dm_out *o, GDALDatasetH d, const double gt[6])
 {
     const dm_out_spec *s = &o->s;
@@ -259,6 +340,8 @@ static void describe(const dm_out *o, GDALDatasetH d, const double gt[6])
             GDALSetRasterColorInterpretation(h, rgb[b]);
         if (s->unit)
             GDALSetRasterUnitType(h, s->unit);
+        if (s->classes && s->byte && b == 0)
+            describe_classes(s, h);
     }
 }
 
@@ -380,12 +463,14 @@ int dm_out_end(dm_out *o, dm_err *err)
                                                       "Cloud-Optimized GeoTIFF: %s", p,
                                                       gdal_msg());
             VSIUnlink(part);
+            unlink_aux(part);
         }
     }
     if (d)
         GDALClose(d);
     GDALDeleteDataset(GDALGetDriverByName("GTiff"), o->tmp_path); /* with its .ovr */
     VSIUnlink(o->tmp_path);
+    unlink_aux(o->tmp_path);
     CPLPopErrorHandler();
     if (!rc && !(o->parts[o->cur] = strdup(part)))
         rc = dm_err_oom(err);
@@ -405,6 +490,7 @@ int dm_out_commit(dm_out *o, dm_err *err)
     if (o->side) {
         snprintf(p, sizeof p, "%s/%s.tif", o->dir, o->name);
         unlink(p);
+        unlink_aux(p);
     } else {
         snprintf(p, sizeof p, "%s/%s.vrt", o->dir, o->name);
         unlink(p);
@@ -413,7 +499,7 @@ int dm_out_commit(dm_out *o, dm_err *err)
     }
     for (int i = 0; i < n; i++) {
         region_path(o, i, p, sizeof p);
-        if (rename(o->parts[i], p) != 0)
+        if (rename_raster(o->parts[i], p) != 0)
             return dm_err_set(err, DM_EIO, "%s: cannot rename into place", p);
         free(o->parts[i]);
         o->parts[i] = NULL;
@@ -474,11 +560,13 @@ void dm_out_free(dm_out *o)
         GDALClose(o->tmp);
         GDALDeleteDataset(GDALGetDriverByName("GTiff"), o->tmp_path);
         VSIUnlink(o->tmp_path);
+        unlink_aux(o->tmp_path);
         CPLPopErrorHandler();
     }
     for (int i = 0; o->parts && i < nregions(o); i++)
         if (o->parts[i]) {
             unlink(o->parts[i]);
+            unlink_aux(o->parts[i]);
             free(o->parts[i]);
         }
     free(o->parts);
@@ -493,6 +581,7 @@ int dm_out_remove(const char *dir, const char *name, dm_err *err)
     char p[4200];
     snprintf(p, sizeof p, "%s/%s.tif", dir, name);
     unlink(p);
+    unlink_aux(p);
     snprintf(p, sizeof p, "%s/%s.vrt", dir, name);
     unlink(p);
     snprintf(p, sizeof p, "%s/%s.zarr", dir, name);
@@ -528,6 +617,49 @@ int dm_gis_write_qml(const char *path, const dm_ramp_stop *st, int n, dm_err *er
                 st[i].value, st[i].label, st[i].color);
     fprintf(f, "        </colorrampshader>\n"
                "      </rastershader>\n"
+               "    </rasterrenderer>\n"
+               "  </pipe>\n"
+               "</qgis>\n");
+    fclose(f);
+    int rc = dm_write_file_atomic(path, buf, len, err);
+    free(buf);
+    return rc;
+}
+
+/* s with XML's five special characters escaped (for attribute values), into buf. */
+static const char *xml_attr(const char *s, char *buf, size_t n)
+{
+    size_t k = 0;
+    for (; *s && k + 7 < n; s++) {
+        const char *e = *s == '&' ? "&amp;" : *s == '<' ? "&lt;" : *s == '>' ? "&gt;"
+                        : *s == '"' ? "&quot;" : *s == '\'' ? "&apos;" : NULL;
+        if (e)
+            k += (size_t)snprintf(buf + k, n - k, "%s", e);
+        else
+            buf[k++] = *s;
+    }
+    buf[k] = '\0';
+    return buf;
+}
+
+int dm_gis_write_qml_classes(const char *path, const dm_out_class *c, int n, dm_err *err)
+{
+    char *buf = NULL, name[512];
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
+        return dm_err_oom(err);
+    fprintf(f, "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+               "<qgis version=\"3.22\" styleCategories=\"AllStyleCategories\">\n"
+               "  <pipe>\n"
+               "    <rasterrenderer type=\"paletted\" band=\"1\" opacity=\"1\" alphaBand=\"-1\" "
+               "nodataColor=\"\">\n"
+               "      <colorPalette>\n");
+    for (int i = 0; i < n; i++)
+        fprintf(f, "        <paletteEntry value=\"%d\" color=\"#%02x%02x%02x\" label=\"%s\" "
+                   "alpha=\"255\"/>\n", c[i].value, c[i].rgb[0], c[i].rgb[1], c[i].rgb[2],
+                xml_attr(c[i].name, name, sizeof name));
+    fprintf(f, "      </colorPalette>\n"
                "    </rasterrenderer>\n"
                "  </pipe>\n"
                "</qgis>\n");

@@ -3,7 +3,8 @@
  * logits = W·x + b. Every head dinomap uses is one:
  *   - "logistic": multinomial logistic regression fitted by `dinomap seg train`;
  *   - "kmeans": `dinomap seg cluster`'s centroids c_k, as W_k = 2·c_k, b_k = −|c_k|² (the argmax of
- *     the logits is then the nearest centroid);
+ *     the logits is then the nearest centroid); the centroids were fitted on unit-length feature
+ *     vectors, so such a head is applied to x / |x| (dm_seg_head_unit);
  *   - "linear": Meta's linear segmentation head (spec §6.1: BatchNorm2d + 1×1 conv), folded.
  * Like the other heads it knows no files' georeferencing, tiles or CRSs, and computes through the
  * backend's dense operations (models/ops.h).
@@ -60,6 +61,22 @@ void dm_seg_head_sha256(const dm_seg_head *h, char out[65]);
 
 /* logits[n, C] = x[n, D] · Wᵀ + b on the calling thread. */
 void dm_seg_logits(const dm_seg_head *h, const float *x, int n, float *logits);
+
+/* 1 when the head reads unit-length feature vectors (kind "kmeans"): its logits are those of
+ * x / |x|. */
+int dm_seg_head_unit(const dm_seg_head *h);
+/* Scales each of the n rows of x [n, D] to unit length (a zero row stays zero). */
+void dm_seg_unit_rows(float *x, int n, int D);
+
+/* k-means of n vectors x [n, D] into K clusters (2 <= K <= min(n, 254)): k-means++ seeding drawn
+ * from `seed`, then Lloyd iterations until no assignment changes or max_iter; a cluster left
+ * empty takes the vector farthest from its centroid. Every sum runs in a fixed order on the
+ * calling thread: the result depends on x, K and the seed only. *out: a "kmeans" head (classes
+ * 1..K "cluster N" with the default colours; info {"k","seed","iterations","inertia"}, inertia
+ * the sum of squared distances to the nearest centroid); backbone, arch, layer, norm are the
+ * caller's to fill. */
+int dm_seg_kmeans(const float *x, int n, int D, int K, uint64_t seed, int max_iter,
+                  dm_seg_head **out, dm_err *err);
 
 /* The default colour of class index i (a qualitative palette, then a hash for the rest). */
 void dm_seg_default_color(int i, uint8_t rgb[3]);

@@ -20,12 +20,13 @@ enum { DM_PROGRESS_AUTO, DM_PROGRESS_BAR, DM_PROGRESS_JSON, DM_PROGRESS_NONE };
 
 /* Which commands take an option. */
 enum { DM_CMD_FEATURES = 1, DM_CMD_CHM = 2, DM_CMD_RUN = 4, DM_CMD_FINALIZE = 8,
-       DM_CMD_SIMILARITY = 16 };
-#define DM_CMD_MAP (DM_CMD_FEATURES | DM_CMD_CHM | DM_CMD_RUN)
+       DM_CMD_SIMILARITY = 16, DM_CMD_SEG_APPLY = 32, DM_CMD_SEG_CLUSTER = 64 };
+#define DM_CMD_MAP                                                                                 \
+    (DM_CMD_FEATURES | DM_CMD_CHM | DM_CMD_RUN | DM_CMD_SEG_APPLY | DM_CMD_SEG_CLUSTER)
 
 /* A mapping command being parsed: the engine's options and the face's own. */
 typedef struct dm_cli {
-    const char *cmd;          /* "features", "chm", "similarity", "run" */
+    const char *cmd;          /* "features", "chm", "similarity", "run", "seg apply", ... */
     unsigned cmdmask;         /* DM_CMD_* of this command */
     dm_run_opts o;
     int progress, progress_set, quiet;
@@ -126,7 +127,9 @@ int cmd_run(int argc, char **argv);
 int cmd_similarity(int argc, char **argv);
 int cmd_finalize(int argc, char **argv);
 int cmd_status(int argc, char **argv);
-/* `dinomap seg train` (argv[0] is "train"): src/cmd_seg_train.c */
+/* `dinomap seg apply|cluster|train`; train is cmd_seg_train (src/cmd_seg_train.c, argv[0] is
+ * "train"). */
+int cmd_seg(int argc, char **argv);
 int cmd_seg_train(int argc, char **argv);
 
 /* Parses "0,2,5" into out (at most max values); returns the count or -1 on a bad list. */

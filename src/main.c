@@ -20,11 +20,11 @@ static const struct {
     { "chm", cmd_chm, "canopy height map (metres) of a mosaic with Meta's CHMv2 head" },
     { "similarity", cmd_similarity, "similarity map of a mosaic to a point or polygons (cosine of "
       "features)" },
+    { "seg", cmd_seg, "segmentation rasters: apply a head, or k-means clusters (seg --help)" },
     { "run", cmd_run, "run, resume or update a mapping described by an INI file (cron)" },
     { "status", cmd_status, "what a run folder holds, how far it got and what is left" },
     { "finalize", cmd_finalize, "build a run's final rasters from its done chunks" },
     { "forward", cmd_forward, "run the backbone on one image or tensor and write .npy outputs" },
-    { "seg-train", cmd_seg_train, "fit a segmentation head on labels (also: dinomap seg train)" },
 };
 
 static void usage(FILE *f)
@@ -75,8 +75,6 @@ int main(int argc, char **argv)
         printf("dinomap %s\n", DINOMAP_VERSION);
         return 0;
     }
-    if (!strcmp(c, "seg") && argc > 2 && !strcmp(argv[2], "train"))
-        return cmd_seg_train(argc - 2, argv + 2);
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmds[i].name, c))
             return cmds[i].fn(argc - 1, argv + 1);

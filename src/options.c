@@ -1,8 +1,9 @@
-/* src/options.c — the one vocabulary of the mapping commands: every option of `dinomap features`,
- * `dinomap chm`, `dinomap similarity` (which takes every option of features, whose product it
- * runs) and `dinomap run` is defined once here, with the commands that take it, its help, and
- * its parser. The command line (getopt_long) and INI files (`dinomap run`, keys = the
- * long option names) both end in dm_cli_set, so a value means the same wherever it is written. */
+/* src/options.c — the one vocabulary of the mapping commands: every option of `dinomap
+ * features`, `dinomap chm`, `dinomap similarity` (which takes every option of features, whose
+ * product it runs), `dinomap seg apply|cluster` and `dinomap run` is defined once here, with the
+ * commands that take it, its help, and its parser. The command line (getopt_long) and INI files
+ * (`dinomap run`, keys = the long option names) both end in dm_cli_set, so a value means the
+ * same wherever it is written. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -15,11 +16,11 @@
 #include "cli.h"
 
 enum {
-    O_MODEL, O_OUTPUT, O_HEAD, O_PRODUCTS, O_INPUT, O_AT, O_SRS, O_QAOI, O_FEATURES, O_BANDS,
-    O_SCALE, O_STRETCH, O_GSD, O_CRS,
-    O_UNGEO, O_AOI, O_AOI_TILES, O_TILE, O_HALO, O_OVERLAP, O_CHUNK, O_LAYER, O_QUANT, O_NOPCA,
-    O_TAPS, O_NORM, O_ARCH, O_DEVICE, O_THREADS, O_BATCH, O_OVERWRITE, O_DROP, O_KEEP, O_MAXCOG,
-    O_OF, O_CO, O_CONFIG, O_PROGRESS, O_LOG, O_QUIET, O_COUNT
+    O_MODEL, O_OUTPUT, O_HEAD, O_SEG_HEAD_CLI, O_SEG_HEAD, O_CLUSTERS, O_SEED, O_PROBS,
+    O_PRODUCTS, O_INPUT, O_AT, O_SRS, O_QAOI, O_FEATURES, O_BANDS, O_SCALE, O_STRETCH, O_GSD,
+    O_CRS, O_UNGEO, O_AOI, O_AOI_TILES, O_TILE, O_HALO, O_OVERLAP, O_CHUNK, O_LAYER, O_QUANT,
+    O_NOPCA, O_TAPS, O_NORM, O_ARCH, O_DEVICE, O_THREADS, O_BATCH, O_OVERWRITE, O_DROP, O_KEEP,
+    O_MAXCOG, O_OF, O_CO, O_CONFIG, O_PROGRESS, O_LOG, O_QUIET, O_COUNT
 };
 
 _Static_assert(O_COUNT <= 64, "dm_cli.given holds one bit per option");
@@ -27,6 +28,9 @@ _Static_assert(O_COUNT <= 64, "dm_cli.given holds one bit per option");
 #define F DM_CMD_FEATURES
 #define C DM_CMD_CHM
 #define R DM_CMD_RUN
+#define SA DM_CMD_SEG_APPLY
+#define SC DM_CMD_SEG_CLUSTER
+#define FS (F | SA | SC) /* the features' options: seg makes the features too */
 #define M DM_CMD_MAP
 #define S DM_CMD_SIMILARITY
 static const struct optdef {
@@ -42,9 +46,9 @@ static const struct optdef {
                    "(required); the same command in the same folder resumes" },
     [O_HEAD] = { "head", 0, 1, C | R, "HEAD", "Meta's CHMv2 head (dinov3_vitl16_chmv2_dpt_"
                  "head-*.pth), for a backbone file without one" },
-    [O_PRODUCTS] = { "products", 0, 1, R, "LIST", "what to make: features, chm, similarity "
-                     "or a list, e.g. features,chm (one backbone pass feeds all; similarity "
-                     "brings the features) (required)" },
+    [O_PRODUCTS] = { "products", 0, 1, R, "LIST", "what to make: features, chm, seg, "
+                     "similarity, or several, e.g. features,chm (one backbone pass feeds them; "
+                     "seg and similarity make the features too) (required)" },
     [O_INPUT] = { "input", 0, 1, R, "PATH", "an input raster or a glob (*.tif); repeat for "
                   "more (one mosaic) (required)" },
     [O_AT] = { "at", 0, 1, S | R, "X,Y", "similarity: the query is the patch under this point "
@@ -79,11 +83,11 @@ static const struct optdef {
                     "= 2*halo (blended with a Hann window; 0: no blending, seams show)" },
     [O_CHUNK] = { "chunk", 0, 1, M, "N", "tiles per chunk side: the unit written, recorded "
                   "and resumed (default: 4)" },
-    [O_LAYER] = { "layer", 0, 1, F | R, "K", "features: 0-based block whose normed output to "
+    [O_LAYER] = { "layer", 0, 1, FS | R, "K", "features: 0-based block whose normed output to "
                   "map (default: the last)" },
-    [O_QUANT] = { "quantize", 0, 1, F | R, "MODE", "features: none (float32, default) or int8 "
+    [O_QUANT] = { "quantize", 0, 1, FS | R, "MODE", "features: none (float32, default) or int8 "
                   "(8-bit with a per-band scale: value = (q - 128) * scale, q = 0 nodata)" },
-    [O_NOPCA] = { "no-pca", 0, 0, F | R, NULL, "features: skip features_pca.tif" },
+    [O_NOPCA] = { "no-pca", 0, 0, FS | R, NULL, "features: skip features_pca.tif" },
     [O_TAPS] = { "taps", 0, 1, C | R, "LIST", "chm: the 4 blocks the head reads (default: "
                  "from the file, or 5,11,17,23 for ViT-L)" },
     [O_NORM] = { "norm", 0, 1, M, "PRESET", "sat, chm or lvd normalization (default: chm "
@@ -119,10 +123,24 @@ static const struct optdef {
                 "to FILE" },
     [O_QUIET] = { "quiet", 'q', 0, M, NULL, "only warnings and errors: no notices, progress or "
                  "summary" },
+    [O_SEG_HEAD_CLI] = { "head", 0, 1, SA, "HEAD.dmseg", "the segmentation head to apply: a "
+                         ".dmseg file (seg train, or seg cluster's cluster.dmseg) or Meta's "
+                         "linear head; its layer and normalization are the run's (required)" },
+    [O_SEG_HEAD] = { "seg-head", 0, 1, R, "HEAD.dmseg", "seg: the head to apply (as --head of "
+                     "dinomap seg apply)" },
+    [O_CLUSTERS] = { "clusters", 'k', 1, SC | R, "K", "seg: K k-means classes (ids 1..K, "
+                     "2..254) fitted on the run's 4096-patch sample (required for seg cluster)" },
+    [O_SEED] = { "seed", 0, 1, SC | R, "S", "seg: the k-means++ seed (default: 0): a seed gives "
+                 "the same clusters whatever the threads or interruptions" },
+    [O_PROBS] = { "probabilities", 0, 0, SA | SC | R, NULL, "seg: seg_probabilities.tif too, a "
+                  "float32 band per class (the softmax of the logits)" },
 };
 #undef F
 #undef C
 #undef R
+#undef SA
+#undef SC
+#undef FS
 #undef M
 #undef S
 
@@ -255,12 +273,18 @@ static int flag_value(const char *v, int *out)
     return -1;
 }
 
-static int find(const char *name)
+/* The option `name` of the commands in mask (one name may mean two: --head is the CHMv2 head
+ * for chm, the segmentation head for seg apply); else the first of that name; -1 if none. */
+static int find(const char *name, unsigned mask)
 {
+    int any = -1;
     for (int i = 0; i < O_COUNT; i++)
-        if (!strcmp(defs[i].name, name))
-            return i;
-    return -1;
+        if (!strcmp(defs[i].name, name)) {
+            if (takers(&defs[i]) & mask)
+                return i;
+            any = any < 0 ? i : any;
+        }
+    return any;
 }
 
 #define BAD(...) (snprintf(why, n, __VA_ARGS__), -2)
@@ -288,6 +312,8 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
     case O_MODEL: o->weights = keep; break;
     case O_OUTPUT: o->outdir = keep; break;
     case O_HEAD: o->head = keep; break;
+    case O_SEG_HEAD_CLI:
+    case O_SEG_HEAD: o->seg_head = keep; break;
     case O_AOI: o->aoi = keep; break;
     case O_CRS: m->crs = keep; break;
     case O_ARCH: o->arch = keep; break;
@@ -315,12 +341,12 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
         for (char *t = strtok_r(buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
             unsigned x = dm_product_from_name(t);
             if (!x)
-                return BAD("--products %s: unknown product '%s' (features, chm, similarity)", v,
-                           t);
+                return BAD("--products %s: unknown product '%s' (features, chm, seg, "
+                           "similarity)", v, t);
             p |= x;
         }
         if (!p)
-            return BAD("--products: empty (features, chm, similarity)");
+            return BAD("--products: empty (features, chm, seg, similarity)");
         o->products = p;
         c->products_set = 1;
         break;
@@ -397,6 +423,18 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
             return BAD("--taps %s: expected four block indices, e.g. 5,11,17,23", v);
         o->taps_set = 1;
         break;
+    case O_CLUSTERS:
+        if ((k = dm_parse_pos_int(v)) < 2 || k > 254)
+            return BAD("-k %s: expected 2..254 clusters (class ids 1..K; 255 is nodata)", v);
+        o->seg_k = k;
+        break;
+    case O_SEED: {
+        unsigned long long sd = strtoull(v, &end, 10);
+        if (end == v || *end || v[0] == '-' || sd > 0xffffffffULL)
+            return BAD("--seed %s: expected a whole number 0..4294967295", v);
+        o->seg_seed = (unsigned)sd;
+        break;
+    }
     case O_OF:
         if ((k = dm_out_format_parse(v)) < 0)
             return BAD("-of %s: expected COG or Zarr%s", v, strcasecmp(v, "GTiff") ? "" :
@@ -439,6 +477,7 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
     case O_DROP:
     case O_KEEP:
     case O_QUIET:
+    case O_PROBS:
         if (flag_value(v, &k))
             return BAD("%s = %s: expected true or false", defs[id].name, v);
         if (id == O_UNGEO)
@@ -453,6 +492,8 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
             o->drop_chunks = k;
         else if (id == O_KEEP)
             o->drop_chunks = o->drop_chunks && !k;
+        else if (id == O_PROBS)
+            o->seg_probabilities = k;
         else
             c->quiet = k;
         break;
@@ -464,7 +505,7 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
 
 int dm_cli_set(dm_cli *c, const char *name, const char *value, char *why, size_t n)
 {
-    int id = find(name);
+    int id = find(name, c->cmdmask);
     if (id < 0 || !(takers(&defs[id]) & c->cmdmask)) {
         const char *names[O_COUNT + 1];
         int k = 0;
@@ -485,9 +526,10 @@ int dm_cli_set(dm_cli *c, const char *name, const char *value, char *why, size_t
 
 const void *dm_cli_longopts(unsigned cmdmask)
 {
-    static struct option tables[4][O_COUNT + 2];
+    static struct option tables[6][O_COUNT + 2];
     int t = cmdmask == DM_CMD_FEATURES ? 0 : cmdmask == DM_CMD_CHM ? 1
-            : cmdmask == DM_CMD_SIMILARITY ? 3 : 2;
+            : cmdmask == DM_CMD_SIMILARITY ? 3 : cmdmask == DM_CMD_SEG_APPLY ? 4
+            : cmdmask == DM_CMD_SEG_CLUSTER ? 5 : 2;
     struct option *l = tables[t];
     if (!l[0].name) {
         int k = 0;
@@ -505,7 +547,7 @@ const void *dm_cli_longopts(unsigned cmdmask)
 int dm_cli_getopt(dm_cli *c, int code, const char *arg)
 {
     int id = code >= 1000 ? code - 1000 : code == 'm' ? O_MODEL : code == 'o' ? O_OUTPUT
-                                          : code == 'q' ? O_QUIET : -1;
+                                          : code == 'q' ? O_QUIET : code == 'k' ? O_CLUSTERS : -1;
     char why[600];
     int r = id < 0 ? (snprintf(why, sizeof why, "unknown option"), -1)
                    : set(c, id, defs[id].has_arg ? arg : NULL, why, sizeof why);
@@ -563,7 +605,8 @@ int dm_cli_parse(dm_cli *c, int argc, char **argv, int first, void (*help)(FILE 
         return DM_EXIT_USAGE;
     optind = first;
     opterr = 0;
-    while ((ch = getopt_long(c->argc, c->argv, ":m:o:qh", lo, NULL)) != -1) {
+    const char *shorts = c->cmdmask & DM_CMD_SEG_CLUSTER ? ":m:o:qhk:" : ":m:o:qh";
+    while ((ch = getopt_long(c->argc, c->argv, shorts, lo, NULL)) != -1) {
         if (ch == 'h') {
             help(stdout);
             return DM_EXIT_OK;
@@ -637,10 +680,15 @@ int dm_cli_finish(dm_cli *c)
         o->products = DM_PRODUCT_CHM;
     else if (c->cmdmask == DM_CMD_SIMILARITY)
         o->products = DM_PRODUCT_FEATURES | DM_PRODUCT_SIMILARITY;
+    else if (c->cmdmask & (DM_CMD_SEG_APPLY | DM_CMD_SEG_CLUSTER))
+        o->products = DM_PRODUCT_FEATURES | DM_PRODUCT_SEG;
     else if (!c->products_set) {
-        dm_say("no products (products = features, chm, similarity or a list: features,chm)");
+        dm_say("no products (products = features, chm, seg, similarity, or several: "
+               "features,chm)");
         return -2;
     }
+    if (o->products & DM_PRODUCT_SEG) /* derived from the features' chunks */
+        o->products |= DM_PRODUCT_FEATURES;
     if (o->aoi_whole_tiles && !o->aoi) {
         dm_say("--aoi-whole-tiles needs --aoi FILE");
         return -2;
@@ -657,12 +705,18 @@ int dm_cli_finish(dm_cli *c)
         }
         o->halo = c->overlap / 2;
     }
-    if (!o->weights || !o->outdir || !c->ninputs) {
+    int no_head = c->cmdmask == DM_CMD_SEG_APPLY && !o->seg_head;
+    int no_k = c->cmdmask == DM_CMD_SEG_CLUSTER && !o->seg_k;
+    if (!o->weights || !o->outdir || !c->ninputs || no_head || no_k) {
         char miss[160] = "";
         if (!o->weights)
             strcat(miss, "-m WEIGHTS, ");
         if (!o->outdir)
             strcat(miss, "-o OUTDIR, ");
+        if (no_head)
+            strcat(miss, "--head HEAD.dmseg, ");
+        if (no_k)
+            strcat(miss, "-k K, ");
         if (!c->ninputs)
             strcat(miss, c->cmdmask == DM_CMD_RUN ? "input = ..., " : "an INPUT, ");
         miss[strlen(miss) - 2] = '\0';

@@ -166,7 +166,8 @@ typedef struct ini_ctx {
 /* Keys whose values are paths, taken relative to the config file's folder. */
 static int is_path_key(const char *k)
 {
-    static const char *keys[] = { "model", "head", "output", "aoi", "input", "log", "query-aoi",
+    static const char *keys[] = { "model", "head", "seg-head", "output", "aoi", "input", "log",
+                                  "query-aoi",
                                   NULL };
     for (int i = 0; keys[i]; i++)
         if (!strcmp(k, keys[i]))
@@ -227,8 +228,8 @@ static int handler(void *user, const char *section, const char *name, const char
         }
         return 1;
     }
-    if (!strcmp(name, "model") || !strcmp(name, "head") || !strcmp(name, "aoi") ||
-        !strcmp(name, "query-aoi")) {
+    if (!strcmp(name, "model") || !strcmp(name, "head") || !strcmp(name, "seg-head") ||
+        !strcmp(name, "aoi") || !strcmp(name, "query-aoi")) {
         struct stat st;
         if (strncmp(v, "/vsi", 4) && stat(v, &st) != 0) {
             char m[600];
@@ -240,8 +241,8 @@ static int handler(void *user, const char *section, const char *name, const char
     int r = dm_cli_set(x->c, name, v, why, sizeof why);
     if (r == -1) {
         const char *hint = strstr(why, " (did you mean"); /* dm_cli_set's hint */
-        fail(x, "unknown key '%s'%s (the keys are the long option names of dinomap features and "
-                "dinomap chm, e.g. tile, halo, bands)", name, hint ? hint : "");
+        fail(x, "unknown key '%s'%s (the keys are the long option names of dinomap features, "
+                "dinomap chm and dinomap seg, e.g. tile, halo, bands)", name, hint ? hint : "");
         return 0;
     }
     if (r) {

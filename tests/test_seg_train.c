@@ -620,8 +620,8 @@ TEST(seg_train_bad_labels_and_usage)
     snprintf(args, sizeof args, "--features x.tif --labels %s -o %s --lables x", gj, p);
     rc = train(args, &out);
     CHECKF(rc == 2 && strstr(out, "did you mean --labels"), "exit %d: %s", rc, out);
-    /* the command answers under both names */
+    /* its help, reached through the seg dispatcher */
     char cmd[4200];
-    snprintf(cmd, sizeof cmd, "%s seg-train --help", dm_bin());
+    snprintf(cmd, sizeof cmd, "%s seg train --help", dm_bin());
     CHECK(dm_run(cmd, &out) == 0 && strstr(out, "--labels LABELS") && !strstr(out, "--aoi"));
 }

@@ -192,6 +192,12 @@ char *dm_config_invocation(const dm_eng *e)
     cJSON_AddStringToObject(j, "weights_sha256", e->sha);
     if (o->head)
         cJSON_AddStringToObject(j, "head", dm_base_name(o->head));
+    if (o->seg_head)
+        cJSON_AddStringToObject(j, "seg_head", dm_base_name(o->seg_head));
+    if (o->seg_k) {
+        cJSON_AddNumberToObject(j, "clusters", o->seg_k);
+        cJSON_AddNumberToObject(j, "seed", o->seg_seed);
+    }
     if (o->aoi)
         cJSON_AddStringToObject(j, "aoi", o->aoi);
     cJSON_AddNumberToObject(j, "threads", o->threads);

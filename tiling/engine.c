@@ -35,6 +35,7 @@ const dm_product dm_products[] = {
     { DM_PRODUCT_FEATURES, &dm_recipe_features },
     { DM_PRODUCT_SIMILARITY, &dm_recipe_similarity },
     { DM_PRODUCT_CHM, &dm_recipe_chm },
+    { DM_PRODUCT_SEG, &dm_recipe_seg }, /* from the features' chunks */
 };
 const int dm_nproducts = (int)(sizeof dm_products / sizeof dm_products[0]);
 _Static_assert(sizeof dm_products / sizeof dm_products[0] <= DM_NPROD,
@@ -42,7 +43,7 @@ _Static_assert(sizeof dm_products / sizeof dm_products[0] <= DM_NPROD,
 
 unsigned dm_products_needed(unsigned p)
 {
-    return p & DM_PRODUCT_SIMILARITY ? p | DM_PRODUCT_FEATURES : p;
+    return p & (DM_PRODUCT_SIMILARITY | DM_PRODUCT_SEG) ? p | DM_PRODUCT_FEATURES : p;
 }
 
 const dm_recipe *dm_recipe_of(unsigned p)
@@ -393,9 +394,9 @@ static int stage_write(void *ctx, dm_job *job, dm_err *err)
 /* The files of a run in OUTDIR (for --overwrite, and to refuse a folder holding outputs without
  * an index). */
 static const char *const run_files[] = { "tiles.gpkg", "run.json", "item.json", "chm.qml",
-                                         "similarity.qml", NULL };
-static const char *const run_outputs[] = { "features", "features_pca", "chm", "similarity",
-                                           NULL };
+                                         "similarity.qml", "seg.qml", "cluster.dmseg", NULL };
+static const char *const run_outputs[] = { "features", "features_pca", "chm", "seg",
+                                           "seg_probabilities", "similarity", NULL };
 
 static int holds_outputs(const char *dir)
 {
@@ -481,9 +482,20 @@ int dm_run_check(const dm_run_opts *o, dm_err *err)
                           "= features, similarity, or dinomap similarity)",
                           q->at_set ? "--at" : q->aoi ? "--query-aoi" : "--srs");
     }
+    if ((o->seg_head || o->seg_k || o->seg_probabilities) && !(o->products & DM_PRODUCT_SEG))
+        return dm_err_set(err, DM_EINVAL, "seg-head, clusters and probabilities are for the seg "
+                          "product (products = seg)");
+    if ((o->products & DM_PRODUCT_SEG) && !o->seg_head == !o->seg_k)
+        return dm_err_set(err, DM_EINVAL, "seg: %s", o->seg_head ? "a head to apply or clusters "
+                          "to fit, not both" : "no head to apply (dinomap seg apply --head "
+                          "HEAD.dmseg; seg-head in a config file) and no clusters to fit "
+                          "(dinomap seg cluster -k K; clusters in a config file)");
+    if ((o->products & DM_PRODUCT_SEG) && o->seg_k && (o->seg_k < 2 || o->seg_k > 254))
+        return dm_err_set(err, DM_EINVAL, "-k %d: expected 2..254 clusters (class ids 1..K; 255 "
+                          "is nodata)", o->seg_k);
     if (o->mosaic.crs && dm_gis_crs_check(o->mosaic.crs, err))
         return DM_EINVAL;
-    if (o->out.format == DM_OF_ZARR && !(o->products & DM_PRODUCT_FEATURES))
+    if (o->out.format == DM_OF_ZARR && !(o->products & (DM_PRODUCT_FEATURES | DM_PRODUCT_SEG)))
         return dm_err_set(err, DM_EINVAL, "-of Zarr: only the features have a Zarr output; the "
                           "canopy height map is a COG (leave -of out)");
     return dm_out_format_check(&o->out, err);
@@ -522,9 +534,14 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     int rc = dm_run_check(o, err);
     if (rc)
         return rc;
-    /* a product derived from another's chunks brings that product along */
+    /* a product derived from another's chunks brings that product along; seg: the head's
+     * layer and normalization */
     dm_run_opts with = *o;
     with.products = dm_products_needed(o->products);
+    char seg_norm[32];
+    if ((with.products & DM_PRODUCT_SEG) &&
+        (rc = dm_seg_run_opts(&with, seg_norm, sizeof seg_norm, err)))
+        return rc;
     o = &with;
     double t0 = now();
     run R;

@@ -1,6 +1,6 @@
 /* tiling/engine.h — inside the run engine: the state of a run, the window jobs, and the interface
- * every product recipe implements (prod_features.c, prod_chm.c, prod_similarity.c). Not for use
- * outside tiling/. */
+ * every product recipe implements (prod_features.c, prod_chm.c, prod_seg.c, prod_similarity.c).
+ * Not for use outside tiling/. */
 #ifndef DM_TILING_ENGINE_H
 #define DM_TILING_ENGINE_H
 
@@ -66,8 +66,9 @@ typedef struct dm_eng {
     dm_tileindex *ti;
     cJSON *cfg;                        /* compared with a resumed run's: what changes pixels */
     cJSON *res;                        /* resolved facts finalize needs (grid, CRS, metadata) */
-    cJSON *outset;                     /* output settings by product (the similarity query): they
-                                        * change outputs, no chunk; recorded, never compared */
+    cJSON *outset;                     /* output settings by product (the seg head, the
+                                        * similarity query): they change outputs, no chunk;
+                                        * recorded, never compared */
     double model_seconds;
 } dm_eng;
 
@@ -141,6 +142,13 @@ extern const dm_recipe dm_recipe_similarity;
  * on nodata fails with the outputs untouched; end frees it (NULL-safe). */
 int dm_sim_fin_begin(dm_fin *f, dm_err *err);
 void dm_sim_fin_end(dm_fin *f);
+
+extern const dm_recipe dm_recipe_seg;
+
+/* prod_seg.c: a run with the seg product, before anything is opened: o with the features
+ * product added and the seg head's layer and normalization (norm: storage for its name); the
+ * head must load, and an explicit --layer or --norm must agree with it. */
+int dm_seg_run_opts(dm_run_opts *o, char *norm, size_t n, dm_err *err);
 
 /* Every product, in the order its recipe runs and finalizes (a product derived from another's
  * chunks comes after it): its DM_PRODUCT_* bit and recipe. */

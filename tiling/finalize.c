@@ -4,8 +4,8 @@
  * when no chunk was committed since it last ran (the index's `gen` counter equals the
  * `finalized_gen` it recorded), the outputs it wrote are all there, and they were written with
  * the output format and creation options asked for now (`output_format`: another -of or -co
- * rebuilds the outputs from the chunks, nothing is recomputed). Output settings (the similarity
- * query) are the same by product: the outputs record those they were built with
+ * rebuilds the outputs from the chunks, nothing is recomputed). Output settings (the seg head, the
+ * similarity query) are the same by product: the outputs record those they were built with
  * (`output_settings_built`), and when only they changed, only those products are rebuilt. */
 #include <limits.h>
 #include <math.h>
@@ -58,7 +58,8 @@ static long long config_ll(dm_tileindex *ti, const char *key, long long def)
     return r;
 }
 
-/* 1 when the outputs match the chunks: nothing committed since finalize, its files all there. */
+/* 1 when the outputs match the chunks: nothing committed since finalize, its files all there,
+ * built with the output-only settings recorded now. */
 int dm_fin_uptodate(dm_tileindex *ti, const char *outdir)
 {
     long long gen = config_ll(ti, "gen", 0), fg = config_ll(ti, "finalized_gen", -1);
@@ -535,7 +536,7 @@ int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err)
         cJSON_AddNumberToObject(q, "clipped_values", (double)f->int8_clipped);
     }
     const cJSON *rp;
-    cJSON_ArrayForEach(rp, f->report) /* the products' own facts (the similarity query) */
+    cJSON_ArrayForEach(rp, f->report) /* the products' own facts (the seg head, the query) */
     {
         cJSON_AddItemToObject(j, rp->string, cJSON_Duplicate(rp, 1));
     }
@@ -591,6 +592,14 @@ static const struct {
       "pixel per 16 x 16 px patch", "data", 0 },
     { "similarity.qml", "similarity_style", "QGIS style of similarity (pseudocolour ramp)",
       "style", 0 },
+    { "seg", "seg", "segmentation classes (uint8 class ids of the head; 255 nodata), colour "
+      "table and class names (RAT)", "data", 0 },
+    { "seg_probabilities", "seg_probabilities", "segmentation class probabilities: a band per "
+      "class (softmax of the logits)", "data", 0 },
+    { "seg.qml", "seg_style", "QGIS style of seg (paletted: the classes' colours and names)",
+      "style", 0 },
+    { "cluster.dmseg", "seg_head", "the k-means head the classes came from (.dmseg: "
+      "safetensors)", "metadata", 0 },
     { "tiles.gpkg", "tiles", "tile index (GeoPackage): tile footprints and states, per-tile "
       "embeddings, the run's configuration and invocations", "metadata", 0 },
     { "run.json", "run", "the run: configuration, model, grid, timings", "metadata", 0 },
@@ -652,6 +661,10 @@ int dm_write_stac_item(dm_fin *f, dm_err *err)
         if (cJSON_IsString(v))
             cJSON_AddStringToObject(p, keys[k][1], v->valuestring);
     }
+    const cJSON *sh = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(f->report, "seg"), "head_sha256");
+    if (cJSON_IsString(sh))
+        cJSON_AddStringToObject(p, "dinomap:seg_head_sha256", sh->valuestring);
     char *cs = NULL;
     dm_tileindex_config_get(f->ti, "config_sha256", &cs, NULL);
     if (cs)

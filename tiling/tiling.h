@@ -22,12 +22,13 @@
 
 #include "../gis/gis.h"
 
-enum { DM_PRODUCT_FEATURES = 1, DM_PRODUCT_CHM = 2 };
-/* similarity: derived from the features' chunks (asking for it runs the features too) */
-enum { DM_PRODUCT_SIMILARITY = 8 };
-#define DM_PRODUCT_ALL (DM_PRODUCT_FEATURES | DM_PRODUCT_CHM | DM_PRODUCT_SIMILARITY)
+/* seg (class rasters from a linear head on the patch features) and similarity are derived from
+ * the features product's chunks: asking for either makes the features too. */
+enum { DM_PRODUCT_FEATURES = 1, DM_PRODUCT_CHM = 2, DM_PRODUCT_SEG = 4, DM_PRODUCT_SIMILARITY = 8 };
+#define DM_PRODUCT_ALL                                                                             \
+    (DM_PRODUCT_FEATURES | DM_PRODUCT_CHM | DM_PRODUCT_SEG | DM_PRODUCT_SIMILARITY)
 
-/* "features" / "chm" / "similarity" → DM_PRODUCT_*; 0 if unknown. */
+/* "features" / "chm" / "seg" / "similarity" → DM_PRODUCT_*; 0 if unknown. */
 unsigned dm_product_from_name(const char *name);
 
 /* What the engine tells its caller while it works (any may be NULL). */
@@ -71,6 +72,14 @@ typedef struct dm_run_opts {
     int taps[4], taps_set;         /* chm: the head's blocks */
     dm_sim_query query;            /* similarity: not part of the configuration (it changes no
                                     * chunk): a rerun with another rebuilds only similarity.tif */
+    /* seg: a head file to apply (.dmseg or Meta's linear head), or seg_k > 0 clusters fitted at
+     * finalize (k-means, seg_seed); seg_probabilities: seg_probabilities.tif too. The head (its
+     * layer and normalization become the run's), k, seed and probabilities change the outputs
+     * only: another one in the same folder rebuilds them from the chunks */
+    const char *seg_head;
+    int seg_k;
+    unsigned seg_seed;
+    int seg_probabilities;
     int overwrite;                 /* remove this folder's run and start afresh */
     int drop_chunks;               /* after a complete finalize, delete chunks/ */
     double max_cog_gib;            /* finalize: above this (uncompressed), block COGs + a VRT */
