@@ -175,6 +175,12 @@ TEST(seg_apply_head_classes_styles_cog)
              "-co BLOCKSIZE=64", tiny(), head, in, t);
     CHECKF(run_seg(args, &out) == 0, "%s", out);
     CHECKF(strstr(out, "seg.tif") && strstr(out, "features.tif"), "%s", out);
+    /* run.json tells the head it was made with */
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 -c \"import json, sys; r = json.load(open('%s/o/"
+             "run.json'))['seg']; sys.exit(0 if r['kind'] and len(r['head_sha256']) == 64 and "
+             "len(r['classes']) == 3 else 1)\"", t);
+    CHECKF(dm_run(cmd, &out) == 0, "run.json has no seg head: %s", out);
     snprintf(p, sizeof p, "%s/o/seg.tif", t);
     int w, h;
     uint8_t *c = read_band(p, 1, 1, &w, &h);

@@ -333,7 +333,10 @@ static int fin_build(dm_fin *f, dm_run_result *r, int drop, unsigned only, dm_er
      * then stays near it whatever the band count (measured: 256 MB → 600 MB peak, 64 → 400) */
     int64_t cache = dm_gis_cache_set(0), small = (int64_t)64 << 20;
     dm_gis_cache_set(cache < small ? cache : small);
-    int rc = fin_build_products(f, r, drop, only, err);
+    /* what the recipes tell run.json, by product name */
+    int rc = (f->report = cJSON_CreateObject()) ? 0 : dm_err_oom(err);
+    if (!rc)
+        rc = fin_build_products(f, r, drop, only, err);
     dm_gis_cache_set(cache);
     cJSON_Delete(f->report);
     f->report = NULL;
