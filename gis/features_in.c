@@ -146,6 +146,11 @@ void dm_gis_feat_info(const dm_gis_feat *f, int *w, int *h, int *bands, double g
     *block = f->block;
 }
 
+int dm_gis_feat_int8(const dm_gis_feat *f)
+{
+    return GDALGetRasterDataType(GDALGetRasterBand(f->d, 1)) == GDT_Byte;
+}
+
 const char *dm_gis_feat_meta(const dm_gis_feat *f, const char *key)
 {
     return CSLFetchNameValue(f->meta, key);

@@ -1,10 +1,9 @@
 /* gis/features_patches.c — a dinomap features raster read back by patch (see gis.h): what
- * `dinomap seg train` learns from. The file says what it is in its DINOMAP_* metadata; int8
- * rasters are decoded with their bands' GDAL scale and offset. */
+ * `dinomap seg train` learns from. A thin layer over the features reader of gis/features_in.c
+ * (dm_gis_feat: int8 decoded with the bands' scale and offset, nodata NaN), adding the facts a
+ * head records (model, normalization, layer, weights) and reads of scattered patches. */
 #include "gis.h"
 
-#include <cpl_error.h>
-#include <gdal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,27 +13,16 @@
 
 struct dm_features_in {
     char *path;
-    GDALDatasetH ds;
+    dm_gis_feat *feat;
     dm_features_info info;
-    char *wkt;
-    double *scale, *offset, *nodata; /* [D] */
-    int *has_nodata;
 };
-
-static const char *gdal_msg(void)
-{
-    const char *m = CPLGetLastErrorMsg();
-    return m && *m ? m : "no details from GDAL";
-}
 
 void dm_features_in_close(dm_features_in *f)
 {
     if (!f)
         return;
-    if (f->ds)
-        GDALClose(f->ds);
-    free(f->path), free(f->wkt), free(f->scale), free(f->offset), free(f->nodata);
-    free(f->has_nodata);
+    dm_gis_feat_close(f->feat);
+    free(f->path);
     free(f);
 }
 
@@ -55,70 +43,21 @@ int dm_features_in_open(const char *path, dm_features_in **out, dm_err *err)
         free(f);
         return dm_err_oom(err);
     }
-    GDALAllRegister();
-    CPLPushErrorHandler(CPLQuietErrorHandler);
-    CPLErrorReset();
-    int rc = 0;
-    f->ds = GDALOpenEx(path, GDAL_OF_RASTER | GDAL_OF_READONLY, NULL, NULL, NULL);
-    if (!f->ds)
-        rc = dm_err_set(err, DM_EIO, "--features %s: cannot open it as a raster: %s", path,
-                        gdal_msg());
-    const char *prod = f->ds ? GDALGetMetadataItem(f->ds, "DINOMAP_PRODUCT", NULL) : NULL;
-    if (!rc && (!prod || strcmp(prod, "features")))
-        rc = dm_err_set(err, DM_EFORMAT, "--features %s: not a dinomap features raster (its "
-                        "DINOMAP_PRODUCT is %s); give the features.tif (or features.vrt) of a "
-                        "dinomap features run", path, prod ? prod : "missing");
+    int rc = dm_gis_feat_open(path, "features", &f->feat, err);
+    if (rc)
+        dm_err_prefix(err, "--features");
     dm_features_info *i = &f->info;
     if (!rc) {
-        i->W = GDALGetRasterXSize(f->ds), i->H = GDALGetRasterYSize(f->ds);
-        i->D = GDALGetRasterCount(f->ds);
-        const char *wkt = GDALGetProjectionRef(f->ds);
-        if (!(f->wkt = strdup(wkt ? wkt : "")))
-            rc = dm_err_oom(err);
-        i->wkt = f->wkt;
-        if (!rc && GDALGetGeoTransform(f->ds, i->gt) != CE_None)
-            rc = dm_err_set(err, DM_EFORMAT, "--features %s: no geotransform", path);
-        if (!rc && (i->gt[2] != 0 || i->gt[4] != 0))
-            rc = dm_err_set(err, DM_EFORMAT, "--features %s: a rotated grid; dinomap's features "
-                            "are north-up", path);
-        if (!rc && i->D < 1)
-            rc = dm_err_set(err, DM_EFORMAT, "--features %s: no bands", path);
-    }
-    if (!rc) {
-        first_word(GDALGetMetadataItem(f->ds, "DINOMAP_MODEL", NULL), i->arch, sizeof i->arch);
-        first_word(GDALGetMetadataItem(f->ds, "DINOMAP_NORMALIZATION", NULL), i->norm,
-                   sizeof i->norm);
-        first_word(GDALGetMetadataItem(f->ds, "DINOMAP_WEIGHTS_SHA256", NULL), i->sha256,
+        int block;
+        dm_gis_feat_info(f->feat, &i->W, &i->H, &i->D, i->gt, &i->wkt, &block);
+        i->int8 = dm_gis_feat_int8(f->feat);
+        first_word(dm_gis_feat_meta(f->feat, "DINOMAP_MODEL"), i->arch, sizeof i->arch);
+        first_word(dm_gis_feat_meta(f->feat, "DINOMAP_NORMALIZATION"), i->norm, sizeof i->norm);
+        first_word(dm_gis_feat_meta(f->feat, "DINOMAP_WEIGHTS_SHA256"), i->sha256,
                    sizeof i->sha256);
-        const char *ly = GDALGetMetadataItem(f->ds, "DINOMAP_LAYER", NULL);
+        const char *ly = dm_gis_feat_meta(f->feat, "DINOMAP_LAYER");
         i->layer = !ly || strstr(ly, "last block") ? -1 : atoi(ly);
-        GDALDataType t = GDALGetRasterDataType(GDALGetRasterBand(f->ds, 1));
-        i->int8 = t == GDT_Byte;
-        if (t != GDT_Byte && t != GDT_Float32)
-            rc = dm_err_set(err, DM_EFORMAT, "--features %s: %s samples; dinomap writes "
-                            "float32 or 8-bit features", path, GDALGetDataTypeName(t));
     }
-    int D = i->D;
-    if (!rc) {
-        f->scale = malloc(sizeof *f->scale * (size_t)D);
-        f->offset = malloc(sizeof *f->offset * (size_t)D);
-        f->nodata = malloc(sizeof *f->nodata * (size_t)D);
-        f->has_nodata = malloc(sizeof *f->has_nodata * (size_t)D);
-        if (!f->scale || !f->offset || !f->nodata || !f->has_nodata)
-            rc = dm_err_oom(err);
-    }
-    for (int b = 0; !rc && b < D; b++) {
-        GDALRasterBandH h = GDALGetRasterBand(f->ds, b + 1);
-        int ok = 0;
-        f->scale[b] = GDALGetRasterScale(h, &ok);
-        if (!ok)
-            f->scale[b] = 1;
-        f->offset[b] = GDALGetRasterOffset(h, &ok);
-        if (!ok)
-            f->offset[b] = 0;
-        f->nodata[b] = GDALGetRasterNoDataValue(h, &f->has_nodata[b]);
-    }
-    CPLPopErrorHandler();
     if (rc) {
         dm_features_in_close(f);
         return rc;
@@ -149,7 +88,6 @@ int dm_features_in_read(dm_features_in *f, const int *px, const int *py, int n, 
     float *buf = malloc(sizeof *buf * (size_t)(per_row * rows));
     if (!buf)
         return dm_err_oom(err);
-    CPLPushErrorHandler(CPLQuietErrorHandler);
     for (int i = 0; !rc && i < n;) {
         int ya = py[i], j = i, x0 = px[i], x1 = px[i];
         while (j < n && py[j] < ya + rows) {
@@ -157,33 +95,21 @@ int dm_features_in_read(dm_features_in *f, const int *px, const int *py, int n, 
             j++;
         }
         int nr = py[j - 1] - ya + 1, wx = x1 - x0 + 1;
-        CPLErrorReset();
         size_t plane = (size_t)wx * nr;
-        if (GDALDatasetRasterIO(f->ds, GF_Read, x0, ya, wx, nr, buf, wx, nr, GDT_Float32, D,
-                                NULL, sizeof(float), (int)(sizeof(float) * wx),
-                                (GSpacing)(sizeof(float) * plane)) != CE_None) {
-            rc = dm_err_set(err, DM_EIO, "%s: cannot read rows %d..%d: %s", f->path, ya,
-                            ya + nr - 1, gdal_msg());
+        if ((rc = dm_gis_feat_read(f->feat, 0, D, x0, ya, wx, nr, buf, err)))
             break;
-        }
         for (int k = i; k < j; k++) {
             size_t at = (size_t)(py[k] - ya) * wx + (size_t)(px[k] - x0);
             float *dst = v + (size_t)k * D;
             int good = 1;
-            for (int b = 0; b < D && good; b++) {
-                float q = buf[(size_t)b * plane + at];
-                if (isnan(q) || (f->has_nodata[b] && q == f->nodata[b]))
-                    good = 0;
-                else
-                    dst[b] = (float)(q * f->scale[b] + f->offset[b]);
-            }
+            for (int b = 0; b < D && good; b++)
+                good = !isnan(dst[b] = buf[(size_t)b * plane + at]);
             ok[k] = (uint8_t)good;
             if (!good)
                 memset(dst, 0, sizeof *dst * (size_t)D);
         }
         i = j;
     }
-    CPLPopErrorHandler();
     free(buf);
     return rc;
 }

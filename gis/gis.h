@@ -235,6 +235,8 @@ void dm_gis_feat_info(const dm_gis_feat *f, int *w, int *h, int *bands, double g
 /* Its DINOMAP_* metadata: one value (NULL when absent), or all "KEY=VALUE" (NULL-terminated or
  * NULL; owned by f). */
 const char *dm_gis_feat_meta(const dm_gis_feat *f, const char *key);
+/* 1 when its samples are bytes (int8 features: decoded with their scale and offset). */
+int dm_gis_feat_int8(const dm_gis_feat *f);
 const char *const *dm_gis_feat_meta_list(const dm_gis_feat *f);
 /* Bands [b0, b0 + nb) of the window into buf [nb, h, w]: scale and offset applied, nodata NaN. */
 int dm_gis_feat_read(dm_gis_feat *f, int b0, int nb, int x, int y, int w, int h, float *buf,

@@ -102,7 +102,7 @@ void dm_seg_head_sha256(const dm_seg_head *h, char out[65])
 
 /* --- the .dmseg file ------------------------------------------------------------------------ */
 
-static cJSON *classes_json(const dm_seg_head *h)
+cJSON *dm_seg_classes_json(const dm_seg_head *h)
 {
     cJSON *a = cJSON_CreateArray();
     for (int c = 0; a && c < h->C; c++) {
@@ -135,7 +135,7 @@ int dm_seg_head_save(const dm_seg_head *h, const char *path, dm_err *err)
     cJSON_AddStringToObject(md, "format", "dinomap-seg");
     cJSON_AddStringToObject(md, "version", "1");
     cJSON_AddStringToObject(md, "kind", h->kind);
-    add_str_json(md, "classes", classes_json(h));
+    add_str_json(md, "classes", dm_seg_classes_json(h));
     snprintf(num, sizeof num, "%d", h->D);
     cJSON_AddStringToObject(md, "embed_dim", num);
     cJSON_AddStringToObject(md, "backbone_sha256", h->backbone_sha256);

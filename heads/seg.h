@@ -19,6 +19,7 @@
 #ifndef DM_HEADS_SEG_H
 #define DM_HEADS_SEG_H
 
+#include <cjson/cJSON.h>
 #include <stdint.h>
 
 #include "../src/base/base.h"
@@ -58,6 +59,9 @@ int dm_seg_head_save(const dm_seg_head *h, const char *path, dm_err *err);
 /* The SHA-256 of the head's weights, biases and classes (what a run's configuration records:
  * the same head saved again has the same hash). */
 void dm_seg_head_sha256(const dm_seg_head *h, char out[65]);
+
+/* The classes as JSON: [{"id": 1, "name": "water", "color": "#1f78b4"}, ...] (the caller's). */
+cJSON *dm_seg_classes_json(const dm_seg_head *h);
 
 /* logits[n, C] = x[n, D] · Wᵀ + b on the calling thread. */
 void dm_seg_logits(const dm_seg_head *h, const float *x, int n, float *logits);

@@ -41,22 +41,6 @@ typedef struct seg {
  * path of the machine that ran: the head itself goes in the index (its floats as JSON numbers,
  * which give back the same floats). */
 
-static cJSON *classes_json(const dm_seg_head *h)
-{
-    cJSON *a = cJSON_CreateArray();
-    for (int c = 0; a && c < h->C; c++) {
-        cJSON *o = cJSON_CreateObject();
-        char col[8];
-        snprintf(col, sizeof col, "#%02x%02x%02x", h->cls[c].rgb[0], h->cls[c].rgb[1],
-                 h->cls[c].rgb[2]);
-        cJSON_AddNumberToObject(o, "id", h->cls[c].id);
-        cJSON_AddStringToObject(o, "name", h->cls[c].name);
-        cJSON_AddStringToObject(o, "color", col);
-        cJSON_AddItemToArray(a, o);
-    }
-    return a;
-}
-
 static cJSON *head_json(const dm_seg_head *h)
 {
     cJSON *j = cJSON_CreateObject();
@@ -68,7 +52,7 @@ static cJSON *head_json(const dm_seg_head *h)
     cJSON_AddNumberToObject(j, "layer", h->layer);
     cJSON_AddStringToObject(j, "norm", h->norm);
     cJSON_AddStringToObject(j, "info", h->info ? h->info : "{}");
-    cJSON_AddItemToObject(j, "classes", classes_json(h));
+    cJSON_AddItemToObject(j, "classes", dm_seg_classes_json(h));
     cJSON_AddItemToObject(j, "weight", cJSON_CreateFloatArray(h->w, h->C * h->D));
     cJSON_AddItemToObject(j, "bias", cJSON_CreateFloatArray(h->b, h->C));
     return j;
@@ -668,7 +652,7 @@ static int seg_meta(const dm_fin *fi, const dm_seg_head *h, const char *head_nam
         if (keep)
             v[k++] = it->valuestring;
     }
-    cJSON *cl = classes_json(h);
+    cJSON *cl = dm_seg_classes_json(h);
     char *cls = cl ? cJSON_PrintUnformatted(cl) : NULL;
     cJSON_Delete(cl);
     char *info = h->info && strcmp(h->info, "{}") ? h->info : NULL;
@@ -810,7 +794,7 @@ static int s_finalize(dm_fin *fi, dm_err *err)
         cJSON_AddStringToObject(r, "head", cluster ? "cluster.dmseg" : hname);
         cJSON_AddStringToObject(r, "head_sha256", hsha);
         cJSON_AddStringToObject(r, "kind", s.h->kind);
-        cJSON_AddItemToObject(r, "classes", classes_json(s.h));
+        cJSON_AddItemToObject(r, "classes", dm_seg_classes_json(s.h));
         cJSON_AddBoolToObject(r, "probabilities", s.probs);
         cJSON *info = s.h->info ? cJSON_Parse(s.h->info) : NULL;
         if (info)
