@@ -100,6 +100,9 @@ typedef struct dm_cli_events {
 } dm_cli_events;
 dm_run_events dm_cli_events_open(dm_cli_events *ev, int mode, FILE *log);
 void dm_cli_events_close(dm_cli_events *ev);
+/* What every run command does before the engine: -q, --log, progress, signals, the testing
+ * fault; 0, or the exit code (an unwritable --log, said). Close ev with dm_cli_events_close. */
+int dm_cli_run_begin(dm_cli *c, dm_cli_events *ev);
 
 /* src/say.c: stderr. Each line of msg as "dinomap: PREFIXline" (prefix "" or "warning: "). */
 void dm_say_lines(const char *prefix, const char *msg);

@@ -212,17 +212,10 @@ static void table(const dm_seg_train_result *r, const char *head)
 
 static int train(dm_cli *c, dm_seg_train_opts *so)
 {
-    if (c->quiet)
-        dm_log_set_level(DM_LOG_WARN);
-    FILE *log = c->log ? fopen(c->log, "a") : NULL;
-    if (c->log && !log) {
-        dm_say("--log %s: cannot open: %s", c->log, strerror(errno));
-        return DM_EXIT_USAGE;
-    }
     dm_cli_events ev;
-    c->o.ev = dm_cli_events_open(&ev, c->progress, log);
-    c->o.cancel = dm_cli_signals();
-    c->o.fault = getenv("DINOMAP_FAULT");
+    int code = dm_cli_run_begin(c, &ev);
+    if (code)
+        return code;
     const char *work = so->run.outdir;
     so->run = c->o;
     so->run.outdir = work;

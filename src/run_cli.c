@@ -116,7 +116,7 @@ void dm_cli_events_close(dm_cli_events *ev)
     ev->log = NULL;
 }
 
-int dm_cli_map(dm_cli *c)
+int dm_cli_run_begin(dm_cli *c, dm_cli_events *ev)
 {
     if (c->quiet)
         dm_log_set_level(DM_LOG_WARN);
@@ -125,16 +125,24 @@ int dm_cli_map(dm_cli *c)
         dm_say("--log %s: cannot open: %s", c->log, strerror(errno));
         return DM_EXIT_USAGE;
     }
-    dm_cli_events ev;
-    c->o.ev = dm_cli_events_open(&ev, c->progress, log);
+    c->o.ev = dm_cli_events_open(ev, c->progress, log);
     c->o.cancel = dm_cli_signals();
     c->o.fault = getenv("DINOMAP_FAULT"); /* tests: kill the run at a chosen moment */
+    return 0;
+}
+
+int dm_cli_map(dm_cli *c)
+{
+    dm_cli_events ev;
+    int code = dm_cli_run_begin(c, &ev);
+    if (code)
+        return code;
     dm_err err = { 0 };
     dm_run_result r;
     int rc = dm_run(&c->o, &r, &err);
     if (ev.p.started) /* the bar's last line before the messages */
         dm_progress_end(&ev.p), ev.p.started = 0;
-    int code = dm_exit_code(rc);
+    code = dm_exit_code(rc);
     if (rc) {
         dm_say("%s", err.msg);
     } else if (r.nothing_to_do) {
