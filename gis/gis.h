@@ -443,4 +443,35 @@ int dm_features_in_read(dm_features_in *f, const int *px, const int *py, int n, 
                         uint8_t *ok, dm_err *err);
 void dm_features_in_close(dm_features_in *f); /* NULL-safe */
 
+/* ==== tile search (gis/search.c) =================================================================
+ * For `dinomap search`: a tile index's done tiles with their unit embeddings, read once (read
+ * only), and the best of them written as GeoJSON. The similarity is the caller's. */
+typedef struct dm_search_tiles {
+    char *path;               /* the tiles.gpkg */
+    char *wkt;                /* the tiles' CRS as WKT, "" when none */
+    char sha256[65], arch[32];/* the model of the run's config ("" when not recorded) */
+    int dim;                  /* embedding length */
+    int64_t n;                /* done tiles with embeddings, by tile id */
+    int64_t *id;
+    int *row, *col;
+    double *box;              /* [n, 4] footprint: minx, miny, maxx, maxy in the CRS */
+    float *cls, *mean;        /* [n, dim] unit length */
+} dm_search_tiles;
+/* Errors: not a tile index, no embeddings (no done tile), damaged blobs. */
+int dm_search_tiles_load(const char *path, dm_search_tiles *out, dm_err *err);
+void dm_search_tiles_free(dm_search_tiles *t); /* NULL-safe; zeroes t */
+/* n points (x, y) in the CRS given as WKT moved in place to EPSG:4326 longitude, latitude. */
+int dm_gis_to_lonlat(const char *wkt, int n, double *x, double *y, dm_err *err);
+/* One hit of a search: its footprint box in the CRS wkt. */
+typedef struct dm_search_hit {
+    int rank, row, col;
+    int64_t id;
+    double score;
+    const char *index, *wkt;
+    const double *box;
+} dm_search_hit;
+/* The hits as polygons (rank, score, tile_id, row, col, index) in EPSG:4326 (RFC 7946), replacing
+ * path. */
+int dm_search_write_geojson(const char *path, const dm_search_hit *h, int n, dm_err *err);
+
 #endif

@@ -23,6 +23,7 @@ static const struct {
     { "seg", cmd_seg, "segmentation rasters: apply a head, or k-means clusters (seg --help)" },
     { "run", cmd_run, "run, resume or update a mapping described by an INI file (cron)" },
     { "status", cmd_status, "what a run folder holds, how far it got and what is left" },
+    { "search", cmd_search, "the tiles of runs most like a tile, a point or a vector" },
     { "finalize", cmd_finalize, "build a run's final rasters from its done chunks" },
     { "forward", cmd_forward, "run the backbone on one image or tensor and write .npy outputs" },
 };
