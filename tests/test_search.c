@@ -144,3 +144,151 @@ TEST(search_queries)
         lines += *c == '\n';
     CHECKF(lines == 4 && strstr(out, "rank") && strstr(out, "1.000000"), "%s", out);
 }
+
+/* A statement on a tile index (a copy the test spoils). */
+static int spoil(const char *gpkg, const char *sql)
+{
+    const char *drivers[] = { "GPKG", NULL };
+    GDALDatasetH d = GDALOpenEx(gpkg, GDAL_OF_VECTOR | GDAL_OF_UPDATE, drivers, NULL, NULL);
+    if (!d)
+        return -1;
+    CPLErrorReset();
+    OGRLayerH r = GDALDatasetExecuteSQL(d, sql, NULL, NULL);
+    if (r)
+        GDALDatasetReleaseResultSet(d, r);
+    int bad = CPLGetLastErrorType() >= CE_Failure;
+    GDALClose(d);
+    return bad ? -1 : 0;
+}
+
+/* One line on stderr, prefixed, naming what: the rest of the errors' contract. */
+static int one_line(const char *out, const char *what)
+{
+    int n = 0;
+    for (const char *c = out; *c; c++)
+        n += *c == '\n';
+    return n == 1 && !strncmp(out, "dinomap: ", 9) && strstr(out, what);
+}
+
+TEST(search_vector_within_geojson_two_indexes)
+{
+    const char *t = dm_test_tmpdir(), *out;
+    CHECKF(make_run("r", &out) == 0, "%s", out);
+    char a[4096], p[4096];
+    long long id[16], id2[16];
+    double s[16], s2[16];
+    int col[16], col2[16];
+    /* --vector: tile 4's cls vector, times 3 (normalised by search), as .npy */
+    snprintf(p, sizeof p, "%s/r/tiles.gpkg", t);
+    dm_search_tiles ti;
+    dm_err err = { 0 };
+    CHECKF(dm_search_tiles_load(p, &ti, &err) == 0, "%s", err.msg);
+    CHECKF(ti.n == 16 && ti.dim == 128 && ti.id[4] == 4 && ti.row[4] == 1 && ti.col[4] == 0,
+           "%lld %d", (long long)ti.n, ti.dim);
+    float v[128];
+    for (int i = 0; i < 128; i++)
+        v[i] = 3 * ti.cls[4 * 128 + i];
+    dm_search_tiles_free(&ti);
+    snprintf(p, sizeof p, "%s/q.npy", t);
+    int64_t shape[1] = { 128 };
+    CHECKF(dm_npy_write_f32(p, v, 1, shape, &err) == 0, "%s", err.msg);
+    snprintf(a, sizeof a, "%s/r --tile 4 --embedding cls -k 16 --json", t);
+    CHECKF(search(a, &out) == 0 && hits(out, id, s, col) == 16, "%s", out);
+    CHECKF(id[0] == 4 && fabs(s[0] - 1) < 1e-5 && col[1] <= 1, "%lld %g %d", id[0], s[0], col[1]);
+    snprintf(a, sizeof a, "%s/r --vector %s/q.npy --embedding cls -k 16 --json", t, t);
+    CHECKF(search(a, &out) == 0 && hits(out, id2, s2, col2) == 16, "%s", out);
+    for (int i = 0; i < 16; i++)
+        CHECKF(id2[i] == id[i] && fabs(s2[i] - s[i]) < 1e-5, "%d: %lld %lld", i, id2[i], id[i]);
+    /* --within: a polygon inside tile column 0 (tiles 0, 4, 8, 12) */
+    snprintf(p, sizeof p, "%s/aoi.geojson", t);
+    FILE *f = fopen(p, "w");
+    CHECK(f);
+    fprintf(f, "{\"type\":\"FeatureCollection\",\"crs\":{\"type\":\"name\",\"properties\":"
+               "{\"name\":\"urn:ogc:def:crs:EPSG::32631\"}},\"features\":[{\"type\":\"Feature\","
+               "\"properties\":{},\"geometry\":{\"type\":\"Polygon\",\"coordinates\":[[[500005,"
+               "3999995],[500030,3999995],[500030,3999850],[500005,3999850],[500005,3999995]]]}}"
+               "]}\n");
+    fclose(f);
+    snprintf(a, sizeof a, "%s/r --tile 5 --within %s -k 10 --json", t, p);
+    CHECKF(search(a, &out) == 0 && hits(out, id, s, col) == 4, "%s", out);
+    for (int i = 0; i < 4; i++)
+        CHECKF(col[i] == 0 && id[i] % 4 == 0, "%lld", id[i]);
+    /* --geojson: k polygons in degrees with rank, score, tile id, index */
+    snprintf(a, sizeof a, "%s/r --tile 4 -k 5 --geojson %s/hits.geojson", t, t);
+    CHECKF(search(a, &out) == 0, "%s", out);
+    snprintf(p, sizeof p, "%s/hits.geojson", t);
+    GDALDatasetH d = GDALOpenEx(p, GDAL_OF_VECTOR | GDAL_OF_READONLY, NULL, NULL, NULL);
+    CHECK(d);
+    OGRLayerH l = GDALDatasetGetLayer(d, 0);
+    int nf = (int)OGR_L_GetFeatureCount(l, TRUE), ok = 1, first = 0;
+    OGRSpatialReferenceH srs = OGR_L_GetSpatialRef(l);
+    const char *code = srs ? OSRGetAuthorityCode(srs, NULL) : NULL;
+    OGRFeatureH g;
+    while ((g = OGR_L_GetNextFeature(l))) {
+        OGREnvelope e;
+        OGR_G_GetEnvelope(OGR_F_GetGeometryRef(g), &e);
+        ok &= e.MinX > 2 && e.MaxX < 4 && e.MinY > 30 && e.MaxY < 40 && e.MaxX > e.MinX;
+        if (OGR_F_GetFieldAsInteger(g, OGR_F_GetFieldIndex(g, "rank")) == 1)
+            first = OGR_F_GetFieldAsInteger(g, OGR_F_GetFieldIndex(g, "tile_id")) == 4 &&
+                    OGR_F_GetFieldAsDouble(g, OGR_F_GetFieldIndex(g, "score")) > 0.99999 &&
+                    strstr(OGR_F_GetFieldAsString(g, OGR_F_GetFieldIndex(g, "index")), "r/");
+        OGR_F_Destroy(g);
+    }
+    int is4326 = code && !strcmp(code, "4326");
+    GDALClose(d);
+    CHECKF(nf == 5 && ok && first && is4326, "%d %d %d %d", nf, ok, first, is4326);
+    /* two indexes: a second run of the same mosaic gives tile 4 twice with score 1 */
+    CHECKF(make_run("r2", &out) == 0, "%s", out);
+    snprintf(a, sizeof a, "%s/r %s/r2/tiles.gpkg --tile 4 -k 2", t, t);
+    CHECKF(search(a, &out) == 0, "%s", out);
+    CHECKF(strstr(out, "index") && strstr(out, "index 2: ") && strstr(out, "r2/tiles.gpkg"),
+           "%s", out);
+    snprintf(a, sizeof a, "%s/r %s/r2 --tile 4 -k 2 --json", t, t);
+    CHECKF(search(a, &out) == 0 && hits(out, id, s, col) == 2, "%s", out);
+    CHECKF(id[0] == 4 && id[1] == 4 && s[1] > 0.99999 && strstr(out, "r2/tiles.gpkg"), "%s", out);
+}
+
+TEST(search_errors)
+{
+    const char *t = dm_test_tmpdir(), *out;
+    CHECKF(make_run("r", &out) == 0, "%s", out);
+    char a[4096], p[4096];
+    struct { const char *args; int code; const char *what; } bad[] = {
+        { "%s/r", 2, "one query" },
+        { "%s/r --tile 1 --at 1,2", 2, "one query" },
+        { "%s/r --tile 1 -k 0", 2, "-k" },
+        { "%s/r --tile 1 --embedding patch", 2, "--embedding" },
+        { "%s/r --tile 1 --srs EPSG:4326", 2, "--srs" },
+        { "%s/r --at 1,2 --srs EPSG:999999", 2, "--srs" },
+        { "%s/r --at nowhere", 2, "--at" },
+        { "%s/r --tile 1 --bogus", 2, "bogus" },
+        { "--tile 1", 2, "OUTDIR" },
+        { "%s/r --tile 999", 1, "no done tile" },
+        { "%s/r --at 0,0", 1, "under no done tile" },
+        { "%s/r --vector %s/short.npy", 1, "the embeddings have 128" },
+        { "%s/nothing --tile 1", 1, "cannot open" },
+        { "%s/r %s/empty.gpkg --tile 1", 1, "no embeddings" },
+        { "%s/r %s/other.gpkg --tile 1", 1, "different models" },
+    };
+    float v[5] = { 1, 2, 3, 4, 5 };
+    int64_t shape[1] = { 5 };
+    snprintf(p, sizeof p, "%s/short.npy", t);
+    CHECK(dm_npy_write_f32(p, v, 1, shape, NULL) == 0);
+    snprintf(a, sizeof a, "cp %s/r/tiles.gpkg %s/empty.gpkg && cp %s/r/tiles.gpkg %s/other.gpkg",
+             t, t, t, t);
+    CHECK(dm_run(a, NULL) == 0);
+    snprintf(p, sizeof p, "%s/empty.gpkg", t);
+    CHECK(spoil(p, "DELETE FROM embeddings") == 0);
+    snprintf(p, sizeof p, "%s/other.gpkg", t);
+    CHECK(spoil(p, "UPDATE config SET value = replace(value, '\"weights_sha256\":\"', "
+                   "'\"weights_sha256\":\"0') WHERE key = 'config'") == 0);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char args[1024];
+        snprintf(args, sizeof args, bad[i].args, t, t);
+        snprintf(a, sizeof a, "%s 2>&1 >/dev/null", args);
+        int rc = search(a, &out);
+        CHECKF(rc == bad[i].code && one_line(out, bad[i].what), "%s: %d: %s", args, rc, out);
+    }
+    snprintf(a, sizeof a, "--help");
+    CHECKF(search(a, &out) == 0 && strstr(out, "--within"), "%s", out);
+}
