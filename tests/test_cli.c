@@ -14,7 +14,7 @@ TEST(cli_help_everywhere)
 {
     static const char *cmds[] = { "--help", "help", "info --help", "forward --help",
                                   "help forward", "features --help", "chm --help", "run --help",
-                                  "status --help", "finalize --help", "help run" };
+                                  "status --help", "finalize --help", "search --help", "help run" };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         char cmd[1024];
         const char *out;
