@@ -126,7 +126,10 @@ static int query(const args *a, dm_search_tiles *t, float *q)
         return DM_EXIT_FAIL;
     }
     int rc = 0;
-    if (v.dtype != 'f' || v.numel != t->dim) {
+    if (v.dtype != 'f') {
+        dm_say("search: --vector %s: uint8 values; expected float32 or float64", a->vector);
+        rc = DM_EXIT_FAIL;
+    } else if (v.numel != t->dim) {
         dm_say("search: --vector %s: %lld values, the embeddings have %d", a->vector,
                (long long)v.numel, t->dim);
         rc = DM_EXIT_FAIL;
