@@ -241,6 +241,12 @@ const char *const *dm_gis_feat_meta_list(const dm_gis_feat *f);
 /* Bands [b0, b0 + nb) of the window into buf [nb, h, w]: scale and offset applied, nodata NaN. */
 int dm_gis_feat_read(dm_gis_feat *f, int b0, int nb, int x, int y, int w, int h, float *buf,
                      dm_err *err);
+/* A change map's tiles: the mean of change_tif (1 band, NaN nodata) over each footprint of
+ * tiles_gpkg's `tiles` layer (a run's index; NULL: squares of side × side pixels of the raster),
+ * ranked (1 = the highest mean), into out_path: a GeoPackage layer `tiles` (tile_id, change,
+ * rank, valid_patches, col0, row0, cols, rows; change and rank NULL where no patch is valid). */
+int dm_gis_change_tiles(const char *change_tif, const char *tiles_gpkg, int side,
+                        const char *out_path, dm_err *err);
 /* DM_EINVAL unless GDAL/PROJ knows crs; the message names the option opt ("--srs"). */
 int dm_gis_srs_check(const char *opt, const char *crs, dm_err *err);
 /* (x, y) in srs (NULL or "": already in the target's CRS) moved into the CRS of target_wkt, with x

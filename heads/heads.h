@@ -131,5 +131,12 @@ void dm_sim_finish(const double *dot, const double *nn, size_t n, float *out);
 void dm_sim_sum(const float *v, int nb, size_t n, const uint8_t *mask, double *sum);
 /* q [D] = sum / |sum| (float); -1 when the sum is zero or not finite. */
 int dm_sim_unit(const double *sum, int D, float *q);
+/* Change maps: the sums of two band-major pieces a, b [nb, n] (a · b, |a|², |b|², in double, into
+ * dot/na/nbb), then the cosine distance 1 − cos(a, b) in 0..2 (NaN where either was NaN; a zero
+ * vector against another: 1, two zero vectors: 0). */
+void dm_sim_pair_accumulate(const float *a, const float *b, int nb, size_t n, double *dot,
+                            double *na, double *nbb);
+void dm_sim_distance_finish(const double *dot, const double *na, const double *nbb, size_t n,
+                            float *out);
 
 #endif

@@ -56,3 +56,33 @@ int dm_sim_unit(const double *sum, int D, float *q)
         q[d] = (float)(sum[d] * k);
     return 0;
 }
+
+void dm_sim_pair_accumulate(const float *a, const float *b, int nb, size_t n, double *dot,
+                            double *na, double *nbb)
+{
+    for (int d = 0; d < nb; d++) {
+        const float *x = a + (size_t)d * n, *y = b + (size_t)d * n;
+        for (size_t i = 0; i < n; i++) {
+            double u = x[i], v = y[i]; /* NaN in either makes the sums NaN */
+            dot[i] += u * v;
+            na[i] += u * u;
+            nbb[i] += v * v;
+        }
+    }
+}
+
+void dm_sim_distance_finish(const double *dot, const double *na, const double *nbb, size_t n,
+                            float *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(dot[i]) || isnan(na[i]) || isnan(nbb[i])) {
+            out[i] = NAN;
+        } else if (na[i] > 0 && nbb[i] > 0) {
+            double c = dot[i] / sqrt(na[i] * nbb[i]);
+            c = c > 1 ? 1 : c < -1 ? -1 : c;
+            out[i] = (float)(1 - c);
+        } else {
+            out[i] = na[i] > 0 || nbb[i] > 0 ? 1.0f : 0.0f; /* no direction: as orthogonal */
+        }
+    }
+}

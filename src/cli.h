@@ -128,6 +128,7 @@ int cmd_features(int argc, char **argv);
 int cmd_chm(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_similarity(int argc, char **argv);
+int cmd_change(int argc, char **argv);
 int cmd_finalize(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_search(int argc, char **argv);

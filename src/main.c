@@ -20,6 +20,8 @@ static const struct {
     { "chm", cmd_chm, "canopy height map (metres) of a mosaic with Meta's CHMv2 head" },
     { "similarity", cmd_similarity, "similarity map of a mosaic to a point or polygons (cosine of "
       "features)" },
+    { "change", cmd_change, "where two dates differ: cosine distance of their features, "
+      "ranked tiles" },
     { "seg", cmd_seg, "segmentation rasters: apply a head, or k-means clusters (seg --help)" },
     { "run", cmd_run, "run, resume or update a mapping described by an INI file (cron)" },
     { "status", cmd_status, "what a run folder holds, how far it got and what is left" },

@@ -142,6 +142,17 @@ typedef struct dm_sim_opts {
 } dm_sim_opts;
 int dm_similarity(const dm_sim_opts *o, dm_run_result *res, dm_err *err);
 
+/* A change map between two features outputs of one grid (features.tif, .vrt or their run
+ * folders; same size, geotransform, CRS, weights, layer, normalization and bands; else DM_EINVAL
+ * naming what differs): outdir/change.tif (float32 COG, 1 − cos(a, b) per patch, NaN where
+ * either is nodata), change.qml and change_tiles.gpkg (per-tile mean and rank; A's tile grid
+ * when A is a run folder, else squares of 32 patches). Read by blocks and groups of bands. */
+typedef struct dm_change_opts {
+    const char *a, *b, *outdir;
+    volatile sig_atomic_t *cancel;
+} dm_change_opts;
+int dm_change(const dm_change_opts *o, dm_run_result *res, dm_err *err);
+
 /* What OUTDIR's run is and what is left, as a JSON object (malloc'd string in *json). */
 int dm_run_status(const char *outdir, char **json, dm_err *err);
 

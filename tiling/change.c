@@ -1,0 +1,269 @@
+/* tiling/change.c — `dinomap change`: where two dates' features differ. The cosine distance
+ * 1 − cos(a, b) of every patch's two feature vectors (heads/similarity.c's sums), read a block and
+ * a group of bands at a time from both rasters as the similarity map reads one, into change.tif;
+ * then the per-tile means and ranks (gis/change_tiles.c). The two must share one grid and one
+ * model: warping B onto A's grid is not done here. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+#define SLAB ((size_t)32 << 20) /* bytes of feature values read at once, both dates together */
+#define TILE_PATCHES 32          /* the squares of change_tiles.gpkg without A's tile index */
+
+static int gt_same(const double a[6], const double b[6])
+{
+    for (int i = 0; i < 6; i++) {
+        double m = fabs(a[i]) > fabs(b[i]) ? fabs(a[i]) : fabs(b[i]);
+        if (fabs(a[i] - b[i]) > 1e-9 * m)
+            return 0;
+    }
+    return 1;
+}
+
+static int str_same(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && !strcmp(a, b));
+}
+
+/* One grid, one model; else what differs. */
+static int compatible(const dm_change_opts *o, dm_gis_feat *fa, dm_gis_feat *fb, dm_err *err)
+{
+    int wa, ha, da, ba, wb, hb, db, bb;
+    double ga[6], gb[6];
+    const char *ka, *kb;
+    dm_gis_feat_info(fa, &wa, &ha, &da, ga, &ka, &ba);
+    dm_gis_feat_info(fb, &wb, &hb, &db, gb, &kb, &bb);
+    if (wa != wb || ha != hb)
+        return dm_err_set(err, DM_EINVAL, "change: %s is %d×%d patches, %s %d×%d: the two dates "
+                          "must be mapped on the same grid (same mosaic extent, CRS, GSD and "
+                          "tile; warping one onto the other is not supported yet)", o->a, wa, ha,
+                          o->b, wb, hb);
+    if (!gt_same(ga, gb))
+        return dm_err_set(err, DM_EINVAL, "change: %s and %s have different geotransforms "
+                          "(origin %.10g,%.10g and %.10g,%.10g; pixel %.10g and %.10g): the two "
+                          "dates must be mapped on the same grid", o->a, o->b, ga[0], ga[3],
+                          gb[0], gb[3], ga[1], gb[1]);
+    if (strcmp(ka, kb))
+        return dm_err_set(err, DM_EINVAL, "change: %s and %s are in different CRSs: the two "
+                          "dates must be mapped on the same grid (--crs)", o->a, o->b);
+    if (da != db)
+        return dm_err_set(err, DM_EINVAL, "change: %s has %d feature bands, %s %d: the two dates "
+                          "must come from the same model", o->a, da, o->b, db);
+    static const char *keys[3][2] = { { "DINOMAP_WEIGHTS_SHA256", "weights (-m)" },
+                                      { "DINOMAP_LAYER", "layer (--layer)" },
+                                      { "DINOMAP_NORMALIZATION", "normalization" } };
+    for (int i = 0; i < 3; i++) {
+        const char *x = dm_gis_feat_meta(fa, keys[i][0]), *y = dm_gis_feat_meta(fb, keys[i][0]);
+        if (!str_same(x, y))
+            return dm_err_set(err, DM_EINVAL, "change: %s and %s differ in %s (%s: %s in A, %s in "
+                              "B): features of different models or settings are not comparable; "
+                              "map both dates with the same", o->a, o->b, keys[i][1], keys[i][0],
+                              x ? x : "none", y ? y : "none");
+    }
+    return 0;
+}
+
+static char **meta_lines(const dm_change_opts *o, dm_gis_feat *fa)
+{
+    char **l = calloc(12, sizeof *l);
+    if (!l)
+        return NULL;
+    const char *sha = dm_gis_feat_meta(fa, "DINOMAP_WEIGHTS_SHA256");
+    const char *lay = dm_gis_feat_meta(fa, "DINOMAP_LAYER");
+    const char *nrm = dm_gis_feat_meta(fa, "DINOMAP_NORMALIZATION");
+    const char *model = dm_gis_feat_meta(fa, "DINOMAP_MODEL");
+    char buf[5][1200];
+    int n = 0;
+    snprintf(buf[n++], sizeof buf[0], "DINOMAP_PRODUCT=change");
+    snprintf(buf[n++], sizeof buf[0], "DINOMAP_CHANGE=1 - cosine(A, B) of the patch features");
+    snprintf(buf[n++], sizeof buf[0], "DINOMAP_CHANGE_A=%s", dm_base_name(o->a));
+    snprintf(buf[n++], sizeof buf[0], "DINOMAP_CHANGE_B=%s", dm_base_name(o->b));
+    snprintf(buf[n++], sizeof buf[0], "DINOMAP_VERSION=%s", DINOMAP_VERSION);
+    for (int i = 0; i < n; i++)
+        l[i] = strdup(buf[i]);
+    const char *kv[4][2] = { { "DINOMAP_WEIGHTS_SHA256", sha }, { "DINOMAP_LAYER", lay },
+                             { "DINOMAP_NORMALIZATION", nrm }, { "DINOMAP_MODEL", model } };
+    int m = n;
+    for (int i = 0; i < 4; i++)
+        if (kv[i][1]) {
+            size_t z = strlen(kv[i][0]) + strlen(kv[i][1]) + 2;
+            if ((l[m] = malloc(z)))
+                snprintf(l[m], z, "%s=%s", kv[i][0], kv[i][1]);
+            m++;
+        }
+    for (int i = 0; i < m; i++)
+        if (!l[i]) {
+            for (int k = 0; k < m; k++)
+                free(l[k]);
+            free(l);
+            return NULL;
+        }
+    return l;
+}
+
+/* change.tif by blocks of the rasters, a group of bands at a time; *hi: the largest value. */
+static int write_map(const dm_change_opts *o, dm_gis_feat *fa, dm_gis_feat *fb,
+                     const char *const *meta, float *hi, dm_err *err)
+{
+    int W, H, D, block;
+    double gt[6];
+    const char *wkt;
+    dm_gis_feat_info(fa, &W, &H, &D, gt, &wkt, &block);
+    static const char *bname[1] = { "cosine_distance" };
+    dm_out_spec os = { .dir = o->outdir, .name = "change", .width = W, .height = H, .bands = 1,
+                       .nodata = NAN, .wkt = wkt, .meta = meta, .band_names = bname,
+                       .resampling = "AVERAGE", .block_align = 1, .cancel = o->cancel };
+    memcpy(os.gt, gt, sizeof os.gt);
+    dm_out *out = NULL;
+    int rc = dm_out_create(&os, &out, err);
+    size_t plane = (size_t)block * block;
+    size_t g = SLAB / (2 * 4 * plane);
+    int nb = g < 1 ? 1 : g > (size_t)D ? D : (int)g;
+    float *a = malloc(plane * nb * sizeof *a), *b = malloc(plane * nb * sizeof *b);
+    float *v = malloc(plane * sizeof *v);
+    double *dot = malloc(plane * sizeof *dot), *na = malloc(plane * sizeof *na);
+    double *nn = malloc(plane * sizeof *nn);
+    if (!rc && (!a || !b || !v || !dot || !na || !nn))
+        rc = dm_err_oom(err);
+    *hi = -INFINITY;
+    if (!rc)
+        rc = dm_out_begin(out, 0, err);
+    for (int y = 0; !rc && y < H; y += block)
+        for (int x = 0; !rc && x < W; x += block) {
+            int w = W - x < block ? W - x : block, h = H - y < block ? H - y : block;
+            size_t n = (size_t)w * h;
+            memset(dot, 0, n * sizeof *dot);
+            memset(na, 0, n * sizeof *na);
+            memset(nn, 0, n * sizeof *nn);
+            for (int b0 = 0; !rc && b0 < D; b0 += nb) {
+                int k = D - b0 < nb ? D - b0 : nb;
+                rc = dm_gis_feat_read(fa, b0, k, x, y, w, h, a, err);
+                if (!rc)
+                    rc = dm_gis_feat_read(fb, b0, k, x, y, w, h, b, err);
+                if (!rc)
+                    dm_sim_pair_accumulate(a, b, k, n, dot, na, nn);
+            }
+            if (rc)
+                break;
+            dm_sim_distance_finish(dot, na, nn, n, v);
+            for (size_t i = 0; i < n; i++)
+                if (!isnan(v[i]) && v[i] > *hi)
+                    *hi = v[i];
+            rc = dm_out_write(out, x, y, w, h, v, err);
+            if (!rc && o->cancel && *o->cancel)
+                rc = dm_err_set(err, DM_EINTERRUPTED, "interrupted: nothing was written");
+        }
+    if (!rc)
+        rc = dm_out_end(out, err);
+    if (!rc)
+        rc = dm_out_commit(out, err);
+    dm_out_free(out);
+    free(a), free(b), free(v), free(dot), free(na), free(nn);
+    return rc;
+}
+
+static int write_qml(const char *dir, float hi, dm_err *err)
+{
+    if (!(hi > 1e-6f))
+        hi = 1;
+    static const char *col[5] = { "#000004", "#51127c", "#b73779", "#fc8961", "#fcfdbf" };
+    char lab[5][32];
+    dm_ramp_stop st[5];
+    for (int i = 0; i < 5; i++) {
+        double v = hi * i / 4.0;
+        snprintf(lab[i], sizeof lab[i], "%.3g", v);
+        st[i] = (dm_ramp_stop){ v, col[i], lab[i] };
+    }
+    char p[4200];
+    snprintf(p, sizeof p, "%s/change.qml", dir);
+    return dm_gis_write_qml(p, st, 5, err);
+}
+
+int dm_change(const dm_change_opts *o, dm_run_result *res, dm_err *err)
+{
+    dm_run_result dummy;
+    if (!res)
+        res = &dummy;
+    memset(res, 0, sizeof *res);
+    if (!o->a || !o->b || !o->outdir || !o->outdir[0])
+        return dm_err_set(err, DM_EINVAL, "change: needs two features outputs and -o OUTDIR");
+    for (int i = 0; i < 2; i++) {
+        const char *p = i ? o->b : o->a;
+        if (!dm_exists(p))
+            return dm_err_set(err, DM_EINVAL, "%s: no such file or folder (a dinomap features "
+                              "run folder, features.tif or features.vrt)", p);
+    }
+    char p[4200], tmp[4300];
+    snprintf(p, sizeof p, "%s/tiles.gpkg", o->outdir);
+    if (dm_exists(p))
+        return dm_err_set(err, DM_EINVAL, "%s is a run folder (tiles.gpkg): change writes into a "
+                          "folder of its own (another -o)", o->outdir);
+    dm_gis_feat *fa = NULL, *fb = NULL;
+    int rc = dm_gis_feat_open(o->a, "features", &fa, err);
+    if (!rc)
+        rc = dm_gis_feat_open(o->b, "features", &fb, err);
+    if (!rc)
+        rc = compatible(o, fa, fb, err);
+    struct stat st;
+    int made = 0;
+    if (!rc && stat(o->outdir, &st) != 0) {
+        if (dm_mkdir_p(o->outdir) != 0)
+            rc = dm_err_set(err, DM_EIO, "%s: cannot create the output folder", o->outdir);
+        made = !rc;
+    } else if (!rc && !S_ISDIR(st.st_mode)) {
+        rc = dm_err_set(err, DM_EIO, "%s: exists and is not a folder", o->outdir);
+    }
+    dm_lock *lock = NULL;
+    snprintf(p, sizeof p, "%s/%s", o->outdir, DM_LOCK_FILE);
+    int lock_existed = dm_exists(p);
+    if (!rc)
+        rc = dm_lock_dir(o->outdir, &lock, err);
+    char **meta = rc ? NULL : meta_lines(o, fa);
+    if (!rc && !meta)
+        rc = dm_err_oom(err);
+    float hi = 0;
+    if (!rc) {
+        int64_t cache = dm_gis_cache_set(0), small = (int64_t)64 << 20;
+        dm_gis_cache_set(cache < small ? cache : small);
+        rc = write_map(o, fa, fb, (const char *const *)meta, &hi, err);
+        dm_gis_cache_set(cache);
+    }
+    if (!rc)
+        rc = write_qml(o->outdir, hi, err);
+    /* the tiles: A's own tile grid when it is a run folder */
+    struct stat sa;
+    char ti[4200];
+    snprintf(ti, sizeof ti, "%s/tiles.gpkg", o->a);
+    int has_index = stat(o->a, &sa) == 0 && S_ISDIR(sa.st_mode) && dm_exists(ti);
+    snprintf(p, sizeof p, "%s/change.tif", o->outdir);
+    snprintf(tmp, sizeof tmp, "%s/change_tiles.part.gpkg", o->outdir);
+    if (!rc)
+        rc = dm_gis_change_tiles(p, has_index ? ti : NULL, TILE_PATCHES, tmp, err);
+    char dst[4300];
+    snprintf(dst, sizeof dst, "%s/change_tiles.gpkg", o->outdir);
+    if (!rc && rename(tmp, dst) != 0)
+        rc = dm_err_set(err, DM_EIO, "%s: cannot rename into place", dst);
+    if (rc)
+        unlink(tmp);
+    if (!rc)
+        snprintf(res->outputs, sizeof res->outputs, "change.tif change.qml change_tiles.gpkg");
+    if (meta)
+        for (int i = 0; meta[i]; i++)
+            free(meta[i]);
+    free(meta);
+    dm_gis_feat_close(fa);
+    dm_gis_feat_close(fb);
+    dm_unlock(lock);
+    if (rc && made) {
+        snprintf(p, sizeof p, "%s/%s", o->outdir, DM_LOCK_FILE);
+        if (!lock_existed)
+            unlink(p);
+        rmdir(o->outdir);
+    }
+    return rc;
+}
