@@ -22,7 +22,7 @@ static const struct {
       "features)" },
     { "change", cmd_change, "where two dates differ: cosine distance of their features, "
       "ranked tiles" },
-    { "seg", cmd_seg, "segmentation rasters: apply a head, or k-means clusters (seg --help)" },
+    { "seg", cmd_seg, "segmentation: train a head on labels, apply it, or cluster (seg --help)" },
     { "run", cmd_run, "run, resume or update a mapping described by an INI file (cron)" },
     { "status", cmd_status, "what a run folder holds, how far it got and what is left" },
     { "search", cmd_search, "the tiles of runs most like a tile, a point or a vector" },
