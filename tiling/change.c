@@ -209,20 +209,9 @@ int dm_change(const dm_change_opts *o, dm_run_result *res, dm_err *err)
         rc = dm_gis_feat_open(o->b, "features", &fb, err);
     if (!rc)
         rc = compatible(o, fa, fb, err);
-    struct stat st;
-    int made = 0;
-    if (!rc && stat(o->outdir, &st) != 0) {
-        if (dm_mkdir_p(o->outdir) != 0)
-            rc = dm_err_set(err, DM_EIO, "%s: cannot create the output folder", o->outdir);
-        made = !rc;
-    } else if (!rc && !S_ISDIR(st.st_mode)) {
-        rc = dm_err_set(err, DM_EIO, "%s: exists and is not a folder", o->outdir);
-    }
-    dm_lock *lock = NULL;
-    snprintf(p, sizeof p, "%s/%s", o->outdir, DM_LOCK_FILE);
-    int lock_existed = dm_exists(p);
+    dm_outdir claim = { 0 };
     if (!rc)
-        rc = dm_lock_dir(o->outdir, &lock, err);
+        rc = dm_outdir_claim(o->outdir, &claim, err);
     char **meta = rc ? NULL : meta_lines(o, fa);
     if (!rc && !meta)
         rc = dm_err_oom(err);
@@ -258,12 +247,6 @@ int dm_change(const dm_change_opts *o, dm_run_result *res, dm_err *err)
     free(meta);
     dm_gis_feat_close(fa);
     dm_gis_feat_close(fb);
-    dm_unlock(lock);
-    if (rc && made) {
-        snprintf(p, sizeof p, "%s/%s", o->outdir, DM_LOCK_FILE);
-        if (!lock_existed)
-            unlink(p);
-        rmdir(o->outdir);
-    }
+    dm_outdir_release(o->outdir, &claim, rc != 0);
     return rc;
 }

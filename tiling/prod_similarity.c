@@ -749,20 +749,9 @@ int dm_similarity(const dm_sim_opts *o, dm_run_result *res, dm_err *err)
         rc = resolve(m, err);
     }
     /* the folder: created if missing (and removed again when nothing came of it) */
-    struct stat st;
-    int made = 0;
-    if (!rc && stat(o->outdir, &st) != 0) {
-        if (dm_mkdir_p(o->outdir) != 0)
-            rc = dm_err_set(err, DM_EIO, "%s: cannot create the output folder", o->outdir);
-        made = !rc;
-    } else if (!rc && !S_ISDIR(st.st_mode)) {
-        rc = dm_err_set(err, DM_EIO, "%s: exists and is not a folder", o->outdir);
-    }
-    dm_lock *lock = NULL;
-    snprintf(p, sizeof p, "%s/%s", o->outdir, DM_LOCK_FILE);
-    int lock_existed = dm_exists(p);
+    dm_outdir claim = { 0 };
     if (!rc)
-        rc = dm_lock_dir(o->outdir, &lock, err);
+        rc = dm_outdir_claim(o->outdir, &claim, err);
     char **meta = NULL;
     if (!rc) {
         const char *name = dm_base_name(o->features);
@@ -783,11 +772,6 @@ int dm_similarity(const dm_sim_opts *o, dm_run_result *res, dm_err *err)
         snprintf(res->outputs, sizeof res->outputs, "%s", w.files);
     lines_free(meta);
     simq_free(m);
-    dm_unlock(lock);
-    if (rc && made) { /* nothing came of it: the folder goes again */
-        if (!lock_existed)
-            unlink(p);
-        rmdir(o->outdir);
-    }
+    dm_outdir_release(o->outdir, &claim, rc != 0); /* nothing came of it: the folder goes */
     return rc;
 }

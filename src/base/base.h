@@ -73,6 +73,16 @@ int dm_lock_dir(const char *dir, dm_lock **out, dm_err *err);
 void dm_unlock(dm_lock *l); /* NULL-safe; the lock file stays (removing it would race) */
 #define DM_LOCK_FILE ".dinomap.lock"
 
+/* An output folder claimed for one command: created when missing (*claim->made), then locked.
+ * dm_outdir_release unlocks it and, when the command failed (failed != 0) in a folder it made,
+ * removes the folder again (with the lock file, when that was new): nothing half-made stays. */
+typedef struct dm_outdir {
+    dm_lock *lock;
+    int made, lock_existed;
+} dm_outdir;
+int dm_outdir_claim(const char *dir, dm_outdir *claim, dm_err *err);
+void dm_outdir_release(const char *dir, dm_outdir *claim, int failed);
+
 /* Gives the heap's free memory back to the system (glibc's malloc_trim; nothing elsewhere): after
  * a phase that freed much, so that the next one's peak is its own. */
 void dm_trim_memory(void);

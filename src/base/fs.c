@@ -164,3 +164,33 @@ void dm_memory_policy(void)
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 #endif
 }
+
+int dm_outdir_claim(const char *dir, dm_outdir *c, dm_err *err)
+{
+    memset(c, 0, sizeof *c);
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+        if (dm_mkdir_p(dir) != 0)
+            return dm_err_set(err, DM_EIO, "%s: cannot create the output folder", dir);
+        c->made = 1;
+    } else if (!S_ISDIR(st.st_mode)) {
+        return dm_err_set(err, DM_EIO, "%s: exists and is not a folder", dir);
+    }
+    char p[4200];
+    snprintf(p, sizeof p, "%s/%s", dir, DM_LOCK_FILE);
+    c->lock_existed = dm_exists(p);
+    return dm_lock_dir(dir, &c->lock, err);
+}
+
+void dm_outdir_release(const char *dir, dm_outdir *c, int failed)
+{
+    dm_unlock(c->lock);
+    c->lock = NULL;
+    if (failed && c->made) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s/%s", dir, DM_LOCK_FILE);
+        if (!c->lock_existed)
+            unlink(p);
+        rmdir(dir);
+    }
+}
