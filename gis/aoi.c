@@ -32,12 +32,6 @@ struct dm_aoi {
     OGREnvelope all;            /* union of env */
 };
 
-static const char *gdal_msg(void)
-{
-    const char *m = CPLGetLastErrorMsg();
-    return m && *m ? m : "no details from GDAL";
-}
-
 void dm_aoi_free(dm_aoi *a)
 {
     if (!a)
@@ -150,7 +144,7 @@ static int read_layer(dm_aoi *a, const char *path, OGRLayerH l, OGRSpatialRefere
         geographic = OSRIsGeographic(src);
         if (!(ct = OCTNewCoordinateTransformation(src, target)))
             rc = dm_err_set(err, DM_EFORMAT, "AOI %s: layer %s: no transformation from its CRS "
-                            "to the output CRS: %s", path, lname, gdal_msg());
+                            "to the output CRS: %s", path, lname, dm_gdal_msg());
     }
     OGRFeatureH f;
     OGR_L_ResetReading(l);
@@ -175,7 +169,7 @@ static int read_layer(dm_aoi *a, const char *path, OGRLayerH l, OGRSpatialRefere
                     OGR_G_DestroyGeometry(p);
                     rc = dm_err_set(err, DM_EFORMAT, "AOI %s: layer %s, feature %lld cannot be "
                                     "transformed to the output CRS (outside its area of use?): "
-                                    "%s", path, lname, (long long)OGR_F_GetFID(f), gdal_msg());
+                                    "%s", path, lname, (long long)OGR_F_GetFID(f), dm_gdal_msg());
                 } else {
                     rc = keep(a, p, err);
                 }
@@ -205,7 +199,7 @@ int dm_aoi_open(const char *path, const char *target_wkt, dm_aoi **out, dm_err *
     if (target_wkt && *target_wkt) {
         if (!(target = OSRNewSpatialReference(target_wkt)))
             rc = dm_err_set(err, DM_EINVAL, "AOI %s: the output CRS is not valid WKT: %s", path,
-                            gdal_msg());
+                            dm_gdal_msg());
         else
             OSRSetAxisMappingStrategy(target, OAMS_TRADITIONAL_GIS_ORDER);
     }
@@ -316,7 +310,7 @@ int dm_aoi_mask(const dm_aoi *a, const double gt[6], int x0, int y0, int w, int 
                                                   opt, NULL, NULL) != CE_None) ||
                  GDALRasterIO(GDALGetRasterBand(mem, 1), GF_Read, 0, 0, w, h, in, w, h, GDT_Byte,
                               0, 0) != CE_None)
-            rc = dm_err_set(err, DM_EIO, "cannot rasterize the AOI: %s", gdal_msg());
+            rc = dm_err_set(err, DM_EIO, "cannot rasterize the AOI: %s", dm_gdal_msg());
         for (size_t i = 0; !rc && i < (size_t)w * h; i++)
             mask[i] = mask[i] && in[i];
         free(in);

@@ -27,12 +27,6 @@ struct dm_gis_feat {
     int *has_nodata, decode;
 };
 
-static const char *gdal_msg(void)
-{
-    const char *m = CPLGetLastErrorMsg();
-    return m && *m ? m : "no details from GDAL";
-}
-
 void dm_gis_feat_close(dm_gis_feat *f)
 {
     if (!f)
@@ -79,7 +73,7 @@ int dm_gis_feat_open(const char *path, const char *product, dm_gis_feat **out, d
     CPLPopErrorHandler();
     int rc = 0;
     if (!f->d)
-        rc = dm_err_set(err, DM_EIO, "%s: cannot open: %s", p, gdal_msg());
+        rc = dm_err_set(err, DM_EIO, "%s: cannot open: %s", p, dm_gdal_msg());
     const char *prod = rc ? NULL : GDALGetMetadataItem(f->d, "DINOMAP_PRODUCT", NULL);
     if (!rc && product && (!prod || strcmp(prod, product)))
         rc = dm_err_set(err, DM_EINVAL, "%s is not a dinomap %s raster (%s%s); give the "
@@ -181,7 +175,7 @@ int dm_gis_feat_read(dm_gis_feat *f, int b0, int nb, int x, int y, int w, int h,
     free(list);
     if (e != CE_None)
         return dm_err_set(err, DM_EIO, "%s: read error: %s", GDALGetDescription(f->d),
-                          gdal_msg());
+                          dm_gdal_msg());
     size_t plane = (size_t)w * h;
     for (int i = 0; i < nb; i++) {
         int b = b0 + i;
@@ -259,7 +253,7 @@ int dm_gis_point_to(const char *srs, const char *wkt, double x, double y, double
         int ok = t && OCTTransform(t, 1, ox, oy, NULL) && isfinite(*ox) && isfinite(*oy);
         if (!ok)
             rc = dm_err_set(err, DM_EINVAL, "--at %.17g,%.17g --srs %s: cannot be moved into the "
-                            "features' CRS (%s)", x, y, srs, gdal_msg());
+                            "features' CRS (%s)", x, y, srs, dm_gdal_msg());
         CPLPopErrorHandler();
     }
     if (t)

@@ -75,6 +75,8 @@ int dm_gis_read_rgb8(const char *path, int *H, int *W, uint8_t **rgb, dm_err *er
 /* GDAL's block cache (process-wide): finalize writes each block once and needs little of it.
  * Sets it to `bytes` (<= 0: leaves it) and returns what it was, to restore. */
 int64_t dm_gis_cache_set(int64_t bytes);
+/* GDAL's last error message, or "no details from GDAL" (for dinomap's own messages). */
+const char *dm_gdal_msg(void);
 
 /* ==== areas of interest ==========================================================================
  * Vector polygons (any OGR format) that select the tiles to run. */

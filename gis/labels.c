@@ -44,12 +44,6 @@ struct dm_labels {
     dm_label_class cls[DM_LABEL_IDS];
 };
 
-static const char *gdal_msg(void)
-{
-    const char *m = CPLGetLastErrorMsg();
-    return m && *m ? m : "no details from GDAL";
-}
-
 void dm_labels_free(dm_labels *l)
 {
     if (!l)
@@ -168,7 +162,7 @@ static int open_raster(dm_labels *l, GDALDatasetH ds, const char *field, dm_err 
         GDALTranslateOptionsFree(to);
         if (!l->band1)
             return dm_err_set(err, DM_EFORMAT, "labels %s: cannot select band 1: %s", l->path,
-                              gdal_msg());
+                              dm_gdal_msg());
     }
     return 0;
 }
@@ -263,7 +257,7 @@ static int open_vector(dm_labels *l, GDALDatasetH ds, const char *field, dm_err 
     if (OSRExportToWkt(srs, &wkt) != OGRERR_NONE || !(l->wkt = strdup(wkt))) {
         CPLFree(wkt);
         return dm_err_set(err, DM_EFORMAT, "labels %s: layer %s: its CRS cannot be written as "
-                          "WKT: %s", l->path, lname, gdal_msg());
+                          "WKT: %s", l->path, lname, dm_gdal_msg());
     }
     CPLFree(wkt);
     OGRFeatureDefnH d = OGR_L_GetLayerDefn(ly);
@@ -394,7 +388,7 @@ int dm_labels_open(const char *path, const char *field, dm_labels **out, dm_err 
         rc = VSIStatExL(path, &st, VSI_STAT_EXISTS_FLAG) != 0
                  ? dm_err_set(err, DM_EIO, "labels %s: no such file", path)
                  : dm_err_set(err, DM_EFORMAT, "labels %s: neither a raster nor a vector file "
-                              "GDAL can read (%s)", path, gdal_msg());
+                              "GDAL can read (%s)", path, dm_gdal_msg());
     }
     CPLPopErrorHandler();
     if (rc) {
@@ -439,7 +433,7 @@ static int moved(const dm_labels *l, OGRSpatialReferenceH to, OGRGeometryH **out
     OGRSpatialReferenceH from = srs_from(l->wkt);
     OGRCoordinateTransformationH ct = from ? OCTNewCoordinateTransformation(from, to) : NULL;
     int rc = ct ? 0 : dm_err_set(err, DM_EFORMAT, "labels %s: no transformation from their CRS "
-                                 "to the imagery's: %s", l->path, gdal_msg());
+                                 "to the imagery's: %s", l->path, dm_gdal_msg());
     int geographic = from && OSRIsGeographic(from);
     OGRGeometryH *g = rc ? NULL : calloc((size_t)(l->n ? l->n : 1), sizeof *g);
     if (!rc && !g)
@@ -452,7 +446,7 @@ static int moved(const dm_labels *l, OGRSpatialReferenceH to, OGRGeometryH **out
         if (!rc && OGR_G_Transform(g[i], ct) != OGRERR_NONE)
             rc = dm_err_set(err, DM_EFORMAT, "labels %s: polygon %d cannot be transformed to the "
                             "imagery's CRS (outside its area of use?): %s", l->path, i + 1,
-                            gdal_msg());
+                            dm_gdal_msg());
     }
     if (ct)
         OCTDestroyCoordinateTransformation(ct);
@@ -506,7 +500,7 @@ int dm_labels_footprint(const dm_labels *l, char **json, dm_err *err)
     CPLErrorReset();
     OGRSpatialReferenceH wgs = OSRNewSpatialReference(NULL);
     int rc = wgs && OSRImportFromEPSG(wgs, 4326) == OGRERR_NONE
-                 ? 0 : dm_err_set(err, DM_EFORMAT, "PROJ does not know EPSG:4326: %s", gdal_msg());
+                 ? 0 : dm_err_set(err, DM_EFORMAT, "PROJ does not know EPSG:4326: %s", dm_gdal_msg());
     if (!rc)
         OSRSetAxisMappingStrategy(wgs, OAMS_TRADITIONAL_GIS_ORDER);
     sbuf b = { 0 };
@@ -520,7 +514,7 @@ int dm_labels_footprint(const dm_labels *l, char **json, dm_err *err)
         OGRCoordinateTransformationH ct = from ? OCTNewCoordinateTransformation(from, wgs) : NULL;
         if (!ct || !OCTTransformEx(ct, NP, x, y, NULL, ok))
             rc = dm_err_set(err, DM_EFORMAT, "labels %s: their footprint cannot be transformed "
-                            "to EPSG:4326: %s", l->path, gdal_msg());
+                            "to EPSG:4326: %s", l->path, dm_gdal_msg());
         put(&b, "{\"type\":\"Feature\",\"properties\":{},\"geometry\":{\"type\":\"Polygon\","
                 "\"coordinates\":[[");
         int first = -1;
@@ -546,7 +540,7 @@ int dm_labels_footprint(const dm_labels *l, char **json, dm_err *err)
             char *gj = OGR_G_ExportToJsonEx(g[i], opt);
             if (!gj)
                 rc = dm_err_set(err, DM_EFORMAT, "labels %s: polygon %d cannot be written as "
-                                "GeoJSON: %s", l->path, i + 1, gdal_msg());
+                                "GeoJSON: %s", l->path, i + 1, dm_gdal_msg());
             else
                 put(&b, "%s{\"type\":\"Feature\",\"properties\":{},\"geometry\":%s}", i ? "," : "",
                     gj);
@@ -631,7 +625,7 @@ int dm_labels_patches(const dm_labels *l, const double gt[6], const char *wkt, i
     CPLErrorReset();
     OGRSpatialReferenceH to = srs_from(wkt);
     int rc = to ? 0 : dm_err_set(err, DM_EFORMAT, "the features' CRS is not valid: %s",
-                                 gdal_msg());
+                                 dm_gdal_msg());
     OGRGeometryH *g = NULL;
     OGREnvelope *env = NULL;
     double minx = INFINITY, miny = INFINITY, maxx = -INFINITY, maxy = -INFINITY;
@@ -654,7 +648,7 @@ int dm_labels_patches(const dm_labels *l, const double gt[6], const char *wkt, i
         OGRCoordinateTransformationH ct = from ? OCTNewCoordinateTransformation(from, to) : NULL;
         if (!ct)
             rc = dm_err_set(err, DM_EFORMAT, "labels %s: no transformation from their CRS to "
-                            "the imagery's: %s", l->path, gdal_msg());
+                            "the imagery's: %s", l->path, dm_gdal_msg());
         else
             OCTTransformEx(ct, NP, x, y, NULL, ok);
         for (int i = 0; !rc && i < NP; i++)
@@ -696,7 +690,7 @@ int dm_labels_patches(const dm_labels *l, const double gt[6], const char *wkt, i
     GDALWarpAppOptions *wo = !rc && !l->vector ? GDALWarpAppOptionsNew(wargv, NULL) : NULL;
     if (!rc && !l->vector && !wo)
         rc = dm_err_set(err, DM_EFORMAT, "cannot set up the warp of labels %s: %s", l->path,
-                        gdal_msg());
+                        dm_gdal_msg());
     for (int r0 = 0; !rc && r0 < h; r0 += rows) {
         int n = h - r0 < rows ? h - r0 : rows, pw = 16 * w, ph = 16 * n;
         double sgt[6] = { gt[0] + x0 * gt[1], gt[1] / 16, 0, gt[3] + (y0 + r0) * gt[5], 0,
@@ -705,7 +699,7 @@ int dm_labels_patches(const dm_labels *l, const double gt[6], const char *wkt, i
                                       NULL);
         if (!mem) {
             rc = dm_err_set(err, DM_ENOMEM, "cannot make a %d × %d px label strip: %s", pw, ph,
-                            gdal_msg());
+                            dm_gdal_msg());
             break;
         }
         GDALSetGeoTransform(mem, sgt);
@@ -721,18 +715,18 @@ int dm_labels_patches(const dm_labels *l, const double gt[6], const char *wkt, i
             if (nh && GDALRasterizeGeometries(mem, 1, &band, nh, hit, NULL, NULL, burn, NULL,
                                               NULL, NULL) != CE_None)
                 rc = dm_err_set(err, DM_EIO, "cannot rasterize labels %s: %s", l->path,
-                                gdal_msg());
+                                dm_gdal_msg());
         } else {
             GDALDatasetH src = l->band1 ? l->band1 : l->ds;
             int usage = 0;
             CPLErrorReset();
             if (!GDALWarp(NULL, mem, 1, &src, wo, &usage) || CPLGetLastErrorType() >= CE_Failure)
                 rc = dm_err_set(err, DM_EIO, "cannot warp labels %s onto the imagery's pixels: "
-                                "%s", l->path, gdal_msg());
+                                "%s", l->path, dm_gdal_msg());
         }
         if (!rc && GDALRasterIO(GDALGetRasterBand(mem, 1), GF_Read, 0, 0, pw, ph, px, pw, ph,
                                 GDT_Float64, 0, 0) != CE_None)
-            rc = dm_err_set(err, DM_EIO, "cannot read the label strip: %s", gdal_msg());
+            rc = dm_err_set(err, DM_EIO, "cannot read the label strip: %s", dm_gdal_msg());
         GDALClose(mem);
         if (!rc)
             rc = patch_classes(l, px, w, n, out->cls + (size_t)r0 * w, sgt, out, err);

@@ -31,12 +31,6 @@ static void stamp(GDALDatasetH d)
     GDALSetMetadataItem(d, "TIFFTAG_DATETIME", when, NULL);
 }
 
-static const char *gdal_msg(void)
-{
-    const char *m = CPLGetLastErrorMsg();
-    return m && *m ? m : "no details from GDAL";
-}
-
 /* ZSTD where this GDAL has it (Debian's does), else DEFLATE: for files only dinomap reads back. */
 static const char *fast_codec(void)
 {
@@ -108,7 +102,7 @@ static int chunk_write(const char *path, const void *data, GDALDataType t, int b
     if (e != CE_None || dm_sync_file(tmp) != 0 || rename(tmp, path) != 0 ||
         dm_sync_parent(path) != 0) {
         rc = dm_err_set(err, DM_EIO, "%s: cannot write the chunk: %s", path,
-                        e != CE_None ? gdal_msg() : strerror(errno));
+                        e != CE_None ? dm_gdal_msg() : strerror(errno));
         VSIUnlink(tmp);
     }
     CPLPopErrorHandler();
@@ -136,7 +130,7 @@ static int chunk_read(const char *path, GDALDataType t, int bands, int x, int y,
     GDALDatasetH d = GDALOpenEx(path, GDAL_OF_RASTER | GDAL_OF_READONLY, drv, NULL, NULL);
     int rc = 0, sz = GDALGetDataTypeSizeBytes(t);
     if (!d)
-        rc = dm_err_set(err, DM_EIO, "chunk %s: cannot open: %s", path, gdal_msg());
+        rc = dm_err_set(err, DM_EIO, "chunk %s: cannot open: %s", path, dm_gdal_msg());
     else if (GDALGetRasterCount(d) != bands || x < 0 || y < 0 ||
              x + w > GDALGetRasterXSize(d) || y + h > GDALGetRasterYSize(d) ||
              GDALGetRasterDataType(GDALGetRasterBand(d, 1)) != t)
@@ -146,7 +140,7 @@ static int chunk_read(const char *path, GDALDataType t, int bands, int x, int y,
                         GDALGetRasterYSize(d), bands, x, y, w, h);
     else if (GDALDatasetRasterIO(d, GF_Read, x, y, w, h, buf, w, h, t, bands, NULL, sz,
                                  (GSpacing)sz * w, (GSpacing)sz * w * h) != CE_None)
-        rc = dm_err_set(err, DM_EIO, "chunk %s: read error: %s", path, gdal_msg());
+        rc = dm_err_set(err, DM_EIO, "chunk %s: read error: %s", path, dm_gdal_msg());
     if (d)
         GDALClose(d);
     CPLPopErrorHandler();
@@ -363,7 +357,7 @@ int dm_out_begin(dm_out *o, int region, dm_err *err)
     CPLPopErrorHandler();
     CSLDestroy(co);
     if (!o->tmp)
-        return dm_err_set(err, DM_EIO, "%s: cannot create: %s", o->tmp_path, gdal_msg());
+        return dm_err_set(err, DM_EIO, "%s: cannot create: %s", o->tmp_path, dm_gdal_msg());
     const double *g = o->s.gt;
     double gt[6] = { g[0] + o->reg.x * g[1], g[1], 0, g[3] + o->reg.y * g[5], 0, g[5] };
     describe(o, o->tmp, gt);
@@ -383,7 +377,7 @@ int dm_out_write(dm_out *o, int x, int y, int w, int h, const void *buf, dm_err 
                             o->s.byte ? GDT_Byte : GDT_Float32, o->s.bands, NULL, sz,
                             (GSpacing)sz * w, (GSpacing)sz * w * h) != CE_None)
         return dm_err_set(err, DM_EIO, "%s: write failed (disk full?): %s", o->tmp_path,
-                          gdal_msg());
+                          dm_gdal_msg());
     return 0;
 }
 
@@ -412,11 +406,11 @@ int dm_out_end(dm_out *o, dm_err *err)
     int rc = 0;
     if (CPLGetLastErrorType() >= CE_Failure)
         rc = dm_err_set(err, DM_EIO, "%s: write failed (disk full?): %s", o->tmp_path,
-                        gdal_msg());
+                        dm_gdal_msg());
     /* overviews by halves until one fits in a COG tile */
     GDALDatasetH d = rc ? NULL : GDALOpen(o->tmp_path, GA_Update);
     if (!rc && !d)
-        rc = dm_err_set(err, DM_EIO, "%s: cannot reopen: %s", o->tmp_path, gdal_msg());
+        rc = dm_err_set(err, DM_EIO, "%s: cannot reopen: %s", o->tmp_path, dm_gdal_msg());
     int lev[32], nl = 0;
     for (int f = 2; nl < 30 && (o->reg.w > o->bx * (f / 2) || o->reg.h > o->by * (f / 2)); f *= 2)
         lev[nl++] = f;
@@ -425,7 +419,7 @@ int dm_out_end(dm_out *o, dm_err *err)
     /* the overview levels first (empty), then band by band: GDAL's all-bands path holds a
      * strip of every band at once (224 MB for 128 bands, growing with the band count) */
     if (!rc && nl && GDALBuildOverviews(d, "NONE", nl, lev, 0, NULL, NULL, NULL) != CE_None)
-        rc = dm_err_set(err, DM_EIO, "%s: cannot build overviews: %s", o->tmp_path, gdal_msg());
+        rc = dm_err_set(err, DM_EIO, "%s: cannot build overviews: %s", o->tmp_path, dm_gdal_msg());
     for (int b = 1; !rc && nl && b <= o->s.bands; b++) {
         GDALRasterBandH src = GDALGetRasterBand(d, b), ov[32];
         int n = GDALGetOverviewCount(src);
@@ -434,21 +428,21 @@ int dm_out_end(dm_out *o, dm_err *err)
         if (GDALRegenerateOverviews(src, n < 32 ? n : 32, ov, o->s.resampling, keep_going, o) !=
             CE_None)
             rc = keep_going(0, NULL, o) ? dm_err_set(err, DM_EIO, "%s: cannot build overviews: %s",
-                                                     o->tmp_path, gdal_msg())
+                                                     o->tmp_path, dm_gdal_msg())
                                         : stopped(o, err);
     }
     if (d) {
         CPLErrorReset();
         GDALClose(d);
         if (!rc && CPLGetLastErrorType() >= CE_Failure)
-            rc = dm_err_set(err, DM_EIO, "%s: write failed: %s", o->tmp_path, gdal_msg());
+            rc = dm_err_set(err, DM_EIO, "%s: write failed: %s", o->tmp_path, dm_gdal_msg());
     }
     char p[4200], part[4300];
     region_path(o, o->cur, p, sizeof p);
     snprintf(part, sizeof part, "%s.part", p);
     d = rc ? NULL : GDALOpen(o->tmp_path, GA_ReadOnly);
     if (!rc && !d)
-        rc = dm_err_set(err, DM_EIO, "%s: cannot reopen: %s", o->tmp_path, gdal_msg());
+        rc = dm_err_set(err, DM_EIO, "%s: cannot reopen: %s", o->tmp_path, dm_gdal_msg());
     if (!rc) {
         CPLErrorReset();
         GDALDatasetH c = GDALCreateCopy(GDALGetDriverByName("GTiff"), part, d, FALSE, o->co,
@@ -461,7 +455,7 @@ int dm_out_end(dm_out *o, dm_err *err)
             rc = !keep_going(0, NULL, o) ? stopped(o, err)
                                          : dm_err_set(err, DM_EIO, "%s: cannot write the "
                                                       "Cloud-Optimized GeoTIFF: %s", p,
-                                                      gdal_msg());
+                                                      dm_gdal_msg());
             VSIUnlink(part);
             unlink_aux(part);
         }
@@ -536,7 +530,7 @@ int dm_out_commit(dm_out *o, dm_err *err)
         GDALClose(v);
     }
     if (!v || CPLGetLastErrorType() >= CE_Failure)
-        rc = dm_err_set(err, DM_EIO, "%s: cannot build the mosaic VRT: %s", vrt, gdal_msg());
+        rc = dm_err_set(err, DM_EIO, "%s: cannot build the mosaic VRT: %s", vrt, dm_gdal_msg());
     CPLPopErrorHandler();
     CSLDestroy(files);
     if (chdir(cwd) != 0 && !rc)

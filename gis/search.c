@@ -16,12 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *msg(void)
-{
-    const char *m = CPLGetLastErrorMsg();
-    return m && *m ? m : "no details from GDAL";
-}
-
 void dm_search_tiles_free(dm_search_tiles *t)
 {
     if (!t)
@@ -112,7 +106,7 @@ static int load(GDALDatasetH ds, dm_search_tiles *t, dm_err *err)
                               "FROM tiles t JOIN embeddings e ON e.tile_id = t.tile_id WHERE "
                               "t.state = 'done' ORDER BY t.tile_id", NULL, NULL);
     if (!r)
-        return dm_err_set(err, DM_EIO, "%s: cannot read the embeddings: %s", t->path, msg());
+        return dm_err_set(err, DM_EIO, "%s: cannot read the embeddings: %s", t->path, dm_gdal_msg());
     /* by name: OGR may take the tile id as the result's FID rather than a field */
     OGRFeatureDefnH fd = OGR_L_GetLayerDefn(r);
     static const char *names[] = { "tid", "r", "c", "x0", "y0", "x1", "y1", "vc", "vm" };
@@ -154,7 +148,7 @@ int dm_search_tiles_load(const char *path, dm_search_tiles *out, dm_err *err)
     GDALDatasetH ds = GDALOpenEx(path, GDAL_OF_VECTOR | GDAL_OF_READONLY, drivers, NULL, NULL);
     int rc = ds ? load(ds, out, err)
                 : dm_err_set(err, DM_EIO, "%s: cannot open as a tile index (a run folder or its "
-                             "tiles.gpkg): %s", path, msg());
+                             "tiles.gpkg): %s", path, dm_gdal_msg());
     if (ds)
         GDALClose(ds);
     CPLPopErrorHandler();
@@ -197,7 +191,7 @@ int dm_gis_to_lonlat(const char *wkt, int n, double *x, double *y, dm_err *err)
     OGRCoordinateTransformationH t = to_lonlat(wkt, &a, &b);
     int rc = 0;
     if (!t || !OCTTransform(t, n, x, y, NULL))
-        rc = dm_err_set(err, DM_EINVAL, "cannot move points to EPSG:4326: %s", msg());
+        rc = dm_err_set(err, DM_EINVAL, "cannot move points to EPSG:4326: %s", dm_gdal_msg());
     release(t, a, b);
     CPLPopErrorHandler();
     return rc;
@@ -223,7 +217,7 @@ static int write_hits(GDALDatasetH ds, const dm_search_hit *h, int n, const char
     if (!l || add_field(l, "rank", OFTInteger) || add_field(l, "score", OFTReal) ||
         add_field(l, "tile_id", OFTInteger64) || add_field(l, "row", OFTInteger) ||
         add_field(l, "col", OFTInteger) || add_field(l, "index", OFTString))
-        return dm_err_set(err, DM_EIO, "%s: cannot create the layer: %s", path, msg());
+        return dm_err_set(err, DM_EIO, "%s: cannot create the layer: %s", path, dm_gdal_msg());
     int rc = 0;
     for (int i = 0; rc == 0 && i < n; i++) {
         /* the footprint's sides, 8 points each: straight in the index's CRS, curved in degrees */
@@ -255,7 +249,7 @@ static int write_hits(GDALDatasetH ds, const dm_search_hit *h, int n, const char
         OGR_F_SetFieldString(f, 5, h[i].index);
         OGR_F_SetGeometryDirectly(f, poly);
         if (OGR_L_CreateFeature(l, f) != OGRERR_NONE)
-            rc = dm_err_set(err, DM_EIO, "%s: cannot write a feature: %s", path, msg());
+            rc = dm_err_set(err, DM_EIO, "%s: cannot write a feature: %s", path, dm_gdal_msg());
         OGR_F_Destroy(f);
     }
     return rc;
@@ -273,7 +267,7 @@ int dm_search_write_geojson(const char *path, const dm_search_hit *h, int n, dm_
     if (!drv)
         rc = dm_err_set(err, DM_EUNSUPPORTED, "this GDAL has no GeoJSON driver");
     else if (!(ds = GDALCreate(drv, path, 0, 0, 0, GDT_Unknown, NULL)))
-        rc = dm_err_set(err, DM_EIO, "%s: cannot create: %s", path, msg());
+        rc = dm_err_set(err, DM_EIO, "%s: cannot create: %s", path, dm_gdal_msg());
     if (rc == 0)
         rc = write_hits(ds, h, n, path, err);
     if (ds)

@@ -172,9 +172,8 @@ static int describe_raster(stac_ctx *c, const char *path, const dm_stac_asset *a
 {
     GDALDatasetH d = GDALOpenEx(path, GDAL_OF_RASTER | GDAL_OF_READONLY, NULL, NULL, NULL);
     if (!d) {
-        const char *m = CPLGetLastErrorMsg();
         return dm_err_set(err, DM_EIO, "%s: cannot open for item.json: %s", path,
-                          m && *m ? m : "no details from GDAL");
+                          dm_gdal_msg());
     }
     int W = GDALGetRasterXSize(d), H = GDALGetRasterYSize(d);
     double gt[6];

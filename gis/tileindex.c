@@ -54,12 +54,12 @@ static int state_from_name(const char *s)
     return -1;
 }
 
-const char *dm_ti_gdal_msg(void)
+const char *dm_gdal_msg(void)
 {
     const char *m = CPLGetLastErrorMsg();
     return m && *m ? m : "no details from GDAL";
 }
-#define gdal_msg dm_ti_gdal_msg
+#define gdal_msg dm_gdal_msg
 
 int dm_ti_fail(const dm_tileindex *ti, int code, const char *what, dm_err *err)
 {

@@ -26,8 +26,6 @@ struct dm_tileindex {
     int s_chunk, s_px, s_py, s_u, s_vec;
 };
 
-/* GDAL's last message, or a fallback. */
-const char *dm_ti_gdal_msg(void);
 /* "tile index PATH: what: GDAL's message" */
 int dm_ti_fail(const dm_tileindex *ti, int code, const char *what, dm_err *err);
 /* Runs a statement that returns no rows. */

@@ -23,6 +23,8 @@ const char *dm_bin(void);
 int dm_make_tif(const char *path, int w, int h, int bands, const double *gt, int epsg, int nodata,
                 uint32_t seed);
 uint32_t dm_hash32(uint32_t x);
+/* Sets a GDAL dataset's CRS to EPSG:epsg (as WKT); 0 or -1. */
+int dm_set_epsg(void *dataset, int epsg);
 /* Absolute path of tests/data/golden/REL (some runs start in a temporary directory); the result
  * lives until 8 more calls: copy it to keep it longer. */
 const char *dm_golden(const char *rel);

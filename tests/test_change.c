@@ -29,13 +29,7 @@ static int make_scene(const char *path, int w, int changed, int hole)
     if (!d)
         return -1;
     GDALSetGeoTransform(d, (double *)GT);
-    OGRSpatialReferenceH s = OSRNewSpatialReference(NULL);
-    OSRImportFromEPSG(s, 32631);
-    char *wkt = NULL;
-    OSRExportToWkt(s, &wkt);
-    GDALSetProjection(d, wkt);
-    CPLFree(wkt);
-    OSRDestroySpatialReference(s);
+    dm_set_epsg(d, 32631);
     uint8_t *px = malloc((size_t)3 * w * S);
     static const int green[3] = { 40, 90, 40 };
     for (int b = 0; b < 3; b++)

@@ -34,13 +34,7 @@ static int make_covers(const char *path)
     if (!d)
         return -1;
     GDALSetGeoTransform(d, (double *)GT);
-    OGRSpatialReferenceH s = OSRNewSpatialReference(NULL);
-    OSRImportFromEPSG(s, 32631);
-    char *wkt = NULL;
-    OSRExportToWkt(s, &wkt);
-    GDALSetProjection(d, wkt);
-    CPLFree(wkt);
-    OSRDestroySpatialReference(s);
+    dm_set_epsg(d, 32631);
     static uint8_t px[3 * W * H];
     static const int green[3] = { 40, 90, 40 };
     for (int b = 0; b < 3; b++)

@@ -34,13 +34,7 @@ static int make_covers(const char *path, const int *nd)
         return -1;
     double gt[6] = { 500000, 0.6, 0, 4000000, 0, -0.6 };
     GDALSetGeoTransform(d, gt);
-    OGRSpatialReferenceH s = OSRNewSpatialReference(NULL);
-    OSRImportFromEPSG(s, 32631);
-    char *wkt = NULL;
-    OSRExportToWkt(s, &wkt);
-    GDALSetProjection(d, wkt);
-    CPLFree(wkt);
-    OSRDestroySpatialReference(s);
+    dm_set_epsg(d, 32631);
     uint8_t *buf = malloc((size_t)W * H);
     int rc = 0;
     for (int b = 0; b < 3 && !rc; b++) {

@@ -38,13 +38,7 @@ static int make_scene(const char *path)
     if (!d)
         return -1;
     GDALSetGeoTransform(d, (double *)scene_gt);
-    OGRSpatialReferenceH s = OSRNewSpatialReference(NULL);
-    char *wkt = NULL;
-    OSRImportFromEPSG(s, 32631);
-    OSRExportToWkt(s, &wkt);
-    GDALSetProjection(d, wkt);
-    CPLFree(wkt);
-    OSRDestroySpatialReference(s);
+    dm_set_epsg(d, 32631);
     uint8_t *buf = malloc(SIDE * SIDE);
     int rc = buf ? 0 : -1;
     for (int b = 0; !rc && b < 3; b++) {
@@ -80,13 +74,7 @@ static int make_labels(const char *path, double px, int xmax, int rat, int only,
         return -1;
     double gt[6] = { scene_gt[0], px, 0, scene_gt[3], 0, -px };
     GDALSetGeoTransform(d, gt);
-    OGRSpatialReferenceH s = OSRNewSpatialReference(NULL);
-    char *wkt = NULL;
-    OSRImportFromEPSG(s, 32631);
-    OSRExportToWkt(s, &wkt);
-    GDALSetProjection(d, wkt);
-    CPLFree(wkt);
-    OSRDestroySpatialReference(s);
+    dm_set_epsg(d, 32631);
     int16_t *buf = calloc((size_t)n * n, sizeof *buf);
     for (int y = 0; y < n; y++)
         for (int x = 0; x < n; x++) {

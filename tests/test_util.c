@@ -103,6 +103,20 @@ uint32_t dm_hash32(uint32_t x)
     return x ^ (x >> 16);
 }
 
+int dm_set_epsg(void *dataset, int epsg)
+{
+    OGRSpatialReferenceH s = OSRNewSpatialReference(NULL);
+    char *wkt = NULL;
+    int rc = s && OSRImportFromEPSG(s, epsg) == OGRERR_NONE &&
+                     OSRExportToWkt(s, &wkt) == OGRERR_NONE &&
+                     GDALSetProjection((GDALDatasetH)dataset, wkt) == CE_None
+                 ? 0
+                 : -1;
+    CPLFree(wkt);
+    OSRDestroySpatialReference(s);
+    return rc;
+}
+
 /* A GeoTIFF of w×h px, `bands` Byte bands of smooth-ish random texture; epsg 0 = no CRS;
  * gt NULL = no geotransform; nodata >= 0 sets a nodata value (and paints a nodata block). */
 int dm_make_tif(const char *path, int w, int h, int bands, const double *gt, int epsg,
@@ -114,15 +128,8 @@ int dm_make_tif(const char *path, int w, int h, int bands, const double *gt, int
         return -1;
     if (gt)
         GDALSetGeoTransform(d, (double *)gt);
-    if (epsg) {
-        OGRSpatialReferenceH s = OSRNewSpatialReference(NULL);
-        OSRImportFromEPSG(s, epsg);
-        char *wkt = NULL;
-        OSRExportToWkt(s, &wkt);
-        GDALSetProjection(d, wkt);
-        CPLFree(wkt);
-        OSRDestroySpatialReference(s);
-    }
+    if (epsg)
+        dm_set_epsg(d, epsg);
     uint8_t *buf = malloc((size_t)w * h);
     for (int b = 1; b <= bands; b++) {
         for (int y = 0; y < h; y++)
