@@ -379,6 +379,17 @@ int dm_tileindex_inputs(dm_tileindex *ti, dm_input_fp **fp, int *n, dm_err *err)
  * *n how many there were. */
 int dm_tileindex_samples(dm_tileindex *ti, int limit, int sdim, float *v, int *n, dm_err *err);
 int dm_tileindex_close(dm_tileindex *ti, dm_err *err); /* NULL-safe; commits and closes */
+/* Merging shards (gis/tileindex_merge.c). copy: a consistent, compact copy of src's file at dst
+ * (replaced). chunk_work: per chunk (0..nchunks-1), its tiles that are not outside the AOI.
+ * take_chunks: the tiles' states, embeddings, PCA samples and chunk records of these chunks
+ * copied from the index file src (of the same grid) into ti, replacing ti's, in one
+ * transaction. config_delete: removes a key of `config`. */
+int dm_tileindex_copy(dm_tileindex *src, const char *dst, dm_err *err);
+int dm_tileindex_chunk_work(dm_tileindex *ti, int nchunks, int64_t *tiles, dm_err *err);
+int dm_tileindex_take_chunks(dm_tileindex *ti, const char *src, const int *chunks, int n,
+                             dm_err *err);
+int dm_tileindex_config_delete(dm_tileindex *ti, const char *key, dm_err *err);
+
 
 /* ==== segmentation labels (gis/labels.c) =========================================================
  * What `dinomap seg train` learns from: a class raster (band 1; any raster GDAL reads, any CRS;

@@ -32,6 +32,7 @@ typedef struct dm_cli {
     int progress, progress_set, quiet;
     const char *log;
     int tile_set, halo_set, overlap, overlap_set, products_set;
+    int shard_set, shard_count;  /* --shard given; --shard-count */
     uint64_t given;           /* the options set, by their bit in options.c's table */
     const char *features;     /* similarity --features PATH: no run */
     int in_file, query_in_file; /* reading an INI file; the similarity query came from one */
@@ -104,6 +105,20 @@ void dm_cli_events_close(dm_cli_events *ev);
  * fault; 0, or the exit code (an unwritable --log, said). Close ev with dm_cli_events_close. */
 int dm_cli_run_begin(dm_cli *c, dm_cli_events *ev);
 
+/* `dinomap finalize` and `dinomap merge` (merge 1: --allow-missing, --overwrite, --threads too):
+ * their options parsed, -q, --config set, the progress and signals set up (in fo). -1 to go on
+ * (the operands are c.argv[optind..c.argc)), else the exit code (help printed, or the problem
+ * said). Free with dm_fin_cli_free in either case. */
+typedef struct dm_fin_cli {
+    dm_cli c;                  /* -of, -co, --config */
+    dm_finalize_opts fo;
+    dm_cli_events ev;
+    int mode, quiet, allow_missing, overwrite;
+} dm_fin_cli;
+int dm_fin_cli_parse(dm_fin_cli *f, int argc, char **argv, const char *cmd, int merge,
+                     void (*help)(FILE *));
+void dm_fin_cli_free(dm_fin_cli *f);
+
 /* src/say.c: stderr. Each line of msg as "dinomap: PREFIXline" (prefix "" or "warning: "). */
 void dm_say_lines(const char *prefix, const char *msg);
 /* A message, each of its lines prefixed "dinomap: ". */
@@ -130,6 +145,7 @@ int cmd_run(int argc, char **argv);
 int cmd_similarity(int argc, char **argv);
 int cmd_change(int argc, char **argv);
 int cmd_finalize(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_search(int argc, char **argv);
 /* `dinomap seg apply|cluster|train`; train is cmd_seg_train (src/cmd_seg_train.c, argv[0] is

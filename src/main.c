@@ -27,6 +27,7 @@ static const struct {
     { "status", cmd_status, "what a run folder holds, how far it got and what is left" },
     { "search", cmd_search, "the tiles of runs most like a tile, a point or a vector" },
     { "finalize", cmd_finalize, "build a run's final rasters from its done chunks" },
+    { "merge", cmd_merge, "build a sharded run's outputs from its shards' folders" },
     { "forward", cmd_forward, "run the backbone on one image or tensor and write .npy outputs" },
 };
 

@@ -20,7 +20,8 @@ enum {
     O_PRODUCTS, O_INPUT, O_AT, O_SRS, O_QAOI, O_FEATURES, O_BANDS, O_SCALE, O_STRETCH, O_GSD,
     O_CRS, O_UNGEO, O_AOI, O_AOI_TILES, O_TILE, O_HALO, O_OVERLAP, O_CHUNK, O_LAYER, O_QUANT,
     O_NOPCA, O_TAPS, O_NORM, O_ARCH, O_DEVICE, O_THREADS, O_BATCH, O_OVERWRITE, O_DROP, O_KEEP,
-    O_MAXCOG, O_OF, O_CO, O_CONFIG, O_PROGRESS, O_LOG, O_QUIET, O_COUNT
+    O_MAXCOG, O_OF, O_CO, O_CONFIG, O_PROGRESS, O_LOG, O_QUIET, O_SHARD, O_SHARD_COUNT,
+    O_COUNT
 };
 
 _Static_assert(O_COUNT <= 64, "dm_cli.given holds one bit per option");
@@ -123,6 +124,14 @@ static const struct optdef {
                 "to FILE" },
     [O_QUIET] = { "quiet", 'q', 0, M, NULL, "only warnings and errors: no notices, progress or "
                  "summary" },
+    [O_SHARD] = { "shard", 0, 1, M, "I/N", "map shard I of N only (1 <= I <= N): its own share "
+                  "of the chunks, into its own -o folder; dinomap merge builds the outputs from "
+                  "all N. Default: from a scheduler's environment (SLURM_ARRAY_TASK_ID, "
+                  "JOB_COMPLETION_INDEX, AWS_BATCH_JOB_ARRAY_INDEX) when set; none: the whole "
+                  "run, whatever the environment says" },
+    [O_SHARD_COUNT] = { "shard-count", 0, 1, M, "N", "how many shards, for JOB_COMPLETION_INDEX "
+                        "(Kubernetes) and AWS_BATCH_JOB_ARRAY_INDEX (AWS Batch), which say only "
+                        "the index (or set DINOMAP_SHARD_COUNT)" },
     [O_SEG_HEAD_CLI] = { "head", 0, 1, SA, "HEAD.dmseg", "the segmentation head to apply: a "
                          ".dmseg file (seg train, or seg cluster's cluster.dmseg) or Meta's "
                          "linear head; its layer and normalization are the run's (required)" },
@@ -392,6 +401,17 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
             return BAD("--overlap %s: expected a multiple of 32 px (= 2 × halo)", v);
         c->overlap = list[0];
         c->overlap_set = 1;
+        break;
+    case O_SHARD: {
+        dm_err e = { 0 };
+        if (dm_shard_parse(v, &o->shard, &e))
+            return BAD("%s", e.msg);
+        c->shard_set = 1;
+        break;
+    }
+    case O_SHARD_COUNT:
+        if ((c->shard_count = dm_parse_pos_int(v)) < 0 || c->shard_count > DM_SHARD_MAX)
+            return BAD("--shard-count %s: expected 1..%d", v, DM_SHARD_MAX);
         break;
     case O_CHUNK:
         if ((o->chunk = dm_parse_pos_int(v)) < 0)
@@ -670,6 +690,12 @@ const char *dm_cli_unused_with_features(const dm_cli *c)
     return NULL;
 }
 
+static const char *env_get(const char *name, void *ctx)
+{
+    (void)ctx;
+    return getenv(name);
+}
+
 int dm_cli_finish(dm_cli *c)
 {
     dm_run_opts *o = &c->o;
@@ -724,6 +750,18 @@ int dm_cli_finish(dm_cli *c)
             strcat(miss, " (or --features PATH instead of -m and INPUT)");
         dm_say("missing %s (dinomap %s --help)", miss, cmd);
         return -2;
+    }
+    if (c->shard_set && c->shard_count) {
+        dm_say("--shard-count is the count for a scheduler's index (JOB_COMPLETION_INDEX, "
+               "AWS_BATCH_JOB_ARRAY_INDEX); --shard I/N gives its own");
+        return -2;
+    }
+    if (!c->shard_set) { /* a scheduler's array task: its index and count */
+        dm_err e = { 0 };
+        if (dm_shard_from_env(env_get, NULL, c->shard_count, &o->shard, &e)) {
+            dm_say("%s", e.msg);
+            return -2;
+        }
     }
     o->mosaic.inputs = (const char *const *)c->inputs;
     o->mosaic.n_inputs = c->ninputs;

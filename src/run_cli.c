@@ -145,6 +145,13 @@ int dm_cli_map(dm_cli *c)
     code = dm_exit_code(rc);
     if (rc) {
         dm_say("%s", err.msg);
+    } else if (r.shard_count) {
+        if (!r.nothing_to_do || isatty(2))
+            dm_info("shard %d/%d: its %lld chunk%s %s done (%lld tiles mapped in %.1f s); once "
+                    "every shard is done, build the outputs: dinomap merge OUTDIR SHARD_DIR...",
+                    r.shard_index + 1, r.shard_count, (long long)r.shard_chunks,
+                    r.shard_chunks == 1 ? "" : "s", r.shard_chunks == 1 ? "is" : "are",
+                    (long long)r.tiles_run, r.seconds);
     } else if (r.nothing_to_do) {
         /* cron: silence; a person at a terminal is told */
         if (isatty(2) && !c->quiet)

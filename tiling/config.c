@@ -58,6 +58,12 @@ static void show(const cJSON *v, char *buf, size_t n)
 
 int dm_config_diff(const cJSON *now, const cJSON *stored, char *msg, size_t n)
 {
+    return dm_config_diff_as(now, stored, "now", "in the folder's run", msg, n);
+}
+
+int dm_config_diff_as(const cJSON *now, const cJSON *stored, const char *la, const char *lb,
+                      char *msg, size_t n)
+{
     int nd = 0;
     size_t o = 0;
     msg[0] = '\0';
@@ -77,8 +83,8 @@ int dm_config_diff(const cJSON *now, const cJSON *stored, char *msg, size_t n)
             show(a, va, sizeof va);
             show(b, vb, sizeof vb);
             if (o < n)
-                o += (size_t)snprintf(msg + o, n - o, "%s%s: %s now, %s in the folder's run",
-                                      nd ? "; " : "", it->string, va, vb);
+                o += (size_t)snprintf(msg + o, n - o, "%s%s: %s %s, %s %s", nd ? "; " : "",
+                                      it->string, va, la, vb, lb);
             nd++;
         }
     }

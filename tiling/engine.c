@@ -20,7 +20,6 @@
 #include "engine.h"
 
 /* finalize.c */
-int dm_fin_uptodate(dm_tileindex *ti, const char *outdir);
 int dm_fin_run(const dm_run_opts *o, dm_tileindex *ti, const cJSON *cfg, const cJSON *res,
                const cJSON *outset, double t0, dm_run_result *r, dm_err *err);
 
@@ -502,16 +501,22 @@ int dm_run_check(const dm_run_opts *o, dm_err *err)
 }
 
 /* Reads what a folder's index says (for a resumed run): its configuration and facts. */
-static int read_folder(const char *index, cJSON **cfg, cJSON **res, dm_err *err)
+static int read_folder(const char *index, cJSON **cfg, cJSON **res, cJSON **shard, dm_err *err)
 {
-    *cfg = *res = NULL;
+    *cfg = *res = *shard = NULL;
     dm_tileindex *ti = NULL;
     int rc = dm_tileindex_open(index, NULL, 0, &ti, err);
-    char *c = NULL, *r = NULL;
+    char *c = NULL, *r = NULL, *sh = NULL;
     if (!rc)
         rc = dm_tileindex_config_get(ti, "config", &c, err);
     if (!rc)
         rc = dm_tileindex_config_get(ti, "resolved", &r, err);
+    if (!rc)
+        rc = dm_tileindex_config_get(ti, "shard", &sh, err);
+    if (!rc && sh && !(*shard = cJSON_Parse(sh)))
+        rc = dm_err_set(err, DM_EFORMAT, "%s: its shard record is damaged; start afresh with "
+                        "--overwrite", index);
+    free(sh);
     dm_tileindex_close(ti, NULL);
     if (!rc && (!c || !r || !(*cfg = cJSON_Parse(c)) || !(*res = cJSON_Parse(r))))
         rc = dm_err_set(err, DM_EFORMAT, "%s: holds no dinomap run configuration (an older "
@@ -519,9 +524,98 @@ static int read_folder(const char *index, cJSON **cfg, cJSON **res, dm_err *err)
                         "--overwrite", index);
     free(c), free(r);
     if (rc) {
-        cJSON_Delete(*cfg), cJSON_Delete(*res);
-        *cfg = *res = NULL;
+        cJSON_Delete(*cfg), cJSON_Delete(*res), cJSON_Delete(*shard);
+        *cfg = *res = *shard = NULL;
     }
+    return rc;
+}
+
+/* "shard 2/3" or "the whole run", for messages. */
+static const char *shard_text(int index, int count, char *buf, size_t n)
+{
+    if (!count)
+        snprintf(buf, n, "the whole run");
+    else
+        snprintf(buf, n, "shard %d/%d", index + 1, count);
+    return buf;
+}
+
+/* A resumed folder's shard must be this invocation's: 0 or DM_EMISMATCH. */
+static int same_shard(const char *outdir, const cJSON *old, const dm_shard *now, dm_err *err)
+{
+    const cJSON *oi = cJSON_GetObjectItemCaseSensitive(old, "index"),
+                *on = cJSON_GetObjectItemCaseSensitive(old, "count");
+    int i = cJSON_IsNumber(oi) ? oi->valueint - 1 : 0, n = cJSON_IsNumber(on) ? on->valueint : 0;
+    if (i == now->index && n == now->count)
+        return 0;
+    char a[64], b[64];
+    shard_text(i, n, a, sizeof a);
+    shard_text(now->index, now->count, b, sizeof b);
+    return dm_err_set(err, DM_EMISMATCH, "%s holds %s; this invocation maps %s%s%s%s. Each shard "
+                      "needs its own folder%s", outdir, a, b, now->count ? " (" : "",
+                      now->count ? now->source : "", now->count ? ")" : "",
+                      n && !now->count ? "; build the run's outputs from its shards with dinomap "
+                      "merge OUTDIR SHARD_DIR..." : "");
+}
+
+/* A shard's chunks: those the folder's first invocation recorded, or (a fresh folder) this
+ * shard's share of the split by work, with its record for the index (*json). */
+static int shard_plan(run *R, const cJSON *old, const dm_input_fp *fp, int nfp,
+                      const dm_tile_state *tst, uint8_t **own, char **json, int *nchunks,
+                      int64_t *ntiles, dm_err *err)
+{
+    dm_eng *e = &R->e;
+    const dm_shard *sh = &R->o->shard;
+    int nt = dm_grid_ntiles(&e->g), nch = dm_grid_nchunks(&e->g), rc = 0;
+    uint8_t *mine = calloc((size_t)nch, 1), *active = calloc((size_t)nt, 1);
+    int64_t *work = calloc((size_t)nch, sizeof *work);
+    int *owner = calloc((size_t)nch, sizeof *owner);
+    if (!mine || !active || !work || !owner) {
+        rc = dm_err_oom(err);
+        goto done;
+    }
+    for (int i = 0; i < nt; i++) /* tst is in processing order, by R->jr/jc */
+        active[(size_t)R->jr[i] * e->g.ncols + R->jc[i]] = tst[i] == DM_TILE_PENDING;
+    if ((rc = dm_shard_work(&e->g, fp, nfp, active, work, err)))
+        goto done;
+    const char *rec = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(old, "chunks"));
+    if (old) {
+        if (!rec || dm_ranges_parse(rec, mine, nch)) {
+            rc = dm_err_set(err, DM_EFORMAT, "%s: its shard record lists no valid chunks; start "
+                            "afresh with --overwrite", e->outdir);
+            goto done;
+        }
+    } else {
+        dm_shard_split(work, nch, sh->count, owner);
+        for (int k = 0; k < nch; k++)
+            mine[k] = owner[k] == sh->index && R->chunk_tiles[k] > 0;
+    }
+    *nchunks = 0, *ntiles = 0;
+    for (int k = 0; k < nch; k++)
+        if (mine[k])
+            (*nchunks)++, *ntiles += R->chunk_tiles[k];
+    if (!old) {
+        char *ranges = dm_ranges_str(mine, nch, NULL);
+        cJSON *j = cJSON_CreateObject();
+        if (j && ranges) {
+            cJSON_AddNumberToObject(j, "index", sh->index + 1);
+            cJSON_AddNumberToObject(j, "count", sh->count);
+            cJSON_AddStringToObject(j, "source", sh->source);
+            cJSON_AddStringToObject(j, "chunks", ranges);
+            cJSON_AddNumberToObject(j, "tiles", (double)*ntiles);
+            *json = cJSON_PrintUnformatted(j);
+        }
+        if (!*json)
+            rc = dm_err_oom(err);
+        cJSON_Delete(j);
+        free(ranges);
+    }
+done:
+    free(active), free(work), free(owner);
+    if (rc)
+        free(mine);
+    else
+        *own = mine;
     return rc;
 }
 
@@ -565,7 +659,8 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         return dm_err_set(err, DM_EIO, "%s: not writable: %s", o->outdir, strerror(errno));
     }
     dm_lock *lock = NULL;
-    cJSON *old_cfg = NULL, *old_res = NULL;
+    cJSON *old_cfg = NULL, *old_res = NULL, *old_shard = NULL;
+    uint8_t *own = NULL; /* a shard: [nchunks] the chunks it maps */
     char index[4200], p[4200];
     snprintf(index, sizeof index, "%s/tiles.gpkg", o->outdir);
     snprintf(p, sizeof p, "%s/%s", o->outdir, DM_LOCK_FILE);
@@ -575,7 +670,8 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     if (o->overwrite) {
         /* the folder's run goes only once everything below checked out (step 3) */
     } else if (dm_exists(index)) {
-        if ((rc = read_folder(index, &old_cfg, &old_res, err)))
+        if ((rc = read_folder(index, &old_cfg, &old_res, &old_shard, err)) ||
+            (rc = same_shard(o->outdir, old_shard, &o->shard, err)))
             goto out;
     } else if (holds_outputs(o->outdir)) {
         rc = dm_err_set(err, DM_EINVAL, "%s holds the outputs of a run but no tile index "
@@ -715,6 +811,13 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         rc = dm_err_oom(err);
     if (!rc)
         rc = dm_mosaic_fingerprints(e->mo, &fp, &nfp, err);
+    /* a shard: its chunks, as the folder's first invocation split them */
+    char *shard_json = NULL;
+    int64_t shard_tiles = 0;
+    int shard_chunks = 0;
+    if (!rc && o->shard.count)
+        rc = shard_plan(&R, old_shard, fp, nfp, tst, &own, &shard_json, &shard_chunks,
+                        &shard_tiles, err);
     if (!rc && fresh) {
         /* made whole under a temporary name, then renamed: a kill leaves no half index */
         char part[4200];
@@ -731,7 +834,8 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
                 !(rc = dm_tileindex_config_set(e->ti, "config_sha256", hash, err)) &&
                 !(rc = dm_tileindex_config_set(e->ti, "resolved", rs, err)) &&
                 !(rc = dm_tileindex_add_tiles(e->ti, recs, tst, nt, err)) &&
-                !(rc = dm_tileindex_reset(e->ti, NULL, 0, fp, nfp, order ? order : "[]", err)))
+                !(rc = dm_tileindex_reset(e->ti, NULL, 0, fp, nfp, order ? order : "[]", err)) &&
+                !(rc = shard_json ? dm_tileindex_config_set(e->ti, "shard", shard_json, err) : 0))
                 /* chunks whose tiles are all outside the AOI: nothing to do, no files */
                 rc = dm_tileindex_done_empty_chunks(e->ti, err);
         }
@@ -853,13 +957,14 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     int ntodo = 0;
     for (int i = 0; !rc && i < nt; i++) {
         int k = R.jk[i];
-        if (cdone[k] || tst[i] == DM_TILE_OUTSIDE_AOI)
+        if (cdone[k] || tst[i] == DM_TILE_OUTSIDE_AOI || (own && !own[k]))
             continue;
         R.jr[R.nj] = R.jr[i], R.jc[R.nj] = R.jc[i], R.jk[R.nj] = k;
         R.nj++;
     }
     for (int k = 0; !rc && k < nch; k++)
-        ntodo += !cdone[k] && R.chunk_tiles[k] > 0;
+        ntodo += !cdone[k] && R.chunk_tiles[k] > 0 && (!own || own[k]);
+    free(shard_json);
     res->chunks_total = nch;
     res->tiles_total = nt;
     dm_tileindex_chunks_free(cdone, cfiles, ncd);
@@ -873,8 +978,17 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         cJSON_AddNumberToObject(j, "chunks_to_do", ntodo);
         cJSON_AddNumberToObject(j, "tiles_to_do", R.nj);
         cJSON_AddNumberToObject(j, "chunks", nch);
+        if (o->shard.count) {
+            cJSON_AddNumberToObject(j, "shard", o->shard.index + 1);
+            cJSON_AddNumberToObject(j, "shard_count", o->shard.count);
+            cJSON_AddStringToObject(j, "shard_source", o->shard.source);
+            cJSON_AddNumberToObject(j, "shard_chunks", shard_chunks);
+        }
         emit(&o->ev, j);
     }
+    if (o->shard.count && fresh)
+        dm_info("shard %d/%d (%s): %d of %d chunks, %lld tiles to run", o->shard.index + 1,
+                o->shard.count, o->shard.source, shard_chunks, nch, (long long)shard_tiles);
     if (R.nj)
         dm_info("%s: %s (D=%d), %d×%d px mosaic, %d of %d tiles to run (%d px + %d px halo, window "
                 "%d px) in %d chunk%s%s, %s", o->weights, e->m->cfg.arch, e->D, W, H, R.nj, nt,
@@ -913,6 +1027,13 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
             goto out;
     }
     res->seconds_model = e->model_seconds;
+    if (o->shard.count) { /* a shard's outputs are built by dinomap merge, from every shard */
+        res->shard_index = o->shard.index;
+        res->shard_count = o->shard.count;
+        res->shard_chunks = shard_chunks;
+        res->nothing_to_do = R.nj == 0;
+        goto out;
+    }
     /* 5. finalize when every chunk is done (dm_fin_run says "nothing to do" when up to date) */
     /* the tile phase's memory goes before finalize's: the mosaic (and its cached blocks), the
      * model's buffers */
@@ -953,6 +1074,8 @@ out:
     dm_unlock(lock);
     cJSON_Delete(old_cfg);
     cJSON_Delete(old_res);
+    cJSON_Delete(old_shard);
+    free(own);
     res->seconds = now() - t0;
     if (rc) {
         cJSON *j = event("error");

@@ -177,6 +177,9 @@ const char *dm_base_name(const char *path);
 /* Config: the settings of a run as one flat JSON object; the differences between two, as text
  * ("tile: 512 now, 256 in the folder's run; ..."); 0 when equal. */
 int dm_config_diff(const cJSON *now, const cJSON *stored, char *msg, size_t n);
+/* The same with other words for the two sides ("tile: 64 in A, 128 in B"). */
+int dm_config_diff_as(const cJSON *now, const cJSON *stored, const char *la, const char *lb,
+                      char *msg, size_t n);
 
 /* The run's settings that change pixels (e->cfg, compared on resume) and the facts finalize
  * needs (e->res), the recipes' included; and this invocation's parameters for `runs`. */
@@ -195,6 +198,21 @@ int dm_weights_sha(const dm_weights *w, char out[65], dm_err *err);
 
 /* Products that come with others (similarity: features), added to products p. */
 unsigned dm_products_needed(unsigned p);
+
+/* shard.c: the tiles to run of each chunk [nchunks] that some input's footprint (fp, mosaic px)
+ * touches, of the tiles marked active [ntiles, by tile id]; the split of nch chunks with that
+ * work into count shares (owner[k]: 0-based shard); chunk sets as "0-3,7,9-12" text (malloc'd;
+ * *count: how many) and back (-1: not such a text, or a chunk >= n). */
+int dm_shard_work(const dm_grid *g, const dm_input_fp *fp, int nfp, const uint8_t *active,
+                  int64_t *work, dm_err *err);
+void dm_shard_split(const int64_t *work, int nch, int count, int *owner);
+char *dm_ranges_str(const uint8_t *in, int n, int *count);
+int dm_ranges_parse(const char *s, uint8_t *out, int n);
+
+/* finalize.c: whether OUTDIR's outputs were built from the index's last commit and are there. */
+int dm_fin_uptodate(dm_tileindex *ti, const char *outdir);
+/* finalize.c: dm_run_finalize's work, with OUTDIR's lock already held (dm_merge). */
+int dm_fin_folder(const char *outdir, const dm_finalize_opts *o, dm_run_result *r, dm_err *err);
 
 /* The run.json and item.json (STAC) of a finished run (called by finalize). */
 int dm_write_run_json(dm_fin *f, const dm_run_result *r, dm_err *err);

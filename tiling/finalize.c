@@ -409,7 +409,6 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
     if (!r)
         r = &dummy;
     memset(r, 0, sizeof *r);
-    double t0 = now();
     char index[4200];
     snprintf(index, sizeof index, "%s/tiles.gpkg", outdir);
     if (!dm_exists(index))
@@ -418,6 +417,17 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
     int rc = dm_lock_dir(outdir, &lock, err);
     if (rc)
         return rc;
+    rc = dm_fin_folder(outdir, o, r, err);
+    dm_unlock(lock);
+    return rc;
+}
+
+int dm_fin_folder(const char *outdir, const dm_finalize_opts *o, dm_run_result *r, dm_err *err)
+{
+    double t0 = now();
+    char index[4200];
+    snprintf(index, sizeof index, "%s/tiles.gpkg", outdir);
+    int rc = 0;
     dm_tileindex *ti = NULL;
     char *c = NULL, *rs = NULL;
     cJSON *cfg = NULL, *res = NULL;
@@ -490,7 +500,6 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
     dm_tileindex_close(ti, NULL);
     cJSON_Delete(cfg), cJSON_Delete(res), cJSON_Delete(of_keep), cJSON_Delete(outset);
     free(c), free(rs), free(of_co);
-    dm_unlock(lock);
     r->seconds = now() - t0;
     return rc;
 }

@@ -54,6 +54,28 @@ typedef struct dm_sim_query {
  * only with --at and known to PROJ. 0 or DM_EINVAL with the message. */
 int dm_sim_query_check(const dm_sim_query *q, dm_err *err);
 
+/* Which share of the chunks this process maps (tiling/shard.c). Every shard of a run computes
+ * the same grid and chunk ids and the same split: contiguous ranges of chunk ids, each holding
+ * about 1/count of the tiles to run (tiles inside the AOI whose core touches an input's
+ * footprint; chunks outside the AOI or empty cost nothing). Each shard writes its own folder;
+ * `dinomap merge` (dm_merge) builds the run's outputs from them. */
+#define DM_SHARD_MAX 100000
+typedef struct dm_shard {
+    int index, count;      /* 0-based; count 0: the whole run (not sharded) */
+    int off;               /* --shard none: the environment is not read */
+    char source[200];      /* where it came from, for the log */
+} dm_shard;
+/* "I/N" (shard I of N, 1 <= I <= N) or "none". 0 or DM_EINVAL with the message. */
+int dm_shard_parse(const char *s, dm_shard *out, dm_err *err);
+/* From a scheduler's environment (get: getenv-like): SLURM_ARRAY_TASK_ID with
+ * SLURM_ARRAY_TASK_MIN, _STEP (or _MAX) and _COUNT (arrays may start at 1 or step:
+ * --array=1-64, --array=0-30:10); JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or
+ * AWS_BATCH_JOB_ARRAY_INDEX (AWS Batch array job), both counting from 0, with the count from
+ * count_opt (--shard-count; <= 0: none) or DINOMAP_SHARD_COUNT. None of them: count 0. An array
+ * of one is the whole run. 0 or DM_EINVAL (an index without a count, out of range...). */
+typedef const char *(*dm_getenv_fn)(const char *name, void *ctx);
+int dm_shard_from_env(dm_getenv_fn get, void *ctx, int count_opt, dm_shard *out, dm_err *err);
+
 typedef struct dm_run_opts {
     unsigned products;             /* DM_PRODUCT_* */
     const char *weights, *head;    /* backbone; CHMv2 head file (NULL: inside weights, HF) */
@@ -80,6 +102,8 @@ typedef struct dm_run_opts {
     int seg_k;
     unsigned seg_seed;
     int seg_probabilities;
+    dm_shard shard;                /* this process's share of the chunks (count 0: all). Not
+                                    * part of the configuration: every shard's is the same */
     int overwrite;                 /* remove this folder's run and start afresh */
     int drop_chunks;               /* after a complete finalize, delete chunks/ */
     double max_cog_gib;            /* finalize: above this (uncompressed), block COGs + a VRT */
@@ -100,6 +124,9 @@ typedef struct dm_run_result {
     int64_t tiles_total, tiles_done, chunks_total, chunks_left;
     double seconds, seconds_model;
     char outputs[1024];            /* what finalize wrote, space-separated */
+    /* a shard (count > 0): its chunks are done when chunks_left is 0; no finalize (dm_merge) */
+    int shard_index, shard_count;  /* 0-based */
+    int64_t shard_chunks;          /* chunks of this shard with tiles to run */
 } dm_run_result;
 
 /* What can be checked of the options before anything is opened or written: products, weights,
@@ -152,6 +179,31 @@ typedef struct dm_change_opts {
     volatile sig_atomic_t *cancel;
 } dm_change_opts;
 int dm_change(const dm_change_opts *o, dm_run_result *res, dm_err *err);
+
+/* `dinomap merge`: the outputs of a sharded run from its shards' folders (tiling/merge.c). The
+ * shards must be runs of one configuration over the same inputs, and no two may hold the same
+ * chunk; every chunk with tiles to run must be done in the shard holding it, or the merge is
+ * refused listing the missing chunk ranges (allow_missing: built without them, their area
+ * nodata). OUTDIR gets the merged tiles.gpkg, the shards' chunk files (hard links where the
+ * filesystem allows, else copies) and the outputs finalize builds from them: the same pixels as
+ * one machine's run. Re-run it when late shards arrive; a merge of the same shards whose outputs
+ * are up to date does nothing. Nothing is written when a check fails. */
+typedef struct dm_merge_opts {
+    const char *outdir;
+    const char *const *shards;     /* the shards' run folders */
+    int nshards;
+    int allow_missing;
+    int overwrite;                 /* OUTDIR holds another run or merge: replace it */
+    dm_finalize_opts fin;          /* out_set 0: COG with the default options */
+} dm_merge_opts;
+
+typedef struct dm_merge_result {
+    dm_run_result run;             /* finalize's */
+    int64_t chunks, chunks_missing;/* chunks with tiles to run; of them not done in any shard */
+    int64_t linked, copied, kept;  /* chunk files hard-linked, copied, already in place */
+    char missing[1200];            /* what is missing, as text ("" when nothing) */
+} dm_merge_result;
+int dm_merge(const dm_merge_opts *o, dm_merge_result *res, dm_err *err);
 
 /* What OUTDIR's run is and what is left, as a JSON object (malloc'd string in *json). */
 int dm_run_status(const char *outdir, char **json, dm_err *err);
