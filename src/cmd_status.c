@@ -86,9 +86,16 @@ int cmd_status(int argc, char **argv)
     printf("tiles:       %g done, %g empty, %g outside the AOI, %g pending\n",
            numf(j, "tiles", "done"), numf(j, "tiles", "empty"), numf(j, "tiles", "outside_aoi"),
            numf(j, "tiles", "pending"));
-    double left = numf(j, "chunks", "left");
+    const cJSON *sh = cJSON_GetObjectItemCaseSensitive(j, "shard");
+    if (sh) /* a shard's own chunks: the others are the other shards' */
+        printf("shard:       %g/%g (%s): %g of its %g chunks left%s\n", numf(j, "shard", "index"),
+               numf(j, "shard", "count"), strf(j, "shard", "source"),
+               numf(j, "shard", "chunks_left"), numf(j, "shard", "chunks_total"),
+               numf(j, "shard", "chunks_left") ? ": run the same command again to go on"
+                                                : " (done: dinomap merge OUTDIR SHARD_DIR...)");
+    double left = sh ? 0 : numf(j, "chunks", "left");
     printf("chunks:      %g of %g done%s\n", numf(j, "chunks", "done"), numf(j, "chunks", "total"),
-           left ? "" : " (complete)");
+           sh ? " (the others are the other shards')" : left ? "" : " (complete)");
     if (left)
         printf("left:        %g chunks (%g tiles): run the same command again to go on\n", left,
                numf(j, "tiles", "pending"));

@@ -733,6 +733,24 @@ int dm_run_status(const char *outdir, char **json, dm_err *err)
         cJSON_AddNumberToObject(ch, "done", nd);
         cJSON_AddNumberToObject(ch, "left", n - nd);
         cJSON_AddBoolToObject(j, "complete", nd == n);
+        /* a shard: its own chunks, and what is left of them */
+        char *sh = NULL;
+        dm_tileindex_config_get(ti, "shard", &sh, NULL);
+        cJSON *rec = sh ? cJSON_Parse(sh) : NULL;
+        const char *ranges = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(rec, "chunks"));
+        uint8_t *own = ranges && n > 0 ? calloc((size_t)n, 1) : NULL;
+        if (own && !dm_ranges_parse(ranges, own, n)) {
+            int mine = 0, left = 0;
+            for (int k = 0; k < n; k++)
+                mine += own[k], left += own[k] && !done[k];
+            cJSON_AddNumberToObject(rec, "chunks_total", mine);
+            cJSON_AddNumberToObject(rec, "chunks_left", left);
+            cJSON_AddBoolToObject(rec, "complete", left == 0);
+            cJSON_AddItemToObject(j, "shard", rec);
+            rec = NULL;
+        }
+        free(own), free(sh);
+        cJSON_Delete(rec);
         cJSON_AddBoolToObject(j, "outputs_up_to_date", dm_fin_uptodate(ti, outdir));
         cJSON_AddStringToObject(j, "outputs", outs ? outs : "");
         char *cs = NULL;
