@@ -2,6 +2,7 @@
 #ifndef DM_TEST_GOLDEN_H
 #define DM_TEST_GOLDEN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* max |a-b| / max |b| over n values (b the reference). */
@@ -30,6 +31,11 @@ int dm_set_epsg(void *dataset, int epsg);
 const char *dm_golden(const char *rel);
 /* 1 if the directory does not exist or holds nothing. */
 int dm_dir_empty_or_missing(const char *d);
+
+/* Every band of a raster as float32 [bands, h, w] (malloc'd), or NULL. */
+float *dm_read_all(const char *path, int *w, int *h, int *bands);
+/* 1 when both rasters hold the same values (NaN equal to NaN), bit for bit; else 0 and why. */
+int dm_same_raster(const char *a, const char *b, char *why, size_t n);
 
 #define DM_GOLDEN_TOL 1e-4
 

@@ -23,47 +23,6 @@
 
 static const char *chm_model(void) { return dm_golden("chmv2_tiny_hf/model.safetensors"); }
 
-/* Every band of a raster as float32 [bands, h, w] (malloc'd), or NULL. */
-static float *read_all(const char *path, int *w, int *h, int *bands)
-{
-    GDALAllRegister();
-    GDALDatasetH d = GDALOpenEx(path, GDAL_OF_RASTER | GDAL_OF_READONLY, NULL, NULL, NULL);
-    if (!d)
-        return NULL;
-    *w = GDALGetRasterXSize(d), *h = GDALGetRasterYSize(d), *bands = GDALGetRasterCount(d);
-    float *v = malloc(sizeof(float) * (size_t)*w * *h * *bands);
-    if (v && GDALDatasetRasterIO(d, GF_Read, 0, 0, *w, *h, v, *w, *h, GDT_Float32, *bands, NULL,
-                                 0, 0, 0) != CE_None) {
-        free(v);
-        v = NULL;
-    }
-    GDALClose(d);
-    return v;
-}
-
-/* 1 when both rasters hold the same values (NaN equal to NaN), bit for bit; else why. */
-static int same_raster(const char *a, const char *b, char *why, size_t n)
-{
-    int w1, h1, b1, w2, h2, b2;
-    float *x = read_all(a, &w1, &h1, &b1), *y = read_all(b, &w2, &h2, &b2);
-    int ok = x && y && w1 == w2 && h1 == h2 && b1 == b2;
-    if (!ok)
-        snprintf(why, n, "%s vs %s: unreadable or of another size", a, b);
-    size_t diff = 0, tot = ok ? (size_t)w1 * h1 * b1 : 0;
-    for (size_t i = 0; ok && i < tot; i++) {
-        uint32_t p, q;
-        memcpy(&p, &x[i], 4);
-        memcpy(&q, &y[i], 4);
-        diff += !(p == q || (isnan(x[i]) && isnan(y[i])));
-    }
-    if (ok && diff) {
-        snprintf(why, n, "%s vs %s: %zu of %zu values differ", a, b, diff, tot);
-        ok = 0;
-    }
-    free(x), free(y);
-    return ok;
-}
-
 static int same_outputs(const char *d1, const char *d2, const char *const *names, char *why,
                         size_t n)
 {
@@ -71,7 +30,7 @@ static int same_outputs(const char *d1, const char *d2, const char *const *names
         char a[1200], b[1200];
         snprintf(a, sizeof a, "%s/%s", d1, names[i]);
         snprintf(b, sizeof b, "%s/%s", d2, names[i]);
-        if (!same_raster(a, b, why, n))
+        if (!dm_same_raster(a, b, why, n))
             return 0;
     }
     return 1;
@@ -412,7 +371,7 @@ TEST(engine_block_cogs_and_vrt)
     for (int i = 0; i < 3; i++) {
         snprintf(p, sizeof p, "%s/%s", a, pairs[i].one);
         snprintf(q, sizeof q, "%s/%s", b, pairs[i].vrt);
-        CHECKF(same_raster(p, q, why, sizeof why), "%s", why);
+        CHECKF(dm_same_raster(p, q, why, sizeof why), "%s", why);
     }
     snprintf(cmd, sizeof cmd, "for f in %s/chm_blocks/*.tif; do /usr/bin/python3 -m osgeo_utils."
              "samples.validate_cloud_optimized_geotiff $f || exit 1; done", b);

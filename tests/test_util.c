@@ -206,3 +206,44 @@ int dm_run_peak(const char *cmd, const char **outbuf, double *peak_mb)
         *outbuf = buf;
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+/* Every band of a raster as float32 [bands, h, w] (malloc'd), or NULL. */
+float *dm_read_all(const char *path, int *w, int *h, int *bands)
+{
+    GDALAllRegister();
+    GDALDatasetH d = GDALOpenEx(path, GDAL_OF_RASTER | GDAL_OF_READONLY, NULL, NULL, NULL);
+    if (!d)
+        return NULL;
+    *w = GDALGetRasterXSize(d), *h = GDALGetRasterYSize(d), *bands = GDALGetRasterCount(d);
+    float *v = malloc(sizeof(float) * (size_t)*w * *h * *bands);
+    if (v && GDALDatasetRasterIO(d, GF_Read, 0, 0, *w, *h, v, *w, *h, GDT_Float32, *bands, NULL,
+                                 0, 0, 0) != CE_None) {
+        free(v);
+        v = NULL;
+    }
+    GDALClose(d);
+    return v;
+}
+
+/* 1 when both rasters hold the same values (NaN equal to NaN), bit for bit; else why. */
+int dm_same_raster(const char *a, const char *b, char *why, size_t n)
+{
+    int w1, h1, b1, w2, h2, b2;
+    float *x = dm_read_all(a, &w1, &h1, &b1), *y = dm_read_all(b, &w2, &h2, &b2);
+    int ok = x && y && w1 == w2 && h1 == h2 && b1 == b2;
+    if (!ok)
+        snprintf(why, n, "%s vs %s: unreadable or of another size", a, b);
+    size_t diff = 0, tot = ok ? (size_t)w1 * h1 * b1 : 0;
+    for (size_t i = 0; ok && i < tot; i++) {
+        uint32_t p, q;
+        memcpy(&p, &x[i], 4);
+        memcpy(&q, &y[i], 4);
+        diff += !(p == q || (isnan(x[i]) && isnan(y[i])));
+    }
+    if (ok && diff) {
+        snprintf(why, n, "%s vs %s: %zu of %zu values differ", a, b, diff, tot);
+        ok = 0;
+    }
+    free(x), free(y);
+    return ok;
+}
