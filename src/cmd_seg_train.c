@@ -42,7 +42,8 @@ static const struct own {
 /* The features vocabulary's options this command leaves out. */
 static int left_out(const char *name)
 {
-    static const char *names[] = { "output", "model", "aoi", "aoi-whole-tiles", "help", NULL };
+    static const char *names[] = { "output", "model", "aoi", "aoi-whole-tiles", "shard",
+                                   "shard-count", "help", NULL };
     for (int i = 0; names[i]; i++)
         if (!strcmp(name, names[i]))
             return 1;

@@ -36,6 +36,9 @@ int dm_dir_empty_or_missing(const char *d);
 float *dm_read_all(const char *path, int *w, int *h, int *bands);
 /* 1 when both rasters hold the same values (NaN equal to NaN), bit for bit; else 0 and why. */
 int dm_same_raster(const char *a, const char *b, char *why, size_t n);
+/* dm_same_raster for each of names (NULL-terminated) in folders d1 and d2. */
+int dm_same_outputs(const char *d1, const char *d2, const char *const *names, char *why,
+                    size_t n);
 
 #define DM_GOLDEN_TOL 1e-4
 

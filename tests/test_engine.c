@@ -23,19 +23,6 @@
 
 static const char *chm_model(void) { return dm_golden("chmv2_tiny_hf/model.safetensors"); }
 
-static int same_outputs(const char *d1, const char *d2, const char *const *names, char *why,
-                        size_t n)
-{
-    for (int i = 0; names[i]; i++) {
-        char a[1200], b[1200];
-        snprintf(a, sizeof a, "%s/%s", d1, names[i]);
-        snprintf(b, sizeof b, "%s/%s", d2, names[i]);
-        if (!dm_same_raster(a, b, why, n))
-            return 0;
-    }
-    return 1;
-}
-
 static int make_input(const char *path, int w, int h, uint32_t seed)
 {
     double gt[6] = { 500000, 0.6, 0, 4000000, 0, -0.6 };
@@ -115,7 +102,7 @@ TEST(engine_killed_runs_resume_to_identical_outputs)
                  "--threads %d", t, dm_bin(), k, 1 + (int)i, 1 + (int)(i % 2) * 2);
         st = dm_run(cmd, &out);
         CHECKF(st == 0, "%s: the rerun: exit %d: %s", f[i].fault, st, out);
-        CHECKF(same_outputs(ref, k, names, why, sizeof why), "%s: %s", f[i].fault, why);
+        CHECKF(dm_same_outputs(ref, k, names, why, sizeof why), "%s: %s", f[i].fault, why);
     }
 }
 
@@ -175,7 +162,7 @@ TEST(engine_changed_input_redoes_only_its_chunks)
     FEAT(b);
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
     static const char *names[] = { "features.tif", "features_pca.tif", NULL };
-    CHECKF(same_outputs(a, b, names, why, sizeof why), "%s", why);
+    CHECKF(dm_same_outputs(a, b, names, why, sizeof why), "%s", why);
 #undef FEAT
 }
 
@@ -265,8 +252,8 @@ TEST(engine_joint_run_equals_separate_runs)
     CHECKF(joint(t, jd, NULL, &out) == 0, "%s", out);
     static const char *fn[] = { "features.tif", "features_pca.tif", NULL }, *cn[] = { "chm.tif",
                                                                                        NULL };
-    CHECKF(same_outputs(fd, jd, fn, why, sizeof why), "%s", why);
-    CHECKF(same_outputs(cd, jd, cn, why, sizeof why), "%s", why);
+    CHECKF(dm_same_outputs(fd, jd, fn, why, sizeof why), "%s", why);
+    CHECKF(dm_same_outputs(cd, jd, cn, why, sizeof why), "%s", why);
     /* the embeddings of the tile index too */
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 -c \"import sqlite3; "
              "q = 'SELECT tile_id, cls, mean FROM embeddings ORDER BY tile_id'; "
@@ -481,7 +468,7 @@ TEST(engine_failed_runs_leave_nothing_and_drop_chunks)
     snprintf(a, sizeof a, "%s/d", t);
     snprintf(b, sizeof b, "%s/f", t);
     static const char *names[] = { "features.tif", NULL };
-    CHECKF(same_outputs(a, b, names, why, sizeof why), "%s", why);
+    CHECKF(dm_same_outputs(a, b, names, why, sizeof why), "%s", why);
 }
 
 /* The window grid: cores tile the mosaic exactly; every window is S×S on the patch grid, holds
@@ -581,7 +568,7 @@ TEST(engine_inputs_blanked_regenerated_reordered)
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
     RUN(d2, both);
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
-    CHECKF(same_outputs(d1, d2, names, why, sizeof why), "after blanking an input: %s", why);
+    CHECKF(dm_same_outputs(d1, d2, names, why, sizeof why), "after blanking an input: %s", why);
     /* the other order: b drawn first, a on top; redone (a second rerun has nothing to do) */
     snprintf(both, sizeof both, "%s %s", b, a);
     RUN(d1, both);

@@ -90,13 +90,8 @@ static int rows_equal(const char *a, const char *b, const char *sql, int may_be_
 static int same_run(const char *ref, const char *out, const char *const *names, char *why,
                     size_t n)
 {
-    for (int i = 0; names[i]; i++) {
-        char a[1200], b[1200];
-        snprintf(a, sizeof a, "%s/%s", ref, names[i]);
-        snprintf(b, sizeof b, "%s/%s", out, names[i]);
-        if (!dm_same_raster(a, b, why, n))
-            return 0;
-    }
+    if (!dm_same_outputs(ref, out, names, why, n))
+        return 0;
     static const char *const sql[] = {
         "SELECT tile_id, chunk, state, valid_fraction FROM tiles ORDER BY tile_id",
         "SELECT tile_id, dim, cls, mean FROM embeddings ORDER BY tile_id",

@@ -247,3 +247,16 @@ int dm_same_raster(const char *a, const char *b, char *why, size_t n)
     free(x), free(y);
     return ok;
 }
+
+int dm_same_outputs(const char *d1, const char *d2, const char *const *names, char *why,
+                    size_t n)
+{
+    for (int i = 0; names[i]; i++) {
+        char a[1200], b[1200];
+        snprintf(a, sizeof a, "%s/%s", d1, names[i]);
+        snprintf(b, sizeof b, "%s/%s", d2, names[i]);
+        if (!dm_same_raster(a, b, why, n))
+            return 0;
+    }
+    return 1;
+}
