@@ -1,13 +1,16 @@
-/* gis/features_in.c — feature rasters read back (for similarity maps): a dinomap features output
- * (features.tif, or the features.vrt over its blocks; float32 with NaN nodata, or int8 bytes with a
- * GDAL scale and offset per band and nodata 0) or a run's chunk file, read by groups of bands as
- * real values; and query points moved between CRSs with PROJ, x (longitude) first whatever the
- * CRS's official axis order. See gis.h. */
+/* gis/features_in.c — feature rasters read back (for similarity and change maps): a dinomap
+ * features output (features.tif, or the features.vrt over its blocks; float32 with NaN nodata, or
+ * int8 bytes with a GDAL scale and offset per band and nodata 0) or a run's chunk file, read by
+ * groups of bands as real values, on its own grid or warped onto another one (GDAL's warper, one
+ * warped VRT per group of bands); CRSs compared and named; query points moved between CRSs with
+ * PROJ, x (longitude) first whatever the CRS's official axis order. See gis.h. */
 #include <cpl_conv.h>
 #include <errno.h>
 #include <cpl_error.h>
 #include <cpl_string.h>
 #include <gdal.h>
+#include <gdal_alg.h>
+#include <gdalwarper.h>
 #include <math.h>
 #include <ogr_srs_api.h>
 #include <stdio.h>
@@ -25,12 +28,22 @@ struct dm_gis_feat {
     char **meta;          /* DINOMAP_* items, "KEY=VALUE" */
     double *scale, *offset, *nodata;
     int *has_nodata, decode;
+    /* warped (dm_gis_feat_warp): src's bands seen on this grid, through one warped VRT per group
+     * of `group` bands (made when first read); d is NULL */
+    dm_gis_feat *src;
+    GDALDatasetH *grp;
+    int group, ngroups, nearest;
 };
 
 void dm_gis_feat_close(dm_gis_feat *f)
 {
     if (!f)
         return;
+    for (int i = 0; f->grp && i < f->ngroups; i++)
+        if (f->grp[i])
+            GDALClose(f->grp[i]); /* before src: each holds a reference to its dataset */
+    free(f->grp);
+    dm_gis_feat_close(f->src);
     if (f->d)
         GDALClose(f->d);
     free(f->wkt), free(f->scale), free(f->offset), free(f->nodata), free(f->has_nodata);
@@ -142,7 +155,8 @@ void dm_gis_feat_info(const dm_gis_feat *f, int *w, int *h, int *bands, double g
 
 int dm_gis_feat_int8(const dm_gis_feat *f)
 {
-    return GDALGetRasterDataType(GDALGetRasterBand(f->d, 1)) == GDT_Byte;
+    const dm_gis_feat *r = f->src ? f->src : f; /* warped: its source's samples */
+    return GDALGetRasterDataType(GDALGetRasterBand(r->d, 1)) == GDT_Byte;
 }
 
 const char *dm_gis_feat_meta(const dm_gis_feat *f, const char *key)
@@ -155,6 +169,29 @@ const char *const *dm_gis_feat_meta_list(const dm_gis_feat *f)
     return (const char *const *)f->meta;
 }
 
+/* Bands first..first+nb-1 (1-based) of d's window into buf [nb, h, w] as float32, unchanged. */
+static int read_raw(GDALDatasetH d, int first, int nb, int x, int y, int w, int h, float *buf,
+                    dm_err *err)
+{
+    int *list = malloc(sizeof *list * (size_t)nb);
+    if (!list)
+        return dm_err_oom(err);
+    for (int i = 0; i < nb; i++)
+        list[i] = first + i;
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    CPLErrorReset();
+    CPLErr e = GDALDatasetRasterIO(d, GF_Read, x, y, w, h, buf, w, h, GDT_Float32, nb, list, 4,
+                                   (GSpacing)4 * w, (GSpacing)4 * w * h);
+    CPLPopErrorHandler();
+    free(list);
+    if (e != CE_None)
+        return dm_err_set(err, DM_EIO, "%s: read error: %s", GDALGetDescription(d),
+                          dm_gdal_msg());
+    return 0;
+}
+
+static GDALDatasetH warped_group(dm_gis_feat *f, int g, dm_err *err);
+
 int dm_gis_feat_read(dm_gis_feat *f, int b0, int nb, int x, int y, int w, int h, float *buf,
                      dm_err *err)
 {
@@ -162,21 +199,22 @@ int dm_gis_feat_read(dm_gis_feat *f, int b0, int nb, int x, int y, int w, int h,
         y + h > f->h)
         return dm_err_set(err, DM_EINVAL, "features: bands %d..%d, window %d,%d %d×%d outside "
                           "the raster (a bug)", b0, b0 + nb - 1, x, y, w, h);
-    int *list = malloc(sizeof *list * (size_t)nb);
-    if (!list)
-        return dm_err_oom(err);
-    for (int i = 0; i < nb; i++)
-        list[i] = b0 + i + 1;
-    CPLPushErrorHandler(CPLQuietErrorHandler);
-    CPLErrorReset();
-    CPLErr e = GDALDatasetRasterIO(f->d, GF_Read, x, y, w, h, buf, w, h, GDT_Float32, nb, list, 4,
-                                   (GSpacing)4 * w, (GSpacing)4 * w * h);
-    CPLPopErrorHandler();
-    free(list);
-    if (e != CE_None)
-        return dm_err_set(err, DM_EIO, "%s: read error: %s", GDALGetDescription(f->d),
-                          dm_gdal_msg());
     size_t plane = (size_t)w * h;
+    int rc = 0;
+    if (!f->src) {
+        rc = read_raw(f->d, b0 + 1, nb, x, y, w, h, buf, err);
+    } else { /* the groups' VRTs the bands fall in */
+        for (int b = b0; !rc && b < b0 + nb;) {
+            int g = b / f->group, end = (g + 1) * f->group;
+            end = end < b0 + nb ? end : b0 + nb;
+            GDALDatasetH v = warped_group(f, g, err);
+            rc = v ? read_raw(v, b - g * f->group + 1, end - b, x, y, w, h,
+                              buf + (size_t)(b - b0) * plane, err) : DM_EIO;
+            b = end;
+        }
+    }
+    if (rc)
+        return rc;
     for (int i = 0; i < nb; i++) {
         int b = b0 + i;
         float *v = buf + (size_t)i * plane;
@@ -192,6 +230,148 @@ int dm_gis_feat_read(dm_gis_feat *f, int b0, int nb, int x, int y, int w, int h,
     }
     return 0;
 }
+
+/* --- warped onto another grid ---------------------------------------------------------------- */
+
+/* v with blocks of side × side: GDAL 3.6's GDALCreateWarpedVRT makes them 512 × 128 whatever
+ * the reads, so that reads of another shape warp some blocks twice once the cache has let them
+ * go; its XML (the VRT's own description of itself) takes another size. v itself when that
+ * fails (slower, the same values). */
+static GDALDatasetH reblock(GDALDatasetH v, int side)
+{
+    char **x = GDALGetMetadata(v, "xml:VRT");
+    const char *t = x ? x[0] : NULL;
+    const char *bx = t ? strstr(t, "<BlockXSize>") : NULL;
+    const char *by = bx ? strstr(bx, "</BlockYSize>") : NULL;
+    if (!by)
+        return v;
+    size_t n = strlen(t) + 100;
+    char *xml = malloc(n);
+    if (!xml)
+        return v;
+    snprintf(xml, n, "%.*s<BlockXSize>%d</BlockXSize><BlockYSize>%d</BlockYSize>%s",
+             (int)(bx - t), t, side, side, by + strlen("</BlockYSize>"));
+    GDALDatasetH r = GDALOpenEx(xml, GDAL_OF_RASTER | GDAL_OF_READONLY, NULL, NULL, NULL);
+    free(xml);
+    int bw = 0, bh = 0;
+    if (r)
+        GDALGetBlockSize(GDALGetRasterBand(r, 1), &bw, &bh);
+    if (!r || bw != side || bh != side) {
+        if (r)
+            GDALClose(r);
+        return v;
+    }
+    GDALClose(v);
+    return r;
+}
+
+/* The warped VRT of group g: src's bands [g·group, ...) on f's grid, float32 (int8's q values
+ * interpolated as reals, decoded afterwards: (q - 128)·scale is affine, so interpolating q is
+ * interpolating the values), NaN where no valid source patch is in reach. */
+static GDALDatasetH warped_group(dm_gis_feat *f, int g, dm_err *err)
+{
+    if (f->grp[g])
+        return f->grp[g];
+    const dm_gis_feat *s = f->src;
+    int b0 = g * f->group, k = s->bands - b0 < f->group ? s->bands - b0 : f->group;
+    int isbyte = GDALGetRasterDataType(GDALGetRasterBand(s->d, 1)) == GDT_Byte;
+    GDALWarpOptions *o = GDALCreateWarpOptions();
+    o->hSrcDS = s->d;
+    o->eResampleAlg = f->nearest ? GRA_NearestNeighbour : GRA_Bilinear;
+    o->eWorkingDataType = GDT_Float32; /* also the VRT's band type */
+    o->nBandCount = k;
+    o->panSrcBands = CPLMalloc(sizeof(int) * k);
+    o->panDstBands = CPLMalloc(sizeof(int) * k);
+    o->padfSrcNoDataReal = CPLMalloc(sizeof(double) * k);
+    o->padfDstNoDataReal = CPLMalloc(sizeof(double) * k);
+    int src_nodata = 0;
+    for (int i = 0; i < k; i++) {
+        int b = b0 + i;
+        o->panSrcBands[i] = b + 1, o->panDstBands[i] = i + 1;
+        /* float features: NaN is nodata even where the file does not say so */
+        o->padfSrcNoDataReal[i] = s->has_nodata[b] ? s->nodata[b] : NAN;
+        src_nodata |= s->has_nodata[b] || !isbyte;
+        o->padfDstNoDataReal[i] = NAN;
+    }
+    if (!src_nodata) { /* bytes without a nodata value: the file's mask, if any, says */
+        CPLFree(o->padfSrcNoDataReal);
+        o->padfSrcNoDataReal = NULL;
+    }
+    o->papszWarpOptions = CSLSetNameValue(o->papszWarpOptions, "INIT_DEST", "NO_DATA");
+    char **to = f->wkt[0] ? CSLSetNameValue(NULL, "DST_SRS", f->wkt) : NULL;
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    CPLErrorReset();
+    void *t = GDALCreateGenImgProjTransformer2(s->d, NULL, to);
+    CSLDestroy(to);
+    GDALDatasetH v = NULL;
+    if (t) {
+        GDALSetGenImgProjTransformerDstGeoTransform(t, f->gt);
+        /* every patch centre reprojected exactly (gdalwarp -et 0): an approximated
+         * transformation moves samples by a fraction of a patch, and where B's vectors vary
+         * quickly between patches that is visible in the distance */
+        o->pfnTransformer = GDALGenImgProjTransform, o->pTransformerArg = t;
+        v = GDALCreateWarpedVRT(s->d, f->w, f->h, f->gt, o); /* owns the transformer */
+        if (!v)
+            GDALDestroyTransformer(t);
+    }
+    if (v && f->wkt[0])
+        GDALSetProjection(v, f->wkt);
+    for (int i = 0; v && i < k; i++)
+        GDALSetRasterNoDataValue(GDALGetRasterBand(v, i + 1), NAN);
+    if (v)
+        v = reblock(v, f->block);
+    if (!v)
+        dm_err_set(err, DM_EIO, "%s: cannot warp bands %d..%d onto the target grid: %s",
+                   GDALGetDescription(s->d), b0 + 1, b0 + k, dm_gdal_msg());
+    CPLPopErrorHandler();
+    GDALDestroyWarpOptions(o);
+    return f->grp[g] = v;
+}
+
+int dm_gis_feat_warp(dm_gis_feat **f, int w, int h, const double gt[6], const char *wkt,
+                     int nearest, int block, int group, dm_err *err)
+{
+    const dm_gis_feat *s = *f;
+    if (w < 1 || h < 1 || group < 1 || block < 16)
+        return dm_err_set(err, DM_EINVAL, "features: a warp onto %d×%d px by groups of %d bands "
+                          "(a bug)", w, h, group);
+    if (!s->d)
+        return dm_err_set(err, DM_EINVAL, "features: a warped raster warped again (a bug)");
+    dm_gis_feat *v = calloc(1, sizeof *v);
+    if (!v)
+        return dm_err_oom(err);
+    size_t nb = (size_t)s->bands;
+    v->w = w, v->h = h, v->bands = s->bands, v->block = block;
+    memcpy(v->gt, gt, sizeof v->gt);
+    v->wkt = strdup(wkt ? wkt : "");
+    v->meta = CSLDuplicate(s->meta);
+    v->scale = malloc(nb * sizeof *v->scale), v->offset = malloc(nb * sizeof *v->offset);
+    v->nodata = calloc(nb, sizeof *v->nodata), v->has_nodata = calloc(nb, sizeof(int));
+    v->group = group < s->bands ? group : s->bands;
+    v->ngroups = (s->bands + v->group - 1) / v->group;
+    v->grp = calloc((size_t)v->ngroups, sizeof *v->grp);
+    v->nearest = nearest;
+    if (!v->wkt || (s->meta && !v->meta) || !v->scale || !v->offset || !v->nodata ||
+        !v->has_nodata || !v->grp) {
+        dm_gis_feat_close(v);
+        return dm_err_oom(err);
+    }
+    /* the warper's output is NaN where nothing valid was in reach; values are decoded as src's */
+    memcpy(v->scale, s->scale, nb * sizeof *v->scale);
+    memcpy(v->offset, s->offset, nb * sizeof *v->offset);
+    v->decode = s->decode;
+    /* the first group now: an error (a CRS PROJ cannot join) shows before any work */
+    v->src = *f;
+    if (!warped_group(v, 0, err)) {
+        v->src = NULL; /* still the caller's */
+        dm_gis_feat_close(v);
+        return DM_EIO;
+    }
+    *f = v;
+    return 0;
+}
+
+/* --- CRSs ------------------------------------------------------------------------------------ */
 
 /* s from user input (EPSG:4326, WKT, PROJ...), x/lon first. */
 static OGRSpatialReferenceH srs_from(const char *def, int wkt, char *why, size_t n)
@@ -213,6 +393,17 @@ static OGRSpatialReferenceH srs_from(const char *def, int wkt, char *why, size_t
     }
     OSRSetAxisMappingStrategy(s, OAMS_TRADITIONAL_GIS_ORDER);
     return s;
+}
+
+static void srs_release(OGRCoordinateTransformationH t, OGRSpatialReferenceH a,
+                        OGRSpatialReferenceH b)
+{
+    if (t)
+        OCTDestroyCoordinateTransformation(t);
+    if (a)
+        OSRDestroySpatialReference(a);
+    if (b)
+        OSRDestroySpatialReference(b);
 }
 
 int dm_gis_srs_check(const char *opt, const char *crs, dm_err *err)
@@ -256,11 +447,89 @@ int dm_gis_point_to(const char *srs, const char *wkt, double x, double y, double
                             "features' CRS (%s)", x, y, srs, dm_gdal_msg());
         CPLPopErrorHandler();
     }
-    if (t)
-        OCTDestroyCoordinateTransformation(t);
-    if (a)
-        OSRDestroySpatialReference(a);
-    if (b)
-        OSRDestroySpatialReference(b);
+    srs_release(t, a, b);
+    return rc;
+}
+
+/* A CRS from WKT ("" none: NULL, *bad 0), data axes in GDAL's traditional GIS order (a raster's
+ * geotransform has x the easting or longitude whatever the CRS's declared axis order). */
+static OGRSpatialReferenceH srs_wkt(const char *wkt, int *bad)
+{
+    char why[600];
+    OGRSpatialReferenceH s = wkt && wkt[0] ? srs_from(wkt, 1, why, sizeof why) : NULL;
+    *bad = wkt && wkt[0] && !s;
+    return s;
+}
+
+int dm_gis_crs_same(const char *a, const char *b)
+{
+    int bad_a, bad_b;
+    OGRSpatialReferenceH x = srs_wkt(a, &bad_a), y = srs_wkt(b, &bad_b);
+    /* both in the same data axis order, so the CRSs alone are compared (EPSG:4326 and OGC:CRS84
+     * are one grid for a raster); geographic CRSs whatever their declared axis order */
+    static const char *const opt[] = { "IGNORE_DATA_AXIS_TO_SRS_AXIS_MAPPING=YES",
+                                       "CRITERION=EQUIVALENT_EXCEPT_AXIS_ORDER_GEOGCRS", NULL };
+    int same = bad_a || bad_b ? -1 : !x || !y ? !x && !y : OSRIsSameEx(x, y, opt) ? 1 : 0;
+    srs_release(NULL, x, y);
+    return same;
+}
+
+void dm_gis_crs_label(const char *wkt, char *buf, size_t n, const char **unit)
+{
+    int bad;
+    OGRSpatialReferenceH s = srs_wkt(wkt, &bad);
+    *unit = "";
+    if (!s) {
+        snprintf(buf, n, "%s", bad ? "an unreadable CRS" : "no CRS");
+        return;
+    }
+    const char *name = OSRGetName(s), *auth = OSRGetAuthorityName(s, NULL);
+    const char *code = OSRGetAuthorityCode(s, NULL);
+    if (auth && code)
+        snprintf(buf, n, "%s:%s (%s)", auth, code, name ? name : "unnamed");
+    else
+        snprintf(buf, n, "%s", name ? name : "an unnamed CRS");
+    if (OSRIsGeographic(s)) {
+        *unit = "°";
+    } else {
+        char *u = NULL;
+        OSRGetLinearUnits(s, &u);
+        *unit = u && !strcmp(u, "metre") ? " m" : u && !strcmp(u, "US survey foot") ? " US ft"
+              : u && !strcmp(u, "foot") ? " ft" : "";
+    }
+    OSRDestroySpatialReference(s);
+}
+
+int dm_gis_feat_extent_in(const dm_gis_feat *f, const char *wkt, double box[4], dm_err *err)
+{
+    double x0 = f->gt[0], x1 = f->gt[0] + f->w * f->gt[1];
+    double y0 = f->gt[3], y1 = f->gt[3] + f->h * f->gt[5];
+    box[0] = fmin(x0, x1), box[1] = fmin(y0, y1), box[2] = fmax(x0, x1), box[3] = fmax(y0, y1);
+    int bad_a, bad_b;
+    OGRSpatialReferenceH a = srs_wkt(f->wkt, &bad_a), b = srs_wkt(wkt, &bad_b);
+    OGRCoordinateTransformationH t = NULL;
+    int rc = 0;
+    if (bad_a || bad_b || !a != !b)
+        rc = dm_err_set(err, DM_EINVAL, "%s: %s", GDALGetDescription(f->d ? f->d : f->src->d),
+                        bad_a || bad_b ? "a CRS GDAL cannot read" : "one of the rasters has no "
+                        "CRS: its extent cannot be compared with the other's");
+    if (!rc && a && dm_gis_crs_same(f->wkt, wkt) != 1) {
+        CPLPushErrorHandler(CPLQuietErrorHandler);
+        CPLErrorReset();
+        t = OCTNewCoordinateTransformation(a, b);
+        double o[4];
+        /* the edges densified: a reprojected rectangle's sides bend */
+        if (!t || !OCTTransformBounds(t, box[0], box[1], box[2], box[3], &o[0], &o[1], &o[2],
+                                      &o[3], 21) || !(isfinite(o[0]) && isfinite(o[1]) &&
+                                                      isfinite(o[2]) && isfinite(o[3])))
+            rc = dm_err_set(err, DM_EINVAL, "%s: its extent (%.10g, %.10g .. %.10g, %.10g) "
+                            "cannot be moved into the other CRS (%s)",
+                            GDALGetDescription(f->d ? f->d : f->src->d), box[0], box[1],
+                            box[2], box[3], dm_gdal_msg());
+        else
+            memcpy(box, o, sizeof o);
+        CPLPopErrorHandler();
+    }
+    srs_release(t, a, b);
     return rc;
 }

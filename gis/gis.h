@@ -243,6 +243,27 @@ const char *const *dm_gis_feat_meta_list(const dm_gis_feat *f);
 /* Bands [b0, b0 + nb) of the window into buf [nb, h, w]: scale and offset applied, nodata NaN. */
 int dm_gis_feat_read(dm_gis_feat *f, int b0, int nb, int x, int y, int w, int h, float *buf,
                      dm_err *err);
+/* *f seen on another grid: replaces *f (which it then owns) by its bands warped onto the w×h
+ * grid gt in the CRS wkt (GDAL's warper, every pixel centre reprojected exactly; bilinear, or
+ * nearest with `nearest`; float32 values, int8's q before decoding; a target pixel is NaN where
+ * no valid source pixel is in the kernel's reach: outside f or on its nodata). Reads go through
+ * one warped VRT per group of `group` bands, in blocks of block × block px (a block warps all the
+ * bands of its VRT at once: the group bounds memory); read by windows of those blocks and groups
+ * of bands aligned on multiples of `group`, so that each is warped once. The first group is built
+ * now: a CRS pair PROJ cannot join fails here (DM_EIO), *f unchanged. */
+int dm_gis_feat_warp(dm_gis_feat **f, int w, int h, const double gt[6], const char *wkt,
+                     int nearest, int block, int group, dm_err *err);
+/* f's extent (minx, miny, maxx, maxy; edges densified) in the CRS wkt, in that CRS's traditional
+ * GIS axis order; DM_EINVAL when it cannot be moved there or only one of the two has a CRS. */
+int dm_gis_feat_extent_in(const dm_gis_feat *f, const char *wkt, double box[4], dm_err *err);
+/* Whether two CRSs (WKT; "" none) are one for a raster, by OSRIsSameEx rather than their text:
+ * both read with GDAL's traditional GIS data axis order (x easting or longitude), so the same CRS
+ * written in another WKT flavour, or from a PROJ string, or a geographic CRS declared lat,lon
+ * and lon,lat, is the same. 1 same (both none too), 0 not, -1 one unreadable. */
+int dm_gis_crs_same(const char *wkt_a, const char *wkt_b);
+/* A CRS for messages: "EPSG:3857 (WGS 84 / Pseudo-Mercator)", its name without an authority,
+ * "no CRS"; *unit: " m", "°", " ft", " US ft" or "" (the pixel size's, to print after it). */
+void dm_gis_crs_label(const char *wkt, char *buf, size_t n, const char **unit);
 /* A change map's tiles: the mean of change_tif (1 band, NaN nodata) over each footprint of
  * tiles_gpkg's `tiles` layer (a run's index; NULL: squares of side × side pixels of the raster),
  * ranked (1 = the highest mean), into out_path: a GeoPackage layer `tiles` (tile_id, change,

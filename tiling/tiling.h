@@ -169,13 +169,19 @@ typedef struct dm_sim_opts {
 } dm_sim_opts;
 int dm_similarity(const dm_sim_opts *o, dm_run_result *res, dm_err *err);
 
-/* A change map between two features outputs of one grid (features.tif, .vrt or their run
- * folders; same size, geotransform, CRS, weights, layer, normalization and bands; else DM_EINVAL
- * naming what differs): outdir/change.tif (float32 COG, 1 − cos(a, b) per patch, NaN where
- * either is nodata), change.qml and change_tiles.gpkg (per-tile mean and rank; A's tile grid
- * when A is a run folder, else squares of 32 patches). Read by blocks and groups of bands. */
+/* A change map between two features outputs of one area (features.tif, .vrt or their run
+ * folders) from one model (weights, layer, normalization and bands; else DM_EINVAL naming what
+ * differs): outdir/change.tif (float32 COG, 1 − cos(a, b) per patch, NaN where either is nodata;
+ * block COGs + change.vrt above max_cog_gib), change.qml and change_tiles.gpkg (per-tile mean
+ * and rank; A's tile grid when A is a run folder, else squares of 32 patches), all on A's grid.
+ * B on another grid (another CRS, compared as CRSs, not as text; another origin, patch size or
+ * extent) is warped onto A's (bilinear interpolation of its vectors, or nearest); two that do not
+ * overlap are refused. Read by blocks and groups of bands. */
 typedef struct dm_change_opts {
     const char *a, *b, *outdir;
+    int nearest;                   /* B warped with nearest-neighbour, not bilinear */
+    double max_cog_gib;            /* above this (uncompressed), block COGs + a VRT; 0: never */
+    dm_out_format out;             /* -co (COG only; dm_out_format_check them first) */
     volatile sig_atomic_t *cancel;
 } dm_change_opts;
 int dm_change(const dm_change_opts *o, dm_run_result *res, dm_err *err);
