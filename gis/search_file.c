@@ -618,6 +618,25 @@ static void f32_cands(void *ctx, int64_t b, int64_t e)
         c->cand[j].score = dot_f32(c->q, c->s->f32 + (size_t)c->cand[j].i * D, D);
 }
 
+/* Scattered rows of a file whose pages are not in memory (the first search after a reboot): ask
+ * for all of them at once, so that the kernel reads them in parallel rather than one page fault
+ * at a time. Skipped when a sample of them is resident (the usual, warm case). */
+static void want_rows(const void *section, size_t row, const dm_search_match *c, int64_t m)
+{
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    int cold = 0;
+    for (int64_t j = 0; j < 16 && j < m && !cold; j++) {
+        uintptr_t a = (uintptr_t)section + (size_t)c[j * m / (m < 16 ? m : 16)].i * row;
+        unsigned char v = 1;
+        cold = mincore((void *)(a & ~(pg - 1)), 1, &v) == 0 && !(v & 1);
+    }
+    for (int64_t j = 0; cold && j < m; j++) {
+        uintptr_t a = (uintptr_t)section + (size_t)c[j].i * row, b = (a + row + pg - 1) & ~(pg - 1);
+        a &= ~(pg - 1);
+        madvise((void *)a, b - a, MADV_WILLNEED);
+    }
+}
+
 static void run(dm_pool *p, dm_pool_fn fn, void *ctx, int64_t n)
 {
     if (p)
@@ -719,10 +738,12 @@ int dm_sindex_search(const dm_sindex *s, const float *q, const dm_search_opts *o
                 c.cand[m++] = (dm_search_match){ i, 0 };
     }
     if (m > c2) {
+        want_rows(s->q8, (size_t)D, c.cand, m);
         run(o->pool, int8_cands, &c, m);
         select_best(c.cand, m, c2);
         m = c2;
     }
+    want_rows(s->f32, (size_t)D * 4, c.cand, m);
     run(o->pool, f32_cands, &c, m);
     qsort(c.cand, (size_t)m, sizeof *c.cand, by_rank);
     *nout = (int)(m < k ? m : k);
