@@ -22,11 +22,11 @@
 #include "search_synth.h"
 
 /* what an interrupted run leaves is removed too */
-static char g_dir[4096], g_path[4200], g_tmp[4300];
+static char g_dir[4096], g_path[4200], g_tmp[4300], g_index[4200], g_ipath[4200];
 
 static void on_signal(int sig)
 {
-    unlink(g_tmp), unlink(g_path), rmdir(g_dir);
+    unlink(g_tmp), unlink(g_path), unlink(g_index), unlink(g_ipath), rmdir(g_dir);
     _exit(128 + sig);
 }
 
@@ -103,17 +103,90 @@ static double cold(const char *path, const float *q, int exact, dm_pool *pool, d
     return t * 1e3;
 }
 
+/* A tile index of n tiles (rows of 1000) with cls and mean vectors, committed by chunks of 1024
+ * tiles as a run does; then its search file built and reused. */
+static int index_part(const char *dir, const dm_synth *y, int64_t n, int D)
+{
+    snprintf(g_index, sizeof g_index, "%s/tiles.gpkg", dir);
+    dm_search_file_path(g_index, DM_EMB_MEAN, g_ipath, sizeof g_ipath);
+    dm_err err = { 0 };
+    dm_tileindex *ti = NULL;
+    enum { CHUNK = 1024 };
+    dm_tile_rec *rec = calloc(CHUNK, sizeof *rec);
+    dm_tile_state *st = calloc(CHUNK, sizeof *st);
+    dm_tile_result *res = calloc(CHUNK, sizeof *res);
+    float *v = malloc(sizeof(float) * 2 * (size_t)D * CHUNK);
+    double t0 = now();
+    int rc = !rec || !st || !res || !v ? dm_err_oom(&err)
+                                       : dm_tileindex_create(g_index, "", "{}", D, &ti, &err);
+    if (!rc)
+        rc = dm_tileindex_config_set(ti, "config", "{\"weights_sha256\":\"bench\",\"arch\":"
+                                     "\"synthetic\"}", &err);
+    for (int64_t c0 = 0; !rc && c0 < n; c0 += CHUNK) {
+        int m = (int)(n - c0 < CHUNK ? n - c0 : CHUNK);
+        for (int j = 0; j < m; j++) {
+            int64_t id = c0 + j;
+            rec[j] = (dm_tile_rec){ id, (int)(id / 1000), (int)(id % 1000), (int)(c0 / CHUNK),
+                                    0, 0, 512, 512, (double)(id % 1000), (double)(id / 1000),
+                                    (double)(id % 1000 + 1), (double)(id / 1000 + 1) };
+            st[j] = DM_TILE_PENDING;
+            float *cls = v + (size_t)2 * D * j, *mean = cls + D;
+            dm_synth_vector(y, (uint64_t)id, mean);
+            dm_synth_vector(y, (uint64_t)id + 77777777, cls);
+            res[j] = (dm_tile_result){ id, DM_TILE_DONE, 1.0f, cls, mean };
+        }
+        rc = dm_tileindex_add_tiles(ti, rec, st, m, &err);
+        if (!rc)
+            rc = dm_tileindex_chunk_done(ti, (int)(c0 / CHUNK), NULL, res, m, NULL, 0, 1, &err);
+    }
+    int rc2 = dm_tileindex_close(ti, rc ? NULL : &err);
+    rc = rc ? rc : rc2;
+    double tidx = now() - t0;
+    dm_sindex *s = NULL;
+    double a = 0, b = 0, c = 0;
+    if (!rc) {
+        a = now();
+        rc = dm_search_open(g_index, DM_EMB_MEAN, &s, &err);
+        b = now();
+    }
+    int built = s ? dm_sindex_get_info(s)->built : 0;
+    int64_t bytes = s ? dm_sindex_get_info(s)->bytes : 0;
+    dm_sindex_close(s);
+    s = NULL;
+    if (!rc) {
+        c = now();
+        rc = dm_search_open(g_index, DM_EMB_MEAN, &s, &err);
+        c = now() - c;
+    }
+    int reused = s && !dm_sindex_get_info(s)->built;
+    dm_sindex_close(s);
+    struct stat sx;
+    if (rc)
+        fprintf(stderr, "bench_search: %s\n", err.msg);
+    else
+        printf("tile index of %lld tiles × %d (written in %.1f s, %.2f GB, cls and mean): its "
+               "search file built by the first search in %.1f s (%s, %.2f GB); the next search "
+               "reuses it%s: %.2f ms to check and open it\n", (long long)n, D, tidx,
+               stat(g_index, &sx) == 0 ? (double)sx.st_size / 1e9 : -1.0, b - a,
+               built ? "from SQLite, mean only" : "NOT built", (double)bytes / 1e9,
+               reused ? "" : " (NOT)", c * 1e3);
+    unlink(g_index), unlink(g_ipath);
+    free(rec), free(st), free(res), free(v);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     int64_t N = argc > 1 ? atoll(argv[1]) : 1000000;
     int D = argc > 2 ? atoi(argv[2]) : 1024, Q = argc > 3 ? atoi(argv[3]) : 100;
+    int64_t NI = argc > 5 ? atoll(argv[5]) : 100000;
     const char *tmp = argc > 4 ? argv[4] : getenv("TMPDIR");
     char dir[4096], path[4200];
     snprintf(dir, sizeof dir, "%s/dmbench_search.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (N < 1000 || D < 8 || Q < 1 || !mkdtemp(dir)) {
-        fprintf(stderr, "usage: bench_search [N >= 1000 [D >= 8 [QUERIES [DIR]]]]: %s\n",
-                strerror(errno));
+    if (N < 1000 || D < 8 || Q < 1 || NI < 0 || !mkdtemp(dir)) {
+        fprintf(stderr, "usage: bench_search [N >= 1000 [D >= 8 [QUERIES [DIR [NI >= 0]]]]]: "
+                "%s\n", strerror(errno));
         return 2;
     }
     snprintf(path, sizeof path, "%s/bench.mean.search", dir);
@@ -218,8 +291,9 @@ int main(int argc, char **argv)
            "default %.1f ms, exact %.1f ms\n", 100 * r1, 100 * r2, cd, ce);
     dm_pool_free(pool);
     free(te), free(td), free(v), free(qs);
-    dm_synth_free(&y);
     unlink(path);
+    rc = NI > 0 ? index_part(dir, &y, NI, D) : 0;
+    dm_synth_free(&y);
     rmdir(dir);
-    return 0;
+    return rc ? 1 : 0;
 }
