@@ -1,27 +1,16 @@
 /* tiling/chip.c — the embedding of an image chip as a run embeds a tile (`dinomap search --image`):
  * the run's configuration is read from its tile index; the chip goes through the mosaic with the
  * run's bands, 8-bit scaling, GSD and CRS, is normalized with the run's preset and seen whole by
- * the run's model (the weights must have the run's SHA-256; the GEMM slicing is the run's, so the
- * bits are too); its CLS token and the mean of its valid centre patches (the chip less the run's
+ * the run's model (the weights must have the run's SHA-256; the GEMM slicing is the run's, as the
+ * results depend on it); its CLS token and the mean of its valid centre patches (the chip less the run's
  * halo on each side, a patch valid when half its pixels are), both from the final-normed tokens
  * and of unit length. For a chip that is exactly a tile's window (core + halo), that is what the
  * run stored for the tile (engine.c: stage_read, stage_infer). */
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine.h"
-
-static void unit_f(float *v, int n)
-{
-    double s = 0;
-    for (int i = 0; i < n; i++)
-        s += (double)v[i] * v[i];
-    float k = s > 0 ? (float)(1.0 / sqrt(s)) : 0.0f;
-    for (int i = 0; i < n; i++)
-        v[i] *= k;
-}
 
 /* The run's configuration and resolved facts, from its index. */
 static int run_config(const char *index, cJSON **cfg, cJSON **res, dm_err *err)
@@ -76,13 +65,17 @@ static void mosaic_opts(const cJSON *cfg, const cJSON *res, const char *const *c
 }
 
 /* The unit mean of the valid patches of [pc0, pc1) × [pr0, pr1) of normed [N, D] (patch tokens
- * after npre, gw a row); valid [Sh, Sw] pixels. */
-static int centre_mean(const float *normed, int npre, int gw, int D, const uint8_t *valid, int Sw,
-                       int pc0, int pc1, int pr0, int pr1, float *mean)
+ * after npre, gw a row; valid [Sh, Sw] pixels) and the unit CLS token; how many patches. */
+static int embeddings(const float *normed, int npre, int gw, int D, const uint8_t *valid, int Sw,
+                      int pc0, int pc1, int pr0, int pr1, float *cls, float *mean)
 {
     double *acc = calloc((size_t)D, sizeof *acc);
     if (!acc)
         return -1;
+    for (int d = 0; d < D; d++)
+        acc[d] = normed[d];
+    dm_sim_unit(acc, D, cls);
+    memset(acc, 0, sizeof *acc * (size_t)D);
     int nv = 0;
     for (int pr = pr0; pr < pr1; pr++)
         for (int pc = pc0; pc < pc1; pc++) {
@@ -97,10 +90,9 @@ static int centre_mean(const float *normed, int npre, int gw, int D, const uint8
                 acc[d] += v[d];
             nv++;
         }
-    for (int d = 0; d < D; d++)
-        mean[d] = nv ? (float)(acc[d] / nv) : 0.0f;
+    if (!nv || dm_sim_unit(acc, D, mean)) /* the sum's direction is the mean's */
+        nv = 0;
     free(acc);
-    unit_f(mean, D);
     return nv;
 }
 
@@ -183,10 +175,8 @@ int dm_chip_embed(const dm_chip_opts *o, int dim, float *cls, float *mean, dm_er
         rc = dm_backend_forward(be, img, 1, Sh, Sw, &req, err);
     if (!rc) {
         int gw = Sw / 16, gh = Sh / 16, h = W > 2 * halo && H > 2 * halo ? halo : 0;
-        memcpy(cls, normed, (size_t)D * sizeof *cls);
-        unit_f(cls, D);
-        int nv = centre_mean(normed, N - gw * gh, gw, D, valid, Sw, h / 16, (W - h + 15) / 16,
-                             h / 16, (H - h + 15) / 16, mean);
+        int nv = embeddings(normed, N - gw * gh, gw, D, valid, Sw, h / 16, (W - h + 15) / 16,
+                            h / 16, (H - h + 15) / 16, cls, mean);
         if (nv < 0)
             rc = dm_err_oom(err);
         else if (nv == 0)
