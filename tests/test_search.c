@@ -304,7 +304,9 @@ TEST(search_errors)
         CHECKF(rc == bad[i].code && one_line(out, bad[i].what), "%s: %d: %s", args, rc, out);
     }
     snprintf(a, sizeof a, "--help");
-    CHECKF(search(a, &out) == 0 && strstr(out, "--within"), "%s", out);
+    CHECKF(search(a, &out) == 0 && strstr(out, "--within") && strstr(out, "--exact") &&
+           strstr(out, "--image CHIP") && strstr(out, "-m, --model") &&
+           strstr(out, "tiles.mean.search"), "%s", out);
 }
 
 /* --- --image ---------------------------------------------------------------------------------- */
