@@ -10,7 +10,6 @@
 #include <cpl_conv.h>
 #include <cpl_error.h>
 #include <cpl_vsi.h>
-#include <errno.h>
 #include <gdal.h>
 #include <math.h>
 #include <ogr_api.h>
@@ -20,7 +19,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 /* Little-endian float32 blob into v [dim]; 0 when its length is not dim floats. */
 static int blob_to(const GByte *b, int n, int dim, float *v)
