@@ -29,7 +29,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps deps-if-missing check-deps test test-plain test-asan bench clean demo
+.PHONY: all deps deps-if-missing check-deps test test-plain test-asan bench bench-search clean demo
 
 # check-deps runs first (it may install packages); the build then runs in a sub-make so that the
 # pkg-config flags are read after the install.
@@ -60,6 +60,9 @@ $(BUILD)/bench_chm_tiny: $(BUILD)/tests/bench_chm_tiny.o $(BUILD)/libdinomap.a
 	$(CC) -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/bench_chm: $(BUILD)/tests/bench_chm.o $(BUILD)/libdinomap.a
+	$(CC) -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/bench_search: $(BUILD)/tests/bench_search.o $(BUILD)/libdinomap.a
 	$(CC) -o $@ $^ $(LDLIBS_ALL)
 
 $(BUILD)/%.o: %.c
@@ -119,6 +122,13 @@ bench: check-deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench_chm_tiny $(BUILD)/bench_chm
 	./$(BUILD)/bench_chm_tiny 2 512
 	./$(BUILD)/bench_chm 2
+	@$(MAKE) --no-print-directory bench-search
+
+# The search part alone: a synthetic 1,000,000 × 1024 search file (5.3 GB, in $$TMPDIR or /tmp,
+# removed afterwards); BENCH_SEARCH="N D QUERIES DIR" to change it.
+bench-search: check-deps
+	@$(MAKE) --no-print-directory $(BUILD)/bench_search
+	./$(BUILD)/bench_search $(BENCH_SEARCH)
 
 # The main job on the bundled sample: a feature raster of the Landsat scene in samples/.
 # DINOMAP_WEIGHTS selects real weights; else a tiny random test checkpoint is used (valid

@@ -1,11 +1,16 @@
 /* tests/test_search.c — `dinomap search` on a run of a synthetic mosaic of three covers (256×256
  * px, tiles of 64 + 2 × 16 px: 4 × 4 tiles; tile columns 0-1 smooth green, 2 stripes, 3 noise):
  * a tile finds itself first (score 1) and then a tile of its own cover; the point at its centre
- * (in the run's CRS and in EPSG:4326) and its own vector (.npy) give the same list; --within
- * keeps the tiles touching a polygon; the GeoJSON opens with OGR, k polygons in degrees; two
- * indexes at once; the errors: one prefixed line, exit 1 or 2. */
+ * (in the run's CRS and in EPSG:4326), its own vector (.npy) and --exact give the same list;
+ * --within keeps the tiles touching a polygon; the GeoJSON opens with OGR, k polygons in degrees;
+ * two indexes at once; --image of a chip cut to a tile's window gives that tile's list, other
+ * weights are refused; the search file is built, reused, rebuilt when the index changed (a
+ * resumed run, `gen` alone) or the file is damaged, and kept in memory where it cannot be
+ * written; recall@10 of the default search against exact on 20,000 clustered vectors; the
+ * errors: one prefixed line, exit 1 or 2. */
 #include <cjson/cJSON.h>
 #include <cpl_conv.h>
+#include <fcntl.h>
 #include <gdal.h>
 #include <math.h>
 #include <ogr_api.h>
@@ -13,10 +18,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../gis/gis.h"
 #include "../src/base/base.h"
 #include "golden.h"
+#include "search_synth.h"
 #include "test.h"
 
 #define W 256
@@ -109,6 +117,11 @@ TEST(search_queries)
     CHECKF(col[1] <= 1 && s[1] < s[0], "%d %g", col[1], s[1]);
     for (int i = 1; i < n; i++)
         CHECK(s[i] <= s[i - 1]);
+    /* --exact scores every tile: the same list, the same scores */
+    snprintf(a, sizeof a, "%s/r --tile 4 -k 16 --json --exact", t);
+    CHECKF(search(a, &out) == 0 && hits(out, id2, s2, col2) == 16, "%s", out);
+    for (int i = 0; i < 16; i++)
+        CHECKF(id2[i] == id[i] && s2[i] == s[i], "%d: %lld %lld", i, id2[i], id[i]);
     /* a noise tile (2, 3) = id 11: a noise tile next */
     snprintf(a, sizeof a, "%s/r/tiles.gpkg --tile 11 -k 2 --json", t);
     CHECKF(search(a, &out) == 0 && hits(out, id2, s2, col2) == 2, "%s", out);
@@ -174,15 +187,19 @@ TEST(search_vector_within_geojson_two_indexes)
     int col[16], col2[16];
     /* --vector: tile 4's cls vector, times 3 (normalised by search), as .npy */
     snprintf(p, sizeof p, "%s/r/tiles.gpkg", t);
-    dm_search_tiles ti;
+    dm_sindex *ti = NULL;
     dm_err err = { 0 };
-    CHECKF(dm_search_tiles_load(p, &ti, &err) == 0, "%s", err.msg);
-    CHECKF(ti.n == 16 && ti.dim == 128 && ti.id[4] == 4 && ti.row[4] == 1 && ti.col[4] == 0,
-           "%lld %d", (long long)ti.n, ti.dim);
+    CHECKF(dm_search_open(p, DM_EMB_CLS, &ti, &err) == 0, "%s", err.msg);
+    const dm_sindex_info *in = dm_sindex_get_info(ti);
+    int row, col4;
+    dm_sindex_rowcol(ti, 4, &row, &col4);
+    CHECKF(in->n == 16 && in->dim == 128 && in->emb == DM_EMB_CLS && dm_sindex_find(ti, 4) == 4 &&
+           dm_sindex_id(ti, 4) == 4 && row == 1 && col4 == 0, "%lld %d", (long long)in->n,
+           in->dim);
     float v[128];
     for (int i = 0; i < 128; i++)
-        v[i] = 3 * ti.cls[4 * 128 + i];
-    dm_search_tiles_free(&ti);
+        v[i] = 3 * dm_sindex_vec(ti, 4)[i];
+    dm_sindex_close(ti);
     snprintf(p, sizeof p, "%s/q.npy", t);
     int64_t shape[1] = { 128 };
     CHECKF(dm_npy_write_f32(p, v, 1, shape, &err) == 0, "%s", err.msg);
@@ -263,6 +280,9 @@ TEST(search_errors)
         { "%s/nothing --tile 1", 1, "cannot open" },
         { "%s/r %s/empty.gpkg --tile 1", 1, "no embeddings" },
         { "%s/r %s/other.gpkg --tile 1", 1, "different models" },
+        { "%s/r --image %s/short.npy", 2, "-m WEIGHTS" },
+        { "%s/r --tile 1 -m %s/w.pth", 2, "-m goes with --image" },
+        { "%s/r --tile 1 --image %s/c.tif -m w", 2, "one query" },
     };
     float v[5] = { 1, 2, 3, 4, 5 };
     int64_t shape[1] = { 5 };
@@ -284,5 +304,327 @@ TEST(search_errors)
         CHECKF(rc == bad[i].code && one_line(out, bad[i].what), "%s: %d: %s", args, rc, out);
     }
     snprintf(a, sizeof a, "--help");
-    CHECKF(search(a, &out) == 0 && strstr(out, "--within"), "%s", out);
+    CHECKF(search(a, &out) == 0 && strstr(out, "--within") && strstr(out, "--exact") &&
+           strstr(out, "--image CHIP") && strstr(out, "-m, --model") &&
+           strstr(out, "tiles.mean.search"), "%s", out);
+}
+
+/* --- --image ---------------------------------------------------------------------------------- */
+
+TEST(search_image_agrees_with_tile)
+{
+    const char *t = dm_test_tmpdir(), *out;
+    CHECKF(make_run("r", &out) == 0, "%s", out);
+    char a[4096], w[4096];
+    snprintf(w, sizeof w, "%s", dm_golden("vitl_sat_tiny/backbone.pth"));
+    long long id[16], id2[16];
+    double s[16], s2[16];
+    int col[16], col2[16];
+    /* chips cut to the windows (core + 16 px halo) of inner tiles of each cover: the tile's own
+     * embeddings, so the same list as --tile, both embeddings */
+    static const int tiles[] = { 5, 6, 10 };
+    for (int k = 0; k < 3; k++)
+        for (int cls = 0; cls < 2; cls++) {
+            int r = tiles[k] / 4, c = tiles[k] % 4;
+            snprintf(a, sizeof a, "gdal_translate -q -srcwin %d %d 96 96 %s/covers.tif "
+                     "%s/chip%d.tif", c * 64 - 16, r * 64 - 16, t, t, tiles[k]);
+            CHECKF(dm_run(a, &out) == 0, "%s", out);
+            const char *e = cls ? "--embedding cls" : "";
+            snprintf(a, sizeof a, "%s/r --tile %d -k 16 --json %s", t, tiles[k], e);
+            CHECKF(search(a, &out) == 0 && hits(out, id, s, col) == 16, "%s", out);
+            snprintf(a, sizeof a, "%s/r --image %s/chip%d.tif -m %s -k 16 --json %s", t, t,
+                     tiles[k], w, e);
+            CHECKF(search(a, &out) == 0 && hits(out, id2, s2, col2) == 16, "%s", out);
+            CHECKF(id2[0] == tiles[k] && s2[0] > 0.99999, "tile %d %s: %lld %g", tiles[k], e,
+                   id2[0], s2[0]);
+            for (int i = 0; i < 16; i++)
+                CHECKF(id2[i] == id[i] && fabs(s2[i] - s[i]) < 1e-5, "tile %d %s, %d: %lld %g, "
+                       "%lld %g", tiles[k], e, i, id2[i], s2[i], id[i], s[i]);
+        }
+    /* a chip of another tile is not tile 6's: its own tile first */
+    snprintf(a, sizeof a, "%s/r --image %s/chip10.tif -m %s -k 1 --json", t, t, w);
+    CHECKF(search(a, &out) == 0 && hits(out, id2, s2, col2) == 1 && id2[0] == 10, "%s", out);
+}
+
+TEST(search_image_refuses)
+{
+    const char *t = dm_test_tmpdir(), *out;
+    CHECKF(make_run("r", &out) == 0, "%s", out);
+    char a[8192], p[4096], w[4096];
+    snprintf(w, sizeof w, "%s", dm_golden("vitl_sat_tiny/backbone.pth"));
+    snprintf(a, sizeof a, "gdal_translate -q -srcwin 48 48 96 96 %s/covers.tif %s/chip.tif", t,
+             t);
+    CHECKF(dm_run(a, &out) == 0, "%s", out);
+    /* other weights: both hashes named */
+    const char *other = dm_golden("vitl_sat_tiny_hf/model.safetensors");
+    char sha_other[65], sha_run[65];
+    dm_err err = { 0 };
+    CHECKF(dm_sha256_file(other, sha_other, &err) == 0, "%s", err.msg);
+    CHECKF(dm_sha256_file(w, sha_run, &err) == 0, "%s", err.msg);
+    snprintf(a, sizeof a, "%s/r --image %s/chip.tif -m %s 2>&1 >/dev/null", t, t, other);
+    int rc = search(a, &out);
+    CHECKF(rc == 1 && one_line(out, "not the run's") && strstr(out, sha_other) &&
+           strstr(out, sha_run), "%d: %s", rc, out);
+    /* a missing chip, a file that is no image: the file named, exit 1, nothing written */
+    snprintf(p, sizeof p, "%s/junk.tif", t);
+    FILE *f = fopen(p, "w");
+    CHECK(f);
+    fputs("not an image\n", f);
+    fclose(f);
+    static const char *chips[] = { "missing.tif", "junk.tif" };
+    for (int i = 0; i < 2; i++) {
+        snprintf(a, sizeof a, "%s/r --image %s/%s -m %s --geojson %s/h.geojson 2>&1 >/dev/null",
+                 t, t, chips[i], w, t);
+        rc = search(a, &out);
+        CHECKF(rc == 1 && one_line(out, chips[i]), "%s: %d: %s", chips[i], rc, out);
+        snprintf(p, sizeof p, "%s/h.geojson", t);
+        CHECK(!dm_exists(p));
+    }
+}
+
+/* --- the search file -------------------------------------------------------------------------- */
+
+/* dm_search_open of index: whether it (re)built the file (-1: failed), why into why. */
+static int opened(const char *index, int emb, char *why, size_t n, int *in_memory)
+{
+    dm_sindex *s = NULL;
+    dm_err err = { 0 };
+    if (dm_search_open(index, emb, &s, &err)) {
+        snprintf(why, n, "%s", err.msg);
+        return -1;
+    }
+    const dm_sindex_info *in = dm_sindex_get_info(s);
+    int built = in->built;
+    snprintf(why, n, "%s", in->why);
+    if (in_memory)
+        *in_memory = in->in_memory;
+    /* whatever happened, it must search right: tile 4 finds itself */
+    int64_t k = dm_sindex_find(s, 4);
+    dm_search_match m[2];
+    int nm = 0;
+    dm_search_opts o = { 2, 0, NULL, NULL, 0, 0 };
+    if (k < 0 || dm_sindex_search(s, dm_sindex_vec(s, k), &o, m, &nm, &err) || nm != 2 ||
+        m[0].i != k || fabs(m[0].score - 1) > 1e-5) {
+        snprintf(why, n, "tile 4 does not find itself");
+        built = -1;
+    }
+    dm_sindex_close(s);
+    return built;
+}
+
+static long long inode(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (long long)st.st_ino : -1;
+}
+
+/* Writes n bytes at off of path (n 0: truncates it to off). */
+static int damage(const char *path, long off, const void *bytes, size_t n)
+{
+    if (!n)
+        return truncate(path, off);
+    FILE *f = fopen(path, "r+b");
+    if (!f)
+        return -1;
+    int rc = fseek(f, off, SEEK_SET) || fwrite(bytes, 1, n, f) != n;
+    return fclose(f) || rc ? -1 : 0;
+}
+
+TEST(search_file_kept_and_rebuilt)
+{
+    const char *t = dm_test_tmpdir(), *out;
+    CHECKF(make_run("r", &out) == 0, "%s", out);
+    char idx[4096], file[4200], why[256];
+    snprintf(idx, sizeof idx, "%s/r/tiles.gpkg", t);
+    dm_search_file_path(idx, DM_EMB_MEAN, file, sizeof file);
+    CHECKF(strstr(file, "/r/tiles.mean.search"), "%s", file);
+    /* the index's time a minute ahead: every open then also compares `gen` (a write within the
+     * file system's time resolution of the build could hide behind an equal time) */
+    struct timespec tt[2];
+    clock_gettime(CLOCK_REALTIME, &tt[0]);
+    tt[0].tv_sec += 60, tt[0].tv_nsec = 0, tt[1] = tt[0];
+    CHECK(utimensat(AT_FDCWD, idx, tt, 0) == 0);
+    int built = opened(idx, DM_EMB_MEAN, why, sizeof why, NULL);
+    CHECKF(built == 1 && dm_exists(file), "%d %s", built, why);
+    long long ino = inode(file);
+    CHECKF((built = opened(idx, DM_EMB_MEAN, why, sizeof why, NULL)) == 0 && inode(file) == ino,
+           "reused: %d %s", built, why);
+    /* cls has its own file; mean's stays */
+    char cfile[4200];
+    dm_search_file_path(idx, DM_EMB_CLS, cfile, sizeof cfile);
+    CHECKF(opened(idx, DM_EMB_CLS, why, sizeof why, NULL) == 1 && dm_exists(cfile) &&
+           inode(file) == ino, "%s", why);
+    /* `gen` bumped with the index's size and time as they were: rebuilt */
+    struct stat st0, st1;
+    CHECK(stat(idx, &st0) == 0);
+    CHECK(spoil(idx, "UPDATE config SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) "
+                     "WHERE key = 'gen'") == 0);
+    CHECK(utimensat(AT_FDCWD, idx, tt, 0) == 0 && stat(idx, &st1) == 0);
+    CHECKF(st1.st_size == st0.st_size, "the index's size changed: %lld %lld",
+           (long long)st1.st_size, (long long)st0.st_size);
+    CHECKF((built = opened(idx, DM_EMB_MEAN, why, sizeof why, NULL)) == 1 && strstr(why, "gen"),
+           "%d %s", built, why);
+    CHECK(opened(idx, DM_EMB_MEAN, why, sizeof why, NULL) == 0);
+    /* any other write to the index (its time): rebuilt */
+    tt[0].tv_sec += 1, tt[1] = tt[0];
+    CHECK(utimensat(AT_FDCWD, idx, tt, 0) == 0);
+    CHECKF((built = opened(idx, DM_EMB_MEAN, why, sizeof why, NULL)) == 1 &&
+           strstr(why, "changed"), "%d %s", built, why);
+    /* damaged files are rebuilt, never used */
+    struct stat fs;
+    CHECK(stat(file, &fs) == 0);
+    int64_t bad_id = 7;
+    struct { long off; const void *bytes; size_t n; const char *says; } dmg[] = {
+        { (long)fs.st_size - 100, NULL, 0, "truncated" },
+        { 0, "NOTDINO!", 8, "not a dinomap search file" },
+        { 200, "x", 1, "damaged" },
+        { 4096 + 8, &bad_id, 8, "ascend" }, /* the second tile id (1) becomes 7 */
+        { 0, NULL, 0, "empty" },
+    };
+    for (size_t i = 0; i < sizeof dmg / sizeof dmg[0]; i++) {
+        CHECK(damage(file, dmg[i].off, dmg[i].bytes, dmg[i].n) == 0);
+        CHECKF((built = opened(idx, DM_EMB_MEAN, why, sizeof why, NULL)) == 1 &&
+               strstr(why, dmg[i].says), "%zu: %d %s", i, built, why);
+        CHECKF(opened(idx, DM_EMB_MEAN, why, sizeof why, NULL) == 0, "%zu: %s", i, why);
+    }
+    /* a file that cannot be written (its temporary's name taken by a folder): in memory */
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", file, (long)getpid());
+    CHECK(unlink(file) == 0 && mkdir(tmp, 0755) == 0);
+    int mem = 0;
+    built = opened(idx, DM_EMB_MEAN, why, sizeof why, &mem);
+    rmdir(tmp);
+    CHECKF(built == 1 && mem && !dm_exists(file), "%d %d %s", built, mem, why);
+    /* a folder the user cannot write (not as root: root writes anyway): the command says so */
+    if (geteuid() != 0) {
+        char a[8192], dir[4096];
+        snprintf(dir, sizeof dir, "%s/r", t);
+        CHECK(chmod(dir, 0555) == 0);
+        snprintf(a, sizeof a, "%s --tile 4 -k 3 --json", dir);
+        int rc = search(a, &out);
+        chmod(dir, 0755);
+        CHECKF(rc == 0 && strstr(out, "in-memory copy") && !dm_exists(file), "%d: %s", rc, out);
+    }
+}
+
+TEST(search_file_follows_a_resumed_run)
+{
+    const char *t = dm_test_tmpdir(), *out;
+    char cmd[8192], idx[4096], why[256];
+    snprintf(cmd, sizeof cmd, "%s/covers.tif", t);
+    CHECK(make_covers(cmd) == 0);
+    /* chunks of 2 × 2 tiles: killed after 9 tiles, two chunks are done */
+    for (int pass = 0; pass < 2; pass++) {
+        snprintf(cmd, sizeof cmd, "%s%s features -q --progress none -m %s %s/covers.tif -o %s/r "
+                 "--tile 64 --halo 16 --chunk 2 --no-pca", pass ? "" : "DINOMAP_FAULT=tile:9 ",
+                 dm_bin(), dm_golden("vitl_sat_tiny/backbone.pth"), t, t);
+        int rc = dm_run(cmd, &out);
+        CHECKF(pass ? rc == 0 : rc != 0, "%d: %s", rc, out);
+        snprintf(idx, sizeof idx, "%s/r/tiles.gpkg", t);
+        dm_sindex *s = NULL;
+        dm_err err = { 0 };
+        CHECKF(dm_search_open(idx, DM_EMB_MEAN, &s, &err) == 0, "%s", err.msg);
+        int64_t n = dm_sindex_get_info(s)->n;
+        int built = dm_sindex_get_info(s)->built;
+        snprintf(why, sizeof why, "%s", dm_sindex_get_info(s)->why);
+        dm_sindex_close(s);
+        CHECKF(built == 1 && (pass ? n == 16 : n > 0 && n < 16), "pass %d: %d %lld %s", pass,
+               built, (long long)n, why);
+    }
+}
+
+/* --- the search itself ------------------------------------------------------------------------ */
+
+/* |a ∩ b| of two lists of positions. */
+static int common(const dm_search_match *a, int na, const dm_search_match *b, int nb)
+{
+    int h = 0;
+    for (int i = 0; i < na; i++)
+        for (int j = 0; j < nb; j++)
+            h += a[i].i == b[j].i;
+    return h;
+}
+
+TEST(search_recall_synthetic)
+{
+    /* 20,000 × 128 clustered unit vectors (200 clusters), tile ids 1, 4, 7, ... */
+    enum { N = 20000, D = 128, Q = 100 };
+    dm_synth y;
+    CHECK(dm_synth_init(&y, D, 200, 11) == 0);
+    dm_sfile_meta fm = { D, DM_EMB_MEAN, N, "", "sha", "arch", 0, 0, 0, 0 };
+    dm_sfile_writer *w = NULL;
+    dm_sindex *s = NULL;
+    dm_err err = { 0 };
+    CHECKF(dm_sfile_create(NULL, &fm, &w, NULL, &err) == 0, "%s", err.msg);
+    float v[D];
+    for (int64_t i = 0; i < N; i++) {
+        dm_synth_vector(&y, (uint64_t)i, v);
+        double box[4] = { (double)i, 0, (double)i + 1, 1 };
+        CHECKF(dm_sfile_add(w, 3 * i + 1, (int)(i / 100), (int)(i % 100), box, v, &err) == 0,
+               "%s", err.msg);
+    }
+    CHECKF(dm_sfile_add(w, 3 * N + 1, 0, 0, (double[4]){ 0 }, v, &err) != 0, "one too many");
+    CHECKF(dm_sfile_commit(w, &s, &err) == 0, "%s", err.msg);
+    CHECK(dm_sindex_get_info(s)->n == N && dm_sindex_find(s, 3 * 777 + 1) == 777 &&
+          dm_sindex_find(s, 3) == -1 && dm_sindex_id(s, N - 1) == 3 * (N - 1) + 1);
+    dm_pool *pool = NULL;
+    CHECK(dm_pool_create(2, &pool) == 0);
+    uint8_t *even = malloc(N);
+    CHECK(even);
+    for (int i = 0; i < N; i++)
+        even[i] = i % 2 == 0;
+    int hits = 0, hits_small = 0, worst = 10;
+    for (int q = 0; q < Q; q++) {
+        dm_synth_vector(&y, N + 7919 * (uint64_t)(q + 1), v); /* not one of the set */
+        dm_search_match ex[10], df[10], sm[10];
+        int ne = 0, nd = 0, ns = 0;
+        dm_search_opts oe = { 10, 1, NULL, pool, 0, 0 }, od = { 10, 0, NULL, pool, 0, 0 };
+        dm_search_opts os = { 10, 0, NULL, pool, 40, 10 }; /* candidates cut short */
+        CHECK(dm_sindex_search(s, v, &oe, ex, &ne, &err) == 0 && ne == 10);
+        CHECK(dm_sindex_search(s, v, &od, df, &nd, &err) == 0 && nd == 10);
+        CHECK(dm_sindex_search(s, v, &os, sm, &ns, &err) == 0 && ns == 10);
+        if (q == 0) { /* exact is exact: the best by a plain double dot product over all */
+            double best = -2;
+            int64_t at = -1;
+            for (int64_t i = 0; i < N; i++) {
+                double d = 0;
+                for (int j = 0; j < D; j++)
+                    d += (double)v[j] * dm_sindex_vec(s, i)[j];
+                if (d > best)
+                    best = d, at = i;
+            }
+            CHECKF(ex[0].i == at && fabs(ex[0].score - best) < 1e-5, "%lld %lld",
+                   (long long)ex[0].i, (long long)at);
+        }
+        for (int i = 1; i < 10; i++)
+            CHECK(ex[i].score <= ex[i - 1].score && df[i].score <= df[i - 1].score);
+        int h = common(df, nd, ex, ne);
+        hits += h, hits_small += common(sm, ns, ex, ne);
+        worst = h < worst ? h : worst;
+        /* the default's scores are the exact ones */
+        for (int i = 0; i < nd; i++)
+            for (int j = 0; j < ne; j++)
+                if (df[i].i == ex[j].i)
+                    CHECK(df[i].score == ex[j].score);
+        /* only allowed tiles, and the same as exact over them */
+        oe.allow = od.allow = even;
+        CHECK(dm_sindex_search(s, v, &oe, ex, &ne, &err) == 0 && ne == 10);
+        CHECK(dm_sindex_search(s, v, &od, df, &nd, &err) == 0 && nd == 10);
+        for (int i = 0; i < 10; i++)
+            CHECK(ex[i].i % 2 == 0 && df[i].i % 2 == 0);
+    }
+    double recall = hits / (10.0 * Q), small = hits_small / (10.0 * Q);
+    CHECKF(recall >= 0.99, "recall@10 %.3f (worst query %d of 10)", recall, worst);
+    /* the sign bits do the work: with too few candidates recall drops */
+    CHECKF(small < recall - 0.05, "recall with 40 candidates %.3f, default %.3f", small, recall);
+    /* more than there are: all of them, best first */
+    dm_search_match all[3];
+    int na = 0;
+    dm_search_opts o3 = { 3, 0, NULL, NULL, 0, 0 };
+    CHECK(dm_sindex_search(s, dm_sindex_vec(s, 5), &o3, all, &na, &err) == 0 && na == 3 &&
+          all[0].i == 5);
+    free(even);
+    dm_pool_free(pool);
+    dm_sindex_close(s);
+    dm_synth_free(&y);
 }

@@ -214,6 +214,21 @@ int dm_merge(const dm_merge_opts *o, dm_merge_result *res, dm_err *err);
 /* What OUTDIR's run is and what is left, as a JSON object (malloc'd string in *json). */
 int dm_run_status(const char *outdir, char **json, dm_err *err);
 
+/* ==== an image chip's embedding (tiling/chip.c) =================================================
+ * `dinomap search --image`: a chip (any raster GDAL reads) embedded as the run of `index` embeds
+ * a tile: through the mosaic with the run's bands, 8-bit scaling, GSD and CRS, the run's
+ * normalization and model (the weights must have its SHA-256: DM_EMISMATCH naming both), the
+ * CLS token and the mean of the valid patches of the chip's centre (the chip less the run's halo
+ * on each side), both unit length, into cls [dim] and mean [dim]. A chip cut exactly to a tile's
+ * window (core + halo) gives that tile's stored embeddings. At most max(1024, the run's window)
+ * px a side. */
+typedef struct dm_chip_opts {
+    const char *index;             /* the run's tiles.gpkg */
+    const char *chip, *weights;
+    int threads;                   /* <= 0: all cores */
+} dm_chip_opts;
+int dm_chip_embed(const dm_chip_opts *o, int dim, float *cls, float *mean, dm_err *err);
+
 /* ==== training a segmentation head (tiling/seg_train.c) ==========================================
  * `dinomap seg train`: labels (a class raster or polygons, gis.h) reduced to one class per patch,
  * the patches' feature vectors (from an existing features raster, or from a features run of the
