@@ -4,6 +4,7 @@
  * groups of bands as real values, on its own grid or warped onto another one (GDAL's warper, one
  * warped VRT per group of bands); CRSs compared and named; query points moved between CRSs with
  * PROJ, x (longitude) first whatever the CRS's official axis order. See gis.h. */
+#include "srs_internal.h"
 #include <cpl_conv.h>
 #include <errno.h>
 #include <cpl_error.h>
@@ -395,8 +396,8 @@ static OGRSpatialReferenceH srs_from(const char *def, int wkt, char *why, size_t
     return s;
 }
 
-static void srs_release(OGRCoordinateTransformationH t, OGRSpatialReferenceH a,
-                        OGRSpatialReferenceH b)
+void dm_srs_release(OGRCoordinateTransformationH t, OGRSpatialReferenceH a,
+                    OGRSpatialReferenceH b)
 {
     if (t)
         OCTDestroyCoordinateTransformation(t);
@@ -447,7 +448,7 @@ int dm_gis_point_to(const char *srs, const char *wkt, double x, double y, double
                             "features' CRS (%s)", x, y, srs, dm_gdal_msg());
         CPLPopErrorHandler();
     }
-    srs_release(t, a, b);
+    dm_srs_release(t, a, b);
     return rc;
 }
 
@@ -470,7 +471,7 @@ int dm_gis_crs_same(const char *a, const char *b)
     static const char *const opt[] = { "IGNORE_DATA_AXIS_TO_SRS_AXIS_MAPPING=YES",
                                        "CRITERION=EQUIVALENT_EXCEPT_AXIS_ORDER_GEOGCRS", NULL };
     int same = bad_a || bad_b ? -1 : !x || !y ? !x && !y : OSRIsSameEx(x, y, opt) ? 1 : 0;
-    srs_release(NULL, x, y);
+    dm_srs_release(NULL, x, y);
     return same;
 }
 
@@ -530,6 +531,6 @@ int dm_gis_feat_extent_in(const dm_gis_feat *f, const char *wkt, double box[4], 
             memcpy(box, o, sizeof o);
         CPLPopErrorHandler();
     }
-    srs_release(t, a, b);
+    dm_srs_release(t, a, b);
     return rc;
 }

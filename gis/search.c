@@ -4,6 +4,7 @@
  * when the file fails its checks; points moved to longitude/latitude, and the hits as a GeoJSON
  * layer in EPSG:4326 (RFC 7946). The scoring is gis/search_file.c's.
  */
+#include "srs_internal.h"
 #include "search_internal.h"
 
 #include <cjson/cJSON.h>
@@ -314,17 +315,6 @@ static OGRCoordinateTransformationH to_lonlat(const char *wkt, OGRSpatialReferen
     return OCTNewCoordinateTransformation(*a, *b);
 }
 
-static void release(OGRCoordinateTransformationH t, OGRSpatialReferenceH a,
-                    OGRSpatialReferenceH b)
-{
-    if (t)
-        OCTDestroyCoordinateTransformation(t);
-    if (a)
-        OSRDestroySpatialReference(a);
-    if (b)
-        OSRDestroySpatialReference(b);
-}
-
 int dm_gis_to_lonlat(const char *wkt, int n, double *x, double *y, dm_err *err)
 {
     if (!wkt || !wkt[0])
@@ -336,7 +326,7 @@ int dm_gis_to_lonlat(const char *wkt, int n, double *x, double *y, dm_err *err)
     int rc = 0;
     if (!t || !OCTTransform(t, n, x, y, NULL))
         rc = dm_err_set(err, DM_EINVAL, "cannot move points to EPSG:4326: %s", dm_gdal_msg());
-    release(t, a, b);
+    dm_srs_release(t, a, b);
     CPLPopErrorHandler();
     return rc;
 }

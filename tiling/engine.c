@@ -392,7 +392,8 @@ static int stage_write(void *ctx, dm_job *job, dm_err *err)
 
 /* The files of a run in OUTDIR (for --overwrite, and to refuse a folder holding outputs without
  * an index). */
-static const char *const run_files[] = { "tiles.gpkg", "run.json", "item.json", "chm.qml",
+static const char *const run_files[] = { "tiles.gpkg", "tiles.mean.search", "tiles.cls.search",
+                                         "run.json", "item.json", "chm.qml",
                                          "similarity.qml", "seg.qml", "cluster.dmseg", NULL };
 static const char *const run_outputs[] = { "features", "features_pca", "chm", "seg",
                                            "seg_probabilities", "similarity", NULL };
