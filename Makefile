@@ -6,7 +6,7 @@ CC      ?= cc
 BUILD   ?= build
 PKGS    := gdal openblas libcjson inih libcrypto
 DEB_PKGS := build-essential pkg-config libgdal-dev libproj-dev libopenblas-dev libtiff-dev \
-            libsqlite3-dev libcjson-dev libinih-dev libssl-dev gdal-bin python3-gdal \
+            libsqlite3-dev libcjson-dev libinih-dev libssl-dev libdnnl-dev gdal-bin python3-gdal \
             python3-jsonschema
 
 # SIMD: AVX2+FMA when this CPU has them (override with SIMD=); the code is correct without.
@@ -16,7 +16,8 @@ OPT     ?= -O3
 SAN     ?=
 CFLAGS_ALL = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Werror -Wno-format-truncation -g -fopenmp-simd -fno-trapping-math \
              $(OPT) $(SIMD) $(SAN) -pthread $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
-LDLIBS_ALL = $(SAN) -pthread $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm $(LDLIBS)
+# oneDNN (libdnnl-dev: no pkg-config file) for the bf16 products; libgomp is its OpenMP runtime
+LDLIBS_ALL = $(SAN) -pthread $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldnnl -lgomp -lm $(LDLIBS)
 
 # The library: the ground floor (src/base/) and every folder below the face; src/*.c is the
 # command line and is not part of it (the library links alone: tests/lib_alone.c).
@@ -72,6 +73,7 @@ $(BUILD)/%.o: %.c
 check-deps:
 	@missing=""; for p in $(PKGS); do pkg-config --exists $$p 2>/dev/null || missing="$$missing $$p"; done; \
 	command -v gdal_translate >/dev/null || missing="$$missing gdal-bin"; \
+	[ -f /usr/include/oneapi/dnnl/dnnl.h ] || missing="$$missing libdnnl-dev"; \
 	/usr/bin/python3 -c "import osgeo.gdal, numpy" 2>/dev/null || missing="$$missing python3-gdal"; \
 	/usr/bin/python3 -c "import jsonschema" 2>/dev/null || missing="$$missing python3-jsonschema"; \
 	if [ -n "$$missing" ]; then \

@@ -216,7 +216,7 @@ int main(int argc, char **argv)
         return 1;
     }
     dm_backend *be;
-    dm_backend_opts bo = { threads, 0 };
+    dm_backend_opts bo = { threads, 0, DM_PREC_FP32 };
     if (dm_backend_open("cpu", m, &bo, &be, &err)) {
         fprintf(stderr, "bench: %s\n", err.msg);
         return 1;

@@ -64,7 +64,7 @@ static int setup_open(setup *s, const char *backbone, const char *head, const in
 {
     memset(s, 0, sizeof *s);
     int rc;
-    dm_backend_opts bo = { 1, 0 };
+    dm_backend_opts bo = { 1, 0, DM_PREC_FP32 };
     if ((rc = dm_weights_open(backbone, &s->w, err)) ||
         (rc = dm_model_bind(s->w, NULL, &s->m, err)) ||
         (rc = dm_chm_open(head, s->w, s->m, taps, &s->h, err)) ||

@@ -690,7 +690,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     const cJSON *gp = old_res ? cJSON_GetObjectItemCaseSensitive(old_res, "gemm_parts") : NULL;
     e->gemm_parts = cJSON_IsNumber(gp) && gp->valueint > 0 ? gp->valueint : threads;
-    dm_backend_opts bo = { threads, e->gemm_parts };
+    dm_backend_opts bo = { threads, e->gemm_parts, DM_PREC_FP32 };
     if ((rc = dm_model_open(o->weights, &mo, &e->m, err)) ||
         (rc = dm_backend_open(o->device, e->m, &bo, &e->be, err)))
         goto out;
