@@ -10,8 +10,9 @@
 #include "../model.h"
 #include "bf16.h"
 
-/* oneDNN on Debian runs on OpenMP; each calling thread asks for a team of one (an OpenMP ICV is
- * per thread), so oneDNN never starts threads of its own beside dinomap's pool. */
+/* oneDNN on Debian runs on OpenMP; each call asks for a team of `inner` threads (an OpenMP ICV is
+ * per thread): 1 in the backends, so oneDNN never starts threads of its own beside dinomap's
+ * pool. */
 extern void omp_set_num_threads(int n);
 
 void dm_bf16_from_f32(const float *in, uint16_t *out, int64_t n)
@@ -41,6 +42,7 @@ typedef struct slot {
 
 struct dm_bf16 {
     dnnl_engine_t eng;
+    int inner;
     _Atomic(slot *) slots; /* one per calling thread, pushed by that thread, never removed */
 };
 
@@ -50,12 +52,13 @@ static int dnnl_fail(dm_err *err, dnnl_status_t s, const char *what)
                       "oneDNN: %s failed (status %d)", what, (int)s);
 }
 
-int dm_bf16_create(dm_bf16 **out, dm_err *err)
+int dm_bf16_create(int inner, dm_bf16 **out, dm_err *err)
 {
     *out = NULL;
     dm_bf16 *g = calloc(1, sizeof *g);
     if (!g)
         return dm_err_oom(err);
+    g->inner = inner > 0 ? inner : 1;
     dnnl_status_t s = dnnl_engine_create(&g->eng, dnnl_cpu, 0);
     if (s != dnnl_success) {
         free(g);
@@ -116,7 +119,6 @@ static slot *my_slot(dm_bf16 *g, dm_err *err)
         dnnl_fail(err, s, "creating a stream");
         return NULL;
     }
-    omp_set_num_threads(1);
     do
         sl->older = head;
     while (!atomic_compare_exchange_weak(&g->slots, &head, sl));
@@ -206,6 +208,7 @@ int dm_bf16_gemm(dm_bf16 *g, int transB, int M, int N, int K, float alpha, const
         (s = dnnl_memory_set_data_handle(e->b, (void *)B)) ||
         (s = dnnl_memory_set_data_handle(e->c, C)))
         return dnnl_fail(err, s, "binding a bf16 matmul's memory");
+    omp_set_num_threads(g->inner);
     dnnl_exec_arg_t args[3] = { { DNNL_ARG_SRC, e->a }, { DNNL_ARG_WEIGHTS, e->b },
                                 { DNNL_ARG_DST, e->c } };
     if ((s = dnnl_primitive_execute(e->p, sl->stream, 3, args)) ||

@@ -21,11 +21,12 @@ static inline uint16_t dm_f32_bf16(float f)
 void dm_bf16_from_f32(const float *in, uint16_t *out, int64_t n);
 
 /* A bf16 GEMM context: oneDNN's engine and, for each thread that calls it, a stream and a cache
- * of matmul primitives by shape (made on the thread's first call). oneDNN is held to one thread
- * inside every call: the caller decides how work is split, so results depend on the shapes of
- * the calls only, never on the number of threads. */
+ * of matmul primitives by shape (made on the thread's first call). inner: the OpenMP threads
+ * oneDNN may use inside one call. The backends pass 1: the caller decides how work is split, so
+ * results depend on the shapes of the calls only, never on the number of threads (a benchmark
+ * of oneDNN's own threading passes more). */
 typedef struct dm_bf16 dm_bf16;
-int dm_bf16_create(dm_bf16 **out, dm_err *err);
+int dm_bf16_create(int inner, dm_bf16 **out, dm_err *err);
 void dm_bf16_free(dm_bf16 *g); /* NULL-safe */
 
 /* C[M,N] (row stride ldc, fp32) = alpha · A[M,K] · op(B) (+ C when accumulate), A bf16 (row

@@ -97,6 +97,8 @@ static void job_layernorm(void *ctx, int64_t b, int64_t e)
     rows_job *j = ctx;
     dm_layernorm(j->x + b * j->cols, j->y + b * j->cols, e - b, j->cols, j->a, j->b,
                  j->cfg->ln_eps);
+    if (j->h)
+        dm_bf16_from_f32(j->y + b * j->cols, j->h + b * j->cols, (e - b) * j->cols);
 }
 
 /* x += gamma ⊙ (y + bias), then y = LN(x) with the next norm, row by row while it is in cache */
@@ -108,6 +110,8 @@ static void job_residual_ln(void *ctx, int64_t b, int64_t e)
         dm_residual_ls(x, y, 1, j->cols, j->a, j->b);
         if (j->lw)
             dm_layernorm(x, y, 1, j->cols, j->lw, j->lb, j->cfg->ln_eps);
+        if (j->lw && j->h) /* bf16: the next product's input, rounded while in cache */
+            dm_bf16_from_f32(y, j->h + r * j->cols, j->cols);
     }
 }
 
@@ -132,13 +136,21 @@ static void job_qkv(void *ctx, int64_t b, int64_t e)
 static void job_gelu(void *ctx, int64_t b, int64_t e)
 {
     rows_job *j = ctx;
-    dm_bias_gelu(j->x + b * j->cols, e - b, j->cols, j->a);
+    for (int64_t r = b; r < e; r++) {
+        dm_bias_gelu(j->x + r * j->cols, 1, j->cols, j->a);
+        if (j->h)
+            dm_bf16_from_f32(j->x + r * j->cols, j->h + r * j->cols, j->cols);
+    }
 }
 
 static void job_swiglu(void *ctx, int64_t b, int64_t e)
 {
     rows_job *j = ctx;
-    dm_bias_swiglu(j->x + b * j->cols, j->y + b * j->cols, e - b, j->cols, j->a, j->b);
+    for (int64_t r = b; r < e; r++) {
+        dm_bias_swiglu(j->x + r * j->cols, j->y + r * j->cols, 1, j->cols, j->a, j->b);
+        if (j->h)
+            dm_bf16_from_f32(j->x + r * j->cols, j->h + r * j->cols, j->cols);
+    }
 }
 
 static void cpu_destroy(void *state)
@@ -211,6 +223,7 @@ static int prepare_bf16(cpu *c, dm_err *err)
         if (dm_tensor_read_f32(mm->t, mm->row0 * mm->cols, (int64_t)k, c->scratch, err))
             return err ? err->code : DM_EFORMAT;
         dm_bf16_from_f32(c->scratch, q, (int64_t)k);
+        dm_tensor_release(mm->t, mm->row0 * mm->cols, (int64_t)k); /* only the bf16 copy stays */
         all[i].w = q;
         q += k;
     }
@@ -260,7 +273,7 @@ static int cpu_create(const dm_model *m, const dm_backend_opts *o, void **state,
     atomic_init(&c->failed, 0);
     c->bf16 = o->precision == DM_PREC_BF16;
     int rc;
-    if (c->bf16 && ((rc = dm_bf16_create(&c->g, err)) || (rc = prepare_bf16(c, err)))) {
+    if (c->bf16 && ((rc = dm_bf16_create(1, &c->g, err)) || (rc = prepare_bf16(c, err)))) {
         cpu_destroy(c);
         return rc;
     }
@@ -342,16 +355,18 @@ static void job_gemm_bf16(void *ctx, int64_t b, int64_t e)
 }
 
 /* C[rows, mm.rows] (ldc) = A[rows, mm.cols] (lda) · W^T for images of img_rows rows each,
- * spread over the pool */
-static int linear(cpu *c, const float *a, int64_t lda, int64_t rows, int64_t img_rows,
-                  const dm_mat *mm, float *out, int64_t ldc, dm_err *err)
+ * spread over the pool. bf16: ready = 1 when the step that made A also left it in c->abf (row
+ * stride mm.cols), else A is rounded into it first. */
+static int linear(cpu *c, const float *a, int64_t lda, int ready, int64_t rows,
+                  int64_t img_rows, const dm_mat *mm, float *out, int64_t ldc, dm_err *err)
 {
     if (c->bf16) {
         const uint16_t *w = weights_bf16(c, mm);
         if (!w)
             return dm_err_set(err, DM_EINVAL, "internal: no bf16 weights for %s", mm->t->name);
         rows_job cj = { .x = (float *)a, .ld = lda, .cols = (int)mm->cols, .h = c->abf };
-        dm_pool_run(c->pool, job_to_bf16, &cj, rows);
+        if (!ready)
+            dm_pool_run(c->pool, job_to_bf16, &cj, rows);
         gemm_job g = { .c = out, .ldc = ldc, .rows = img_rows, .outs = mm->rows, .k = mm->cols,
                        .parts = c->parts, .be = c, .ab = c->abf, .wb = w };
         dm_pool_run(c->pool, job_gemm_bf16, &g, (rows / img_rows) * c->parts);
@@ -432,7 +447,7 @@ static int embed(cpu *c, const float *images, int B, int H, int W, int N, dm_err
         if (R)
             memcpy(xb + D, m->storage, (size_t)R * D * sizeof(float));
         dm_im2patch(images + (size_t)b * 3 * H * W, H, W, c->patches);
-        int rc = linear(c, c->patches, 768, hw, hw, &m->patch_w, xb + (size_t)(1 + R) * D, D,
+        int rc = linear(c, c->patches, 768, 0, hw, hw, &m->patch_w, xb + (size_t)(1 + R) * D, D,
                         err);
         if (rc)
             return rc;
@@ -446,6 +461,7 @@ typedef struct attn_job {
     float *qkv, *att; /* one image */
     int N;
     const uint16_t *qkvb; /* bf16: the image's q, k, v in bf16 */
+    uint16_t *attb;       /* bf16: the image's output rows in bf16 */
 } attn_job;
 
 /* heads [b, e) of one image, each start to finish on this thread: S = QK^T·scale, exp(S - max)
@@ -502,11 +518,14 @@ static void job_attention_bf16(void *ctx, int64_t b, int64_t e)
             job_fail(c, &err);
             return;
         }
-        for (int r = 0; r < N; r++) {
+        for (int r = 0; r < N; r++) { /* also the projection's input in bf16 */
             float *v = o + (int64_t)r * D, sc = rs[r];
+            uint16_t *vb = j->attb + (int64_t)r * D + h * hd;
 #pragma omp simd
-            for (int i = 0; i < hd; i++)
+            for (int i = 0; i < hd; i++) {
                 v[i] *= sc;
+                vb[i] = dm_f32_bf16(v[i]);
+            }
         }
     }
 }
@@ -516,17 +535,20 @@ static int attention(cpu *c, int B, int N, dm_err *err)
     int D = c->m->cfg.embed_dim;
     for (int b = 0; b < B; b++) {
         attn_job j = { c, c->qkv + (size_t)b * N * 3 * D, c->att + (size_t)b * N * D, N,
-                       c->bf16 ? c->qkvb + (size_t)b * N * 3 * D : NULL };
+                       c->bf16 ? c->qkvb + (size_t)b * N * 3 * D : NULL,
+                       c->bf16 ? c->abf + (size_t)b * N * D : NULL };
         dm_pool_run(c->pool, c->bf16 ? job_attention_bf16 : job_attention, &j,
                     c->m->cfg.num_heads);
     }
     return job_status(c, err);
 }
 
-static void layernorm(cpu *c, const float *x, float *y, int64_t T, const float *w, const float *b)
+/* y = LN(x); bf16_out (if not NULL) receives y in bf16 */
+static void layernorm(cpu *c, const float *x, float *y, int64_t T, const float *w, const float *b,
+                      uint16_t *bf16_out)
 {
     rows_job j = { .cfg = &c->m->cfg, .x = (float *)x, .y = y, .a = w, .b = b,
-                   .cols = c->m->cfg.embed_dim };
+                   .cols = c->m->cfg.embed_dim, .h = bf16_out };
     dm_pool_run(c->pool, job_layernorm, &j, T);
 }
 
@@ -535,7 +557,7 @@ static void residual_ln(cpu *c, int64_t T, const float *bias, const float *gamma
                         const float *lb)
 {
     rows_job j = { .cfg = &c->m->cfg, .x = c->x, .y = c->y, .a = bias, .b = gamma, .lw = lw,
-                   .lb = lb, .cols = c->m->cfg.embed_dim };
+                   .lb = lb, .cols = c->m->cfg.embed_dim, .h = c->bf16 ? c->abf : NULL };
     dm_pool_run(c->pool, job_residual_ln, &j, T);
 }
 
@@ -548,11 +570,11 @@ static int block(cpu *c, const dm_vit_block *blk, const dm_vit_block *next, int 
     int D = cfg->embed_dim, F = cfg->ffn_hidden, rc;
     int64_t T = (int64_t)B * N;
     if (blk->qkv.t) { /* one [3D, D] product is faster than three [D, D] ones */
-        if ((rc = linear(c, c->y, D, T, N, &blk->qkv, c->qkv, 3 * D, err)))
+        if ((rc = linear(c, c->y, D, 1, T, N, &blk->qkv, c->qkv, 3 * D, err)))
             return rc;
-    } else if ((rc = linear(c, c->y, D, T, N, &blk->q, c->qkv, 3 * D, err)) ||
-               (rc = linear(c, c->y, D, T, N, &blk->k, c->qkv + D, 3 * D, err)) ||
-               (rc = linear(c, c->y, D, T, N, &blk->v, c->qkv + 2 * D, 3 * D, err))) {
+    } else if ((rc = linear(c, c->y, D, 1, T, N, &blk->q, c->qkv, 3 * D, err)) ||
+               (rc = linear(c, c->y, D, 1, T, N, &blk->k, c->qkv + D, 3 * D, err)) ||
+               (rc = linear(c, c->y, D, 1, T, N, &blk->v, c->qkv + 2 * D, 3 * D, err))) {
         return rc;
     }
     rows_job qj = { .cfg = cfg, .x = c->qkv, .a = blk->qkv_b, .ld = 3 * D, .rcos = c->rcos,
@@ -560,22 +582,23 @@ static int block(cpu *c, const dm_vit_block *blk, const dm_vit_block *next, int 
     dm_pool_run(c->pool, job_qkv, &qj, T);
     if ((rc = attention(c, B, N, err)))
         return rc;
-    if ((rc = linear(c, c->att, D, T, N, &blk->proj, c->y, D, err)))
+    if ((rc = linear(c, c->att, D, 1, T, N, &blk->proj, c->y, D, err)))
         return rc;
     residual_ln(c, T, blk->proj_b, blk->ls1, blk->norm2_w, blk->norm2_b);
     if (cfg->swiglu) {
-        if ((rc = linear(c, c->y, D, T, N, &blk->w1, c->hid, F, err)) ||
-            (rc = linear(c, c->y, D, T, N, &blk->w2, c->up, F, err)))
+        if ((rc = linear(c, c->y, D, 1, T, N, &blk->w1, c->hid, F, err)) ||
+            (rc = linear(c, c->y, D, 1, T, N, &blk->w2, c->up, F, err)))
             return rc;
-        rows_job j = { .x = c->hid, .y = c->up, .a = blk->fc1_b, .b = blk->w2_b, .cols = F };
+        rows_job j = { .x = c->hid, .y = c->up, .a = blk->fc1_b, .b = blk->w2_b, .cols = F,
+                       .h = c->bf16 ? c->abf : NULL };
         dm_pool_run(c->pool, job_swiglu, &j, T);
     } else {
-        if ((rc = linear(c, c->y, D, T, N, &blk->fc1, c->hid, F, err)))
+        if ((rc = linear(c, c->y, D, 1, T, N, &blk->fc1, c->hid, F, err)))
             return rc;
-        rows_job j = { .x = c->hid, .a = blk->fc1_b, .cols = F };
+        rows_job j = { .x = c->hid, .a = blk->fc1_b, .cols = F, .h = c->bf16 ? c->abf : NULL };
         dm_pool_run(c->pool, job_gelu, &j, T);
     }
-    if ((rc = linear(c, c->hid, F, T, N, &blk->fc2, c->y, D, err)))
+    if ((rc = linear(c, c->hid, F, 1, T, N, &blk->fc2, c->y, D, err)))
         return rc;
     residual_ln(c, T, blk->fc2_b, blk->ls2, next ? next->norm1_w : NULL,
                 next ? next->norm1_b : NULL);
@@ -592,7 +615,8 @@ static int cpu_forward(void *state, const float *images, int B, int H, int W,
     int rc = ensure(c, B, N, h, w, err);
     if (rc || (rc = embed(c, images, B, H, W, N, err)))
         return rc;
-    layernorm(c, c->x, c->y, (int64_t)B * N, m->blocks[0].norm1_w, m->blocks[0].norm1_b);
+    layernorm(c, c->x, c->y, (int64_t)B * N, m->blocks[0].norm1_w, m->blocks[0].norm1_b,
+              c->bf16 ? c->abf : NULL);
     for (int i = 0; i < m->cfg.depth; i++) {
         const dm_vit_block *next = i + 1 < m->cfg.depth ? &m->blocks[i + 1] : NULL;
         if ((rc = block(c, &m->blocks[i], next, B, N, hw, err)))
@@ -604,7 +628,7 @@ static int cpu_forward(void *state, const float *images, int B, int H, int W,
     if (req && req->prenorm)
         memcpy(req->prenorm, c->x, tokbytes);
     if (req && req->normed)
-        layernorm(c, c->x, req->normed, (int64_t)B * N, m->norm_w, m->norm_b);
+        layernorm(c, c->x, req->normed, (int64_t)B * N, m->norm_w, m->norm_b, NULL);
     return 0;
 }
 
