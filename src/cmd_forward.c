@@ -315,7 +315,8 @@ int cmd_forward(int argc, char **argv)
         goto fail;
     if (headpath || dm_chm_detect(wf)) {
         if ((rc = dm_chm_open(headpath, wf, m, ntaps ? taps : NULL, &chm, &err)) ||
-            (rc = dm_chm_set_threads(chm, threads, &err)))
+            (rc = dm_chm_set_threads(chm, threads, &err)) ||
+            (rc = dm_chm_set_precision(chm, bo.precision, &err)))
             goto fail;
         dm_info("%s", dm_chm_describe(chm));
         if (!nm)
