@@ -112,9 +112,15 @@ test-asan:
 	@DINOMAP_CACHE_DIR=build-asan/cache DM_SANITIZED=1 DM_BIN=build-asan/dinomap DM_LIB_ALONE=build-asan/lib_alone ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  OPENBLAS_NUM_THREADS=1 ./build-asan/run_tests
 
+# The ViT bench's fp32 part runs again with OpenBLAS's own choice of kernels for this CPU when
+# the environment presets others (OPENBLAS_CORETYPE): both settings, like against like.
 bench: check-deps
 	@$(MAKE) --no-print-directory $(BUILD)/bench_vit
 	./$(BUILD)/bench_vit 2 512
+	@alt="$$(env -u OPENBLAS_CORETYPE ./$(BUILD)/bench_vit --core)"; \
+	if [ -n "$$OPENBLAS_CORETYPE" ] && [ -n "$$alt" ] && [ "$$alt" != "$$OPENBLAS_CORETYPE" ]; then \
+	  echo "== fp32 again with the kernels OpenBLAS picks for this CPU ($$alt; the environment presets $$OPENBLAS_CORETYPE) =="; \
+	  OPENBLAS_CORETYPE=$$alt ./$(BUILD)/bench_vit 2 512 fp32; fi
 	@$(MAKE) --no-print-directory $(BUILD)/dinomap dinomap
 	sh tests/bench_features.sh 2
 	sh tests/bench_read.sh

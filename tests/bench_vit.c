@@ -476,6 +476,10 @@ static void report(const result *r, int nprec, int batch4)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "--core")) { /* the kernels OpenBLAS runs with here */
+        printf("%s\n", openblas_get_corename());
+        return 0;
+    }
     dm_blas_pick_core(argv);
     int threads = argc > 1 ? atoi(argv[1]) : 2, size = argc > 2 ? atoi(argv[2]) : 512;
     int fp32_only = argc > 3 && !strcmp(argv[3], "fp32");
