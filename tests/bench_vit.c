@@ -417,7 +417,7 @@ static int measure(const char *path, int threads, int size, int nprec, int batch
     for (int bi = 0; bi < (batch4 ? 2 : 1); bi++) {
         int B = batches[bi];
         series s[2];
-        for (int p = 0; p < nprec; p++) /* warm-up: pages in the weights, sizes the buffers */
+        for (int p = 0; p < nprec && B == 1; p++) /* warm-up: pages in the weights */
             dm_backend_forward(be[p], img, B, H, W, &req, &err);
         for (int rep = 0; rep < REPS; rep++)
             for (int p = 0; p < nprec; p++) {

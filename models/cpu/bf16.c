@@ -250,6 +250,15 @@ const char *dm_cpu_bf16(void)
     return NULL;
 }
 
+int dm_bf16_require(dm_err *err)
+{
+    if (dm_cpu_bf16())
+        return 0;
+    return dm_err_set(err, DM_EUNSUPPORTED, "--precision bf16: this CPU has no bf16 dot-product "
+                      "instructions (AVX512_BF16 or AMX), so bf16 would be slower than fp32; use "
+                      "--precision fp32 (or auto)");
+}
+
 int dm_precision_parse(const char *s, int *out, dm_err *err)
 {
     if (!strcmp(s, "fp32"))
@@ -278,9 +287,7 @@ int dm_precision_resolve(int requested, int *resolved, char *why, size_t n, dm_e
         return 0;
     }
     if (requested == DM_PREC_BF16 && !isa)
-        return dm_err_set(err, DM_EUNSUPPORTED, "--precision bf16: this CPU has no bf16 "
-                          "dot-product instructions (AVX512_BF16 or AMX), so bf16 would be "
-                          "slower than fp32; use --precision fp32 (or auto)");
+        return dm_bf16_require(err);
     *resolved = isa ? DM_PREC_BF16 : DM_PREC_FP32;
     if (why && n && requested == DM_PREC_AUTO)
         snprintf(why, n, isa ? "--precision auto: bf16 (this CPU has %s)"

@@ -4,6 +4,7 @@
 #ifndef DM_MODELS_CPU_BF16_H
 #define DM_MODELS_CPU_BF16_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,6 +36,33 @@ void dm_bf16_free(dm_bf16 *g); /* NULL-safe */
 int dm_bf16_gemm(dm_bf16 *g, int transB, int M, int N, int K, float alpha, const uint16_t *A,
                  int64_t lda, const uint16_t *B, int64_t ldb, int accumulate, float *C,
                  int64_t ldc, dm_err *err);
+
+/* 0 where the CPU has bf16 dot-product instructions (dm_cpu_bf16), else DM_EUNSUPPORTED with the
+ * message a user sees for --precision bf16. */
+int dm_bf16_require(dm_err *err);
+
+/* The first failure of a job's bf16 GEMMs on pool threads (which return nothing), reported by
+ * the step once the pool is done. Zero-initialised = none. */
+typedef struct dm_job_err {
+    atomic_int set;
+    dm_err e;
+} dm_job_err;
+static inline void dm_job_err_put(dm_job_err *j, const dm_err *e)
+{
+    int expect = 0;
+    if (atomic_compare_exchange_strong(&j->set, &expect, 1))
+        j->e = *e;
+}
+/* 0, or the recorded failure (copied to err) and the record cleared */
+static inline int dm_job_err_take(dm_job_err *j, dm_err *err)
+{
+    if (!atomic_load(&j->set))
+        return 0;
+    atomic_store(&j->set, 0);
+    if (err)
+        *err = j->e;
+    return j->e.code ? j->e.code : DM_EINVAL;
+}
 
 /* What oneDNN reports: "oneDNN 2.6.3 (OpenMP runtime), ISA avx512_core_bf16" */
 const char *dm_bf16_library(char *buf, size_t n);

@@ -8,7 +8,6 @@
 #include <cblas.h>
 #include <limits.h>
 #include <math.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -65,8 +64,7 @@ struct dm_ops {
     size_t *hcap;
     wbf *wc;         /* weights rounded so far */
     int nwc, capwc;
-    atomic_int failed;
-    dm_err jerr;
+    dm_job_err jerr;
 };
 
 int dm_ops_create(int threads, dm_ops **out, dm_err *err)
@@ -119,17 +117,15 @@ int dm_ops_set_precision(dm_ops *ws, int precision, dm_err *err)
 {
     if (precision != DM_PREC_FP32 && precision != DM_PREC_BF16)
         return dm_err_set(err, DM_EINVAL, "internal: the operators take fp32 or bf16");
-    if (precision == DM_PREC_BF16 && !dm_cpu_bf16())
-        return dm_err_set(err, DM_EUNSUPPORTED, "--precision bf16: this CPU has no bf16 "
-                          "dot-product instructions (AVX512_BF16 or AMX); use fp32");
+    int rc;
+    if (precision == DM_PREC_BF16 && (rc = dm_bf16_require(err)))
+        return rc;
     if (precision == DM_PREC_BF16 && !ws->g) {
-        int rc;
         if (!(ws->hbuf = calloc((size_t)ws->n, sizeof *ws->hbuf)) ||
             !(ws->hcap = calloc((size_t)ws->n, sizeof *ws->hcap)))
             return dm_err_oom(err);
         if ((rc = dm_bf16_create(1, &ws->g, err)))
             return rc;
-        atomic_init(&ws->failed, 0);
     }
     ws->bf16 = precision == DM_PREC_BF16;
     return 0;
@@ -176,22 +172,7 @@ static uint16_t *hscratch(dm_ops *ws, int tid, size_t n)
     return ws->hbuf[tid];
 }
 
-static void task_fail(dm_ops *ws, const dm_err *e)
-{
-    int expect = 0;
-    if (atomic_compare_exchange_strong(&ws->failed, &expect, 1))
-        ws->jerr = *e;
-}
 
-static int task_status(dm_ops *ws, dm_err *err)
-{
-    if (!ws->bf16 || !atomic_load(&ws->failed))
-        return 0;
-    atomic_store(&ws->failed, 0);
-    if (err)
-        *err = ws->jerr;
-    return ws->jerr.code ? ws->jerr.code : DM_EINVAL;
-}
 
 int dm_ops_reserve(dm_ops *ws, int slot, size_t n, dm_err *err)
 {
@@ -507,7 +488,7 @@ static void conv_task(void *ctx, int tid, int nt)
                 if (!h) {
                     dm_err oom;
                     dm_err_oom(&oom);
-                    task_fail(j->ws, &oom);
+                    dm_job_err_put(&j->ws->jerr, &oom);
                     return;
                 }
                 for (size_t r = 0; r < p->K; r++)
@@ -534,7 +515,7 @@ static void conv_task(void *ctx, int tid, int nt)
         else if (dm_bf16_gemm(j->ws->g, 0, m1 - m0, (int)N, (int)p->K, 1.0f,
                               j->wh + (size_t)m0 * p->K, (int64_t)p->K, Bh, (int64_t)N, 1,
                               o + (size_t)m0 * ldo, (int64_t)ldo, &ge)) {
-            task_fail(j->ws, &ge);
+            dm_job_err_put(&j->ws->jerr, &ge);
             return;
         }
         if (s->flags & DM_CONV_RELU_OUT)
@@ -590,7 +571,7 @@ int dm_conv_run(dm_ops *ws, const dm_conv_spec *s, dm_err *err)
             rc = err ? err->code : DM_ENOMEM;
         if (!rc) {
             dm_ops_run(ws, conv_task, &j);
-            rc = task_status(ws, err);
+            rc = dm_job_err_take(&ws->jerr, err);
         }
     }
     lin2_free(&up);

@@ -9,7 +9,6 @@
  *     bf16 just before each product; LayerNorm, softmax, RoPE, biases and residuals stay fp32. */
 #include <cblas.h>
 #include <math.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,27 +47,8 @@ typedef struct cpu {
     size_t cap_abf;
     uint16_t *qkvb;      /* q, k, v after bias and RoPE in bf16 [B*N, 3D] */
     uint16_t *pb;        /* softmax numerators in bf16 [nh, N, N] */
-    atomic_int failed;   /* a job's bf16 GEMM failed: its message is in jerr */
-    dm_err jerr;
+    dm_job_err jerr;     /* a job's bf16 GEMM failed */
 } cpu;
-
-/* Records the first failure of a job on a pool thread; the step reports it when the pool is done. */
-static void job_fail(cpu *c, const dm_err *e)
-{
-    int expect = 0;
-    if (atomic_compare_exchange_strong(&c->failed, &expect, 1))
-        c->jerr = *e;
-}
-
-static int job_status(cpu *c, dm_err *err)
-{
-    if (!atomic_load(&c->failed))
-        return 0;
-    atomic_store(&c->failed, 0);
-    if (err)
-        *err = c->jerr;
-    return c->jerr.code ? c->jerr.code : DM_EINVAL;
-}
 
 /* --- elementwise work spread over the pool: one context type, one dispatcher per op ---- */
 typedef struct rows_job {
@@ -243,9 +223,9 @@ static int cpu_create(const dm_model *m, const dm_backend_opts *o, void **state,
     if (o->precision != DM_PREC_FP32 && o->precision != DM_PREC_BF16)
         return dm_err_set(err, DM_EINVAL, "internal: the CPU backend takes fp32 or bf16 "
                           "(resolve auto first)");
-    if (o->precision == DM_PREC_BF16 && !dm_cpu_bf16())
-        return dm_err_set(err, DM_EUNSUPPORTED, "--precision bf16: this CPU has no bf16 "
-                          "dot-product instructions (AVX512_BF16 or AMX); use fp32");
+    int rc;
+    if (o->precision == DM_PREC_BF16 && (rc = dm_bf16_require(err)))
+        return rc;
     cpu *c = calloc(1, sizeof *c);
     if (!c)
         return dm_err_oom(err);
@@ -270,9 +250,7 @@ static int cpu_create(const dm_model *m, const dm_backend_opts *o, void **state,
         cpu_destroy(c);
         return dm_err_oom(err);
     }
-    atomic_init(&c->failed, 0);
     c->bf16 = o->precision == DM_PREC_BF16;
-    int rc;
     if (c->bf16 && ((rc = dm_bf16_create(1, &c->g, err)) || (rc = prepare_bf16(c, err)))) {
         cpu_destroy(c);
         return rc;
@@ -350,7 +328,7 @@ static void job_gemm_bf16(void *ctx, int64_t b, int64_t e)
             dm_bf16_gemm(g->be->g, 1, (int)g->rows, (int)(o1 - o0), (int)g->k, 1.0f,
                          g->ab + img * g->rows * g->k, g->k, g->wb + o0 * g->k, g->k, 0,
                          g->c + img * g->rows * g->ldc + o0, g->ldc, &err))
-            job_fail(g->be, &err);
+            dm_job_err_put(&g->be->jerr, &err);
     }
 }
 
@@ -370,7 +348,7 @@ static int linear(cpu *c, const float *a, int64_t lda, int ready, int64_t rows,
         gemm_job g = { .c = out, .ldc = ldc, .rows = img_rows, .outs = mm->rows, .k = mm->cols,
                        .parts = c->parts, .be = c, .ab = c->abf, .wb = w };
         dm_pool_run(c->pool, job_gemm_bf16, &g, (rows / img_rows) * c->parts);
-        return job_status(c, err);
+        return dm_job_err_take(&c->jerr, err);
     }
     const float *w = weights_f32(c, mm, err);
     if (!w)
@@ -507,7 +485,7 @@ static void job_attention_bf16(void *ctx, int64_t b, int64_t e)
         float *o = j->att + h * hd;
         const uint16_t *q = j->qkvb + h * hd;
         if (dm_bf16_gemm(c->g, 1, N, N, hd, scale, q, ld, q + D, ld, 0, s, N, &err)) {
-            job_fail(c, &err);
+            dm_job_err_put(&c->jerr, &err);
             return;
         }
         for (int r = 0; r < N; r++) {
@@ -515,7 +493,7 @@ static void job_attention_bf16(void *ctx, int64_t b, int64_t e)
             dm_bf16_from_f32(s + (int64_t)r * N, p + (int64_t)r * N, N);
         }
         if (dm_bf16_gemm(c->g, 0, N, hd, N, 1.0f, p, N, q + 2 * D, ld, 0, o, D, &err)) {
-            job_fail(c, &err);
+            dm_job_err_put(&c->jerr, &err);
             return;
         }
         for (int r = 0; r < N; r++) { /* also the projection's input in bf16 */
@@ -540,7 +518,7 @@ static int attention(cpu *c, int B, int N, dm_err *err)
         dm_pool_run(c->pool, c->bf16 ? job_attention_bf16 : job_attention, &j,
                     c->m->cfg.num_heads);
     }
-    return job_status(c, err);
+    return dm_job_err_take(&c->jerr, err);
 }
 
 /* y = LN(x); bf16_out (if not NULL) receives y in bf16 */
