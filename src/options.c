@@ -97,8 +97,9 @@ static const struct optdef {
     [O_ARCH] = { "arch", 0, 1, M, "NAME", "force the architecture (default: recognised from "
                  "the weights)" },
     [O_DEVICE] = { "device", 0, 1, M, "DEV", "compute device: cpu (default)" },
-    [O_PRECISION] = { "precision", 0, 1, M, "P", "fp32 (default: exact), bf16 (the backbone's "
-                      "matrix products in bf16 with fp32 accumulation: faster on CPUs with "
+    [O_PRECISION] = { "precision", 0, 1, M, "P", "fp32 (default: exact), bf16 (the matrix "
+                      "products of the backbone and of the CHMv2 decoder's convolutions in bf16 "
+                      "with fp32 accumulation: faster on CPUs with "
                       "AVX512_BF16 or AMX, ~1e-2 relative error; refused on others) or auto "
                       "(bf16 where the CPU has them); part of the run's configuration" },
     [O_THREADS] = { "threads", 0, 1, M, "N", "compute threads (default: all cores)" },
