@@ -547,12 +547,21 @@ int dm_chm_set_threads(dm_chm *h, int n, dm_err *err)
     int rc = dm_ops_create(n, &ws, err);
     if (rc)
         return rc;
+    if ((rc = dm_ops_set_precision(ws, dm_ops_precision(h->ws), err))) {
+        dm_ops_free(ws);
+        return rc;
+    }
     dm_ops_free(h->ws);
     h->ws = ws;
     return 0;
 }
 
 int dm_chm_threads(const dm_chm *h) { return dm_ops_threads(h->ws); }
+
+int dm_chm_set_precision(dm_chm *h, int precision, dm_err *err)
+{
+    return dm_ops_set_precision(h->ws, precision, err);
+}
 
 /* Heights of n pixels whose logits are channel-first with row stride ld (spec §5.8). */
 static void heights_ld(const dm_chm *h, const float *logits, size_t ld, int64_t npix,

@@ -54,6 +54,10 @@ void dm_chm_free(dm_chm *h); /* NULL-safe */
  * its previous ones). */
 int dm_chm_set_threads(dm_chm *h, int n, dm_err *err);
 int dm_chm_threads(const dm_chm *h);
+/* The precision of the decoder's convolutions (dm_ops_set_precision): DM_PREC_FP32 after open,
+ * or DM_PREC_BF16 (bf16 products with fp32 accumulation; the reassembly's transposed
+ * convolutions, projections, resizing and the bins stay fp32). Kept across dm_chm_set_threads. */
+int dm_chm_set_precision(dm_chm *h, int precision, dm_err *err);
 
 /* The four blocks tapped (ascending), the number of output bins/logit channels (256 for CHMv2),
  * and a one-line description (source file, layout, widths) for logs. */

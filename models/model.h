@@ -3,6 +3,7 @@
 #ifndef DM_MODEL_H
 #define DM_MODEL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../src/base/base.h"
@@ -109,7 +110,24 @@ typedef struct dm_backend_opts {
     int threads;    /* BLAS/compute threads; <= 0: all cores */
     int gemm_parts; /* slices each matrix product is cut into (<= 0: threads). The results depend
                      * on it, bit for bit, not on the threads: a resumed run keeps its first's */
+    int precision;  /* DM_PREC_FP32 (0, exact) or DM_PREC_BF16 (resolved: never AUTO) */
 } dm_backend_opts;
+
+/* --- precision ---------------------------------------------------------------------------------
+ * fp32: every product in fp32 (golden parity ~1e-6). bf16: the matrix products (linear layers,
+ * attention) take bf16 inputs and accumulate in fp32, weights held in bf16; LayerNorm, softmax,
+ * RoPE, residuals and everything after the backbone stay fp32. Worth it only on CPUs with bf16
+ * dot-product instructions. */
+enum { DM_PREC_AUTO = -1, DM_PREC_FP32 = 0, DM_PREC_BF16 = 1 };
+int dm_precision_parse(const char *name, int *out, dm_err *err); /* fp32, bf16, auto */
+const char *dm_precision_name(int p);
+/* The CPU's bf16 dot-product instructions as the bf16 library sees them: "AMX", "AVX512_BF16",
+ * or NULL. Testing knob: DINOMAP_CPU_BF16=0 in the environment plays a CPU without them. */
+const char *dm_cpu_bf16(void);
+/* requested (fp32, bf16 or auto) → fp32 or bf16: auto is bf16 only where dm_cpu_bf16(); bf16
+ * where the CPU lacks them is refused (DM_EUNSUPPORTED). For auto, why (if not NULL) receives a
+ * line saying what was picked and why; else it is set empty. */
+int dm_precision_resolve(int requested, int *resolved, char *why, size_t n, dm_err *err);
 
 /* device: "cpu" (and "cuda" when built with CUDA). */
 int dm_backend_open(const char *device, const dm_model *m, const dm_backend_opts *o,

@@ -52,6 +52,13 @@ enum { DM_OPS_SLOTS = 6, DM_OPS_SLOT_USER = 4 };
 int dm_ops_create(int threads, dm_ops **out, dm_err *err); /* threads < 1: 1 */
 void dm_ops_free(dm_ops *ws);                              /* NULL-safe */
 int dm_ops_threads(const dm_ops *ws);                      /* 1 for NULL */
+/* The precision of the convolutions' products (dm_conv_run, dm_conv2d): 0 fp32 (the default),
+ * 1 bf16 (DM_PREC_BF16 of model.h: bf16 inputs and weights, fp32 accumulation, through oneDNN;
+ * refused with DM_EUNSUPPORTED on a CPU without bf16 dot-product instructions). In bf16 each
+ * weight array is rounded once and kept by its address: weights must not change while the
+ * workspace lives. Transposed convolutions, resizing and dm_ops_sgemm/sgemv stay fp32. */
+int dm_ops_set_precision(dm_ops *ws, int precision, dm_err *err);
+int dm_ops_precision(const dm_ops *ws); /* 0 for NULL */
 /* Makes every thread's buffer in `slot` hold at least n floats (contents are not kept). */
 int dm_ops_reserve(dm_ops *ws, int slot, size_t n, dm_err *err);
 float *dm_ops_buf(const dm_ops *ws, int tid, int slot);

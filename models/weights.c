@@ -136,6 +136,18 @@ static float elem_f32(const unsigned char *p, dm_dtype dt, int swap)
     return 0.0f;
 }
 
+void dm_tensor_release(const dm_tensor *t, int64_t first, int64_t count)
+{
+    if (!dm_tensor_is_contiguous(t) || count <= 0)
+        return;
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), sz = dm_dtype_size(t->dtype);
+    uintptr_t a = (uintptr_t)(t->data + (size_t)first * sz), b = a + (size_t)count * sz;
+    a = (a + pg - 1) / pg * pg; /* whole pages only: neighbours may still be in use */
+    b = b / pg * pg;
+    if (b > a) /* the mapping is read-only and private to a file: nothing is lost */
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 int dm_tensor_read_f32(const dm_tensor *t, int64_t first, int64_t count, float *dst, dm_err *err)
 {
     int64_t numel = dm_tensor_numel(t);

@@ -59,6 +59,10 @@ const char *dm_shape_str(const int64_t *shape, int ndim, char *buf, size_t n);
  * dtype and honouring strides. Integer and bool tensors are converted by value. */
 int dm_tensor_read_f32(const dm_tensor *t, int64_t first, int64_t count, float *dst, dm_err *err);
 
+/* Tells the kernel that the mapped pages wholly inside elements [first, first+count) of a
+ * contiguous tensor are not needed now (e.g. once they were converted to another copy): they
+ * leave the process's resident memory and are read back from the file if touched again. */
+void dm_tensor_release(const dm_tensor *t, int64_t first, int64_t count);
 /* The whole tensor as a malloc'd fp32 copy (caller frees), or NULL with err set. */
 float *dm_tensor_to_f32(const dm_tensor *t, dm_err *err);
 

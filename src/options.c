@@ -13,13 +13,14 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "../models/model.h"
 #include "cli.h"
 
 enum {
     O_MODEL, O_OUTPUT, O_HEAD, O_SEG_HEAD_CLI, O_SEG_HEAD, O_CLUSTERS, O_SEED, O_PROBS,
     O_PRODUCTS, O_INPUT, O_AT, O_SRS, O_QAOI, O_FEATURES, O_BANDS, O_SCALE, O_STRETCH, O_GSD,
     O_CRS, O_UNGEO, O_AOI, O_AOI_TILES, O_TILE, O_HALO, O_OVERLAP, O_CHUNK, O_LAYER, O_QUANT,
-    O_NOPCA, O_TAPS, O_NORM, O_ARCH, O_DEVICE, O_THREADS, O_BATCH, O_OVERWRITE, O_DROP, O_KEEP,
+    O_NOPCA, O_TAPS, O_NORM, O_ARCH, O_DEVICE, O_PRECISION, O_THREADS, O_BATCH, O_OVERWRITE, O_DROP, O_KEEP,
     O_MAXCOG, O_OF, O_CO, O_CONFIG, O_PROGRESS, O_LOG, O_QUIET, O_SHARD, O_SHARD_COUNT,
     O_COUNT
 };
@@ -96,6 +97,11 @@ static const struct optdef {
     [O_ARCH] = { "arch", 0, 1, M, "NAME", "force the architecture (default: recognised from "
                  "the weights)" },
     [O_DEVICE] = { "device", 0, 1, M, "DEV", "compute device: cpu (default)" },
+    [O_PRECISION] = { "precision", 0, 1, M, "P", "fp32 (default: exact), bf16 (the matrix "
+                      "products of the backbone and of the CHMv2 decoder's convolutions in bf16 "
+                      "with fp32 accumulation: faster on CPUs with "
+                      "AVX512_BF16 or AMX, ~1e-2 relative error; refused on others) or auto "
+                      "(bf16 where the CPU has them); part of the run's configuration" },
     [O_THREADS] = { "threads", 0, 1, M, "N", "compute threads (default: all cores)" },
     [O_BATCH] = { "batch", 0, 1, M, "N", "windows per forward pass (default: 1)" },
     [O_OVERWRITE] = { "overwrite", 0, 0, M, NULL, "remove the folder's run first and start "
@@ -421,6 +427,12 @@ static int set(dm_cli *c, int id, const char *v, char *why, size_t n)
         if ((o->batch = dm_parse_pos_int(v)) < 0 || o->batch > 256)
             return BAD("--batch %s: expected 1..256", v);
         break;
+    case O_PRECISION: {
+        dm_err e = { 0 };
+        if (dm_precision_parse(v, &o->precision, &e))
+            return BAD("%s", e.msg);
+        break;
+    }
     case O_THREADS:
         if ((o->threads = dm_parse_pos_int(v)) < 0)
             return BAD("--threads %s: expected a positive number", v);

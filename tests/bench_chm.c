@@ -5,8 +5,10 @@
  * keeps fp32 copies), feeds random normed taps, and reports seconds per tile (heights only, as
  * `dinomap chm` asks) and GFLOP/s (the flops of the convolutions as im2col GEMMs and of the other
  * GEMMs), best of 3, then the efficiency ratio (time OpenBLAS's own threaded sgemm needs for the
- * same GEMMs alone) / (decoder time), as bench_vit does for the backbone. No backbone is built or
- * run. Not a test: it asserts nothing.
+ * same GEMMs alone) / (decoder time), as bench_vit does for the backbone. Where the CPU has bf16
+ * instructions, the same in bf16 (runs interleaved with fp32's; its floor: oneDNN's threaded
+ * bf16 matmul for the GEMMs the bf16 decoder runs in bf16, sgemm for those it keeps fp32). No
+ * backbone is built or run. Not a test: it asserts nothing.
  *
  *   bench_chm [THREADS [DUMP]]   THREADS: decoder threads (default 2); DUMP: one more run with
  *                                the logits, written there (raw fp32) followed by the heights */
@@ -21,7 +23,7 @@
 #include <unistd.h>
 
 #include "../heads/heads.h"
-#include "../models/model.h"
+#include "../models/cpu/bf16.h"
 #include "../models/model.h"
 
 enum { D = 1024, F = 256, H1 = 128, H2 = 128, NBINS = 256, GH = 32, GW = 32, RUNS = 3 };
@@ -207,7 +209,8 @@ static double gemm_flops(const gemm *g, int n)
 /* The floor: OpenBLAS's own threaded sgemm on the same GEMMs (B in column chunks of at most CAP
  * floats, as the whole im2col matrices would not fit), nothing else. */
 enum { CAP = 1 << 24 };
-static double gemm_floor(const gemm *g, int n, const float *A, const float *B, float *Cm)
+static double gemm_floor(const gemm *g, int n, const float *A, const float *B, float *Cm,
+                         dm_bf16 *bf, const uint16_t *Ah, const uint16_t *Bh)
 {
     double t0 = now();
     for (int i = 0; i < n; i++) {
@@ -218,7 +221,11 @@ static double gemm_floor(const gemm *g, int n, const float *A, const float *B, f
             Nc = CAP / M;
         for (int n0 = 0; n0 < g[i].N; n0 += Nc) {
             int nn = g[i].N - n0 < Nc ? g[i].N - n0 : Nc;
-            cblas_sgemm(CblasRowMajor, g[i].tA ? CblasTrans : CblasNoTrans,
+            if (bf && !g[i].tA) /* the convolutions: bf16 in the bf16 decoder */
+                dm_bf16_gemm(bf, g[i].tB, M, nn, K, 1.0f, Ah, K, Bh, g[i].tB ? K : nn, 1, Cm, nn,
+                             NULL);
+            else
+                cblas_sgemm(CblasRowMajor, g[i].tA ? CblasTrans : CblasNoTrans,
                         g[i].tB ? CblasTrans : CblasNoTrans, M, nn, K, 1.0f, A, g[i].tA ? M : K,
                         B, g[i].tB ? K : nn, 1.0f, Cm, nn);
         }
@@ -293,13 +300,26 @@ int main(int argc, char **argv)
 
     /* the decoder runs first, the floor after: threaded OpenBLAS calls leave worker threads
      * behind that would slow the decoder's own threads */
-    double t[RUNS], fl[RUNS];
-    for (int r = 0; r < RUNS && !rc; r++) {
-        t0 = now();
-        if ((rc = dm_chm_decode(h, taps, GH, GW, NULL, height, &err)))
-            fprintf(stderr, "bench_chm: %s\n", err.msg);
-        t[r] = now() - t0;
-    }
+    double t[RUNS], fl[RUNS], tb[RUNS], flb[RUNS];
+    int bf16 = dm_cpu_bf16() != NULL;
+    float *hb = malloc(npix * sizeof *hb);
+    for (int r = 0; r < RUNS && !rc; r++) /* interleaved: fp32, bf16, fp32, bf16... */
+        for (int p = 0; p < 1 + bf16 && !rc; p++) {
+            if ((rc = dm_chm_set_precision(h, p ? DM_PREC_BF16 : DM_PREC_FP32, &err)))
+                break;
+            if (r == 0 && p) /* the first bf16 run rounds the weights: not timed */
+                rc = dm_chm_decode(h, taps, GH, GW, NULL, hb, &err);
+            t0 = now();
+            if (!rc && (rc = dm_chm_decode(h, taps, GH, GW, NULL, p ? hb : height, &err)))
+                break;
+            (p ? tb : t)[r] = now() - t0;
+        }
+    if (rc)
+        fprintf(stderr, "bench_chm: %s\n", err.msg);
+    double hdiff = 0;
+    for (size_t i = 0; bf16 && !rc && i < npix; i++)
+        hdiff = fmax(hdiff, fabs((double)hb[i] - height[i]));
+    dm_chm_set_precision(h, DM_PREC_FP32, NULL);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     int same = 1;
@@ -328,8 +348,20 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < CAP; i++)
             B[i] = frand();
         openblas_set_num_threads(threads);
-        for (int r = 0; r < RUNS; r++)
-            fl[r] = gemm_floor(g, ng, A, B, Cm);
+        dm_bf16 *bf = NULL;
+        uint16_t *Ah = NULL, *Bh = NULL;
+        if (bf16 && !dm_bf16_create(threads, &bf, NULL)) {
+            Ah = malloc((size_t)D * 9 * D * sizeof *Ah), Bh = malloc((size_t)CAP * sizeof *Bh);
+            dm_bf16_from_f32(A, Ah, (int64_t)D * 9 * D);
+            dm_bf16_from_f32(B, Bh, CAP);
+        }
+        for (int r = 0; r < RUNS; r++) {
+            fl[r] = gemm_floor(g, ng, A, B, Cm, NULL, NULL, NULL);
+            if (bf)
+                flb[r] = gemm_floor(g, ng, A, B, Cm, bf, Ah, Bh);
+        }
+        dm_bf16_free(bf);
+        free(Ah), free(Bh);
         double sum = 0;
         for (size_t i = 0; i < npix; i++)
             sum += height[i];
@@ -346,6 +378,19 @@ int main(int argc, char **argv)
                flops * 1e-9 / fl[0]);
         printf("efficiency:   %.3f best/best, %.3f median/median (sgemm floor / decoder)\n",
                fl[0] / t[0], fl[RUNS / 2] / t[RUNS / 2]);
+        if (bf16) {
+            qsort(tb, RUNS, sizeof *tb, cmp_double);
+            qsort(flb, RUNS, sizeof *flb, cmp_double);
+            printf("bf16 decoder: %.3f s/tile (best of %d; median %.3f s), %.1f GFLOP/s; %.2f× "
+                   "fp32's speed; heights within %.3g m of fp32's\n", tb[0], RUNS, tb[RUNS / 2],
+                   flops * 1e-9 / tb[0], t[0] / tb[0], hdiff);
+            printf("bf16 floor:   %.3f s (oneDNN's threaded bf16 matmul on the convolutions' GEMMs, "
+                   "sgemm on the rest, best of %d; median %.3f s); efficiency %.3f best/best, "
+                   "%.3f median/median\n", flb[0], RUNS, flb[RUNS / 2], flb[0] / tb[0],
+                   flb[RUNS / 2] / tb[RUNS / 2]);
+        } else {
+            printf("bf16 decoder: not measured (this CPU has no AVX512_BF16 or AMX)\n");
+        }
         printf("peak RSS:     %.0f MB\n", (double)ru.ru_maxrss / 1024.0);
         printf("mean height:  %.6f m (a checksum of the random run)\n", sum / (double)npix);
         if (dump)
@@ -357,7 +402,7 @@ int main(int argc, char **argv)
         rc = 1;
     }
     free(A), free(B), free(Cm);
-    free(tok), free(logits), free(height);
+    free(tok), free(logits), free(height), free(hb);
     dm_chm_free(h);
     return rc ? 1 : 0;
 }

@@ -25,7 +25,7 @@ int main(int argc, char **argv)
     dm_model *m;
     dm_chm *h;
     dm_backend *be;
-    dm_backend_opts bo = { threads, 0 };
+    dm_backend_opts bo = { threads, 0, DM_PREC_FP32 };
     if (dm_model_open(path, NULL, &m, &err) || dm_chm_open(NULL, m->w, m, NULL, &h, &err) ||
         dm_chm_set_threads(h, threads, &err) ||
         dm_backend_open("cpu", m, &bo, &be, &err)) {

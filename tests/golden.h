@@ -41,5 +41,9 @@ int dm_same_outputs(const char *d1, const char *d2, const char *const *names, ch
                     size_t n);
 
 #define DM_GOLDEN_TOL 1e-4
+/* ... and for --precision bf16 (bf16 products, fp32 accumulation) */
+#define DM_GOLDEN_TOL_BF16 2e-2
+/* 1 when this CPU runs bf16 (else the bf16 tests skip, saying why, and return 0) */
+int dm_test_bf16(const char *test);
 
 #endif

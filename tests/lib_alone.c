@@ -17,7 +17,7 @@ int main(int argc, char **argv)
     dm_backend *be = NULL;
     float *img = NULL, *tok = NULL;
     int rc = dm_model_open(argv[1], NULL, &m, &err);
-    dm_backend_opts bo = { 1, 0 };
+    dm_backend_opts bo = { 1, 0, DM_PREC_FP32 };
     if (!rc)
         rc = dm_backend_open("cpu", m, &bo, &be, &err);
     if (!rc) {

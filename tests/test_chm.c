@@ -317,7 +317,7 @@ TEST(chm_blend_equals_hand_computed)
     dm_model *m = NULL;
     dm_chm *head = NULL;
     dm_backend *be = NULL;
-    dm_backend_opts bo = { 1, 0 };
+    dm_backend_opts bo = { 1, 0, DM_PREC_FP32 };
     CHECKF(dm_model_open(dm_golden("chmv2_tiny_hf/model.safetensors"), NULL, &m, &err) == 0 &&
            dm_chm_open(NULL, m->w, m, NULL, &head, &err) == 0 &&
            dm_backend_open("cpu", m, &bo, &be, &err) == 0, "%s", err.msg);

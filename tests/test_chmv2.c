@@ -58,19 +58,27 @@ static void setup_free(setup *s)
     memset(s, 0, sizeof *s);
 }
 
-/* backbone: path of the backbone file; head: head file or NULL (head inside the backbone file). */
-static int setup_open(setup *s, const char *backbone, const char *head, const int *taps,
-                      dm_err *err)
+/* backbone: path of the backbone file; head: head file or NULL (head inside the backbone file);
+ * backbone and head in precision prec. */
+static int setup_open_prec(setup *s, const char *backbone, const char *head, const int *taps,
+                           int prec, dm_err *err)
 {
     memset(s, 0, sizeof *s);
     int rc;
-    dm_backend_opts bo = { 1, 0 };
+    dm_backend_opts bo = { 1, 0, prec };
     if ((rc = dm_weights_open(backbone, &s->w, err)) ||
         (rc = dm_model_bind(s->w, NULL, &s->m, err)) ||
         (rc = dm_chm_open(head, s->w, s->m, taps, &s->h, err)) ||
+        (rc = dm_chm_set_precision(s->h, prec, err)) ||
         (rc = dm_backend_open("cpu", s->m, &bo, &s->be, err)))
         setup_free(s);
     return rc;
+}
+
+static int setup_open(setup *s, const char *backbone, const char *head, const int *taps,
+                      dm_err *err)
+{
+    return setup_open_prec(s, backbone, head, taps, DM_PREC_FP32, err);
 }
 
 /* --- slow reference operators (spec formulas, double accumulation) ------------------------------ */
@@ -425,7 +433,8 @@ static double cmp_file(const float *ours, int64_t n, const char *ref)
     return e;
 }
 
-static void golden_lib(const char *cs, const char *backbone, const char *head)
+static void golden_lib_prec(const char *cs, const char *backbone, const char *head, int prec,
+                            double tol)
 {
     char dir[64], p1[128], p2[128];
     snprintf(dir, sizeof dir, "%s", cs);
@@ -434,8 +443,8 @@ static void golden_lib(const char *cs, const char *backbone, const char *head)
     snprintf(p1, sizeof p1, "%s/%s", dir, backbone);
     if (head)
         snprintf(p2, sizeof p2, "%s/%s", dir, head);
-    CHECKF(setup_open(&s, dm_golden(p1), head ? dm_golden(p2) : NULL, NULL, &err) == 0, "%s",
-           err.msg);
+    CHECKF(setup_open_prec(&s, dm_golden(p1), head ? dm_golden(p2) : NULL, NULL, prec, &err) == 0,
+           "%s", err.msg);
     const int *t = dm_chm_taps(s.h);
     CHECKF(t[0] == 0 && t[1] == 1 && t[2] == 2 && t[3] == 3, "taps %d,%d,%d,%d", t[0], t[1], t[2],
            t[3]);
@@ -463,13 +472,84 @@ static void golden_lib(const char *cs, const char *backbone, const char *head)
     dm_npy_free(&in);
     setup_free(&s);
     CHECKF(rc == 0, "%s", err.msg);
-    printf("    %s: relative error logits %.3g, height %.3g\n", cs, el, eh);
-    CHECKF(el <= DM_GOLDEN_TOL && eh <= DM_GOLDEN_TOL, "%s: logits %.3g height %.3g", cs, el, eh);
+    printf("    %s (%s): relative error logits %.3g, height %.3g\n", cs, dm_precision_name(prec),
+           el, eh);
+    CHECKF(el <= tol && eh <= tol, "%s (%s): logits %.3g height %.3g", cs,
+           dm_precision_name(prec), el, eh);
+    CHECKF(prec != DM_PREC_BF16 || el > 1e-5, "%s (bf16): logits error %.3g, as small as fp32's",
+           cs, el);
     CHECK(same);
+}
+
+static void golden_lib(const char *cs, const char *backbone, const char *head)
+{
+    golden_lib_prec(cs, backbone, head, DM_PREC_FP32, DM_GOLDEN_TOL);
 }
 
 TEST(chmv2_golden_lib_meta) { golden_lib("chmv2_tiny", "backbone.pth", "head.pth"); }
 TEST(chmv2_golden_lib_hf) { golden_lib("chmv2_tiny_hf", "model.safetensors", NULL); }
+TEST(chmv2_golden_bf16_lib_meta)
+{
+    if (dm_test_bf16("chmv2_golden_bf16_lib_meta"))
+        golden_lib_prec("chmv2_tiny", "backbone.pth", "head.pth", DM_PREC_BF16,
+                        DM_GOLDEN_TOL_BF16);
+}
+TEST(chmv2_golden_bf16_lib_hf)
+{
+    if (dm_test_bf16("chmv2_golden_bf16_lib_hf"))
+        golden_lib_prec("chmv2_tiny_hf", "model.safetensors", NULL, DM_PREC_BF16,
+                        DM_GOLDEN_TOL_BF16);
+}
+
+/* bf16 convolutions: the fp32 result within the bf16 tolerance, the same bits on 1 and 3
+ * threads; refused where the CPU has no bf16 instructions */
+TEST(chmv2_operators_bf16)
+{
+    if (!dm_test_bf16("chmv2_operators_bf16"))
+        return;
+    dm_ops *w1, *w3;
+    dm_err err = { 0 };
+    CHECKF(dm_ops_create(1, &w1, &err) == 0 && dm_ops_create(3, &w3, &err) == 0 &&
+           dm_ops_set_precision(w1, DM_PREC_BF16, &err) == 0 &&
+           dm_ops_set_precision(w3, DM_PREC_BF16, &err) == 0, "%s", err.msg);
+    struct { int cin, cout, H, W, k, s, p, up2, flags; } c[] = {
+        { 5, 7, 9, 11, 3, 1, 1, 0, 0 },
+        { 256, 128, 16, 16, 3, 1, 1, 0, 0 },
+        { 64, 96, 40, 24, 3, 2, 1, 0, 0 },
+        { 16, 24, 20, 12, 3, 1, 1, 1, DM_CONV_RELU_OUT },
+        { 8, 12, 30, 10, 3, 1, 1, 0, DM_CONV_RELU_IN | DM_CONV_ACCUM },
+        { 8, 5, 7, 9, 1, 1, 0, 0, 0 },
+        { 16, 8, 600, 9, 3, 1, 1, 0, 0 },
+    };
+    int ok = 1;
+    for (size_t i = 0; ok && i < sizeof c / sizeof c[0]; i++) {
+        int Hi = c[i].up2 ? 2 * c[i].H : c[i].H, Wi = c[i].up2 ? 2 * c[i].W : c[i].W;
+        size_t no = (size_t)c[i].cout * dm_conv_out_size(Hi, c[i].k, c[i].s, c[i].p) *
+                    dm_conv_out_size(Wi, c[i].k, c[i].s, c[i].p);
+        float *in = rand_buf((size_t)c[i].cin * c[i].H * c[i].W);
+        float *w = rand_buf((size_t)c[i].cout * c[i].cin * c[i].k * c[i].k);
+        float *b = rand_buf(c[i].cout), *o[3];
+        o[0] = rand_buf(no);
+        for (int t = 1; t < 3; t++)
+            o[t] = malloc(no * sizeof *o[t]), memcpy(o[t], o[0], no * sizeof *o[0]);
+        dm_conv_spec sp = { in, c[i].cin, c[i].H, c[i].W, c[i].up2, w, b, c[i].cout, c[i].k,
+                            c[i].s, c[i].p, c[i].flags, o[0], NULL, NULL };
+        ok &= dm_conv_run(NULL, &sp, &err) == 0;
+        sp.out = o[1];
+        ok &= dm_conv_run(w1, &sp, &err) == 0;
+        sp.out = o[2];
+        ok &= dm_conv_run(w3, &sp, &err) == 0;
+        double r = dm_rel_err(o[1], o[0], (int64_t)no);
+        ok &= !memcmp(o[1], o[2], no * sizeof *o[1]) && r <= DM_GOLDEN_TOL_BF16 && r > 1e-6;
+        if (!ok)
+            printf("    bf16 conv case %zu: relative error %.3g against fp32, %s on 1 and 3 "
+                   "threads\n", i, r, memcmp(o[1], o[2], no * sizeof *o[1]) ? "differs" : "same");
+        free(in), free(w), free(b), free(o[0]), free(o[1]), free(o[2]);
+    }
+    dm_ops_free(w1);
+    dm_ops_free(w3);
+    CHECKF(ok, "%s", err.msg);
+}
 
 /* --- an odd grid against a slow reference decoder ------------------------------------------------ */
 

@@ -231,6 +231,63 @@ TEST(engine_lock_and_config_mismatch)
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
 }
 
+/* The precision changes pixels: it is part of the configuration (auto recorded as what it
+ * resolved to), a resume in another is refused; a bf16 run resumes in bf16, and its features are
+ * those of fp32 within the bf16 tolerance. */
+TEST(engine_precision_in_configuration)
+{
+    const char *t = dm_test_tmpdir();
+    char in[1100], od[1100], od2[1100], cmd[8192];
+    const char *out;
+    snprintf(in, sizeof in, "%s/in.tif", t);
+    CHECK(make_input(in, 128, 128, 5) == 0);
+    snprintf(od, sizeof od, "%s/o", t);
+    const char *w = dm_golden("vitl_sat_tiny/backbone.pth");
+    char wk[1000];
+    snprintf(wk, sizeof wk, "%s", w);
+    /* auto on a CPU without bf16 instructions: fp32, said and recorded */
+    snprintf(cmd, sizeof cmd, "DINOMAP_CPU_BF16=0 %s features --progress none -m %s %s -o %s "
+             "--tile 64 --halo 16 --precision auto", dm_bin(), wk, in, od);
+    int st = dm_run(cmd, &out);
+    CHECKF(st == 0 && strstr(out, "--precision auto: fp32"), "exit %d: %s", st, out);
+    snprintf(cmd, sizeof cmd, "%s features --progress none -m %s %s -o %s --tile 64 --halo 16 "
+             "--precision fp32", dm_bin(), wk, in, od);
+    CHECKF((st = dm_run(cmd, &out)) == 0, "resume in fp32: exit %d: %s", st, out);
+    snprintf(cmd, sizeof cmd, "DINOMAP_CPU_BF16=0 %s features --progress none -m %s %s -o %s "
+             "--tile 64 --halo 16 --precision bf16", dm_bin(), wk, in, od);
+    st = dm_run(cmd, &out);
+    CHECKF(st == 1 && strstr(out, "this CPU has no bf16"), "bf16 without: exit %d: %s", st, out);
+    if (!dm_test_bf16("engine_precision_in_configuration"))
+        return;
+    snprintf(cmd, sizeof cmd, "%s features --progress none -m %s %s -o %s --tile 64 --halo 16 "
+             "--precision bf16", dm_bin(), wk, in, od);
+    st = dm_run(cmd, &out);
+    CHECKF(st == 1 && strstr(out, "another configuration") &&
+           strstr(out, "precision: \"bf16\" now, \"fp32\""), "exit %d: %s", st, out);
+    snprintf(od2, sizeof od2, "%s/b", t);
+    snprintf(cmd, sizeof cmd, "%s features --progress none -m %s %s -o %s --tile 64 --halo 16 "
+             "--precision auto", dm_bin(), wk, in, od2);
+    st = dm_run(cmd, &out);
+    CHECKF(st == 0 && strstr(out, "--precision auto: bf16"), "exit %d: %s", st, out);
+    snprintf(cmd, sizeof cmd, "%s features --progress none -m %s %s -o %s --tile 64 --halo 16 "
+             "--precision bf16", dm_bin(), wk, in, od2);
+    CHECKF((st = dm_run(cmd, &out)) == 0, "resume in bf16: exit %d: %s", st, out);
+    snprintf(cmd, sizeof cmd, "%s features --progress none -m %s %s -o %s --tile 64 --halo 16",
+             dm_bin(), wk, in, od2);
+    st = dm_run(cmd, &out);
+    CHECKF(st == 1 && strstr(out, "precision: \"fp32\" now, \"bf16\""), "exit %d: %s", st,
+           out);
+    char a[1200], b[1200];
+    snprintf(a, sizeof a, "%s/features.tif", od);
+    snprintf(b, sizeof b, "%s/features.tif", od2);
+    int wa, ha, ba, wb, hb, bb;
+    float *fa = dm_read_all(a, &wa, &ha, &ba), *fb = dm_read_all(b, &wb, &hb, &bb);
+    int same_shape = fa && fb && wa == wb && ha == hb && ba == bb;
+    double r = same_shape ? dm_rel_err(fb, fa, (int64_t)wa * ha * ba) : INFINITY;
+    free(fa), free(fb);
+    CHECKF(same_shape && r <= DM_GOLDEN_TOL_BF16 && r > 0, "bf16 features vs fp32: %.3g", r);
+}
+
 TEST(engine_joint_run_equals_separate_runs)
 {
     const char *t = dm_test_tmpdir();

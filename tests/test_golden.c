@@ -64,8 +64,9 @@ static double cmp_tokens(const gcase *g, const char *file, const float *tok, int
     return r;
 }
 
-/* Library API: dm_model_open + dm_backend_forward, every output against its golden file. */
-static void check_library(const char *name)
+/* Library API: dm_model_open + dm_backend_forward, every output against its golden file, in
+ * precision prec within tol. */
+static void check_library_prec(const char *name, int prec, double tol)
 {
     gcase g;
     CHECKF(load_case(name, &g) == 0, "cannot read case %s", name);
@@ -73,7 +74,7 @@ static void check_library(const char *name)
     dm_model *m;
     CHECKF(dm_model_open(g.weights, NULL, &m, &err) == 0, "%s", err.msg);
     dm_backend *be;
-    dm_backend_opts bo = { 1, 0 };
+    dm_backend_opts bo = { 1, 0, prec };
     CHECKF(dm_backend_open("cpu", m, &bo, &be, &err) == 0, "%s", err.msg);
     char path[700];
     snprintf(path, sizeof path, "%s/input.npy", g.dir);
@@ -123,18 +124,109 @@ static void check_library(const char *name)
     dm_backend_close(be);
     dm_model_free(m);
     CHECKF(rc == 0, "forward failed: %s", err.msg);
-    printf("    %s: worst relative error %.3g (%s)\n", name, worst, worst_name);
-    CHECKF(worst <= DM_GOLDEN_TOL, "%s: %s relative error %.3g > %g", name, worst_name, worst,
-           DM_GOLDEN_TOL);
+    printf("    %s (%s): worst relative error %.3g (%s)\n", name, dm_precision_name(prec), worst,
+           worst_name);
+    CHECKF(worst <= tol, "%s (%s): %s relative error %.3g > %g", name, dm_precision_name(prec),
+           worst_name, worst, tol);
+    /* bf16 rounding shows: a bf16 run that came out exact would not have run in bf16 */
+    CHECKF(prec != DM_PREC_BF16 || worst > 1e-5, "%s (bf16): error %.3g, as small as fp32's",
+           name, worst);
+}
+
+static void check_library(const char *name)
+{
+    check_library_prec(name, DM_PREC_FP32, DM_GOLDEN_TOL);
+}
+
+static void check_library_bf16(const char *name)
+{
+    if (dm_test_bf16(name))
+        check_library_prec(name, DM_PREC_BF16, DM_GOLDEN_TOL_BF16);
 }
 
 TEST(golden_lib_vitl_sat_tiny) { check_library("vitl_sat_tiny"); }
 TEST(golden_lib_vit7b_sat_tiny_bf16) { check_library("vit7b_sat_tiny_bf16"); }
 TEST(golden_lib_vitl_sat_tiny_hf) { check_library("vitl_sat_tiny_hf"); }
+TEST(golden_bf16_lib_vitl_sat_tiny) { check_library_bf16("vitl_sat_tiny"); }
+TEST(golden_bf16_lib_vit7b_sat_tiny_bf16) { check_library_bf16("vit7b_sat_tiny_bf16"); }
+TEST(golden_bf16_lib_vitl_sat_tiny_hf) { check_library_bf16("vitl_sat_tiny_hf"); }
+
+/* bf16: the same bits with 1 and 2 threads for the same gemm_parts, and for a batch of two */
+TEST(golden_bf16_threads_same_bits)
+{
+    if (!dm_test_bf16("golden_bf16_threads_same_bits"))
+        return;
+    gcase g;
+    CHECK(load_case("vitl_sat_tiny", &g) == 0);
+    dm_err err = { 0 };
+    dm_model *m;
+    CHECKF(dm_model_open(g.weights, NULL, &m, &err) == 0, "%s", err.msg);
+    char path[700];
+    snprintf(path, sizeof path, "%s/input.npy", g.dir);
+    dm_npy in;
+    CHECK(dm_npy_read(path, &in, NULL) == 0);
+    size_t px = (size_t)in.numel, n = (size_t)dm_model_tokens(m, g.H, g.W) * m->cfg.embed_dim;
+    float *two = malloc(2 * px * sizeof(float)), *out[3];
+    memcpy(two, in.f, px * sizeof(float));
+    memcpy(two + px, in.f, px * sizeof(float));
+    int rc = 0;
+    for (int t = 0; t < 3; t++) { /* 1 thread; 2 threads; 2 threads, batch of 2 */
+        dm_backend_opts bo = { t ? 2 : 1, 2, DM_PREC_BF16 };
+        dm_backend *be = NULL;
+        out[t] = malloc(2 * n * sizeof(float));
+        dm_vit_request req = { 0, NULL, NULL, NULL, out[t] };
+        if (!rc && !(rc = dm_backend_open("cpu", m, &bo, &be, &err)))
+            rc = dm_backend_forward(be, two, t == 2 ? 2 : 1, g.H, g.W, &req, &err);
+        dm_backend_close(be);
+    }
+    int same = !rc && !memcmp(out[0], out[1], n * sizeof(float)) &&
+               !memcmp(out[0], out[2], n * sizeof(float)) &&
+               !memcmp(out[0], out[2] + n, n * sizeof(float));
+    double d = rc ? INFINITY : dm_rel_err(out[1], out[0], (int64_t)n);
+    for (int t = 0; t < 3; t++)
+        free(out[t]);
+    free(two);
+    dm_npy_free(&in);
+    dm_model_free(m);
+    CHECKF(rc == 0, "%s", err.msg);
+    CHECKF(same, "bf16 results differ with the thread count or the batch (rel. %.3g)", d);
+}
+
+/* bf16 on a CPU without bf16 instructions is refused with a message saying why; auto runs fp32
+ * there and says so (DINOMAP_CPU_BF16=0 plays such a CPU) */
+TEST(golden_bf16_refused_without_instructions)
+{
+    gcase g;
+    CHECK(load_case("vitl_sat_tiny", &g) == 0);
+    const char *tmp = dm_test_tmpdir();
+    char cmd[2400];
+    snprintf(cmd, sizeof cmd, "DINOMAP_CPU_BF16=0 %s forward -m %s -i %s/input.npy -o %s/out "
+             "--precision bf16", dm_bin(), g.weights, g.dir, tmp);
+    const char *out;
+    int st = dm_run(cmd, &out);
+    CHECKF(st != 0 && strstr(out, "--precision bf16: this CPU has no bf16 dot-product "
+                             "instructions") && strstr(out, "use --precision fp32"),
+           "exit %d: %s", st, out);
+    snprintf(cmd, sizeof cmd, "DINOMAP_CPU_BF16=0 %s forward -m %s -i %s/input.npy -o %s/out "
+             "--precision auto", dm_bin(), g.weights, g.dir, tmp);
+    st = dm_run(cmd, &out);
+    CHECKF(st == 0 && strstr(out, "--precision auto: fp32"), "exit %d: %s", st, out);
+    char ours[900], ref[900], why[600];
+    snprintf(ours, sizeof ours, "%s/out/x_norm_patchtokens.npy", tmp);
+    snprintf(ref, sizeof ref, "%s/x_norm_patchtokens.npy", g.dir);
+    double r = dm_cmp_npy(ours, ref, why, sizeof why);
+    CHECKF(r >= 0 && r <= DM_GOLDEN_TOL, "auto without bf16 must be fp32: %.3g %s", r, why);
+    snprintf(cmd, sizeof cmd, "%s forward -m %s -i %s/input.npy -o %s/out --precision bf17",
+             dm_bin(), g.weights, g.dir, tmp);
+    st = dm_run(cmd, &out);
+    CHECKF(st == 2 && strstr(out, "--precision bf17: unknown (fp32, bf16, auto)"), "exit %d: %s",
+           st, out);
+}
 
 /* The CLI on input.npy (normalized), on input_u8.npy (--norm sat) and on a GeoTIFF of the same
  * pixels: every golden output file present and within tolerance. */
-static void check_cli(const char *name, const char *input_kind)
+static void check_cli_prec(const char *name, const char *input_kind, const char *prec,
+                           double tol)
 {
     gcase g;
     CHECKF(load_case(name, &g) == 0, "cannot read case %s", name);
@@ -175,8 +267,8 @@ static void check_cli(const char *name, const char *input_kind)
     for (int k = 0; k < g.nl; k++)
         snprintf(layers + strlen(layers), sizeof layers - strlen(layers), "%s%d", k ? "," : "",
                  g.layers[k]);
-    snprintf(cmd, sizeof cmd, "%s forward -q -m %s -i %s -o %s/out --layers %s --threads 2",
-             dm_bin(), g.weights, input, tmp, layers);
+    snprintf(cmd, sizeof cmd, "%s forward -q -m %s -i %s -o %s/out --layers %s --threads 2 "
+             "--precision %s", dm_bin(), g.weights, input, tmp, layers, prec);
     const char *out;
     int st = dm_run(cmd, &out);
     CHECKF(st == 0, "exit %d: %s", st, out);
@@ -199,9 +291,13 @@ static void check_cli(const char *name, const char *input_kind)
         snprintf(ref, sizeof ref, "%s/%s.npy", g.dir, names[i]);
         double r = dm_cmp_npy(ours, ref, why, sizeof why);
         CHECKF(r >= 0, "%s", why);
-        CHECKF(r <= DM_GOLDEN_TOL, "%s %s: relative error %.3g > %g", name, names[i], r,
-               DM_GOLDEN_TOL);
+        CHECKF(r <= tol, "%s %s (%s): relative error %.3g > %g", name, names[i], prec, r, tol);
     }
+}
+
+static void check_cli(const char *name, const char *input_kind)
+{
+    check_cli_prec(name, input_kind, "fp32", DM_GOLDEN_TOL);
 }
 
 TEST(golden_cli_vitl_sat_tiny) { check_cli("vitl_sat_tiny", "input"); }
@@ -210,6 +306,16 @@ TEST(golden_cli_vitl_sat_tiny_hf) { check_cli("vitl_sat_tiny_hf", "input"); }
 TEST(golden_cli_u8_vitl_sat_tiny) { check_cli("vitl_sat_tiny", "input_u8"); }
 TEST(golden_cli_u8_vit7b_sat_tiny_bf16) { check_cli("vit7b_sat_tiny_bf16", "input_u8"); }
 TEST(golden_cli_geotiff_vitl_sat_tiny_hf) { check_cli("vitl_sat_tiny_hf", "tif"); }
+TEST(golden_bf16_cli_vit7b_sat_tiny_bf16)
+{
+    if (dm_test_bf16("golden_bf16_cli_vit7b_sat_tiny_bf16"))
+        check_cli_prec("vit7b_sat_tiny_bf16", "input", "bf16", DM_GOLDEN_TOL_BF16);
+}
+TEST(golden_bf16_cli_vitl_sat_tiny_hf)
+{
+    if (dm_test_bf16("golden_bf16_cli_vitl_sat_tiny_hf"))
+        check_cli_prec("vitl_sat_tiny_hf", "input", "bf16", DM_GOLDEN_TOL_BF16);
+}
 
 /* The normalization of uint8 pixels reproduces the golden input.npy. */
 TEST(golden_normalize_u8)

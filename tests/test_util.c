@@ -13,9 +13,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../models/model.h"
 #include "../src/base/base.h"
 #include "golden.h"
 #include "test.h"
+
+int dm_test_bf16(const char *test)
+{
+    if (dm_cpu_bf16())
+        return 1;
+    printf("    %s: skipped: this CPU has no bf16 dot-product instructions (AVX512_BF16 or AMX), "
+           "so --precision bf16 is refused here\n", test);
+    return 0;
+}
 
 double dm_rel_err(const float *a, const float *b, int64_t n)
 {

@@ -121,6 +121,7 @@ int dm_config_build(dm_eng *e, const char *aoi_sha, dm_err *err)
     cJSON_AddNumberToObject(e->cfg, "embed_dim", e->D);
     cJSON_AddNumberToObject(e->cfg, "depth", e->m->cfg.depth);
     cJSON_AddStringToObject(e->cfg, "device", o->device ? o->device : "cpu");
+    cJSON_AddStringToObject(e->cfg, "precision", dm_precision_name(e->precision));
     cJSON_AddStringToObject(e->cfg, "norm", e->nm->name);
     cJSON_AddItemToObject(e->cfg, "bands", dm_json_ints(o->mosaic.bands, 3));
     if (o->mosaic.scale_set) {

@@ -691,7 +691,13 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     const cJSON *gp = old_res ? cJSON_GetObjectItemCaseSensitive(old_res, "gemm_parts") : NULL;
     e->gemm_parts = cJSON_IsNumber(gp) && gp->valueint > 0 ? gp->valueint : threads;
-    dm_backend_opts bo = { threads, e->gemm_parts };
+    dm_backend_opts bo = { threads, e->gemm_parts, DM_PREC_FP32 };
+    char why[160];
+    if ((rc = dm_precision_resolve(o->precision, &bo.precision, why, sizeof why, err)))
+        goto out;
+    e->precision = bo.precision;
+    if (why[0])
+        dm_info("%s", why);
     if ((rc = dm_model_open(o->weights, &mo, &e->m, err)) ||
         (rc = dm_backend_open(o->device, e->m, &bo, &e->be, err)))
         goto out;
@@ -777,6 +783,9 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     }
     if (old_cfg) {
         char msg[900];
+        /* runs recorded before the precision was part of the configuration ran in fp32 */
+        if (!cJSON_GetObjectItemCaseSensitive(old_cfg, "precision"))
+            cJSON_AddStringToObject(old_cfg, "precision", "fp32");
         if (dm_config_diff(e->cfg, old_cfg, msg, sizeof msg)) {
             free(recs), free(tst);
             rc = dm_err_set(err, DM_EMISMATCH, "%s holds a run with another configuration (%s). "

@@ -57,6 +57,7 @@ typedef struct dm_eng {
     const dm_norm *nm;
     int D, S, N;
     int gemm_parts;                    /* the backend's GEMM slicing (kept by resumed runs) */
+    int precision;                     /* resolved: DM_PREC_FP32 or DM_PREC_BF16 */
     char sha[65];                      /* backbone weights */
     int layers[DM_MAX_LAYERS], nlayers;/* raw blocks the recipes asked for */
     double sample_p;                   /* features: a patch is a PCA candidate when u < p */

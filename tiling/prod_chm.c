@@ -58,6 +58,8 @@ static int c_prepare(dm_eng *e, void **self, dm_err *err)
     int rc = dm_chm_open(o->head, e->m->w, e->m, o->taps_set ? o->taps : NULL, &c->head, err);
     if (!rc)
         rc = dm_chm_set_threads(c->head, o->threads, err);
+    if (!rc)
+        rc = dm_chm_set_precision(c->head, e->precision, err);
     const int *taps = rc ? NULL : dm_chm_taps(c->head);
     for (int k = 0; !rc && k < DM_CHM_TAPS; k++)
         if ((c->slot[k] = dm_eng_want_layer(e, taps[k], err)) < 0)

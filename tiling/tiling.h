@@ -87,6 +87,9 @@ typedef struct dm_run_opts {
     int tile, halo, chunk;         /* geometry (px, px, tiles) */
     int batch, threads;            /* windows per forward pass; compute threads (<= 0: all) */
     const char *device, *arch;     /* "cpu"; architecture preset or NULL */
+    int precision;                 /* DM_PREC_FP32 (default), DM_PREC_BF16 or DM_PREC_AUTO
+                                    * (resolved when the run starts; the resolved one is recorded
+                                    * in the configuration: it changes pixels) */
     const char *norm;              /* normalization preset; NULL: chm when chm runs, else sat */
     int layer;                     /* features: 0-based block, -1 the last */
     int quantize;                  /* features: int8 */

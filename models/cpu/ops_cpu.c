@@ -12,7 +12,9 @@
 #include <string.h>
 
 #include "../../src/base/base.h"
+#include "../model.h"
 #include "../ops.h"
+#include "bf16.h"
 
 /* Scratch cap for one thread's im2col band, in floats (16 MB): enough columns to amortise the
  * packing of the weights in each SGEMM (smaller bands measured slower on one and two threads). */
@@ -42,6 +44,12 @@ void dm_ops_sgemv(int M, int N, float alpha, const float *A, int lda, const floa
 
 /* --- workspace ------------------------------------------------------------------------------- */
 
+typedef struct wbf {
+    const float *w; /* the caller's fp32 weights */
+    size_t n;
+    uint16_t *h;    /* their bf16 copy */
+} wbf;
+
 struct dm_ops {
     int n;          /* threads, the caller's included */
     dm_pool *pool;  /* NULL when n == 1 */
@@ -49,6 +57,14 @@ struct dm_ops {
     size_t *cap;
     dm_ops_job fn; /* the job being run */
     void *ctx;
+    /* bf16 products */
+    int bf16;
+    dm_bf16 *g;
+    uint16_t **hbuf; /* [n] a band's GEMM operand in bf16 */
+    size_t *hcap;
+    wbf *wc;         /* weights rounded so far */
+    int nwc, capwc;
+    dm_job_err jerr;
 };
 
 int dm_ops_create(int threads, dm_ops **out, dm_err *err)
@@ -81,6 +97,13 @@ void dm_ops_free(dm_ops *ws)
     if (!ws)
         return;
     dm_pool_free(ws->pool);
+    for (int i = 0; ws->hbuf && i < ws->n; i++)
+        free(ws->hbuf[i]);
+    free(ws->hbuf), free(ws->hcap);
+    for (int i = 0; i < ws->nwc; i++)
+        free(ws->wc[i].h);
+    free(ws->wc);
+    dm_bf16_free(ws->g);
     for (int i = 0; ws->buf && i < ws->n * DM_OPS_SLOTS; i++)
         free(ws->buf[i]);
     free(ws->buf);
@@ -89,6 +112,67 @@ void dm_ops_free(dm_ops *ws)
 }
 
 int dm_ops_threads(const dm_ops *ws) { return ws ? ws->n : 1; }
+
+int dm_ops_set_precision(dm_ops *ws, int precision, dm_err *err)
+{
+    if (precision != DM_PREC_FP32 && precision != DM_PREC_BF16)
+        return dm_err_set(err, DM_EINVAL, "internal: the operators take fp32 or bf16");
+    int rc;
+    if (precision == DM_PREC_BF16 && (rc = dm_bf16_require(err)))
+        return rc;
+    if (precision == DM_PREC_BF16 && !ws->g) {
+        if (!(ws->hbuf = calloc((size_t)ws->n, sizeof *ws->hbuf)) ||
+            !(ws->hcap = calloc((size_t)ws->n, sizeof *ws->hcap)))
+            return dm_err_oom(err);
+        if ((rc = dm_bf16_create(1, &ws->g, err)))
+            return rc;
+    }
+    ws->bf16 = precision == DM_PREC_BF16;
+    return 0;
+}
+
+int dm_ops_precision(const dm_ops *ws) { return ws && ws->bf16 ? DM_PREC_BF16 : DM_PREC_FP32; }
+
+/* The bf16 copy of n weights at w, made on first use (on the caller's thread, before a job). */
+static const uint16_t *weights_bf16(dm_ops *ws, const float *w, size_t n, dm_err *err)
+{
+    for (int i = 0; i < ws->nwc; i++)
+        if (ws->wc[i].w == w && ws->wc[i].n == n)
+            return ws->wc[i].h;
+    if (ws->nwc == ws->capwc) {
+        int cap = ws->capwc ? 2 * ws->capwc : 32;
+        wbf *q = realloc(ws->wc, (size_t)cap * sizeof *q);
+        if (!q) {
+            dm_err_oom(err);
+            return NULL;
+        }
+        ws->wc = q;
+        ws->capwc = cap;
+    }
+    uint16_t *h = malloc(n * sizeof *h);
+    if (!h) {
+        dm_err_oom(err);
+        return NULL;
+    }
+    dm_bf16_from_f32(w, h, (int64_t)n);
+    ws->wc[ws->nwc++] = (wbf){ w, n, h };
+    return h;
+}
+
+/* Thread tid's bf16 scratch of at least n values (grown on its own thread), or NULL. */
+static uint16_t *hscratch(dm_ops *ws, int tid, size_t n)
+{
+    if (ws->hcap[tid] < n) {
+        free(ws->hbuf[tid]);
+        ws->hcap[tid] = 0;
+        if (!(ws->hbuf[tid] = malloc(n * sizeof(uint16_t))))
+            return NULL;
+        ws->hcap[tid] = n;
+    }
+    return ws->hbuf[tid];
+}
+
+
 
 int dm_ops_reserve(dm_ops *ws, int slot, size_t n, dm_err *err)
 {
@@ -338,6 +422,7 @@ typedef struct conv_job {
     const plan *p;
     dm_ops *ws;
     const lin2 *up; /* up2 tables, or NULL */
+    const uint16_t *wh; /* bf16: the weights in bf16 */
 } conv_job;
 
 /* The GEMM's right operand for the band [y0, y0+n) and its row stride. */
@@ -389,15 +474,28 @@ static void conv_task(void *ctx, int tid, int nt)
     dm_ops_share((int64_t)p->nb * p->ms, tid, nt, &b, &e);
     int last = -1;
     const float *B = NULL;
+    const uint16_t *Bh = NULL;
     size_t ldb = 0;
     for (int64_t t = b; t < e; t++) {
         int band = (int)(t / p->ms), m0 = (int)(t % p->ms) * p->msz;
         int y0 = band * p->nr, n = imin(p->nr, p->Ho - y0), m1 = imin(s->cout, m0 + p->msz);
+        size_t N = (size_t)n * p->Wo, ldo = s->out ? p->plane : N;
         if (band != last) { /* consecutive slices of one band share its im2col */
             B = band_source(j, tid, y0, n, &ldb);
             last = band;
+            if (j->wh) { /* bf16: the band's operand rounded, contiguous [K, N] */
+                uint16_t *h = hscratch(j->ws, tid, p->K * N);
+                if (!h) {
+                    dm_err oom;
+                    dm_err_oom(&oom);
+                    dm_job_err_put(&j->ws->jerr, &oom);
+                    return;
+                }
+                for (size_t r = 0; r < p->K; r++)
+                    dm_bf16_from_f32(B + r * ldb, h + r * N, (int64_t)N);
+                Bh = h;
+            }
         }
-        size_t N = (size_t)n * p->Wo, ldo = s->out ? p->plane : N;
         float *o = s->out ? s->out + (size_t)y0 * p->Wo : dm_ops_buf(j->ws, tid, SLOT_OUT);
         for (int c = m0; c < m1; c++) { /* bias (or zero) in, or added on when accumulating */
             float *r = o + (size_t)c * ldo, bv = s->bias ? s->bias[c] : 0.0f;
@@ -409,9 +507,17 @@ static void conv_task(void *ctx, int tid, int nt)
                     r[i] += bv;
             }
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m1 - m0, (int)N, (int)p->K, 1.0f,
-                    s->w + (size_t)m0 * p->K, (int)p->K, B, (int)ldb, 1.0f,
-                    o + (size_t)m0 * ldo, (int)ldo);
+        dm_err ge;
+        if (!j->wh)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m1 - m0, (int)N, (int)p->K,
+                        1.0f, s->w + (size_t)m0 * p->K, (int)p->K, B, (int)ldb, 1.0f,
+                        o + (size_t)m0 * ldo, (int)ldo);
+        else if (dm_bf16_gemm(j->ws->g, 0, m1 - m0, (int)N, (int)p->K, 1.0f,
+                              j->wh + (size_t)m0 * p->K, (int64_t)p->K, Bh, (int64_t)N, 1,
+                              o + (size_t)m0 * ldo, (int64_t)ldo, &ge)) {
+            dm_job_err_put(&j->ws->jerr, &ge);
+            return;
+        }
         if (s->flags & DM_CONV_RELU_OUT)
             for (int c = m0; c < m1; c++) {
                 float *r = o + (size_t)c * ldo;
@@ -460,8 +566,13 @@ int dm_conv_run(dm_ops *ws, const dm_conv_spec *s, dm_err *err)
         !(rc = dm_ops_reserve(ws, SLOT_OUT, p.out_n, err)) &&
         !(rc = dm_ops_reserve(ws, SLOT_HROW, p.hrow_n, err)) &&
         !(rc = s->up2 ? lin2_make(&up, s->H, s->W, p.Hi, p.Wi, 1, err) : 0)) {
-        conv_job j = { s, &p, ws, s->up2 ? &up : NULL };
-        dm_ops_run(ws, conv_task, &j);
+        conv_job j = { s, &p, ws, s->up2 ? &up : NULL, NULL };
+        if (ws->bf16 && !(j.wh = weights_bf16(ws, s->w, (size_t)s->cout * p.K, err)))
+            rc = err ? err->code : DM_ENOMEM;
+        if (!rc) {
+            dm_ops_run(ws, conv_task, &j);
+            rc = dm_job_err_take(&ws->jerr, err);
+        }
     }
     lin2_free(&up);
     dm_ops_free(own);
