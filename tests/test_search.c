@@ -344,6 +344,17 @@ TEST(search_image_agrees_with_tile)
     /* a chip of another tile is not tile 6's: its own tile first */
     snprintf(a, sizeof a, "%s/r --image %s/chip10.tif -m %s -k 1 --json", t, t, w);
     CHECKF(search(a, &out) == 0 && hits(out, id2, s2, col2) == 1 && id2[0] == 10, "%s", out);
+    /* a run in bf16 (where the CPU has it): the chip is embedded in the run's precision */
+    snprintf(a, sizeof a, "%s features -q --progress none -m %s %s/covers.tif -o %s/rb --tile 64 "
+             "--halo 16 --no-pca --precision auto", dm_bin(), w, t, t);
+    CHECKF(dm_run(a, &out) == 0, "%s", out);
+    for (int cls = 0; cls < 2; cls++) { /* the same computation: 1 to float rounding (a chip
+                                          * embedded in fp32 scores 0.99999 here) */
+        snprintf(a, sizeof a, "%s/rb --image %s/chip6.tif -m %s -k 1 --json%s", t, t, w,
+                 cls ? " --embedding cls" : "");
+        CHECKF(search(a, &out) == 0 && hits(out, id2, s2, col2) == 1 && id2[0] == 6 &&
+               s2[0] > 1 - 1e-6, "bf16 run: %s", out);
+    }
 }
 
 TEST(search_image_refuses)

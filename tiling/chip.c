@@ -167,7 +167,15 @@ int dm_chip_embed(const dm_chip_opts *o, int dim, float *cls, float *mean, dm_er
         for (size_t p = 0; p < plane; p++)
             img[ch * plane + p] = valid[p] ? ((float)rgb[ch * plane + p] / 255.0f -
                                               nm->mean[ch]) / nm->std[ch] : 0.0f;
-    dm_backend_opts bo = { o->threads, (int)num(res, "gemm_parts", 0) };
+    /* the run's precision (runs from before it was recorded: fp32) */
+    dm_backend_opts bo = { o->threads, (int)num(res, "gemm_parts", 0), DM_PREC_FP32 };
+    const char *prec = str(cfg, "precision");
+    int want = DM_PREC_FP32;
+    char why[200];
+    if (!rc && prec && dm_precision_parse(prec, &want, err))
+        rc = DM_EFORMAT;
+    if (!rc && (rc = dm_precision_resolve(want, &bo.precision, why, sizeof why, err)))
+        dm_err_prefix(err, "--image %s: the run was mapped in %s", o->chip, prec);
     if (!rc)
         rc = dm_backend_open("cpu", m, &bo, &be, err);
     dm_vit_request req = { 0, NULL, NULL, NULL, normed };
