@@ -4,7 +4,7 @@
 
 CC      ?= cc
 BUILD   ?= build
-PKGS    := gdal openblas libcjson inih libcrypto
+PKGS    := gdal openblas libcjson inih libcrypto sqlite3
 DEB_PKGS := build-essential pkg-config libgdal-dev libproj-dev libopenblas-dev libtiff-dev \
             libsqlite3-dev libcjson-dev libinih-dev libssl-dev libdnnl-dev gdal-bin python3-gdal \
             python3-jsonschema

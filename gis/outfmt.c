@@ -492,6 +492,7 @@ int dm_gis_write_zarr(const char *src, const char *dst, const char *const *co,
     memset(&w, 0, sizeof w);
     char part[4200], name[256];
     snprintf(part, sizeof part, "%s.part", dst);
+    dm_unlink_fresh(part);
     const char *base = strrchr(dst, '/');
     snprintf(name, sizeof name, "%s", base ? base + 1 : dst);
     char *dot = strrchr(name, '.');

@@ -73,6 +73,7 @@ static int chunk_write(const char *path, const void *data, GDALDataType t, int b
     GDALAllRegister();
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.part", path);
+    dm_unlink_fresh(tmp); /* a link planted at the temporary name is removed, not written through */
     /* blocks no larger than the chunk (a 128-px chunk in 256-px blocks would be 4× the work);
      * no predictor: libtiff's floating-point one made reads 8× slower for 5 % less size */
     char **o =
@@ -347,6 +348,7 @@ int dm_out_begin(dm_out *o, int region, dm_err *err)
     char p[4200];
     region_path(o, region, p, sizeof p);
     snprintf(o->tmp_path, sizeof o->tmp_path, "%s.tmp.tif", p);
+    dm_unlink_fresh(o->tmp_path);
     char **co = tiled(NULL, o->bx, o->by);
     /* uncompressed: read back once, and no codec buffers churning the heap (finalize of a
      * 19,968² px run: 312 MB peak this way, 385 MB with ZSTD) */
@@ -440,6 +442,7 @@ int dm_out_end(dm_out *o, dm_err *err)
     char p[4200], part[4300];
     region_path(o, o->cur, p, sizeof p);
     snprintf(part, sizeof part, "%s.part", p);
+    dm_unlink_fresh(part);
     d = rc ? NULL : GDALOpen(o->tmp_path, GA_ReadOnly);
     if (!rc && !d)
         rc = dm_err_set(err, DM_EIO, "%s: cannot reopen: %s", o->tmp_path, dm_gdal_msg());
@@ -511,6 +514,7 @@ int dm_out_commit(dm_out *o, dm_err *err)
     }
     snprintf(vrt, sizeof vrt, "%s/%s.vrt", o->dir, o->name);
     snprintf(part, sizeof part, "%s.part.vrt", vrt);
+    dm_unlink_fresh(part);
     char cwd[4096];
     int rc = 0;
     if (!getcwd(cwd, sizeof cwd) || chdir(o->dir) != 0) {

@@ -33,6 +33,7 @@
 #include <cpl_error.h>
 #include <cpl_string.h>
 #include <cpl_vsi.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,27 @@ int dm_ti_exec(dm_tileindex *ti, const char *sql, dm_err *err)
     if (CPLGetLastErrorType() >= CE_Failure)
         return dm_err_set(err, DM_EIO, "tile index %s: `%s` failed: %s", ti->path, sql, gdal_msg());
     return 0;
+}
+
+int dm_ti_exec_bound(dm_tileindex *ti, const char *sql, const char *text, int64_t number,
+                     dm_err *err)
+{
+    sqlite3 *db = GDALGetInternalHandle(ti->ds, "SQLITE_HANDLE");
+    if (!db)
+        return dm_err_set(err, DM_EIO, "tile index %s: GDAL gives no SQLite connection for it", ti->path);
+    sqlite3_stmt *st = NULL;
+    int e = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (e == SQLITE_OK)
+        e = text ? sqlite3_bind_text(st, 1, text, -1, SQLITE_TRANSIENT)
+                 : sqlite3_bind_int64(st, 1, number);
+    while (e == SQLITE_OK || e == SQLITE_ROW)
+        e = sqlite3_step(st);
+    int rc = 0;
+    if (e != SQLITE_DONE)
+        rc = dm_err_set(err, DM_EIO, "tile index %s: `%s` failed: %s", ti->path, sql,
+                        sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    return rc;
 }
 
 static int add_field(dm_tileindex *ti, OGRLayerH l, const char *name, OGRFieldType t,

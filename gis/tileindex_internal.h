@@ -30,6 +30,11 @@ struct dm_tileindex {
 int dm_ti_fail(const dm_tileindex *ti, int code, const char *what, dm_err *err);
 /* Runs a statement that returns no rows. */
 int dm_ti_exec(dm_tileindex *ti, const char *sql, dm_err *err);
+/* The same with bound parameters, on the index's own SQLite connection (the one GDAL's
+ * transactions run on): ?1 = text (when not NULL), else ?1 = number. Values that come from
+ * outside (paths, keys) reach SQL only this way, never spliced into its text. */
+int dm_ti_exec_bound(dm_tileindex *ti, const char *sql, const char *text, int64_t number,
+                     dm_err *err);
 /* The feature of `config` with this key, or NULL (OGR_F_Destroy it). */
 OGRFeatureH dm_ti_config_feature(dm_tileindex *ti, const char *key);
 /* Little-endian float32 blob of v[n] in ti->blob (grown as needed); NULL when out of memory. */

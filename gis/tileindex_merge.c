@@ -11,42 +11,12 @@
 
 #include "tileindex_internal.h"
 
-/* `path` as an SQL string literal ('...' with quotes doubled), malloc'd. */
-static char *sql_literal(const char *path)
-{
-    size_t n = strlen(path), q = 0;
-    for (size_t i = 0; i < n; i++)
-        q += path[i] == '\'';
-    char *s = malloc(n + q + 3), *p = s;
-    if (!s)
-        return NULL;
-    *p++ = '\'';
-    for (size_t i = 0; i < n; i++) {
-        *p++ = path[i];
-        if (path[i] == '\'')
-            *p++ = '\'';
-    }
-    *p++ = '\'';
-    *p = '\0';
-    return s;
-}
-
 int dm_tileindex_copy(dm_tileindex *src, const char *dst, dm_err *err)
 {
     unlink(dst);
-    char *lit = sql_literal(dst);
-    if (!lit)
-        return dm_err_oom(err);
-    size_t n = strlen(lit) + 32;
-    char *sql = malloc(n);
-    int rc = sql ? 0 : dm_err_oom(err);
-    if (sql) {
-        snprintf(sql, n, "VACUUM INTO %s", lit);
-        CPLPushErrorHandler(CPLQuietErrorHandler);
-        rc = dm_ti_exec(src, sql, err);
-        CPLPopErrorHandler();
-    }
-    free(sql), free(lit);
+    CPLPushErrorHandler(CPLQuietErrorHandler);
+    int rc = dm_ti_exec_bound(src, "VACUUM INTO ?1", dst, 0, err);
+    CPLPopErrorHandler();
     if (rc)
         unlink(dst);
     return rc;
@@ -81,10 +51,8 @@ int dm_tileindex_chunk_work(dm_tileindex *ti, int nchunks, int64_t *tiles, dm_er
 
 int dm_tileindex_config_delete(dm_tileindex *ti, const char *key, dm_err *err)
 {
-    char sql[200];
-    snprintf(sql, sizeof sql, "DELETE FROM config WHERE key = '%s'", key); /* dinomap's words */
     CPLPushErrorHandler(CPLQuietErrorHandler);
-    int rc = dm_ti_exec(ti, sql, err);
+    int rc = dm_ti_exec_bound(ti, "DELETE FROM config WHERE key = ?1", key, 0, err);
     CPLPopErrorHandler();
     return rc;
 }
@@ -94,18 +62,9 @@ int dm_tileindex_take_chunks(dm_tileindex *ti, const char *src, const int *chunk
 {
     if (n <= 0)
         return 0;
-    char *lit = sql_literal(src);
-    if (!lit)
-        return dm_err_oom(err);
-    size_t cap = strlen(lit) + 64 + (size_t)n * 12;
-    char *sql = malloc(cap);
-    if (!sql) {
-        free(lit);
-        return dm_err_oom(err);
-    }
     CPLPushErrorHandler(CPLQuietErrorHandler);
-    snprintf(sql, cap, "ATTACH DATABASE %s AS shard", lit);
-    int rc = dm_ti_exec(ti, sql, err), attached = rc == 0, in_tx = 0;
+    int rc = dm_ti_exec_bound(ti, "ATTACH DATABASE ?1 AS shard", src, 0, err);
+    int attached = rc == 0, in_tx = 0;
     if (!rc && GDALDatasetStartTransaction(ti->ds, FALSE) != OGRERR_NONE)
         rc = dm_ti_fail(ti, DM_EIO, "cannot start a transaction", err);
     in_tx = rc == 0;
@@ -114,12 +73,9 @@ int dm_tileindex_take_chunks(dm_tileindex *ti, const char *src, const int *chunk
                         "KEY)", err);
     if (!rc)
         rc = dm_ti_exec(ti, "DELETE FROM merge_chunks", err);
-    for (int i = 0; !rc && i < n;) {
-        size_t o = (size_t)snprintf(sql, cap, "INSERT INTO merge_chunks (chunk) VALUES ");
-        for (int j = 0; i < n && j < 500; j++, i++)
-            o += (size_t)snprintf(sql + o, cap - o, "%s(%d)", j ? "," : "", chunks[i]);
-        rc = dm_ti_exec(ti, sql, err);
-    }
+    for (int i = 0; !rc && i < n; i++)
+        rc = dm_ti_exec_bound(ti, "INSERT INTO merge_chunks (chunk) VALUES (?1)", NULL, chunks[i],
+                              err);
     static const char *const steps[] = {
         "UPDATE tiles SET state = t.state, valid_fraction = t.valid_fraction, updated = t.updated "
         "FROM shard.tiles AS t WHERE t.tile_id = tiles.tile_id AND tiles.chunk IN (SELECT chunk "
@@ -155,7 +111,6 @@ int dm_tileindex_take_chunks(dm_tileindex *ti, const char *src, const int *chunk
         }
     }
     CPLPopErrorHandler();
-    free(sql), free(lit);
     if (rc && !strstr(err->msg, src)) {
         char m[sizeof err->msg];
         snprintf(m, sizeof m, "%s (merging %s)", err->msg, src);

@@ -386,8 +386,13 @@ static int add_index(dm_weights *w, const char *path, dm_err *err)
     {
         if (rc)
             break;
-        if (!cJSON_IsString(e) || strchr(e->valuestring, '/') || strstr(e->valuestring, "..")) {
-            rc = dm_err_set(err, DM_EFORMAT, "%s: bad shard name for tensor %s", path, e->string);
+        /* a shard is a plain file name beside the index: nothing an index names may lead
+         * elsewhere (../x, /etc/x, sub/x) */
+        if (!cJSON_IsString(e) || !*e->valuestring || strchr(e->valuestring, '/') ||
+            strstr(e->valuestring, "..")) {
+            rc = dm_err_set(err, DM_EFORMAT, "%s: bad shard name \"%.200s\" for tensor %s (a "
+                            "shard must be a file name in the index's own folder)", path,
+                            cJSON_IsString(e) ? e->valuestring : "(not a string)", e->string);
             break;
         }
         int dup = 0;

@@ -312,6 +312,7 @@ int dm_change(const dm_change_opts *o, dm_run_result *res, dm_err *err)
     snprintf(ti, sizeof ti, "%s/tiles.gpkg", o->a);
     int has_index = stat(o->a, &sa) == 0 && S_ISDIR(sa.st_mode) && dm_exists(ti);
     snprintf(tmp, sizeof tmp, "%s/change_tiles.part.gpkg", o->outdir);
+    dm_unlink_fresh(tmp);
     if (!rc)
         rc = dm_gis_change_tiles(raster, has_index ? ti : NULL, TILE_PATCHES, tmp, err);
     char dst[4300];

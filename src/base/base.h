@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define DINOMAP_VERSION "0.2.0"
 
@@ -61,6 +62,17 @@ int dm_write_file_atomic(const char *path, const void *data, size_t n, dm_err *e
 int dm_remove_tree(const char *path, dm_err *err);
 /* 1 if path exists (any type). */
 int dm_exists(const char *path);
+/* Makes room for a file dinomap is about to create at `path` (a temporary name in a folder it
+ * writes): whatever is there (a file, or a symbolic link planted to redirect the write) is
+ * unlinked, never followed. 0, or -1 with errno (a folder there, or no permission). */
+int dm_unlink_fresh(const char *path);
+/* fopen(path, "wb") for a file that must be new: dm_unlink_fresh, then created with O_EXCL |
+ * O_NOFOLLOW (a link planted between the two is refused, not followed). NULL with errno. */
+FILE *dm_fopen_fresh(const char *path);
+/* Refuses (DM_EIO) a folder dinomap writes or reads as a run (OUTDIR, a shard) that holds a
+ * symbolic link anywhere below it: dinomap never follows a link inside its own folders, so a link
+ * planted there cannot make it read or write elsewhere. The message names the link. */
+int dm_refuse_links(const char *dir, dm_err *err);
 /* fsync(2) of a file by name, and of the folder holding a path (after a rename into it): what a
  * commit that says "this file is in place" needs to survive a power cut. 0 or -1 with errno. */
 int dm_sync_file(const char *path);

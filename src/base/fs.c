@@ -46,6 +46,59 @@ int dm_exists(const char *path)
     return lstat(path, &st) == 0;
 }
 
+int dm_unlink_fresh(const char *path)
+{
+    return unlink(path) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+FILE *dm_fopen_fresh(const char *path)
+{
+    if (dm_unlink_fresh(path) != 0)
+        return NULL;
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0)
+        return NULL;
+    FILE *f = fdopen(fd, "wb");
+    if (!f)
+        close(fd);
+    return f;
+}
+
+/* nftw has no context argument: the first link found goes here (one walk at a time: a folder is
+ * checked under its lock, by one thread of the command). */
+static _Thread_local char link_found[4200];
+
+static int find_link(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)ftw;
+    if (flag != FTW_SL && flag != FTW_SLN)
+        return 0;
+    snprintf(link_found, sizeof link_found, "%s", p);
+    return 1;
+}
+
+int dm_refuse_links(const char *dir, dm_err *err)
+{
+    link_found[0] = '\0';
+    /* DIR/. : the folder the user named may itself be a link (an OUTDIR on another disk) */
+    char root[4200];
+    snprintf(root, sizeof root, "%s/.", dir);
+    int rc = nftw(root, find_link, 16, FTW_PHYS);
+    if (rc == 1) {
+        char to[4200];
+        ssize_t n = readlink(link_found, to, sizeof to - 1);
+        to[n > 0 ? n : 0] = '\0';
+        const char *rest = link_found + strlen(root); /* the link below DIR/. */
+        return dm_err_set(err, DM_EIO, "%s%s: is a symbolic link (to %s) inside a dinomap folder; "
+                          "dinomap never follows links in its own folders, so that nothing planted "
+                          "there can redirect what it reads or writes: remove the link (or use "
+                          "another output folder)", dir, rest, n > 0 ? to : "?");
+    }
+    if (rc != 0)
+        return dm_err_set(err, DM_EIO, "%s: cannot list: %s", dir, strerror(errno));
+    return 0;
+}
+
 int dm_sync_file(const char *path)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -77,7 +130,7 @@ int dm_write_file_atomic(const char *path, const void *data, size_t n, dm_err *e
 {
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.part", path);
-    FILE *f = fopen(tmp, "wb");
+    FILE *f = dm_fopen_fresh(tmp);
     int ok = f && fwrite(data, 1, n, f) == n;
     if (f && fflush(f) != 0)
         ok = 0;
@@ -117,7 +170,11 @@ int dm_lock_dir(const char *dir, dm_lock **out, dm_err *err)
     *out = NULL;
     char p[4200];
     snprintf(p, sizeof p, "%s/%s", dir, DM_LOCK_FILE);
-    int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    /* never through a link: the lock file is truncated and written below */
+    int fd = open(p, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0 && errno == ELOOP)
+        return dm_err_set(err, DM_EIO, "%s: is a symbolic link; dinomap never follows links in "
+                          "its own folders: remove it", p);
     if (fd < 0)
         return dm_err_set(err, DM_EIO, "%s: cannot create the lock file: %s", p, strerror(errno));
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
@@ -139,6 +196,12 @@ int dm_lock_dir(const char *dir, dm_lock **out, dm_err *err)
     if (ftruncate(fd, 0) == 0 && write(fd, pid, (size_t)n) != n)
         (void)0;
     l->fd = fd;
+    /* checked under the lock: no other dinomap changes the folder while it is walked */
+    int rc = dm_refuse_links(dir, err);
+    if (rc) {
+        dm_unlock(l);
+        return rc;
+    }
     *out = l;
     return 0;
 }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int parse_shape(const char *h, dm_npy *a)
@@ -25,10 +26,12 @@ static int parse_shape(const char *h, dm_npy *a)
         long long v = strtoll(p, &end, 10);
         if (end == p || v < 0 || a->ndim == 8 || v > (1LL << 40))
             return -1;
+        /* checked before the product: a header may declare terabytes, and the product must not
+         * overflow on the way to being refused */
+        if (v && a->numel > (1LL << 40) / v)
+            return -1;
         a->shape[a->ndim++] = v;
         a->numel *= v;
-        if (a->numel > (1LL << 40))
-            return -1;
         p = end;
         while (*p == 'L')
             p++;
@@ -86,6 +89,17 @@ int dm_npy_read(const char *path, dm_npy *a, dm_err *err)
         goto out;
     }
     size_t n = (size_t)a->numel;
+    /* the data the header declares must be in the file before anything is allocated for it: a
+     * header declaring terabytes is refused by its size, not by a failed allocation */
+    struct stat st;
+    long pos = ftell(f);
+    if (fstat(fileno(f), &st) != 0 || pos < 0 || (uint64_t)st.st_size < (uint64_t)pos ||
+        ((uint64_t)st.st_size - (uint64_t)pos) / isz < n) {
+        rc = dm_err_set(err, DM_EFORMAT, "%s: truncated or lying header: it declares %zu values "
+                        "(%.3g GB) but the file holds %lld bytes", path, n, (double)n * isz / 1e9,
+                        (long long)st.st_size);
+        goto out;
+    }
     void *buf = malloc(n * isz + 1);
     if (!buf) {
         rc = dm_err_oom(err);
@@ -154,7 +168,7 @@ int dm_npy_write_f32(const char *path, const float *data, int ndim, const int64_
     pre[8] = (unsigned char)(hl & 0xff);
     pre[9] = (unsigned char)(hl >> 8);
     snprintf(tmp, sizeof tmp, "%s.part", path);
-    FILE *f = fopen(tmp, "wb");
+    FILE *f = dm_fopen_fresh(tmp);
     if (!f)
         return dm_err_set(err, DM_EIO, "%s: cannot create: %s", tmp, strerror(errno));
     int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(dict, 1, (size_t)k, f) == (size_t)k;
