@@ -125,7 +125,7 @@ int dm_ti_exec_bound(dm_tileindex *ti, const char *sql, const char *text, int64_
         return dm_err_set(err, DM_EIO, "tile index %s: GDAL gives no SQLite connection for it", ti->path);
     sqlite3_stmt *st = NULL;
     int e = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
-    if (e == SQLITE_OK)
+    if (e == SQLITE_OK && sqlite3_bind_parameter_count(st) > 0)
         e = text ? sqlite3_bind_text(st, 1, text, -1, SQLITE_TRANSIENT)
                  : sqlite3_bind_int64(st, 1, number);
     while (e == SQLITE_OK || e == SQLITE_ROW)
