@@ -54,6 +54,12 @@ void dm_gis_log_messages(void)
     CPLSetErrorHandler(to_log);
 }
 
+void dm_gis_safe_defaults(void)
+{
+    if (!CPLGetConfigOption("GDAL_VRT_ENABLE_PYTHON", NULL))
+        CPLSetConfigOption("GDAL_VRT_ENABLE_PYTHON", "NO");
+}
+
 /* GDAL 3.6's reading of GDAL_CACHEMAX: "N%" of the RAM, a number below 100000 megabytes, else
  * bytes. -1 when it is none of these. */
 static int64_t cache_bytes(const char *v)

@@ -204,6 +204,9 @@ int dm_gis_write_zarr(const char *src, const char *dst, const char *const *co,
  * warnings ("GDAL: ...", on one line; after 50, one notice and silence) instead of GDAL's own
  * "ERROR 1: ..." on stderr. CPL_DEBUG output stays GDAL's. Process-wide; call once, first. */
 void dm_gis_log_messages(void);
+/* For programs: GDAL options that keep a raster from a stranger to data (a VRT's inline Python
+ * pixel functions off), unless the user set them (environment or --config). */
+void dm_gis_safe_defaults(void);
 /* A GDAL configuration option (--config KEY VALUE) for the rest of the process, before any
  * dataset is opened. GDAL_CACHEMAX takes effect at once (megabytes below 100000, else bytes, or
  * N% of the RAM, as GDAL reads it). DM_EINVAL for an unreadable GDAL_CACHEMAX. */

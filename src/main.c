@@ -56,6 +56,7 @@ int main(int argc, char **argv)
     dm_memory_policy();
     dm_log_set_sink(log_to_stderr, NULL);
     dm_gis_log_messages(); /* GDAL's "ERROR 1: ..." lines become dinomap's */
+    dm_gis_safe_defaults();
     /* GDAL's block cache defaults to 5% of RAM; a fixed size keeps a run's memory bounded and
      * predictable (GDAL_CACHEMAX still wins when set) */
     if (!getenv("GDAL_CACHEMAX"))

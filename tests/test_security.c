@@ -267,3 +267,31 @@ TEST(security_sql_in_folder_names_is_just_a_name)
     CHECKF(dm_same_outputs(a, b, outs, why, sizeof why), "%s", why);
     CHECKF(runf(&out, "%s status %s/\"m'x\"", dm_bin(), t) == 0, "%s", out);
 }
+
+/* A VRT whose pixel function is inline Python: GDAL would run it if allowed; dinomap keeps it
+ * off (GDAL_VRT_ENABLE_PYTHON=NO unless the user sets it), so the run fails and nothing runs. */
+TEST(security_vrt_inline_python_does_not_run)
+{
+    const char *t = dm_test_tmpdir(), *out;
+    CHECK(make_in(t) == 0);
+    char p[1100], vrt[4096], w[1100];
+    snprintf(w, sizeof w, "%s/pwned", t);
+    snprintf(vrt, sizeof vrt,
+             "<VRTDataset rasterXSize=\"96\" rasterYSize=\"80\"><SRS>EPSG:32631</SRS>"
+             "<GeoTransform>500000, 0.6, 0, 4000000, 0, -0.6</GeoTransform>"
+             "<VRTRasterBand dataType=\"Byte\" band=\"1\" subClass=\"VRTDerivedRasterBand\">"
+             "<PixelFunctionType>f</PixelFunctionType>"
+             "<PixelFunctionLanguage>Python</PixelFunctionLanguage><PixelFunctionCode><![CDATA[\n"
+             "def f(in_ar, out_ar, *args, **kwargs):\n    open('%s', 'w').write('x')\n"
+             "    out_ar[:] = in_ar[0]\n]]></PixelFunctionCode>"
+             "<SimpleSource><SourceFilename relativeToVRT=\"1\">in.tif</SourceFilename>"
+             "<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>\n", w);
+    snprintf(p, sizeof p, "%s/py.vrt", t);
+    CHECK(spit(p, vrt, strlen(vrt)) == 0);
+    int st = runf(&out, "cd %s && env -u GDAL_VRT_ENABLE_PYTHON %s features -m %s py.vrt -o o "
+                  "--bands 1,1,1 " GEOM, t, dm_bin(), vit());
+    CHECKF(st == 1 && strstr(out, "py.vrt"), "exit %d: %s", st, out);
+    CHECKF(!exists(w), "the VRT's Python ran");
+    snprintf(p, sizeof p, "%s/o", t);
+    CHECK(dm_dir_empty_or_missing(p));
+}
