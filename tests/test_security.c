@@ -19,16 +19,7 @@
 
 static const char *vit(void) { return dm_golden("vitl_sat_tiny/backbone.pth"); }
 
-static int runf(const char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int runf(const char **out, const char *fmt, ...)
-{
-    char cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return dm_run(cmd, out);
-}
+#define runf dm_runf
 
 static int spit(const char *path, const void *p, size_t n)
 {

@@ -108,15 +108,7 @@ static int same_run(const char *ref, const char *out, const char *const *names, 
 }
 
 /* Runs the command printf(fmt, ...) makes; its exit status, its output in *out. */
-static int sh(const char **out, const char *fmt, ...)
-{
-    char cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return dm_run(cmd, out);
-}
+#define sh dm_runf
 
 TEST(shard_three_shards_merge_to_one_run_features)
 {

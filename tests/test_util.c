@@ -6,6 +6,7 @@
 #include <math.h>
 #include <ogr_srs_api.h>
 #include <stdint.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,6 +103,16 @@ int dm_run(const char *cmd, const char **outbuf)
     if (st == -1 || !WIFEXITED(st))
         return -1;
     return WEXITSTATUS(st);
+}
+
+int dm_runf(const char **outbuf, const char *fmt, ...)
+{
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return dm_run(cmd, outbuf);
 }
 
 uint32_t dm_hash32(uint32_t x)
