@@ -17,7 +17,20 @@ SAN     ?=
 CFLAGS_ALL = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Werror -Wno-format-truncation -g -fopenmp-simd -fno-trapping-math \
              $(OPT) $(SIMD) $(SAN) -pthread $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
 # oneDNN (libdnnl-dev: no pkg-config file) for the bf16 products; libgomp is its OpenMP runtime
-LDLIBS_ALL = $(SAN) -pthread $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldnnl -lgomp -lm $(LDLIBS)
+LDLIBS_ALL = $(SAN) -pthread $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldnnl -lgomp -ldl -lm $(LDLIBS)
+
+# CUDA: the backend is a plugin, $(BUILD)/libdinomap_cuda.so, made by nvcc when there is one
+# (/usr/local/cuda/bin/nvcc or nvcc on the PATH; NVCC= to skip it) and opened by dinomap only for
+# --device cuda: dinomap links no CUDA library and its build and tests never need the plugin.
+# CUDA_ARCH: Hopper machine code and compute_80 PTX (any newer GPU compiles it at load).
+NVCC      ?= $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_ARCH ?= -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_80,code=compute_80
+NVCCFLAGS_ALL = -std=c++17 -O3 $(CUDA_ARCH) -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror \
+             -Werror all-warnings -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE $(NVCCFLAGS)
+CU_SRC   := $(wildcard models/cuda/*.cu)
+CU_OBJ   := $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
+CUDA_LIB := $(if $(NVCC),$(if $(CU_SRC),$(BUILD)/libdinomap_cuda.so))
 
 # The library: the ground floor (src/base/) and every folder below the face; src/*.c is the
 # command line and is not part of it (the library links alone: tests/lib_alone.c).
@@ -35,7 +48,27 @@ TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 # check-deps runs first (it may install packages); the build then runs in a sub-make so that the
 # pkg-config flags are read after the install.
 all: check-deps
-	@$(MAKE) --no-print-directory $(BUILD)/dinomap dinomap
+	@$(MAKE) --no-print-directory $(BUILD)/dinomap dinomap $(CUDA_LIB)
+	@[ -n "$(CUDA_LIB)" ] || echo "dinomap: no nvcc found: built without the CUDA backend (--device cpu only)"
+
+# The plugin: the CUDA code, with the few host files it runs (none needs GDAL or a BLAS);
+# statically linked CUDA runtime, cuBLASLt from the CUDA install (rpath) or the library path.
+$(BUILD)/libdinomap_cuda.so: $(CU_OBJ)
+	$(NVCC) $(CUDA_ARCH) -shared -o $@ $^ -lcublasLt -Xlinker -rpath,$(CUDA_HOME)/lib64
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS_ALL) -MMD -MP -c -o $@ $<
+
+# A stand-in plugin (C, no CUDA) for the tests of the loading path and of multi-GPU workers, and
+# one without the entry symbol; made with every test build, sanitized or not.
+FAKE_CUDA := $(BUILD)/tests/libfake_cuda.so $(BUILD)/tests/libfake_cuda_noentry.so
+$(BUILD)/tests/libfake_cuda.so: tests/fake_cuda.c models/cuda/plugin.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -O1 -g -fPIC -shared -o $@ $< -lm
+$(BUILD)/tests/libfake_cuda_noentry.so: tests/fake_cuda.c models/cuda/plugin.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -O1 -g -fPIC -shared -DFAKE_NO_ENTRY -o $@ $< -lm
 
 dinomap: $(BUILD)/dinomap
 	@[ "$(BUILD)" = build ] && ln -sf $(BUILD)/dinomap dinomap || true
@@ -47,7 +80,7 @@ $(BUILD)/libdinomap.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/run_tests: $(TEST_OBJ) $(BUILD)/libdinomap.a
+$(BUILD)/run_tests: $(TEST_OBJ) $(BUILD)/libdinomap.a | $(FAKE_CUDA)
 	$(CC) -o $@ $^ $(LDLIBS_ALL)
 
 # linked against the library alone: the library must not need the command line's objects

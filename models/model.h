@@ -129,7 +129,44 @@ const char *dm_cpu_bf16(void);
  * line saying what was picked and why; else it is set empty. */
 int dm_precision_resolve(int requested, int *resolved, char *why, size_t n, dm_err *err);
 
-/* device: "cpu" (and "cuda" when built with CUDA). */
+/* --- devices -----------------------------------------------------------------------------------
+ * "cpu"; "cuda" (= cuda:0), "cuda:N", "cuda:0,1" (one worker per GPU, a batch shared out between
+ * them); "auto": cuda:0 when the CUDA backend loads and sees a GPU, else cpu. The CUDA backend is
+ * a plugin (libdinomap_cuda.so beside the program, or $DINOMAP_CUDA_LIB) opened only when a GPU
+ * is asked for: dinomap links no CUDA library. */
+enum { DM_DEV_CPU = 0, DM_DEV_CUDA = 1 };
+#define DM_MAX_GPUS 16
+typedef struct dm_device {
+    int kind;   /* DM_DEV_CPU or DM_DEV_CUDA */
+    int is_auto;/* "auto": not yet resolved (dm_device_pick) */
+    int n;      /* cuda: number of GPUs in ids */
+    int ids[DM_MAX_GPUS];
+} dm_device;
+/* Syntax only (nothing is loaded): DM_EINVAL with the message a user sees. NULL means "cpu". */
+int dm_device_parse(const char *spec, dm_device *out, dm_err *err);
+/* The canonical name: "cpu", "cuda:0", "cuda:0,1", "auto". */
+const char *dm_device_str(const dm_device *d, char *buf, size_t n);
+/* spec → canonical device name in out, "auto" resolved (loading the plugin and counting GPUs);
+ * why (if not NULL) receives the line saying what auto picked and why, else is set empty.
+ * Explicit cuda devices are not checked here (dm_backend_open does). */
+int dm_device_pick(const char *spec, char *out, size_t n, char *why, size_t nwhy, dm_err *err);
+/* What the device means for the numbers: "cpu" or "cuda" (a run's configuration records this:
+ * which GPU, or how many, does not change a window's pixels; the device kind does). */
+const char *dm_device_class(const char *spec);
+/* dm_precision_resolve for a device: on a GPU, auto and bf16 are bf16 (tensor cores), fp32 fp32;
+ * on the CPU as dm_precision_resolve. device must not be "auto" (dm_device_pick first). */
+int dm_precision_resolve_on(const char *device, int requested, int *resolved, char *why,
+                            size_t n, dm_err *err);
+/* The precision of the operators heads run on the CPU (models/ops.h) beside a backbone on
+ * `device` in `precision`: the same, except bf16 beside a GPU where this CPU has no bf16
+ * instructions: fp32 (the CHMv2 head is not on the GPU yet). */
+int dm_ops_precision_on(const char *device, int precision);
+/* The plugin's state as text for `dinomap info`-like reports: "CUDA backend: path (build),
+ * N GPU(s): ..." or why there is none. Never fails. */
+const char *dm_cuda_describe(char *buf, size_t n);
+
+/* device: see above. Errors: plugin not built, CUDA runtime missing, no GPU, GPU index out of
+ * range, a plugin from other sources. */
 int dm_backend_open(const char *device, const dm_model *m, const dm_backend_opts *o,
                     dm_backend **out, dm_err *err);
 /* images: [B, 3, H, W] normalized fp32; H, W multiples of 16. */

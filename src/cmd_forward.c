@@ -54,7 +54,8 @@ static void help(FILE *f)
         "                        config.json out_indices - 1, else k*depth/4 - 1 for k = 1..4)\n"
         "  --arch NAME           force the architecture (default: recognised from the file)\n"
         "  --threads N           CPU threads for the math (default: all cores)\n"
-        "  --device cpu          compute device (default: cpu)\n"
+        "  --device DEV          cpu (default), cuda, cuda:N, cuda:0,1 (one worker per GPU) or\n"
+        "                        auto (a GPU when the CUDA backend loads and sees one)\n"
         "  --precision P         fp32 (default, exact), bf16 (matrix products in bf16 with fp32\n"
         "                        accumulation: faster on CPUs with AVX512_BF16 or AMX, ~1e-2\n"
         "                        relative error) or auto (bf16 where the CPU has them)\n"
@@ -305,8 +306,12 @@ int cmd_forward(int argc, char **argv)
     int rc, nreq = nl, tap_at[DM_CHM_TAPS];
     dm_model_opts mo = { arch };
     dm_backend_opts bo = { threads, 0, DM_PREC_FP32 };
-    char why[160];
-    if ((rc = dm_precision_resolve(precision, &bo.precision, why, sizeof why, &err)))
+    char why[400], dev[80];
+    if ((rc = dm_device_pick(device, dev, sizeof dev, why, sizeof why, &err)))
+        goto fail;
+    if (why[0])
+        dm_info("%s", why);
+    if ((rc = dm_precision_resolve_on(dev, precision, &bo.precision, why, sizeof why, &err)))
         goto fail;
     if (why[0])
         dm_info("%s", why);
@@ -316,7 +321,7 @@ int cmd_forward(int argc, char **argv)
     if (headpath || dm_chm_detect(wf)) {
         if ((rc = dm_chm_open(headpath, wf, m, ntaps ? taps : NULL, &chm, &err)) ||
             (rc = dm_chm_set_threads(chm, threads, &err)) ||
-            (rc = dm_chm_set_precision(chm, bo.precision, &err)))
+            (rc = dm_chm_set_precision(chm, dm_ops_precision_on(dev, bo.precision), &err)))
             goto fail;
         dm_info("%s", dm_chm_describe(chm));
         if (!nm)
@@ -339,7 +344,7 @@ int cmd_forward(int argc, char **argv)
     if (!nm)
         nm = dm_norm_get(chm ? "chm" : "sat");
     if ((rc = load_input(inpath, nm, chm != NULL, &in, &err)) ||
-        (rc = dm_backend_open(device, m, &bo, &be, &err)))
+        (rc = dm_backend_open(dev, m, &bo, &be, &err)))
         goto fail;
     int D = m->cfg.embed_dim, N = dm_model_tokens(m, in.H, in.W), R = m->cfg.n_storage;
     int hw = N - 1 - R;

@@ -96,7 +96,10 @@ static const struct optdef {
                  "when chm is made, else sat)" },
     [O_ARCH] = { "arch", 0, 1, M, "NAME", "force the architecture (default: recognised from "
                  "the weights)" },
-    [O_DEVICE] = { "device", 0, 1, M, "DEV", "compute device: cpu (default)" },
+    [O_DEVICE] = { "device", 0, 1, M, "DEV", "compute device: cpu (default), cuda, "
+                  "cuda:N, cuda:0,1 (one worker per GPU) or auto (a GPU when the CUDA backend "
+                  "loads and sees one, else cpu); its kind (cpu or cuda) is part of the run's "
+                  "configuration" },
     [O_PRECISION] = { "precision", 0, 1, M, "P", "fp32 (default: exact), bf16 (the matrix "
                       "products of the backbone and of the CHMv2 decoder's convolutions in bf16 "
                       "with fp32 accumulation: faster on CPUs with "

@@ -120,7 +120,8 @@ int dm_config_build(dm_eng *e, const char *aoi_sha, dm_err *err)
     cJSON_AddStringToObject(e->cfg, "arch", e->m->cfg.arch);
     cJSON_AddNumberToObject(e->cfg, "embed_dim", e->D);
     cJSON_AddNumberToObject(e->cfg, "depth", e->m->cfg.depth);
-    cJSON_AddStringToObject(e->cfg, "device", o->device ? o->device : "cpu");
+    /* the device kind changes the numbers; which GPU, or how many, does not */
+    cJSON_AddStringToObject(e->cfg, "device", dm_device_class(e->device));
     cJSON_AddStringToObject(e->cfg, "precision", dm_precision_name(e->precision));
     cJSON_AddStringToObject(e->cfg, "norm", e->nm->name);
     cJSON_AddItemToObject(e->cfg, "bands", dm_json_ints(o->mosaic.bands, 3));

@@ -692,14 +692,20 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     const cJSON *gp = old_res ? cJSON_GetObjectItemCaseSensitive(old_res, "gemm_parts") : NULL;
     e->gemm_parts = cJSON_IsNumber(gp) && gp->valueint > 0 ? gp->valueint : threads;
     dm_backend_opts bo = { threads, e->gemm_parts, DM_PREC_FP32 };
-    char why[160];
-    if ((rc = dm_precision_resolve(o->precision, &bo.precision, why, sizeof why, err)))
+    char why[400];
+    /* "auto" is settled first: the device kind is part of the configuration */
+    if ((rc = dm_device_pick(o->device, e->device, sizeof e->device, why, sizeof why, err)))
+        goto out;
+    if (why[0])
+        dm_info("%s", why);
+    if ((rc = dm_precision_resolve_on(e->device, o->precision, &bo.precision, why, sizeof why,
+                                      err)))
         goto out;
     e->precision = bo.precision;
     if (why[0])
         dm_info("%s", why);
     if ((rc = dm_model_open(o->weights, &mo, &e->m, err)) ||
-        (rc = dm_backend_open(o->device, e->m, &bo, &e->be, err)))
+        (rc = dm_backend_open(e->device, e->m, &bo, &e->be, err)))
         goto out;
     if ((rc = dm_weights_sha(e->m->w, e->sha, err)))
         goto out;

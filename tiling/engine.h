@@ -58,6 +58,7 @@ typedef struct dm_eng {
     int D, S, N;
     int gemm_parts;                    /* the backend's GEMM slicing (kept by resumed runs) */
     int precision;                     /* resolved: DM_PREC_FP32 or DM_PREC_BF16 */
+    char device[80];                   /* resolved ("auto" settled): cpu, cuda:0, ... */
     char sha[65];                      /* backbone weights */
     int layers[DM_MAX_LAYERS], nlayers;/* raw blocks the recipes asked for */
     double sample_p;                   /* features: a patch is a PCA candidate when u < p */

@@ -59,7 +59,7 @@ static int c_prepare(dm_eng *e, void **self, dm_err *err)
     if (!rc)
         rc = dm_chm_set_threads(c->head, o->threads, err);
     if (!rc)
-        rc = dm_chm_set_precision(c->head, e->precision, err);
+        rc = dm_chm_set_precision(c->head, dm_ops_precision_on(e->device, e->precision), err);
     const int *taps = rc ? NULL : dm_chm_taps(c->head);
     for (int k = 0; !rc && k < DM_CHM_TAPS; k++)
         if ((c->slot[k] = dm_eng_want_layer(e, taps[k], err)) < 0)

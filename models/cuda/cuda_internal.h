@@ -1,0 +1,130 @@
+/* models/cuda/cuda_internal.h — what the CUDA backend's files share (CUDA C only): error checks,
+ * the host table, the cuBLASLt GEMM context, and the kernels' launchers (one family per file). */
+#ifndef DM_CUDA_INTERNAL_H
+#define DM_CUDA_INTERNAL_H
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "plugin.h"
+
+/* The host's table, given once at load (plugin.cu) and never changed after. */
+extern const dm_cuda_host *dm_cu_host;
+
+/* dm_err_set without the host library: the plugin fills the caller's dm_err itself. */
+int dm_cu_err(dm_err *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void dm_cu_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A CUDA call's failure as a dm_err: "what: cudaErrorX (text)"; out of memory → DM_ENOMEM. */
+int dm_cu_check(cudaError_t e, const char *what, dm_err *err);
+int dm_cu_check_blas(cublasStatus_t s, const char *what, dm_err *err);
+#define CU_TRY(call, what)                                                                         \
+    do {                                                                                           \
+        int rc_ = dm_cu_check((call), (what), err);                                                \
+        if (rc_)                                                                                   \
+            return rc_;                                                                            \
+    } while (0)
+
+/* --- gemm.cu: cuBLASLt, column-major as BLAS: C[m,n] = alpha·op(A)·op(B) (+ beta·C), batched
+ * with strides (in elements). in_bf16: A and B bf16 (tensor cores, fp32 accumulation), else fp32
+ * (no TF32). C is always fp32. */
+typedef struct dm_cu_gemm dm_cu_gemm;
+int dm_cu_gemm_create(cudaStream_t st, dm_cu_gemm **out, dm_err *err);
+void dm_cu_gemm_free(dm_cu_gemm *g);
+int dm_cu_gemm_run(dm_cu_gemm *g, int transa, int transb, int m, int n, int k, float alpha,
+                   const void *A, int64_t lda, int64_t sA, const void *B, int64_t ldb,
+                   int64_t sB, float beta, float *C, int64_t ldc, int64_t sC, int batch,
+                   int in_bf16, dm_err *err);
+
+/* --- convert.cu */
+void dm_cu_to_bf16(const float *in, __nv_bfloat16 *out, int64_t n, cudaStream_t st);
+/* out[r, :cols] = bf16(in[r*ld, :cols]) */
+void dm_cu_rows_to_bf16(const float *in, int64_t ld, __nv_bfloat16 *out, int64_t rows, int cols,
+                        cudaStream_t st);
+
+/* --- patch.cu: images [B,3,H,W] → patch rows [B*hw, 768] in fp32 (pf) or bf16 (pb); then
+ * x[b] = [cls; storage; tmp[b] + patch_b] ([B, N, D]) */
+void dm_cu_im2patch(const float *img, int B, int H, int W, float *pf, __nv_bfloat16 *pb,
+                    cudaStream_t st);
+void dm_cu_embed(float *x, const float *tmp, const float *cls, const float *storage,
+                 const float *patch_b, int B, int N, int R, int D, cudaStream_t st);
+
+/* --- layernorm.cu: y = LN(x) rows of D (y fp32 and/or yb bf16, either may be NULL); and the
+ * residual step x += gamma ⊙ (y + bias) followed, when lw, by y/yb = LN(x) */
+void dm_cu_layernorm(const float *x, float *y, __nv_bfloat16 *yb, int64_t rows, int D,
+                     const float *w, const float *b, float eps, cudaStream_t st);
+void dm_cu_residual_ln(float *x, float *y, __nv_bfloat16 *yb, int64_t rows, int D,
+                       const float *bias, const float *gamma, const float *lw, const float *lb,
+                       float eps, cudaStream_t st);
+
+/* --- rope.cu: qkv rows [T, 3D] += bias; q and k of patch tokens rotated with the tables
+ * cosv/sinv [hw, hd]; a bf16 copy in qb when not NULL */
+void dm_cu_qkv_rope(float *qkv, __nv_bfloat16 *qb, const float *bias, const float *cosv,
+                    const float *sinv, int64_t T, int N, int hw, int D, int nh, int hd,
+                    cudaStream_t st);
+
+/* --- softmax.cu: rows of s (cols entries): exp(s - max) into pf (fp32) or pb (bf16), and
+ * rs[r] = 1/Σ; then o[t, h*hd + i] *= rs[h*N + t] for one image's heads, with a bf16 copy */
+void dm_cu_softmax_unnorm(const float *s, float *pf, __nv_bfloat16 *pb, float *rs, int64_t rows,
+                          int cols, cudaStream_t st);
+void dm_cu_scale_heads(float *o, __nv_bfloat16 *ob, const float *rs, int N, int nh, int hd, int D,
+                       cudaStream_t st);
+
+/* --- mlp.cu: h = gelu(h + b) ; g = silu(g + bg) * (u + bu); bf16 copies when hb not NULL */
+void dm_cu_bias_gelu(float *h, __nv_bfloat16 *hb, const float *b, int64_t rows, int cols,
+                     cudaStream_t st);
+void dm_cu_bias_swiglu(float *g, const float *u, __nv_bfloat16 *hb, const float *bg,
+                       const float *bu, int64_t rows, int cols, cudaStream_t st);
+
+/* --- block reductions (blocks of a multiple of 32 threads, at most 1024) */
+static __device__ __forceinline__ float dm_cu_warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+static __device__ __forceinline__ float dm_cu_warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+/* every thread of the block gets the block's sum (max); sh: 32 floats of shared memory */
+static __device__ __forceinline__ float dm_cu_block_sum(float v, float *sh)
+{
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = dm_cu_warp_sum(v);
+    __syncthreads(); /* sh may still be read by a previous reduction */
+    if (lane == 0)
+        sh[wid] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : 0.0f;
+    return dm_cu_warp_sum(v);
+}
+static __device__ __forceinline__ float dm_cu_block_max(float v, float *sh)
+{
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = dm_cu_warp_max(v);
+    __syncthreads();
+    if (lane == 0)
+        sh[wid] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : -INFINITY;
+    return dm_cu_warp_max(v);
+}
+
+static inline unsigned dm_cu_blocks(int64_t n, int threads)
+{
+    int64_t b = (n + threads - 1) / threads;
+    return (unsigned)(b > 65535 * 16 ? 65535 * 16 : b < 1 ? 1 : b);
+}
+
+/* --- vit_cuda.cu */
+int dm_cu_vit_create(const dm_model *m, const dm_backend_opts *o, int gpu, void **state,
+                     dm_err *err);
+extern const dm_backend_ops dm_cu_vit_ops;
+
+#endif
