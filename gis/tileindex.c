@@ -63,7 +63,8 @@ const char *dm_gdal_msg(void)
 
 int dm_ti_fail(const dm_tileindex *ti, int code, const char *what, dm_err *err)
 {
-    return dm_err_set(err, code, "tile index %s: %s: %s", ti->path, what, gdal_msg());
+    dm_err_set(err, code, "tile index %s: %s: %s", ti->path, what, gdal_msg());
+    return dm_err_space(err, ti->path, 0); /* SQLite: "database or disk is full" */
 }
 #define gdal_fail dm_ti_fail
 
@@ -111,8 +112,10 @@ int dm_ti_exec(dm_tileindex *ti, const char *sql, dm_err *err)
     OGRLayerH r = GDALDatasetExecuteSQL(ti->ds, sql, NULL, NULL);
     if (r)
         GDALDatasetReleaseResultSet(ti->ds, r);
-    if (CPLGetLastErrorType() >= CE_Failure)
-        return dm_err_set(err, DM_EIO, "tile index %s: `%s` failed: %s", ti->path, sql, gdal_msg());
+    if (CPLGetLastErrorType() >= CE_Failure) {
+        dm_err_set(err, DM_EIO, "tile index %s: `%s` failed: %s", ti->path, sql, gdal_msg());
+        return dm_err_space(err, ti->path, 0);
+    }
     return 0;
 }
 
@@ -757,7 +760,7 @@ int dm_tileindex_close(dm_tileindex *ti, dm_err *err)
     ti->ds = NULL;
     int rc = 0;
     if (CPLGetLastErrorType() >= CE_Failure)
-        rc = gdal_fail(ti, DM_EIO, "closing failed (disk full?)", err);
+        rc = gdal_fail(ti, DM_EIO, "closing failed", err);
     CPLPopErrorHandler();
     free_index(ti);
     return rc;

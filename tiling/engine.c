@@ -1056,6 +1056,8 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     dm_trim_memory();
     rc = dm_fin_run(o, e->ti, e->cfg, e->res, e->outset, t0, res, err);
 out:
+    if (rc && rc != DM_EINTERRUPTED)
+        dm_err_space_hint(err, o->outdir);
     if (e->ti) {
         const char *status = !rc ? (res->nothing_to_do ? "nothing to do" : "done")
                              : rc == DM_EINTERRUPTED ? "interrupted" : "failed";

@@ -539,6 +539,8 @@ int dm_merge(const dm_merge_opts *o, dm_merge_result *res, dm_err *err)
     if (!rc)
         rc = dm_fin_folder(o->outdir, &o->fin, &res->run, err);
 out:
+    if (rc && rc != DM_EINTERRUPTED)
+        dm_err_space_hint(err, o->outdir);
     if (claimed) {
         if (rc && !placed && claim.made) {
             char p[4200];
