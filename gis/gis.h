@@ -355,6 +355,12 @@ int dm_tileindex_open(const char *path, const char *run_json, int dim, dm_tilein
 /* Reopens for update an index this invocation created (under a temporary name, then renamed):
  * no new row of `runs`, the last one is this invocation's. */
 int dm_tileindex_reopen(const char *path, int dim, dm_tileindex **out, dm_err *err);
+/* An index file made whole under the name `from` goes into place as `to`: synced, renamed, the
+ * rename synced. A rollback journal left at `to` (TO-journal, by a process killed in a
+ * transaction of the index that was there) goes first: SQLite would replay it into the new file. */
+int dm_tileindex_place(const char *from, const char *to, dm_err *err);
+/* Removes an index file and its rollback journal, if any (0, or -1 with errno). */
+int dm_tileindex_unlink(const char *path);
 /* Marks done (no files) every chunk none of whose tiles is to run (all outside the AOI). */
 int dm_tileindex_done_empty_chunks(dm_tileindex *ti, dm_err *err);
 int dm_tileindex_dim(const dm_tileindex *ti);

@@ -549,8 +549,7 @@ int dm_gis_write_zarr(const char *src, const char *dst, const char *const *co,
         rc = dm_err_set(err, DM_EINTERRUPTED, "interrupted while writing %s: the chunks are "
                         "kept; run the same command (or dinomap finalize) again", dst);
     else if (r)
-        rc = dm_err_set(err, DM_EIO, "%s: write failed (disk full?): %s", part,
-                        CPLGetLastErrorMsg());
+        rc = dm_err_set(err, DM_EIO, "%s: write failed: %s", part, CPLGetLastErrorMsg());
 out:
     zarr_free(&w);
     if (w.z) {
@@ -565,6 +564,8 @@ out:
     /* the old store goes only once the new one is whole */
     if (!rc && (dm_remove_tree(dst, err) || rename(part, dst) != 0))
         rc = dm_err_set(err, DM_EIO, "%s: cannot put into place", dst);
+    if (rc == DM_EIO) /* before the partial store gives its room back */
+        dm_err_space(err, part, 0);
     if (rc)
         dm_remove_tree(part, NULL);
     return rc;

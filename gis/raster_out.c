@@ -102,8 +102,10 @@ static int chunk_write(const char *path, const void *data, GDALDataType t, int b
     /* on disk before the rename, and the rename on disk before the index says "done" */
     if (e != CE_None || dm_sync_file(tmp) != 0 || rename(tmp, path) != 0 ||
         dm_sync_parent(path) != 0) {
+        int en = errno;
         rc = dm_err_set(err, DM_EIO, "%s: cannot write the chunk: %s", path,
-                        e != CE_None ? dm_gdal_msg() : strerror(errno));
+                        e != CE_None ? dm_gdal_msg() : strerror(en));
+        dm_err_space(err, tmp, e != CE_None ? 0 : en); /* while the part file takes its room */
         VSIUnlink(tmp);
     }
     CPLPopErrorHandler();
@@ -358,8 +360,10 @@ int dm_out_begin(dm_out *o, int region, dm_err *err)
                         o->s.byte ? GDT_Byte : GDT_Float32, co);
     CPLPopErrorHandler();
     CSLDestroy(co);
-    if (!o->tmp)
-        return dm_err_set(err, DM_EIO, "%s: cannot create: %s", o->tmp_path, dm_gdal_msg());
+    if (!o->tmp) {
+        dm_err_set(err, DM_EIO, "%s: cannot create: %s", o->tmp_path, dm_gdal_msg());
+        return dm_err_space(err, o->tmp_path, 0);
+    }
     const double *g = o->s.gt;
     double gt[6] = { g[0] + o->reg.x * g[1], g[1], 0, g[3] + o->reg.y * g[5], 0, g[5] };
     describe(o, o->tmp, gt);
@@ -377,9 +381,10 @@ int dm_out_write(dm_out *o, int x, int y, int w, int h, const void *buf, dm_err 
     CPLErrorReset();
     if (GDALDatasetRasterIO(o->tmp, GF_Write, rx, ry, w, h, (void *)buf, w, h,
                             o->s.byte ? GDT_Byte : GDT_Float32, o->s.bands, NULL, sz,
-                            (GSpacing)sz * w, (GSpacing)sz * w * h) != CE_None)
-        return dm_err_set(err, DM_EIO, "%s: write failed (disk full?): %s", o->tmp_path,
-                          dm_gdal_msg());
+                            (GSpacing)sz * w, (GSpacing)sz * w * h) != CE_None) {
+        dm_err_set(err, DM_EIO, "%s: write failed: %s", o->tmp_path, dm_gdal_msg());
+        return dm_err_space(err, o->tmp_path, 0);
+    }
     return 0;
 }
 
@@ -407,8 +412,7 @@ int dm_out_end(dm_out *o, dm_err *err)
     o->tmp = NULL;
     int rc = 0;
     if (CPLGetLastErrorType() >= CE_Failure)
-        rc = dm_err_set(err, DM_EIO, "%s: write failed (disk full?): %s", o->tmp_path,
-                        dm_gdal_msg());
+        rc = dm_err_set(err, DM_EIO, "%s: write failed: %s", o->tmp_path, dm_gdal_msg());
     /* overviews by halves until one fits in a COG tile */
     GDALDatasetH d = rc ? NULL : GDALOpen(o->tmp_path, GA_Update);
     if (!rc && !d)
@@ -465,6 +469,8 @@ int dm_out_end(dm_out *o, dm_err *err)
     }
     if (d)
         GDALClose(d);
+    if (rc == DM_EIO) /* before the temporary file gives its room back */
+        dm_err_space(err, o->tmp_path, 0);
     GDALDeleteDataset(GDALGetDriverByName("GTiff"), o->tmp_path); /* with its .ovr */
     VSIUnlink(o->tmp_path);
     unlink_aux(o->tmp_path);

@@ -33,12 +33,14 @@
 #include <cpl_error.h>
 #include <cpl_string.h>
 #include <cpl_vsi.h>
+#include <errno.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 
 const char *dm_tile_state_name(dm_tile_state s)
@@ -64,7 +66,8 @@ const char *dm_gdal_msg(void)
 
 int dm_ti_fail(const dm_tileindex *ti, int code, const char *what, dm_err *err)
 {
-    return dm_err_set(err, code, "tile index %s: %s: %s", ti->path, what, gdal_msg());
+    dm_err_set(err, code, "tile index %s: %s: %s", ti->path, what, gdal_msg());
+    return dm_err_space(err, ti->path, 0); /* SQLite: "database or disk is full" */
 }
 #define gdal_fail dm_ti_fail
 
@@ -112,8 +115,10 @@ int dm_ti_exec(dm_tileindex *ti, const char *sql, dm_err *err)
     OGRLayerH r = GDALDatasetExecuteSQL(ti->ds, sql, NULL, NULL);
     if (r)
         GDALDatasetReleaseResultSet(ti->ds, r);
-    if (CPLGetLastErrorType() >= CE_Failure)
-        return dm_err_set(err, DM_EIO, "tile index %s: `%s` failed: %s", ti->path, sql, gdal_msg());
+    if (CPLGetLastErrorType() >= CE_Failure) {
+        dm_err_set(err, DM_EIO, "tile index %s: `%s` failed: %s", ti->path, sql, gdal_msg());
+        return dm_err_space(err, ti->path, 0);
+    }
     return 0;
 }
 
@@ -425,6 +430,52 @@ int dm_tileindex_create(const char *path, const char *crs_wkt, const char *run_j
     return rc;
 }
 
+static void journal_path(const char *path, char *j, size_t n)
+{
+    snprintf(j, n, "%s-journal", path);
+}
+
+/* A process killed inside a transaction leaves PATH-journal, which SQLite rolls back at the next
+ * opening, but only for a connection that may write: a read-only one fails ("attempt to write a
+ * readonly database") for as long as the journal is there, and a rerun would never resume. So a
+ * reader first opens the file for update when a journal is there; SQLite's locks tell a dead
+ * writer's journal from a live one's (which it leaves alone). 1 when a journal is still there. */
+static int roll_back_journal(const char *path, const char *const *drivers)
+{
+    char j[4200];
+    journal_path(path, j, sizeof j);
+    VSIStatBufL st;
+    if (VSIStatL(j, &st) != 0 || st.st_size == 0)
+        return 0;
+    GDALDatasetH d = GDALOpenEx(path, GDAL_OF_VECTOR | GDAL_OF_UPDATE, drivers, NULL, NULL);
+    if (d)
+        GDALClose(d);
+    return VSIStatL(j, &st) == 0 && st.st_size > 0;
+}
+
+int dm_tileindex_unlink(const char *path)
+{
+    char j[4200];
+    journal_path(path, j, sizeof j);
+    int rc = unlink(path) != 0 && errno != ENOENT ? -1 : 0;
+    if (unlink(j) != 0 && errno != ENOENT)
+        rc = -1;
+    return rc;
+}
+
+int dm_tileindex_place(const char *from, const char *to, dm_err *err)
+{
+    char j[4200];
+    journal_path(to, j, sizeof j);
+    if ((unlink(j) != 0 && errno != ENOENT) || dm_sync_file(from) != 0 || rename(from, to) != 0 ||
+        dm_sync_parent(to) != 0) {
+        int e = errno;
+        dm_err_set(err, DM_EIO, "%s: cannot put into place: %s", to, strerror(e));
+        return dm_err_space(err, to, e);
+    }
+    return 0;
+}
+
 /* mode 0: read only; 1: update, this invocation a new row of `runs`; 2: update, continuing the
  * last row (the index a run just created under another name). */
 static int open_index(const char *path, int mode, const char *run_json, int dim,
@@ -442,13 +493,21 @@ static int open_index(const char *path, int mode, const char *run_json, int dim,
     CPLErrorReset();
     const char *drivers[] = { "GPKG", NULL };
     VSIStatBufL st;
+    int journal = 0;
     if (VSIStatExL(path, &st, VSI_STAT_EXISTS_FLAG) != 0)
         rc = dm_err_set(err, DM_EIO, "tile index %s: no such file", path);
-    else
+    else if (!mode)
+        journal = roll_back_journal(path, drivers);
+    if (!rc)
         ti->ds = GDALOpenEx(path, GDAL_OF_VECTOR | (mode ? GDAL_OF_UPDATE : 0), drivers, NULL,
                             NULL);
-    if (!rc && !ti->ds)
+    if (!rc && !ti->ds) {
         rc = gdal_fail(ti, DM_EIO, "cannot open as a GeoPackage", err);
+        if (journal) /* e.g. a folder this user may not write in */
+            dm_err_prefix(err, "%s-journal holds a transaction of a process that was killed; it "
+                          "is undone when the index is next opened by a process that may write "
+                          "in the folder", path);
+    }
     if (rc == 0)
         rc = bind_layers(ti, err);
     /* The embeddings already stored must have the same length as the ones this run adds. */
@@ -779,7 +838,7 @@ int dm_tileindex_close(dm_tileindex *ti, dm_err *err)
     ti->ds = NULL;
     int rc = 0;
     if (CPLGetLastErrorType() >= CE_Failure)
-        rc = gdal_fail(ti, DM_EIO, "closing failed (disk full?)", err);
+        rc = gdal_fail(ti, DM_EIO, "closing failed", err);
     CPLPopErrorHandler();
     free_index(ti);
     return rc;

@@ -392,8 +392,8 @@ static int stage_write(void *ctx, dm_job *job, dm_err *err)
 
 /* The files of a run in OUTDIR (for --overwrite, and to refuse a folder holding outputs without
  * an index). */
-static const char *const run_files[] = { "tiles.gpkg", "tiles.mean.search", "tiles.cls.search",
-                                         "run.json", "item.json", "chm.qml",
+static const char *const run_files[] = { "tiles.gpkg", "tiles.gpkg-journal", "tiles.mean.search",
+                                         "tiles.cls.search", "run.json", "item.json", "chm.qml",
                                          "similarity.qml", "seg.qml", "cluster.dmseg", NULL };
 static const char *const run_outputs[] = { "features", "features_pca", "chm", "seg",
                                            "seg_probabilities", "similarity", NULL };
@@ -838,7 +838,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         /* made whole under a temporary name, then renamed: a kill leaves no half index */
         char part[4200];
         snprintf(part, sizeof part, "%s/.tiles.new.gpkg", o->outdir);
-        unlink(part);
+        dm_tileindex_unlink(part);
         char *cs = cJSON_PrintUnformatted(e->cfg), *rs = cJSON_PrintUnformatted(e->res), hash[65];
         if (!cs || !rs)
             rc = dm_err_oom(err);
@@ -864,16 +864,15 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         /* --overwrite: the folder's old run goes now, everything having checked out */
         if (!rc && o->overwrite)
             rc = remove_run(o->outdir, err);
-        if (!rc && (dm_sync_file(part) != 0 || rename(part, index) != 0 ||
-                    dm_sync_parent(index) != 0))
-            rc = dm_err_set(err, DM_EIO, "%s: cannot put into place: %s", index,
-                            strerror(errno));
+        /* (a journal a killed run left beside the old index goes with it) */
+        if (!rc)
+            rc = dm_tileindex_place(part, index, err);
         if (!rc) {
             created_index = 1;
             rc = dm_tileindex_reopen(index, e->D, &e->ti, err);
         }
         if (rc)
-            unlink(part);
+            dm_tileindex_unlink(part);
     } else if (!rc) {
         rc = dm_tileindex_open(index, inv, e->D, &e->ti, err);
     }
@@ -1062,6 +1061,8 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     dm_trim_memory();
     rc = dm_fin_run(o, e->ti, e->cfg, e->res, e->outset, t0, res, err);
 out:
+    if (rc && rc != DM_EINTERRUPTED)
+        dm_err_space_hint(err, o->outdir);
     if (e->ti) {
         const char *status = !rc ? (res->nothing_to_do ? "nothing to do" : "done")
                              : rc == DM_EINTERRUPTED ? "interrupted" : "failed";

@@ -419,6 +419,8 @@ int dm_run_finalize(const char *outdir, const dm_finalize_opts *o, dm_run_result
         return rc;
     rc = dm_fin_folder(outdir, o, r, err);
     dm_unlock(lock);
+    if (rc && rc != DM_EINTERRUPTED)
+        dm_err_space_hint(err, outdir);
     return rc;
 }
 

@@ -528,10 +528,10 @@ int dm_merge(const dm_merge_opts *o, dm_merge_result *res, dm_err *err)
         rc = build_index(sh, n, owner, tmp, record, err);
     if (!rc)
         rc = place_files(sh, n, owner, o->outdir, res, o->fin.cancel, err);
-    if (!rc && (dm_sync_file(tmp) != 0 || rename(tmp, index) != 0 || dm_sync_parent(index) != 0))
-        rc = dm_err_set(err, DM_EIO, "%s: cannot put into place: %s", index, strerror(errno));
+    if (!rc)
+        rc = dm_tileindex_place(tmp, index, err);
     placed = !rc;
-    unlink(tmp);
+    dm_tileindex_unlink(tmp);
     /* the shards' indexes are not needed any more; their locks stay until the end */
     for (int i = 0; i < n; i++)
         dm_tileindex_close(sh[i].ti, NULL), sh[i].ti = NULL;
@@ -539,6 +539,8 @@ int dm_merge(const dm_merge_opts *o, dm_merge_result *res, dm_err *err)
     if (!rc)
         rc = dm_fin_folder(o->outdir, &o->fin, &res->run, err);
 out:
+    if (rc && rc != DM_EINTERRUPTED)
+        dm_err_space_hint(err, o->outdir);
     if (claimed) {
         if (rc && !placed && claim.made) {
             char p[4200];

@@ -38,6 +38,14 @@ int dm_err_set(dm_err *err, int code, const char *fmt, ...) __attribute__((forma
 int dm_err_prefix(dm_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int dm_err_oom(dm_err *err);
 void dm_err_clear(dm_err *err);
+/* A full disk (space.c). dm_no_space: 1 when a write that failed (errno e, 0 if unknown; the
+ * message so far, or NULL) failed for want of space: ENOSPC or EDQUOT, a library's words for it
+ * (SQLite's "database or disk is full"), or under 1 MiB left where path is. dm_err_space: then
+ * appends ": No space left on device" to err's message (once). dm_err_space_hint: when err says
+ * so, appends what to do: free space on the disk of dir and run the same command again. */
+int dm_no_space(const char *path, int e, const char *msg);
+int dm_err_space(dm_err *err, const char *path, int e);
+void dm_err_space_hint(dm_err *err, const char *dir);
 
 /* --- log ---------------------------------------------------------------------------------------
  * The one piece of global state. Messages go to the sink the program installed (the command line
