@@ -485,18 +485,25 @@ static int choose_scaling(dm_mosaic *m, const dm_mosaic_opts *o, dm_err *err)
 
 static int open_one(const char *path, GDALDatasetH *out, dm_err *err)
 {
-    VSIStatBufL st; /* VSI, not stat(): /vsi paths too */
-    if (VSIStatExL(path, &st, VSI_STAT_EXISTS_FLAG | VSI_STAT_SIZE_FLAG) == 0 &&
-        VSI_ISREG(st.st_mode) && st.st_size == 0)
-        return dm_err_set(err, DM_EFORMAT, "%s: an empty file (0 bytes), not a raster; was it "
-                          "copied or downloaded completely?", path);
     CPLPushErrorHandler(CPLQuietErrorHandler);
     GDALDatasetH d = GDALOpenEx(path, GDAL_OF_RASTER | GDAL_OF_READONLY | GDAL_OF_VERBOSE_ERROR,
                                 NULL, NULL, NULL);
     CPLPopErrorHandler();
-    if (!d)
+    if (!d) {
+        /* say it plainly when there is no such file, or an empty one (VSI, not stat(): /vsi
+         * paths too; names GDAL reads as connection strings, NETCDF:..., exist to it only) */
+        VSIStatBufL st;
+        if (strncmp(path, "/vsi", 4) && !strchr(path, ':') &&
+            VSIStatExL(path, &st, VSI_STAT_EXISTS_FLAG) != 0)
+            return dm_err_set(err, DM_EIO, "%s: not a raster GDAL can open: no such file (check "
+                              "the path)", path);
+        if (VSIStatExL(path, &st, VSI_STAT_EXISTS_FLAG | VSI_STAT_SIZE_FLAG) == 0 &&
+            VSI_ISREG(st.st_mode) && st.st_size == 0)
+            return dm_err_set(err, DM_EFORMAT, "%s: an empty file (0 bytes), not a raster; was it "
+                              "copied or downloaded completely?", path);
         return dm_err_set(err, DM_EFORMAT, "%s: not a raster GDAL can open (%s)", path,
                           CPLGetLastErrorMsg()[0] ? CPLGetLastErrorMsg() : "unknown format");
+    }
     *out = d;
     return 0;
 }

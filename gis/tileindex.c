@@ -449,10 +449,12 @@ static int open_index(const char *path, int mode, const char *run_json, int dim,
     else
         ti->ds = GDALOpenEx(path, GDAL_OF_VECTOR | (mode ? GDAL_OF_UPDATE : 0), drivers, NULL,
                             NULL);
-    if (!rc && !ti->ds)
-        rc = gdal_fail(ti, DM_EIO, "cannot open as a GeoPackage (a damaged or overwritten file? "
-                       "a run folder's index cannot be rebuilt: start the run afresh with "
-                       "--overwrite)", err);
+    if (!rc && !ti->ds) {
+        const char *g = CPLGetLastErrorMsg();
+        rc = dm_err_set(err, DM_EIO, "tile index %s: cannot open as a GeoPackage (a damaged or "
+                        "overwritten file? a run folder's index cannot be rebuilt: start the run "
+                        "afresh with --overwrite)%s%s", path, g && *g ? ": " : "", g ? g : "");
+    }
     if (rc == 0)
         rc = bind_layers(ti, err);
     /* The embeddings already stored must have the same length as the ones this run adds. */
