@@ -157,7 +157,8 @@ static GDALDatasetH open_index(const char *path, dm_err *err)
     const char *drivers[] = { "GPKG", NULL };
     VSIStatBufL st;
     if (VSIStatExL(path, &st, VSI_STAT_EXISTS_FLAG) != 0) {
-        dm_err_set(err, DM_EIO, "%s: no such file (give a run folder or its tiles.gpkg)", path);
+        dm_err_set(err, DM_EIO, "%s: cannot open: no such file (give a run folder or its "
+                   "tiles.gpkg)", path);
         return NULL;
     }
     GDALDatasetH ds = GDALOpenEx(path, GDAL_OF_VECTOR | GDAL_OF_READONLY, drivers, NULL, NULL);
