@@ -36,6 +36,8 @@ typedef struct dm_mosaic_opts {
 typedef struct dm_mosaic dm_mosaic;
 
 int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err);
+/* The inputs named for a message: "a.tif", "a.tif, b.tif" or "a.tif and 4 other inputs". */
+void dm_mosaic_inputs_label(const dm_mosaic_opts *o, char *buf, size_t n);
 void dm_mosaic_close(dm_mosaic *m); /* NULL-safe */
 
 void dm_mosaic_size(const dm_mosaic *m, int *W, int *H);

@@ -9,6 +9,7 @@
  * its band count (GDAL's own default treats a last band as alpha only in 2- and 4-band files).
  * The mosaic VRT places those with whole-pixel offsets; later inputs cover earlier ones where
  * they are valid. */
+#define _LARGEFILE64_SOURCE /* VSIStatBufL is a struct stat64 */
 #include <gdal.h>
 #include <gdal_alg.h>
 #include <cpl_string.h>
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "mosaic_internal.h"
 
@@ -432,8 +434,8 @@ static int percentiles(dm_mosaic *m, double p1, double p2, dm_err *err)
     }
     if (!k) {
         free(v);
-        return dm_err_set(err, DM_EINVAL, "the mosaic has no valid pixel (all nodata, masked "
-                          "or alpha 0)");
+        return dm_err_set(err, DM_EINVAL, "no valid pixel to map (all nodata, masked or alpha "
+                          "0); check the nodata value (gdalinfo), or give inputs with data");
     }
     qsort(v, k, sizeof *v, cmp_float);
     size_t i1 = (size_t)floor(p1 / 100.0 * (double)(k - 1) + 0.5);
@@ -487,9 +489,21 @@ static int open_one(const char *path, GDALDatasetH *out, dm_err *err)
     GDALDatasetH d = GDALOpenEx(path, GDAL_OF_RASTER | GDAL_OF_READONLY | GDAL_OF_VERBOSE_ERROR,
                                 NULL, NULL, NULL);
     CPLPopErrorHandler();
-    if (!d)
+    if (!d) {
+        /* say it plainly when there is no such file, or an empty one (VSI, not stat(): /vsi
+         * paths too; names GDAL reads as connection strings, NETCDF:..., exist to it only) */
+        VSIStatBufL st;
+        if (strncmp(path, "/vsi", 4) && !strchr(path, ':') &&
+            VSIStatExL(path, &st, VSI_STAT_EXISTS_FLAG) != 0)
+            return dm_err_set(err, DM_EIO, "%s: not a raster GDAL can open: no such file (check "
+                              "the path)", path);
+        if (VSIStatExL(path, &st, VSI_STAT_EXISTS_FLAG | VSI_STAT_SIZE_FLAG) == 0 &&
+            VSI_ISREG(st.st_mode) && st.st_size == 0)
+            return dm_err_set(err, DM_EFORMAT, "%s: an empty file (0 bytes), not a raster; was it "
+                              "copied or downloaded completely?", path);
         return dm_err_set(err, DM_EFORMAT, "%s: not a raster GDAL can open (%s)", path,
                           CPLGetLastErrorMsg()[0] ? CPLGetLastErrorMsg() : "unknown format");
+    }
     *out = d;
     return 0;
 }
@@ -504,18 +518,100 @@ static GDALDataType bands_type(GDALDatasetH d, const int bands[3])
     return t;
 }
 
+/* " a JPEG JFIF file, not a GeoTIFF despite its name:" when a .tif/.tiff file is read by another
+ * driver (a renamed file), else "". */
+static const char *misnamed(GDALDatasetH d, const char *path, char *buf, size_t n)
+{
+    const char *dot = strrchr(path, '.');
+    GDALDriverH drv = GDALGetDatasetDriver(d);
+    const char *name = drv ? GDALGetDriverShortName(drv) : NULL;
+    buf[0] = '\0';
+    if (dot && (!strcasecmp(dot, ".tif") || !strcasecmp(dot, ".tiff")) && name &&
+        strcmp(name, "GTiff") && strcmp(name, "COG"))
+        snprintf(buf, n, " a %s file, not a GeoTIFF despite its name:",
+                 GDALGetDriverLongName(drv));
+    return buf;
+}
+
+/* A paletted input (one band of colour-table indices, which QGIS shows in colour) is read as its
+ * RGB colours, as gdal_translate -expand rgb does, its nodata or mask as an alpha band: *d becomes
+ * that VRT. Without this its indices would be taken for grey levels, or --bands 1,2,3 refused. */
+static int expand_palette(dm_mosaic *m, GDALDatasetH *d, const char *file, int *expanded,
+                          dm_err *err)
+{
+    GDALRasterBandH b = GDALGetRasterBand(*d, 1);
+    *expanded = 0;
+    if (GDALGetRasterCount(*d) != 1 || GDALGetRasterColorInterpretation(b) != GCI_PaletteIndex ||
+        !GDALGetRasterColorTable(b))
+        return 0;
+    double gt[6];
+    int has_gt = GDALGetGeoTransform(*d, gt) == CE_None;
+    sbuf s = { 0 };
+    put_header(&s, GDALGetRasterXSize(*d), GDALGetRasterYSize(*d), GDALGetProjectionRef(*d),
+               has_gt ? gt : NULL);
+    static const char *ci[3] = { "Red", "Green", "Blue" };
+    for (int i = 0; i < 3; i++) {
+        char extra[64];
+        snprintf(extra, sizeof extra, "<ColorTableComponent>%d</ColorTableComponent>", i + 1);
+        put(&s, "<VRTRasterBand dataType=\"Byte\" band=\"%d\"><ColorInterp>%s</ColorInterp>\n",
+            i + 1, ci[i]);
+        put_source(&s, "ComplexSource", file, "1", extra);
+        put(&s, "</VRTRasterBand>\n");
+    }
+    if (!(GDALGetMaskFlags(b) & GMF_ALL_VALID)) {
+        put(&s, "<VRTRasterBand dataType=\"Byte\" band=\"4\"><ColorInterp>Alpha</ColorInterp>\n");
+        put_source(&s, "ComplexSource", file, "mask,1", "<LUT>0:0,1:255,255:255</LUT>");
+        put(&s, "</VRTRasterBand>\n");
+    }
+    put(&s, "</VRTDataset>\n");
+    const char *name = vsi_name(m, "palette");
+    int rc = name ? vsi_write(name, &s, err) : dm_err_oom(err);
+    free(s.s);
+    GDALDatasetH e = NULL;
+    if (!rc && !(rc = open_one(name, &e, err))) {
+        GDALClose(*d);
+        *d = e;
+        *expanded = 1;
+    }
+    return rc;
+}
+
+/* Opens input i, a paletted one as RGB; the notice about it once (first). */
+static int open_src(dm_mosaic *m, const dm_mosaic_opts *o, int i, int first, GDALDatasetH *d,
+                    dm_err *err)
+{
+    int rc = open_one(o->inputs[i], d, err), expanded = 0;
+    if (!rc && (rc = expand_palette(m, d, o->inputs[i], &expanded, err))) {
+        GDALClose(*d);
+        *d = NULL;
+    }
+    if (!rc && expanded && first)
+        note(m, "%s: a paletted image (colour-table indices): read as its RGB colours, as "
+                "gdal_translate -expand rgb does\n", o->inputs[i]);
+    return rc;
+}
+
 /* Opens and checks input i (bands, georeferencing). */
-static int open_input(const dm_mosaic_opts *o, int i, GDALDatasetH *d, int *georef, dm_err *err)
+static int open_input(dm_mosaic *m, const dm_mosaic_opts *o, int i, GDALDatasetH *d, int *georef,
+                      dm_err *err)
 {
     int rc = open_one(o->inputs[i], d, err);
     if (rc)
         return rc;
+    char what[160];
+    misnamed(*d, o->inputs[i], what, sizeof what);
+    GDALClose(*d);
+    *d = NULL;
+    if ((rc = open_src(m, o, i, 1, d, err)))
+        return rc;
     int nb = GDALGetRasterCount(*d);
     for (int b = 0; b < 3; b++)
         if (o->bands[b] < 1 || o->bands[b] > nb)
-            return dm_err_set(err, DM_EINVAL, "%s: has %d band%s; --bands %d,%d,%d asks for band "
-                              "%d", o->inputs[i], nb, nb == 1 ? "" : "s", o->bands[0],
-                              o->bands[1], o->bands[2], o->bands[b]);
+            return dm_err_set(err, DM_EINVAL, "%s:%s has %d band%s; --bands %d,%d,%d asks for "
+                              "band %d (choose three of its bands with --bands, e.g. --bands "
+                              "1,1,1 for a grey image)", o->inputs[i], what, nb,
+                              nb == 1 ? "" : "s", o->bands[0], o->bands[1], o->bands[2],
+                              o->bands[b]);
     double gt[6];
     const char *w = GDALGetProjectionRef(*d);
     int has_gt = GDALGetGeoTransform(*d, gt) == CE_None;
@@ -529,14 +625,26 @@ static int open_input(const dm_mosaic_opts *o, int i, GDALDatasetH *d, int *geor
                           "with gdal_edit.py -a_ullr", o->inputs[i], gt[0], gt[1], gt[2],
                           gt[3], gt[4], gt[5]);
     if (!*georef && !o->allow_ungeoreferenced)
-        return dm_err_set(err, DM_EINVAL, "%s: has no georeferencing (%s); outputs could not be "
-                          "placed on a map. Georeference it first (e.g. gdal_translate -a_srs "
+        return dm_err_set(err, DM_EINVAL, "%s:%s has no georeferencing (%s); outputs could not "
+                          "be placed on a map. Georeference it first (e.g. gdal_translate -a_srs "
                           "... -a_ullr ...), or pass --allow-ungeoreferenced to map it in pixel "
-                          "coordinates", o->inputs[i], has_gt ? "no CRS" : "no geotransform");
+                          "coordinates", o->inputs[i], what, has_gt ? "no CRS" : "no geotransform");
     if (!*georef && o->n_inputs > 1)
         return dm_err_set(err, DM_EINVAL, "%s: has no georeferencing, so it cannot be placed in "
                           "a mosaic of %d inputs; map it alone", o->inputs[i], o->n_inputs);
     return 0;
+}
+
+void dm_mosaic_inputs_label(const dm_mosaic_opts *o, char *buf, size_t n)
+{
+    if (o->n_inputs == 1)
+        snprintf(buf, n, "%s", o->inputs[0]);
+    else if (o->n_inputs == 2)
+        snprintf(buf, n, "%s, %s", o->inputs[0], o->inputs[1]);
+    else if (o->n_inputs > 2)
+        snprintf(buf, n, "%s and %d other inputs", o->inputs[0], o->n_inputs - 1);
+    else
+        snprintf(buf, n, "(no input)");
 }
 
 /* The target CRS as WKT: --crs, else the first input's (a geographic one: its UTM zone). */
@@ -580,7 +688,7 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
     GDALDataType type = GDT_Byte;
     /* inputs are opened one at a time (a mosaic may have more than the open-file limit) */
     for (int i = 0; !rc && i < n; i++) {
-        rc = open_input(o, i, &src[i], &georef, err);
+        rc = open_input(m, o, i, &src[i], &georef, err);
         GDALDataType t = rc ? GDT_Byte : bands_type(src[i], o->bands);
         type = i == 0 || t == type ? t : GDT_Float32;
         if (i > 0 && src[i])
@@ -594,7 +702,7 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
         g = (grid){ 1, 0, 0, o->gsd, -o->gsd };
     for (int i = 0; !rc && georef && i < n; i++) {
         double gt[6];
-        if (!src[i] && (rc = open_one(o->inputs[i], &src[i], err)))
+        if (!src[i] && (rc = open_src(m, o, i, 0, &src[i], err)))
             break;
         /* by GCPs only: no geotransform, so never on the grid (warped with its GCPs) */
         int same = GDALGetGeoTransform(src[i], gt) == CE_None &&
@@ -604,6 +712,11 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
         const char *name = NULL;
         if (!(same && on_grid(&g, gt, &parts[i].col, &parts[i].row))) {
             int was = g.set;
+            if (GDALGetGeoTransform(src[i], gt) == CE_None &&
+                (gt[2] != 0 || gt[4] != 0 || gt[1] <= 0 || gt[5] >= 0))
+                note(m, "%s: its geotransform is not north-up (rotated, sheared or flipped: "
+                        "%g, %g, %g, %g, %g, %g): warped to a north-up grid (bilinear), as "
+                        "gdalwarp does\n", o->inputs[i], gt[0], gt[1], gt[2], gt[3], gt[4], gt[5]);
             if ((rc = warp(m, src[i], twkt, &g, &name, err)))
                 break;
             GDALDatasetH w = NULL;
@@ -619,7 +732,7 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
             warped[i] = 1;
             nwarped++;
         } else {
-            rc = normalize(m, src[i], o->inputs[i], o->bands, type, &parts[i].name,
+            rc = normalize(m, src[i], GDALGetDescription(src[i]), o->bands, type, &parts[i].name,
                            &parts[i].all_valid, err);
             parts[i].w = GDALGetRasterXSize(src[i]), parts[i].h = GDALGetRasterYSize(src[i]);
         }
@@ -627,7 +740,7 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
             GDALClose(src[i]), src[i] = NULL;
     }
     if (!rc && !georef)
-        rc = normalize(m, src[0], o->inputs[0], o->bands, type, &parts[0].name,
+        rc = normalize(m, src[0], GDALGetDescription(src[0]), o->bands, type, &parts[0].name,
                        &parts[0].all_valid, err);
     if (!rc && nwarped && (n > 1 || o->gsd > 0 || o->crs))
         note(m, "%d of %d input%s warped onto the mosaic's grid (%.10g × %.10g CRS units; other "
@@ -670,12 +783,20 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
         m->all_valid = n == 1 && parts[0].all_valid; /* a mosaic has gaps */
         m->type = type;
         rc = !m->wkt ? dm_err_oom(err) : choose_scaling(m, o, err);
+        if (rc && rc != DM_ENOMEM) {
+            char in[1024];
+            dm_mosaic_inputs_label(o, in, sizeof in);
+            dm_err_prefix(err, "%s", in);
+        }
     }
     for (int i = 0; !rc && i < n; i++) {
         double gt[6] = { g.x0 + parts[i].col * g.rx, g.rx, 0, g.y0 + parts[i].row * g.ry, 0,
                          g.ry };
         if (!georef)
             memcpy(gt, m->gt, sizeof gt);
+        /* the file itself (not its RGB expansion, when paletted) */
+        if (src[i] && !strncmp(GDALGetDescription(src[i]), "/vsimem/dinomap_", 16))
+            GDALClose(src[i]), src[i] = NULL;
         if (!src[i] && (rc = open_one(o->inputs[i], &src[i], err)))
             break;
         rc = dm_mosaic_add_fingerprints(m, src[i], o->inputs[i], gt, parts[i].w, parts[i].h,
@@ -732,6 +853,12 @@ void dm_mosaic_scale(const dm_mosaic *m, int *scaled, double *lo, double *hi)
     *hi = m->hi;
 }
 
+/* GDAL's message names the file and block; what it means for the user is said after it. */
+static int read_fail(dm_err *err, int x, int y)
+{
+    return dm_err_set(err, DM_EIO, "reading pixels at (%d,%d): %s (is that file truncated or "
+                      "damaged? gdalinfo -checksum reads all of it)", x, y, CPLGetLastErrorMsg());
+}
 
 int dm_mosaic_read(dm_mosaic *m, int x0, int y0, int w, int h, uint8_t *rgb, uint8_t *valid,
                    dm_err *err)
@@ -757,8 +884,7 @@ int dm_mosaic_read(dm_mosaic *m, int x0, int y0, int w, int h, uint8_t *rgb, uin
     if (!m->all_valid &&
         GDALRasterIO(m->alpha, GF_Read, ix0, iy0, rw, rh, m->abuf, rw, rh, GDT_Byte, 0, 0) !=
             CE_None)
-        return dm_err_set(err, DM_EIO, "reading the validity at (%d,%d): %s", ix0, iy0,
-                          CPLGetLastErrorMsg());
+        return read_fail(err, ix0, iy0);
     for (int y = 0; y < rh; y++)
         for (int x = 0; x < rw; x++)
             valid[off + (size_t)y * w + x] = m->all_valid || m->abuf[(size_t)y * rw + x] != 0;
@@ -767,8 +893,7 @@ int dm_mosaic_read(dm_mosaic *m, int x0, int y0, int w, int h, uint8_t *rgb, uin
         if (m->type == GDT_Byte) {
             if (GDALRasterIO(m->band[b], GF_Read, ix0, iy0, rw, rh, dst, rw, rh, GDT_Byte, 1,
                              line) != CE_None)
-                return dm_err_set(err, DM_EIO, "reading pixels at (%d,%d): %s", ix0, iy0,
-                                  CPLGetLastErrorMsg());
+                return read_fail(err, ix0, iy0);
             continue;
         }
         if (need > m->fcap) {
@@ -780,8 +905,7 @@ int dm_mosaic_read(dm_mosaic *m, int x0, int y0, int w, int h, uint8_t *rgb, uin
         }
         if (GDALRasterIO(m->band[b], GF_Read, ix0, iy0, rw, rh, m->fbuf, rw, rh, GDT_Float32, 0,
                          0) != CE_None)
-            return dm_err_set(err, DM_EIO, "reading pixels at (%d,%d): %s", ix0, iy0,
-                              CPLGetLastErrorMsg());
+            return read_fail(err, ix0, iy0);
         double k = 255.0 / (m->hi - m->lo);
         for (int y = 0; y < rh; y++)
             for (int x = 0; x < rw; x++) {

@@ -4,6 +4,7 @@
  * when the file fails its checks; points moved to longitude/latitude, and the hits as a GeoJSON
  * layer in EPSG:4326 (RFC 7946). The scoring is gis/search_file.c's.
  */
+#define _LARGEFILE64_SOURCE /* VSIStatBufL is a struct stat64 */
 #include "srs_internal.h"
 #include "search_internal.h"
 
@@ -154,6 +155,12 @@ static GDALDatasetH open_index(const char *path, dm_err *err)
 {
     GDALAllRegister();
     const char *drivers[] = { "GPKG", NULL };
+    VSIStatBufL st;
+    if (VSIStatExL(path, &st, VSI_STAT_EXISTS_FLAG) != 0) {
+        dm_err_set(err, DM_EIO, "%s: cannot open: no such file (give a run folder or its "
+                   "tiles.gpkg)", path);
+        return NULL;
+    }
     GDALDatasetH ds = GDALOpenEx(path, GDAL_OF_VECTOR | GDAL_OF_READONLY, drivers, NULL, NULL);
     if (!ds)
         dm_err_set(err, DM_EIO, "%s: cannot open as a tile index (a run folder or its "

@@ -27,6 +27,7 @@
 #include "tileindex_internal.h"
 
 #include <gdal.h>
+#include <sys/statvfs.h>
 #include <ogr_api.h>
 #include <ogr_srs_api.h>
 #include <cpl_conv.h>
@@ -63,6 +64,24 @@ const char *dm_gdal_msg(void)
     return m && *m ? m : "no details from GDAL";
 }
 #define gdal_msg dm_gdal_msg
+
+/* 1 when the local folder holding path has less than 4 MiB free (/vsi paths: 0). */
+static int dm_disk_nearly_full(const char *path)
+{
+    if (!strncmp(path, "/vsi", 4))
+        return 0;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        dir[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    else
+        snprintf(dir, sizeof dir, ".");
+    struct statvfs sv;
+    return statvfs(dir, &sv) == 0 && (unsigned long long)sv.f_bavail * sv.f_frsize < (4ull << 20);
+}
 
 int dm_ti_fail(const dm_tileindex *ti, int code, const char *what, dm_err *err)
 {
@@ -423,6 +442,11 @@ int dm_tileindex_create(const char *path, const char *crs_wkt, const char *run_j
         free_index(ti);
         if (created)
             VSIUnlink(path); /* a half-made index would block the rerun */
+        /* SQLite's own words for a full disk are often lost in GDAL's (a missing table...) */
+        if (rc == DM_EIO && dm_disk_nearly_full(path))
+            rc = dm_err_set(err, DM_EIO, "tile index %s: cannot be created: the disk is full "
+                            "(less than 4 MiB free); free some space or choose another output "
+                            "folder", path);
     }
     CPLPopErrorHandler();
     if (rc == 0)
@@ -502,7 +526,10 @@ static int open_index(const char *path, int mode, const char *run_json, int dim,
         ti->ds = GDALOpenEx(path, GDAL_OF_VECTOR | (mode ? GDAL_OF_UPDATE : 0), drivers, NULL,
                             NULL);
     if (!rc && !ti->ds) {
-        rc = gdal_fail(ti, DM_EIO, "cannot open as a GeoPackage", err);
+        const char *g = CPLGetLastErrorMsg();
+        rc = dm_err_set(err, DM_EIO, "tile index %s: cannot open as a GeoPackage (a damaged or "
+                        "overwritten file? a run folder's index cannot be rebuilt: start the run "
+                        "afresh with --overwrite)%s%s", path, g && *g ? ": " : "", g ? g : "");
         if (journal) /* e.g. a folder this user may not write in */
             dm_err_prefix(err, "%s-journal holds a transaction of a process that was killed; it "
                           "is undone when the index is next opened by a process that may write "

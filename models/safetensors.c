@@ -1,6 +1,7 @@
 /* models/safetensors.c — reads Hugging Face `.safetensors` files (spec §7.3):
  * [u64 LE N][N bytes of JSON header][data]. The header is untrusted: every tensor's byte range must
- * lie inside the data section and match its dtype and shape exactly. */
+ * lie inside the data section and match its dtype and shape exactly, and no two tensors may share
+ * bytes (the format's rule; a crafted file could otherwise alias one weight into another). */
 #include "weights.h"
 #include "weights_internal.h"
 
@@ -117,9 +118,43 @@ static int read_tensor(const cJSON *e, const unsigned char *data, uint64_t data_
     return rc;
 }
 
+/* Tensors [from, l->n) of one file: no two non-empty byte ranges may overlap. */
+static int cmp_range(const void *a, const void *b)
+{
+    const dm_tensor *x = *(const dm_tensor *const *)a, *y = *(const dm_tensor *const *)b;
+    return (x->data > y->data) - (x->data < y->data);
+}
+
+static int check_overlaps(const dm_tensor_list *l, size_t from, const unsigned char *data,
+                          const char *path, dm_err *err)
+{
+    size_t n = l->n - from, k = 0;
+    const dm_tensor **v = malloc((n ? n : 1) * sizeof *v);
+    if (!v)
+        return dm_err_set(err, DM_ENOMEM, "%s: out of memory", path);
+    for (size_t i = from; i < l->n; i++)
+        if (dm_tensor_numel(&l->v[i]))
+            v[k++] = &l->v[i];
+    qsort(v, k, sizeof *v, cmp_range);
+    int rc = 0;
+    for (size_t i = 1; i < k && !rc; i++) {
+        const dm_tensor *a = v[i - 1], *b = v[i];
+        size_t a_end = (size_t)(a->data - data) +
+                       (size_t)dm_tensor_numel(a) * dm_dtype_size(a->dtype);
+        if ((size_t)(b->data - data) < a_end)
+            rc = ferr(err, DM_EFORMAT, path, "tensors %s [%zu, %zu) and %s [%zu, ...) overlap in "
+                      "the data section (a damaged or crafted file; safetensors tensors never "
+                      "share bytes)", a->name, (size_t)(a->data - data), a_end, b->name,
+                      (size_t)(b->data - data));
+    }
+    free(v);
+    return rc;
+}
+
 int dm_safetensors_read(const unsigned char *base, size_t size, const char *path,
                         dm_tensor_list *out, dm_err *err)
 {
+    size_t first = out->n;
     if (size < 8)
         return ferr(err, DM_EFORMAT, path, "too short to be a safetensors file");
     uint64_t n = 0;
@@ -168,6 +203,8 @@ int dm_safetensors_read(const unsigned char *base, size_t size, const char *path
         if ((rc = read_tensor(e, data, data_size, path, out, err)))
             break;
     }
+    if (!rc)
+        rc = check_overlaps(out, first, data, path, err);
     cJSON_Delete(j);
     free(text);
     return rc;

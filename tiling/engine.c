@@ -727,6 +727,15 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     dm_mosaic_size(e->mo, &W, &H);
     dm_mosaic_geotransform(e->mo, e->gt);
     e->wkt = dm_mosaic_wkt(e->mo);
+    /* an output patch needs half of its 16×16 px valid: a smaller mosaic would map to nodata */
+    if ((W < 16 ? W : 16) * (H < 16 ? H : 16) < 128) {
+        char in[1024];
+        dm_mosaic_inputs_label(&o->mosaic, in, sizeof in);
+        rc = dm_err_set(err, DM_EINVAL, "%s: a %d×%d px mosaic is smaller than half of one "
+                        "16×16-px model patch, so every output pixel would be nodata; map a "
+                        "larger raster (at least 128 px of one patch)", in, W, H);
+        goto out;
+    }
     if ((rc = dm_grid_init(&e->g, W, H, o->tile, o->halo, o->chunk, err)))
         goto out;
     if ((int64_t)e->g.ncols * e->g.nrows > 4000000) {
@@ -1061,6 +1070,11 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     dm_trim_memory();
     rc = dm_fin_run(o, e->ti, e->cfg, e->res, e->outset, t0, res, err);
 out:
+    if (rc == DM_EINVAL && err && !strncmp(err->msg, "nothing was mapped", 18)) {
+        char in[1024];
+        dm_mosaic_inputs_label(&o->mosaic, in, sizeof in);
+        dm_err_prefix(err, "%s", in);
+    }
     if (rc && rc != DM_EINTERRUPTED)
         dm_err_space_hint(err, o->outdir);
     if (e->ti) {
