@@ -444,9 +444,8 @@ int dm_tileindex_create(const char *path, const char *crs_wkt, const char *run_j
             VSIUnlink(path); /* a half-made index would block the rerun */
         /* SQLite's own words for a full disk are often lost in GDAL's (a missing table...) */
         if (rc == DM_EIO && dm_disk_nearly_full(path))
-            rc = dm_err_set(err, DM_EIO, "tile index %s: cannot be created: the disk is full "
-                            "(less than 4 MiB free); free some space or choose another output "
-                            "folder", path);
+            rc = dm_err_set(err, DM_EIO, "tile index %s: cannot be created: No space left on "
+                            "device (less than 4 MiB free)", path);
     }
     CPLPopErrorHandler();
     if (rc == 0)

@@ -134,7 +134,7 @@ static const row rows[] = {
     { "OUTDIR on a read-only file system", F "ok.tif -o ro/out --progress none", 1,
       "Read-only file system", "ro/out", NOTHING, "ro/out", 1 },
     { "OUTDIR on a full disk (a 64 KiB tmpfs)", F "ok.tif -o full/out --progress none", 1,
-      "the disk is full", "full/out", NOTHING, "full", 1 },
+      "No space left on device", "full/out", NOTHING, "full", 1 },
     { "OUTDIR holds another run (--tile 32, its run 64)",
       F "ok.tif -o run1 --progress none --tile 32 --halo 16", 1, "tile: 32 now, 64 in the",
       "run1", SAME, "run1", 0 },

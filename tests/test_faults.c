@@ -95,6 +95,19 @@ static int wait_code(pid_t pid)
     return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(st) ? 128 + WTERMSIG(st) : -1;
 }
 
+/* 1 when the process has ended (its exit status, as wait_code gives it, in *code), 0 while it
+ * runs: a process reaped here must not be waited for again. */
+static int ended(pid_t pid, int *code)
+{
+    int st;
+    if (*code != -2)
+        return 1; /* reaped before */
+    if (waitpid(pid, &st, WNOHANG) != pid)
+        return 0;
+    *code = WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(st) ? 128 + WTERMSIG(st) : -1;
+    return 1;
+}
+
 static void slurp(const char *path, char *buf, size_t n)
 {
     FILE *f = fopen(path, "r");
@@ -548,7 +561,8 @@ TEST(faults_two_runs_on_one_folder)
         snprintf(la, sizeof la, "%s/busy.log", t);
         snprintf(idx, sizeof idx, "%s/tiles.gpkg", od);
         pid_t pa = spawn(t, a, la);
-        while (access(idx, F_OK) != 0 && waitpid(pa, &sa, WNOHANG) == 0)
+        int code = -2;
+        while (access(idx, F_OK) != 0 && !ended(pa, &code))
             usleep(2000);
         snprintf(cmd, sizeof cmd, "%s finalize %s --progress none", dm_bin(), od);
         int sf = dm_run(cmd, &out);
@@ -556,8 +570,8 @@ TEST(faults_two_runs_on_one_folder)
         snprintf(fo, sizeof fo, "%s", out);
         snprintf(cmd, sizeof cmd, "%s status %s", dm_bin(), od);
         int ss = dm_run(cmd, &out);
-        int running = waitpid(pa, &sa, WNOHANG) == 0; /* still at work after both */
-        sa = wait_code(pa);
+        int running = !ended(pa, &code); /* still at work after both */
+        sa = code != -2 ? code : wait_code(pa);
         CHECKF(sa == 0, "the run: exit %d", sa);
         if (!running)
             continue; /* the run ended first: nothing was tested, try again */
@@ -583,12 +597,13 @@ TEST(faults_two_runs_on_one_folder)
         snprintf(la, sizeof la, "%s/s1.log", t);
         snprintf(idx, sizeof idx, "%s/tiles.gpkg", s1);
         pid_t pa = spawn(t, a, la);
-        while (access(idx, F_OK) != 0 && waitpid(pa, &sa, WNOHANG) == 0)
+        int code = -2;
+        while (access(idx, F_OK) != 0 && !ended(pa, &code))
             usleep(2000);
         snprintf(cmd, sizeof cmd, "%s merge %s %s %s --progress none", dm_bin(), m, s1, s2);
         int sm = dm_run(cmd, &out);
-        int running = waitpid(pa, &sa, WNOHANG) == 0;
-        sa = wait_code(pa);
+        int running = !ended(pa, &code);
+        sa = code != -2 ? code : wait_code(pa);
         CHECKF(sa == 0, "shard 1/2: exit %d", sa);
         if (!running)
             continue;

@@ -170,20 +170,34 @@ int dm_lock_dir(const char *dir, dm_lock **out, dm_err *err)
     *out = NULL;
     char p[4200];
     snprintf(p, sizeof p, "%s/%s", dir, DM_LOCK_FILE);
-    /* never through a link: the lock file is truncated and written below */
-    int fd = open(p, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0666);
-    if (fd < 0 && errno == ELOOP)
-        return dm_err_set(err, DM_EIO, "%s: is a symbolic link; dinomap never follows links in "
-                          "its own folders: remove it", p);
-    if (fd < 0)
-        return dm_err_set(err, DM_EIO, "%s: cannot create the lock file: %s", p, strerror(errno));
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        int e = errno;
+    int fd = -1;
+    /* A failed first run removes the lock file it made: a process that opened it just before
+     * would lock a file no longer in the folder while another locks the new one. So the lock
+     * counts only when the locked file is still the one at the path; else it is taken again. */
+    for (int tries = 0;; tries++) {
+        /* never through a link: the lock file is truncated and written below */
+        fd = open(p, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0666);
+        if (fd < 0 && errno == ELOOP)
+            return dm_err_set(err, DM_EIO, "%s: is a symbolic link; dinomap never follows links "
+                              "in its own folders: remove it", p);
+        if (fd < 0)
+            return dm_err_set(err, DM_EIO, "%s: cannot create the lock file: %s", p,
+                              strerror(errno));
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            int e = errno;
+            close(fd);
+            if (e == EWOULDBLOCK)
+                return dm_err_set(err, DM_ELOCKED, "%s is in use by another dinomap run (it "
+                                  "holds %s); wait for it to finish", dir, DM_LOCK_FILE);
+            return dm_err_set(err, DM_EIO, "%s: cannot lock: %s", p, strerror(e));
+        }
+        struct stat a, b;
+        if (fstat(fd, &a) == 0 && lstat(p, &b) == 0 && a.st_dev == b.st_dev &&
+            a.st_ino == b.st_ino)
+            break;
         close(fd);
-        if (e == EWOULDBLOCK)
-            return dm_err_set(err, DM_ELOCKED, "%s is in use by another dinomap run (it holds "
-                              "%s); wait for it to finish", dir, DM_LOCK_FILE);
-        return dm_err_set(err, DM_EIO, "%s: cannot lock: %s", p, strerror(e));
+        if (tries == 100)
+            return dm_err_set(err, DM_EIO, "%s: the lock file keeps being replaced", p);
     }
     dm_lock *l = malloc(sizeof *l);
     if (!l) {
