@@ -32,6 +32,11 @@ struct dm_aoi {
     OGREnvelope all;            /* union of env */
 };
 
+void dm_aoi_extent(const dm_aoi *a, double env[4])
+{
+    env[0] = a->all.MinX, env[1] = a->all.MinY, env[2] = a->all.MaxX, env[3] = a->all.MaxY;
+}
+
 void dm_aoi_free(dm_aoi *a)
 {
     if (!a)

@@ -39,6 +39,10 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err);
 /* The inputs named for a message: "a.tif", "a.tif, b.tif" or "a.tif and 4 other inputs". */
 void dm_mosaic_inputs_label(const dm_mosaic_opts *o, char *buf, size_t n);
 void dm_mosaic_close(dm_mosaic *m); /* NULL-safe */
+/* Narrows the mosaic to the window [x0, x0+w) × [y0, y0+h) of its pixels (inside it): its size,
+ * geotransform and input footprints become the window's. Reads past the window's edges still
+ * see the mosaic's pixels there, so a window's halo keeps its real context. Once. */
+int dm_mosaic_crop(dm_mosaic *m, int x0, int y0, int w, int h, dm_err *err);
 
 void dm_mosaic_size(const dm_mosaic *m, int *W, int *H);
 void dm_mosaic_geotransform(const dm_mosaic *m, double gt[6]);
@@ -93,6 +97,8 @@ int dm_aoi_touches(const dm_aoi *a, double minx, double miny, double maxx, doubl
  * pixel's centre lies outside every polygon, as gdalwarp -cutline does. */
 int dm_aoi_mask(const dm_aoi *a, const double gt[6], int x0, int y0, int w, int h, uint8_t *mask,
                 dm_err *err);
+/* The AOI's envelope in its target CRS: minx, miny, maxx, maxy. */
+void dm_aoi_extent(const dm_aoi *a, double env[4]);
 void dm_aoi_free(dm_aoi *a); /* NULL-safe */
 /* The AOI's identity: the SHA-256 of all its files (a shapefile's .prj, .dbf... too). */
 int dm_aoi_sha256(const char *path, char out[65], dm_err *err);

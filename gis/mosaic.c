@@ -768,8 +768,8 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
     if (!rc)
         rc = open_one(mname, &m->ds, err);
     if (!rc) {
-        m->W = GDALGetRasterXSize(m->ds);
-        m->H = GDALGetRasterYSize(m->ds);
+        m->FW = m->W = GDALGetRasterXSize(m->ds);
+        m->FH = m->H = GDALGetRasterYSize(m->ds);
         m->georef = GDALGetGeoTransform(m->ds, m->gt) == CE_None;
         if (!m->georef) { /* pixel coordinates, north-up like QGIS shows such rasters */
             double id[6] = { 0, 1, 0, 0, 0, -1 };
@@ -813,6 +813,20 @@ int dm_mosaic_open(const dm_mosaic_opts *o, dm_mosaic **out, dm_err *err)
         return rc;
     }
     *out = m;
+    return 0;
+}
+
+int dm_mosaic_crop(dm_mosaic *m, int x0, int y0, int w, int h, dm_err *err)
+{
+    if (m->ox || m->oy || m->W != m->FW || m->H != m->FH || x0 < 0 || y0 < 0 || w < 1 || h < 1 ||
+        x0 > m->W - w || y0 > m->H - h)
+        return dm_err_set(err, DM_EINVAL, "mosaic window %d,%d %d×%d: not inside the %d×%d px "
+                          "mosaic", x0, y0, w, h, m->W, m->H);
+    m->ox = x0, m->oy = y0, m->W = w, m->H = h;
+    m->gt[0] += x0 * m->gt[1] + y0 * m->gt[2];
+    m->gt[3] += x0 * m->gt[4] + y0 * m->gt[5];
+    for (int i = 0; i < m->nfp; i++)
+        m->fp[i].x0 -= x0, m->fp[i].y0 -= y0;
     return 0;
 }
 
@@ -866,8 +880,9 @@ int dm_mosaic_read(dm_mosaic *m, int x0, int y0, int w, int h, uint8_t *rgb, uin
     size_t plane = (size_t)w * h;
     memset(rgb, 0, 3 * plane);
     memset(valid, 0, plane);
+    x0 += m->ox, y0 += m->oy; /* a cropped mosaic reads its surroundings too */
     int ix0 = x0 < 0 ? 0 : x0, iy0 = y0 < 0 ? 0 : y0;
-    int ix1 = x0 + w > m->W ? m->W : x0 + w, iy1 = y0 + h > m->H ? m->H : y0 + h;
+    int ix1 = x0 + w > m->FW ? m->FW : x0 + w, iy1 = y0 + h > m->FH ? m->FH : y0 + h;
     if (ix1 <= ix0 || iy1 <= iy0)
         return 0;
     int rw = ix1 - ix0, rh = iy1 - iy0;

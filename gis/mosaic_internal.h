@@ -13,7 +13,8 @@ struct dm_mosaic {
     GDALDatasetH ds;
     GDALRasterBandH band[3], alpha;
     int all_valid;            /* one input with neither nodata, masks nor alpha: alpha not read */
-    int W, H;
+    int W, H;                 /* the mosaic, or the window dm_mosaic_crop narrowed it to */
+    int ox, oy, FW, FH;       /* that window's place in the whole mosaic, and its size */
     double gt[6];
     char *wkt;
     int georef;

@@ -727,6 +727,12 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     dm_mosaic_size(e->mo, &W, &H);
     dm_mosaic_geotransform(e->mo, e->gt);
     e->wkt = dm_mosaic_wkt(e->mo);
+    char aoi_sha[65] = "";
+    if (o->aoi && ((rc = dm_aoi_open(o->aoi, e->wkt, &e->aoi, err)) ||
+                   (rc = dm_aoi_sha256(o->aoi, aoi_sha, err))))
+        goto out;
+    if (e->aoi && (rc = dm_plan_aoi_crop(e, o, old_res, &W, &H, err)))
+        goto out;
     /* an output patch needs half of its 16×16 px valid: a smaller mosaic would map to nodata */
     if ((W < 16 ? W : 16) * (H < 16 ? H : 16) < 128) {
         char in[1024];
@@ -748,10 +754,6 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     e->D = e->m->cfg.embed_dim;
     e->S = e->g.S;
     e->N = dm_model_tokens(e->m, e->S, e->S);
-    char aoi_sha[65] = "";
-    if (o->aoi && ((rc = dm_aoi_open(o->aoi, e->wkt, &e->aoi, err)) ||
-                   (rc = dm_aoi_sha256(o->aoi, aoi_sha, err))))
-        goto out;
     for (int i = 0; i < dm_nproducts; i++)
         if (o->products & dm_products[i].bit)
             e->rec[e->nprod++] = dm_products[i].rec;

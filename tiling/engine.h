@@ -188,6 +188,11 @@ int dm_config_diff_as(const cJSON *now, const cJSON *stored, const char *la, con
 int dm_config_build(dm_eng *e, const char *aoi_sha, dm_err *err);
 char *dm_config_invocation(const dm_eng *e);
 
+/* A run over an AOI maps the part of the mosaic the AOI needs (dm_grid_aoi_window: the same
+ * tiles and pixels), not the whole mosaic: a small AOI in a huge mosaic gives small outputs. A folder whose run mapped the whole
+ * mosaic (made before this) keeps doing so. *W, *H and e->gt become the window's. */
+int dm_plan_aoi_crop(dm_eng *e, const dm_run_opts *o, const cJSON *old_res, int *W, int *H,
+                     dm_err *err);
 /* plan.c: the rectangles (mosaic px) of every input file that is new, gone, or of another size
  * or time since the folder's run (nfiles: how many files; first: one of them, for messages); the
  * inputs' order as JSON and whether it changed; the weights' SHA-256 (shard by shard). */

@@ -1,6 +1,8 @@
 /* tiling/grid.c — see grid.h. */
 #include "grid.h"
 
+#include <math.h>
+
 static int min_i(int a, int b) { return a < b ? a : b; }
 static int max_i(int a, int b) { return a > b ? a : b; }
 
@@ -118,4 +120,32 @@ int dm_window_overlap(dm_window a, dm_window b)
 {
     return a.w > 0 && a.h > 0 && b.w > 0 && b.h > 0 && a.x < b.x + b.w && b.x < a.x + a.w &&
            a.y < b.y + b.h && b.y < a.y + a.h;
+}
+
+/* One axis of dm_grid_aoi_window: [lo, hi) px of the mosaic's n, whole tiles from its origin. */
+static void aoi_axis(double f0, double f1, int n, int tile, int *lo, int *hi)
+{
+    double t0 = floor(f0 / tile), t1 = floor(f1 / tile) + 1;
+    long a = t0 < 0 ? 0 : t0 * tile > n ? n : (long)t0 * tile;
+    long b = t1 * tile > n ? n : t1 < 0 ? 0 : (long)t1 * tile;
+    /* the last tile alone, narrower than a tile, would be centred in its window (the rule for
+     * small mosaics): one more tile keeps the whole mosaic's window there */
+    if (b - a < tile && a >= tile)
+        a -= tile;
+    *lo = (int)a, *hi = (int)b;
+}
+
+int dm_grid_aoi_window(const double gt[6], int W, int H, const double env[4], int tile,
+                       dm_window *win)
+{
+    if (gt[1] <= 0 || gt[5] >= 0 || gt[2] != 0 || gt[4] != 0 || !(env[2] >= env[0]) ||
+        !(env[3] >= env[1]) || tile < DM_PATCH_PX)
+        return 0;
+    int x0, x1, y0, y1;
+    aoi_axis((env[0] - gt[0]) / gt[1], (env[2] - gt[0]) / gt[1], W, tile, &x0, &x1);
+    aoi_axis((env[3] - gt[3]) / gt[5], (env[1] - gt[3]) / gt[5], H, tile, &y0, &y1);
+    if (x1 <= x0 || y1 <= y0 || (x0 == 0 && y0 == 0 && x1 == W && y1 == H))
+        return 0;
+    *win = (dm_window){ x0, y0, x1 - x0, y1 - y0 };
+    return 1;
 }

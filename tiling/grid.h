@@ -29,6 +29,13 @@ typedef struct dm_window {
 } dm_window;
 
 int dm_grid_init(dm_grid *g, int W, int H, int tile, int halo, int chunk, dm_err *err);
+/* The part of a W×H px mosaic (north-up geotransform gt) a run over an area of interest needs:
+ * the cores of the whole mosaic's tiles (of `tile` px from its origin) that meet the AOI's
+ * envelope env (minx, miny, maxx, maxy, in the mosaic's CRS). A grid over that part has the same
+ * tiles, windows and so pixels as one over the whole mosaic (reads past its edges see the mosaic
+ * around it). 1 and the part when it is less than the mosaic, else 0 (the whole mosaic). */
+int dm_grid_aoi_window(const double gt[6], int W, int H, const double env[4], int tile,
+                       dm_window *win);
 int dm_grid_ntiles(const dm_grid *g);
 int dm_grid_nchunks(const dm_grid *g);
 /* The core patches of tile (r, c), in patch units. */

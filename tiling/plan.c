@@ -1,5 +1,6 @@
 /* tiling/plan.c — what a resumed run must redo: the inputs that changed since the folder's run
  * (by fingerprint), their order, and the weights' identity. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,3 +120,31 @@ int dm_plan_reordered(const char *old_json, const char *now_json)
     return diff;
 }
 
+
+int dm_plan_aoi_crop(dm_eng *e, const dm_run_opts *o, const cJSON *old_res, int *W, int *H,
+                     dm_err *err)
+{
+    double env[4];
+    dm_window win;
+    dm_aoi_extent(e->aoi, env);
+    if (!dm_grid_aoi_window(e->gt, *W, *H, env, o->tile, &win))
+        return 0;
+    if (old_res) { /* the folder's run was over the whole mosaic: it stays so */
+        const cJSON *w = cJSON_GetObjectItemCaseSensitive(old_res, "width");
+        const cJSON *h = cJSON_GetObjectItemCaseSensitive(old_res, "height");
+        const cJSON *gt = cJSON_GetObjectItemCaseSensitive(old_res, "geotransform");
+        if (cJSON_IsNumber(w) && cJSON_IsNumber(h) && w->valuedouble == *W &&
+            h->valuedouble == *H && cJSON_GetArraySize(gt) == 6 &&
+            cJSON_GetArrayItem(gt, 0)->valuedouble == e->gt[0] &&
+            cJSON_GetArrayItem(gt, 3)->valuedouble == e->gt[3])
+            return 0;
+    }
+    int rc = dm_mosaic_crop(e->mo, win.x, win.y, win.w, win.h, err);
+    if (rc)
+        return rc;
+    dm_info("%s: mapping the tiles that meet the area of interest: %d×%d px of the %d×%d px "
+            "mosaic", o->aoi, win.w, win.h, *W, *H);
+    *W = win.w, *H = win.h;
+    dm_mosaic_geotransform(e->mo, e->gt);
+    return 0;
+}
