@@ -40,7 +40,13 @@ typedef struct cu {
     size_t cap_img, cap_t, cap_s, cap_ab, cap_patch;
     float *rcos, *rsin;
     int rh, rw;
+    void *dops; /* the device operators' state (dops.cu), made on first use */
 } cu;
+
+int dm_cu_vit_gpu(void *state) { return ((cu *)state)->gpu; }
+cudaStream_t dm_cu_vit_stream(void *state) { return ((cu *)state)->st; }
+dm_cu_gemm *dm_cu_vit_gemm(void *state) { return ((cu *)state)->g; }
+void **dm_cu_vit_dops_slot(void *state) { return &((cu *)state)->dops; }
 
 static size_t esz(const cu *c) { return c->bf16 ? 2 : 4; }
 
@@ -52,6 +58,7 @@ static void cu_destroy(void *state)
     cudaSetDevice(c->gpu);
     if (c->st)
         cudaStreamSynchronize(c->st);
+    dm_cu_dops_free(c->dops);
     void *bufs[] = { c->wpool, c->vpool, c->img, c->x, c->y, c->qkv, c->att, c->hid, c->up,
                      c->s, c->pf, c->rs, c->patches, c->ab, c->qkvb, c->pb, c->rcos, c->rsin };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -417,6 +424,9 @@ static int cu_forward(void *state, const float *images, int B, int H, int W,
     int D = cfg->embed_dim, rc;
     int64_t T = (int64_t)B * N;
     size_t tokbytes = (size_t)T * D * sizeof(float);
+    /* outputs in host memory, or (on_device: the head beside us) in this GPU's */
+    cudaMemcpyKind out_kind = req && req->on_device ? cudaMemcpyDeviceToDevice
+                                                    : cudaMemcpyDeviceToHost;
     CU_TRY(cudaSetDevice(c->gpu), "selecting the GPU");
     if ((rc = ensure(c, B, H, W, err)))
         return rc;
@@ -436,15 +446,15 @@ static int cu_forward(void *state, const float *images, int B, int H, int W,
             return rc;
         for (int k = 0; req && k < req->n_layers; k++)
             if (req->layers[k] == i && req->layer_out && req->layer_out[k])
-                CU_TRY(cudaMemcpyAsync(req->layer_out[k], c->x, tokbytes, cudaMemcpyDeviceToHost,
-                                       c->st), "copying a block's output from the GPU");
+                CU_TRY(cudaMemcpyAsync(req->layer_out[k], c->x, tokbytes, out_kind, c->st),
+                       "copying a block's output from the GPU");
     }
     if (req && req->prenorm)
-        CU_TRY(cudaMemcpyAsync(req->prenorm, c->x, tokbytes, cudaMemcpyDeviceToHost, c->st),
+        CU_TRY(cudaMemcpyAsync(req->prenorm, c->x, tokbytes, out_kind, c->st),
                "copying tokens from the GPU");
     if (req && req->normed) {
         dm_cu_layernorm(c->x, c->y, NULL, T, D, c->norm_w, c->norm_b, cfg->ln_eps, c->st);
-        CU_TRY(cudaMemcpyAsync(req->normed, c->y, tokbytes, cudaMemcpyDeviceToHost, c->st),
+        CU_TRY(cudaMemcpyAsync(req->normed, c->y, tokbytes, out_kind, c->st),
                "copying tokens from the GPU");
     }
     CU_TRY(cudaGetLastError(), "a kernel launch");

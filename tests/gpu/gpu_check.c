@@ -142,7 +142,7 @@ static int golden(const char *dir, const char *precs)
     float *raw[16];
     for (int k = 0; k < nl; k++)
         raw[k] = malloc(sizeof(float) * N * D);
-    dm_vit_request req = { nl, layers, raw, pre, normed };
+    dm_vit_request req = { nl, layers, raw, pre, normed, 0 };
     int rc = dm_backend_forward(be, in.f, 1, H, W, &req, &err);
     double worst = rc ? INFINITY : 0;
     char wname[64] = "forward failed";
@@ -207,7 +207,7 @@ static int forward(const char *weights, const char *inp, const char *outp, const
     double t1 = now();
     int N = dm_model_tokens(m, H, W), D = m->cfg.embed_dim;
     float *normed = malloc(sizeof(float) * B * N * D);
-    dm_vit_request req = { 0, NULL, NULL, NULL, normed };
+    dm_vit_request req = { 0, NULL, NULL, NULL, normed, 0 };
     int rc = dm_backend_forward(be, in.f, B, H, W, &req, &err);
     double t2 = now();
     if (!rc) {
@@ -256,7 +256,7 @@ static int bench(const char *weights, int side, const char *precs, double secs, 
         float *img = malloc(px * sizeof(float)), *out = malloc((size_t)B * N * D * sizeof(float));
         for (size_t i = 0; i < px; i++)
             img[i] = (float)((i * 2654435761u) >> 20 & 1023) / 512.0f - 1.0f;
-        dm_vit_request req = { 0, NULL, NULL, NULL, out };
+        dm_vit_request req = { 0, NULL, NULL, NULL, out, 0 };
         dm_err err = { 0 };
         rc = dm_backend_forward(be, img, B, side, side, &req, &err); /* warm-up */
         int iters = 0;
