@@ -9,8 +9,9 @@
 #include <string.h>
 
 #include "cuda_internal.h"
+#include "dm_cuda_plan.h"
 
-enum { CACHE = 96, WORKSPACE = 32 << 20 };
+enum { CACHE = 96, WORKSPACE = (int)DM_CU_GEMM_WS }; /* the memory plan counts it */
 
 typedef struct plan {
     int used, ta, tb, m, n, k, batch, bf16;
