@@ -259,3 +259,17 @@ static void device_path_matches(int H, int W)
 
 TEST(cuda_head_device_path_even) { device_path_matches(64, 64); }
 TEST(cuda_head_device_path_odd) { device_path_matches(48, 80); }
+
+/* The plugin may call nothing of the host's but through its table: a symbol it leaves undefined
+ * (a host function compiled into a .cu by mistake) makes dlopen fail on every GPU machine. */
+TEST(cuda_plugin_links_no_host_symbols)
+{
+    const char *out;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "lib=$(dirname %s)/libdinomap_cuda.so; [ -e \"$lib\" ] || "
+             "{ echo absent; exit 0; }; nm -D --undefined-only \"$lib\" | grep -i 'dm_' || "
+             "echo clean", dm_bin());
+    CHECK(dm_run(cmd, &out) == 0);
+    printf("    plugin: %s", out);
+    CHECKF(strstr(out, "clean") || strstr(out, "absent"), "undefined in the plugin: %s", out);
+}

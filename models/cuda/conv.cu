@@ -65,8 +65,8 @@ int dm_cu_conv(dm_cu_gemm *g, cudaStream_t st, const dm_conv_spec *s, int y0, in
                const void *w, int bf16, void *col, size_t col_elems, dm_err *err)
 {
     int Hi = s->up2 ? 2 * s->H : s->H, Wi = s->up2 ? 2 * s->W : s->W;
-    int Ho = dm_conv_out_size(Hi, s->k, s->stride, s->pad);
-    int Wo = dm_conv_out_size(Wi, s->k, s->stride, s->pad);
+    int Ho = dm_cm_conv_out(Hi, s->k, s->stride, s->pad);
+    int Wo = dm_cm_conv_out(Wi, s->k, s->stride, s->pad);
     if (ny == 0)
         y0 = 0, ny = Ho;
     int K = s->cin * s->k * s->k;

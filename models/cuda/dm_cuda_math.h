@@ -162,6 +162,9 @@ DM_HD int64_t dm_cm_patch_src(int H, int W, int p, int k)
 
 /* --- the DPT head's operators ---------------------------------------------------------------- */
 
+/* Output side of a convolution, as dm_conv_out_size (the plugin links none of the host's code) */
+DM_HD int dm_cm_conv_out(int n, int k, int stride, int pad) { return (n + 2 * pad - k) / stride + 1; }
+
 /* Row kk = (ci·k + ky)·k + kx of the im2col matrix at output pixel (y, x) of a convolution
  * (kernel k, stride s, padding p) on a Hi×Wi input: its channel ci, and in *iy, *ix the input
  * pixel; returns -1 where that pixel is padding (the column holds 0). */

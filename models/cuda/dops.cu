@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cuda_internal.h"
+#include "dm_cuda_math.h"
 
 enum { MAX_WC = 128 };
 static const size_t COL_CAP = (size_t)32 << 20; /* im2col elements per band (≤ 128 MB fp32) */
@@ -149,7 +150,7 @@ static int d_conv(void *ctx, const dm_conv_spec *s, int y0, int ny, dm_err *err)
     if (s->cin < 1 || s->cout < 1 || s->k < 1 || s->stride < 1 || s->pad < 0 || s->H < 1 ||
         s->W < 1)
         return dm_cu_err(err, DM_EINVAL, "conv2d on the GPU: bad geometry");
-    int Wi = s->up2 ? 2 * s->W : s->W, Wo = dm_conv_out_size(Wi, s->k, s->stride, s->pad);
+    int Wi = s->up2 ? 2 * s->W : s->W, Wo = dm_cm_conv_out(Wi, s->k, s->stride, s->pad);
     size_t K = (size_t)s->cin * s->k * s->k, es = d->bf16 ? 2 : 4;
     size_t need = K * (size_t)dm_cu_conv_ld(Wo), elems = need > COL_CAP ? need : COL_CAP;
     int rc = scratch(&d->col, &d->col_bytes, elems * es, "cudaMalloc (im2col)", err);
