@@ -1,6 +1,7 @@
 /* tests/test_cuda_plan.c — the CUDA backend's memory plan (models/cuda/dm_cuda_plan.h), on the
  * CPU: ViT-L/16 and ViT-7B/16 at 512 px, batches 1, 8 and 32, bf16 and fp32; the weights of the
- * 7B model in bf16 are ~13.4 GB and with a batch of 8 everything fits in 20 GB. */
+ * 7B model in bf16 are ~13.4 GB and with a batch of 8 everything fits in 20 GB (with the
+ * two-product attention's score matrices; the fused kernel needs less). */
 #include <stdio.h>
 
 #include "../models/cuda/dm_cuda_plan.h"
@@ -10,7 +11,7 @@
 static dm_cu_shape shape_of(const char *arch)
 {
     const dm_arch_preset *a = dm_arch_find(arch);
-    dm_cu_shape s = { a->embed_dim, a->depth, a->num_heads, a->ffn_hidden, a->swiglu, 4 };
+    dm_cu_shape s = { a->embed_dim, a->depth, a->num_heads, a->ffn_hidden, a->swiglu, 4, 0 };
     return s;
 }
 
@@ -37,6 +38,11 @@ TEST(cuda_plan_vitl_7b)
             CHECK(p.total == p.weights + p.activations && p.activations > prev);
             CHECK(f.weights > p.weights && f.total > p.total);
             prev = p.activations;
+            dm_cu_shape mf = m; /* the fused attention kernel holds no score matrices */
+            mf.fused = 1;
+            dm_cu_plan q;
+            dm_cu_plan_make(&mf, B, 512, 512, 1, &q);
+            CHECK(!q.s && !q.pb && !q.rs && q.total == p.total - p.s - p.pb - p.rs);
             if (a == 1 && B == 8)
                 CHECKF(p.total <= 20000000000ull, "ViT-7B bf16 batch 8 needs %.2f GB", p.total / 1e9);
         }

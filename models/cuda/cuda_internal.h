@@ -73,6 +73,13 @@ void dm_cu_softmax_unnorm(const float *s, float *pf, __nv_bfloat16 *pb, float *r
 void dm_cu_scale_heads(float *o, __nv_bfloat16 *ob, const float *rs, int N, int nh, int hd, int D,
                        cudaStream_t st);
 
+/* --- attention.cu: softmax(scale·QKᵀ)·V of B images, every head, in one kernel with an online
+ * softmax (head dimensions 64 and 128): q, k, v from the bf16 qkv rows [B·N, 3D] (RoPE applied),
+ * the output rows [B·N, D] in fp32 (o) and/or bf16 (ob), either may be NULL */
+int dm_cu_attention_supported(int hd);
+int dm_cu_attention(const __nv_bfloat16 *qkv, float *o, __nv_bfloat16 *ob, int B, int N, int nh,
+                    int hd, float scale, cudaStream_t st, dm_err *err);
+
 /* --- mlp.cu: h = gelu(h + b) ; g = silu(g + bg) * (u + bu); bf16 copies when hb not NULL */
 void dm_cu_bias_gelu(float *h, __nv_bfloat16 *hb, const float *b, int64_t rows, int cols,
                      cudaStream_t st);

@@ -160,6 +160,58 @@ DM_HD int64_t dm_cm_patch_src(int H, int W, int p, int k)
     return (int64_t)ch * H * W + (int64_t)(16 * r + ky) * W + 16 * c + kx;
 }
 
+/* --- attention with an online softmax (attention.cu) ------------------------------------------
+ * Keys are taken in tiles; each query row keeps its running max m and sum l, and its output
+ * accumulator o. A tile's scores s (scaled) move them: m' = max(m, max s), alpha = e^(m − m'),
+ * p = e^(s − m') (rounded to bf16 for the product, as the two-product path rounds its
+ * numerators), l' = alpha·l + Σp (the unrounded p, as softmax.cu sums them), o' = alpha·o + p·V;
+ * at the end o/l. The same result as softmax then PV up to rounding. */
+
+/* e^(m_old − m_new), 0 before the first tile (m_old = −inf) */
+DM_HD float dm_cm_online_alpha(float m_old, float m_new)
+{
+    return m_old == -INFINITY ? 0.0f : dm_cm_expf(m_old - m_new);
+}
+
+/* One query row of one head, serially, in tiles of `tile` keys, as the kernel computes it:
+ * q [hd], K and V rows of stride ld; o [hd] out. Inputs are taken as they are (the kernel's are
+ * bf16 already). The reference tests/test_cuda_head.c compares with a plain softmax. */
+DM_HD void dm_cm_attention_row(const float *q, const float *K, const float *V, int64_t ld, int n,
+                               int hd, float scale, int tile, float *o)
+{
+    float m = -INFINITY, l = 0.0f;
+    for (int i = 0; i < hd; i++)
+        o[i] = 0.0f;
+    for (int j0 = 0; j0 < n; j0 += tile) {
+        int nt = n - j0 < tile ? n - j0 : tile;
+        float mx = -INFINITY;
+        for (int j = 0; j < nt; j++) {
+            float s = 0.0f;
+            for (int i = 0; i < hd; i++)
+                s = fmaf(q[i], K[(int64_t)(j0 + j) * ld + i], s);
+            s *= scale;
+            mx = s > mx ? s : mx;
+        }
+        float mn = m > mx ? m : mx, alpha = dm_cm_online_alpha(m, mn), sum = 0.0f;
+        for (int i = 0; i < hd; i++)
+            o[i] *= alpha;
+        for (int j = 0; j < nt; j++) {
+            float s = 0.0f;
+            for (int i = 0; i < hd; i++)
+                s = fmaf(q[i], K[(int64_t)(j0 + j) * ld + i], s);
+            float p = dm_cm_expf(s * scale - mn);
+            sum += p;
+            float pb = dm_cm_bf16_f32(dm_cm_f32_bf16(p));
+            for (int i = 0; i < hd; i++)
+                o[i] = fmaf(pb, V[(int64_t)(j0 + j) * ld + i], o[i]);
+        }
+        l = alpha * l + sum;
+        m = mn;
+    }
+    for (int i = 0; i < hd; i++)
+        o[i] /= l;
+}
+
 /* --- the DPT head's operators ---------------------------------------------------------------- */
 
 /* Output side of a convolution, as dm_conv_out_size (the plugin links none of the host's code) */

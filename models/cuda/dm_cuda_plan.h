@@ -11,6 +11,7 @@
 
 typedef struct dm_cu_shape {
     int D, depth, heads, ffn, swiglu, R; /* embed dim, blocks, heads, MLP width, SwiGLU, registers */
+    int fused; /* attention in one kernel (attention.cu): no score matrices */
 } dm_cu_shape;
 
 typedef struct dm_cu_plan {
@@ -56,11 +57,11 @@ static inline void dm_cu_plan_make(const dm_cu_shape *m, int B, int H, int W, in
         nab = (uint64_t)B * hw * 768;
     p->ab = bf16 ? nab * 2 : 0;
     p->patches = bf16 ? 0 : (uint64_t)B * hw * 768 * 4;
-    uint64_t ns = (uint64_t)m->heads * N * N;
+    uint64_t ns = m->fused ? 0 : (uint64_t)m->heads * N * N;
     p->s = ns * 4;
     p->pb = bf16 ? ns * 2 : 0;
     p->pf = bf16 ? 0 : ns * 4;
-    p->rs = (uint64_t)m->heads * N * 4;
+    p->rs = m->fused ? 0 : (uint64_t)m->heads * N * 4;
     p->rope = 2 * hw * hd * 4;
     p->gemm_ws = DM_CU_GEMM_WS;
     p->weights = p->w_mats + p->w_vecs;

@@ -42,6 +42,7 @@ typedef struct cu {
     float *rcos, *rsin;
     int rh, rw;
     void *dops; /* the device operators' state (dops.cu), made on first use */
+    int fused;  /* attention in one kernel (attention.cu) rather than two products */
 } cu;
 
 int dm_cu_vit_gpu(void *state) { return ((cu *)state)->gpu; }
@@ -74,11 +75,11 @@ static void cu_destroy(void *state)
 
 /* --- weights ------------------------------------------------------------------------------- */
 
-static dm_cu_shape plan_shape(const dm_model *m)
+static dm_cu_shape plan_shape(const dm_model *m, int fused)
 {
     const dm_vit_config *cfg = &m->cfg;
     dm_cu_shape s = { cfg->embed_dim, cfg->depth, cfg->num_heads, cfg->ffn_hidden, cfg->swiglu,
-                      cfg->n_storage };
+                      cfg->n_storage, fused };
     return s;
 }
 
@@ -145,7 +146,7 @@ static int upload(cu *c, dm_err *err)
     size_t D = (size_t)cfg->embed_dim, F = (size_t)cfg->ffn_hidden, R = (size_t)cfg->n_storage;
     /* sizes first (the memory plan): one allocation each for matrices and vectors */
     dm_cu_plan plan;
-    dm_cu_shape shape = plan_shape(m);
+    dm_cu_shape shape = plan_shape(m, c->fused);
     dm_cu_plan_make(&shape, 1, 16, 16, c->bf16, &plan);
     size_t mats = (size_t)plan.w_mats, vn = (size_t)plan.w_vecs / sizeof(float);
     c->wbytes = mats, c->vn = vn;
@@ -223,6 +224,11 @@ int dm_cu_vit_create(const dm_model *m, const dm_backend_opts *o, int gpu, void 
     if (!c)
         return dm_cu_err(err, DM_ENOMEM, "out of memory");
     c->m = m, c->gpu = gpu, c->bf16 = o->precision == DM_PREC_BF16;
+    /* attention: one fused kernel in bf16 for head dimensions 64 and 128; the two products
+     * around softmax.cu otherwise, or when DINOMAP_CUDA_ATTENTION=gemm (the reference) */
+    const char *att = getenv("DINOMAP_CUDA_ATTENTION");
+    c->fused = c->bf16 && dm_cu_attention_supported(m->cfg.head_dim) &&
+               !(att && !strcmp(att, "gemm"));
     int rc = dm_cu_check(cudaSetDevice(c->gpu), "selecting the GPU", err);
     if (!rc)
         rc = dm_cu_check(cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking),
@@ -235,8 +241,9 @@ int dm_cu_vit_create(const dm_model *m, const dm_backend_opts *o, int gpu, void 
         cu_destroy(c);
         return rc;
     }
-    dm_cu_log(DM_LOG_INFO, "cuda:%d: %s weights on the GPU, %.1f MB", c->gpu,
-              c->bf16 ? "bf16" : "fp32", (double)c->wused / 1e6);
+    dm_cu_log(DM_LOG_INFO, "cuda:%d: %s weights on the GPU, %.1f MB; attention: %s", c->gpu,
+              c->bf16 ? "bf16" : "fp32", (double)c->wused / 1e6,
+              c->fused ? "fused kernel" : "two products around a softmax");
     *state = c;
     return 0;
 }
@@ -263,7 +270,7 @@ static int ensure_plan(cu *c, int B, int H, int W, dm_err *err)
     const dm_vit_config *cfg = &c->m->cfg;
     int h = H / 16, w = W / 16, hw = h * w, rc;
     dm_cu_plan p;
-    dm_cu_shape shape = plan_shape(c->m);
+    dm_cu_shape shape = plan_shape(c->m, c->fused);
     dm_cu_plan_make(&shape, B, H, W, c->bf16, &p);
     size_t T = (size_t)B * (1 + cfg->n_storage + hw);
     if ((rc = grow((void **)&c->img, &c->cap_img, p.img, "cudaMalloc (images)", err)))
@@ -294,7 +301,7 @@ static int ensure_plan(cu *c, int B, int H, int W, dm_err *err)
         (rc = grow((void **)&c->patches, &c->cap_patch, p.patches, "cudaMalloc (patches)", err)))
         return rc;
     size_t ns = (size_t)p.s / 4;
-    if (ns > c->cap_s) { /* one image's scores and numerators, all heads */
+    if (ns && ns > c->cap_s) { /* one image's scores and numerators, all heads */
         if (c->s)
             cudaFree(c->s);
         if (c->pf)
@@ -347,7 +354,7 @@ static int ensure(cu *c, int B, int H, int W, dm_err *err)
     int rc = ensure_plan(c, B, H, W, err);
     if (rc == DM_ENOMEM && err) { /* say what the batch needs */
         dm_cu_plan p;
-        dm_cu_shape shape = plan_shape(c->m);
+        dm_cu_shape shape = plan_shape(c->m, c->fused);
         dm_cu_plan_make(&shape, B, H, W, c->bf16, &p);
         size_t fr = 0, tot = 0;
         cudaMemGetInfo(&fr, &tot);
@@ -381,6 +388,8 @@ static int attention(cu *c, int B, int N, dm_err *err)
     int D = cfg->embed_dim, nh = cfg->num_heads, hd = cfg->head_dim, rc;
     float scale = 1.0f / sqrtf((float)hd);
     int64_t ld = 3 * (int64_t)D, nn = (int64_t)N * N;
+    if (c->fused) /* every image and head in one kernel */
+        return dm_cu_attention(c->qkvb, c->att, c->ab, B, N, nh, hd, scale, c->st, err);
     for (int b = 0; b < B; b++) {
         size_t e = c->bf16 ? 2 : 4;
         const char *q = c->bf16 ? (const char *)(c->qkvb + (size_t)b * N * 3 * D)
