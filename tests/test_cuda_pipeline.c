@@ -100,9 +100,10 @@ TEST(cuda_pipeline_device_fails_mid_run)
     snprintf(a, sizeof a, "%s/a", t);
     snprintf(k, sizeof k, "%s/k", t);
     CHECKF(feat("", in, a, "--batch 2", &out) == 0, "%s", out);
-    /* the device breaks after 9 images, in a batch of 2 */
-    int st = feat("DM_FAKE_FAIL_AFTER=9", in, k, "--batch 2", &out);
-    CHECKF(st != 0 && strstr(out, "fake GPU 0: the device failed after 8 images"),
+    /* the device breaks after 13 images, in a batch of 2 (each forward slow enough for the
+     * writer to finish the chunks done before it) */
+    int st = feat("DM_FAKE_FAIL_AFTER=13 DM_FAKE_DELAY_MS=40", in, k, "--batch 2", &out);
+    CHECKF(st != 0 && strstr(out, "fake GPU 0: the device failed after 12 images"),
            "exit %d: %s", st, out);
     snprintf(cmd, sizeof cmd, "%s status --json %s", dm_bin(), k);
     CHECKF(dm_run(cmd, &out) == 0, "%s", out);
