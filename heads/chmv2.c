@@ -12,43 +12,7 @@
 #include <unistd.h>
 
 #include "../models/vit_math.h"
-#include "heads.h"
-#include "../models/ops.h"
-
-#define MAX_OWN 96     /* fp32 parameter copies (68 tensors for CHMv2) */
-#define MAX_WIDTH 65536
-#define MAX_THREADS 1024
-#define TAIL_COLS 512 /* pixels per piece of the head's last 1×1 conv + heights */
-
-typedef struct rcu {
-    float *wa, *ba, *wb, *bb; /* conv1, conv2: [F, F, 3, 3], [F] */
-} rcu;
-
-typedef struct fusion {
-    rcu r1, r2;   /* r1 absent (NULL) in block 0 */
-    float *pw, *pb; /* 1×1 project [F, F], [F] */
-} fusion;
-
-struct dm_chm {
-    const dm_model *m;
-    int D, C[4], F, H1, H2, nbins;
-    int taps[DM_CHM_TAPS];
-    float *ro_w[4], *ro_b[4]; /* readout [D, 2D] (patch half, CLS half), [D] */
-    float *pj_w[4], *pj_b[4]; /* 1×1 project [C_k, D], [C_k] */
-    float *rs_w[4], *rs_b[4]; /* resize: 0, 1 transposed [C, C, k, k]; 2 none; 3 conv s2 */
-    float *cv_w[4];           /* 3×3 [F, C_k, 3, 3], no bias */
-    fusion fu[4];
-    float *hd_w[3], *hd_b[3]; /* conv_depth.head.{0,2,4} */
-    float *bins;              /* [nbins], max(bin, 1e-12) */
-    float *own[MAX_OWN];
-    int nown;
-    char desc[1024];
-    dm_ops *ws;           /* the decoder's threads and their scratch */
-    float *arena;             /* the decoder's maps, kept between calls (grown when needed) */
-    size_t arena_n;
-    float *tok, *pad;         /* dm_chm_run: the taps' tokens, the padded image (likewise) */
-    size_t tok_n, pad_n;
-};
+#include "chmv2_internal.h"
 
 /* --- finding and binding the head ------------------------------------------------------------ */
 
@@ -153,6 +117,10 @@ static float *get(bctx *c, const char *meta, const char *hf, int k, int nd, int6
     float *v = dm_tensor_to_f32(t, c->err);
     if (!v)
         return NULL;
+    size_t numel = 1;
+    for (int i = 0; i < nd; i++)
+        numel *= (size_t)t->shape[i];
+    c->h->own_n[c->h->nown] = numel;
     c->h->own[c->h->nown++] = v;
     c->used[t - dm_weights_at(c->w, 0)] = 1;
     return v;
@@ -495,6 +463,7 @@ void dm_chm_free(dm_chm *h)
     free(h->arena);
     free(h->tok);
     free(h->pad);
+    dm_chm_dev_free(h);
     free(h);
 }
 
@@ -560,6 +529,8 @@ int dm_chm_threads(const dm_chm *h) { return dm_ops_threads(h->ws); }
 
 int dm_chm_set_precision(dm_chm *h, int precision, dm_err *err)
 {
+    if (h->dev) /* the decoder is on the device: its precision, whatever this CPU has */
+        return dm_chm_dev_set_precision(h, precision, err);
     return dm_ops_set_precision(h->ws, precision, err);
 }
 
@@ -742,21 +713,28 @@ static void tail_band(void *ctx, int tid, int y0, int n, float *band, size_t ld)
     }
 }
 
-/* The maps of one decode, carved from h->arena (kept and grown between calls). */
-typedef struct maps {
-    float *G[4];
-    float *P, *Rb;          /* reassembly scratch; shares its room with the fusion maps */
-    float *X, *X2, *T, *S, *A;
-} maps;
-
-static int carve(dm_chm *h, int gh, int gw, const int *gsz_h, const int *gsz_w, maps *mp,
-                 dm_err *err)
+void dm_chm_gsize(int gh, int gw, int gsz_h[4], int gsz_w[4])
 {
+    static const int up[3] = { 4, 2, 1 };
+    for (int k = 0; k < 3; k++)
+        gsz_h[k] = up[k] * gh, gsz_w[k] = up[k] * gw;
+    gsz_h[3] = (gh + 1) / 2, gsz_w[3] = (gw + 1) / 2;
+}
+
+/* The arena's parts: the four G maps, then the reassembly scratch or the fusion maps. */
+typedef struct sizes {
+    size_t gn[4], g, cmax_hw, nx, nx2, nt, ns, na, total;
+} sizes;
+
+static void map_sizes(const dm_chm *h, int gh, int gw, sizes *z)
+{
+    int gsz_h[4], gsz_w[4];
+    dm_chm_gsize(gh, gw, gsz_h, gsz_w);
     size_t F = (size_t)h->F, hw = (size_t)gh * gw, a = (size_t)(gh + 1) / 2,
-           b = (size_t)(gw + 1) / 2, ab = a * b, g = 0;
-    size_t gn[4];
+           b = (size_t)(gw + 1) / 2, ab = a * b;
+    z->g = 0;
     for (int k = 0; k < 4; k++)
-        g += gn[k] = F * gsz_h[k] * gsz_w[k];
+        z->g += z->gn[k] = F * gsz_h[k] * gsz_w[k];
     int Cmax = 0;
     for (int k = 0; k < 4; k++)
         Cmax = h->C[k] > Cmax ? h->C[k] : Cmax;
@@ -767,12 +745,41 @@ static int carve(dm_chm *h, int gh, int gw, const int *gsz_h, const int *gsz_w, 
         rmax = r;
     if ((r = (size_t)h->C[3] * ab) > rmax)
         rmax = r;
-    size_t nre = (size_t)Cmax * hw + rmax;
+    z->cmax_hw = (size_t)Cmax * hw;
+    size_t nre = z->cmax_hw + rmax;
     /* fusion outputs alternate: X gets those at 2a×2b and 8a×8b, X2 at 4a×4b and 16a×16b; the
      * RCU scratch T and the resized skip S are at most 8a×8b; A is the head's first conv */
-    size_t nx = F * 64 * ab, nx2 = F * 256 * ab, nt = F * 64 * ab,
-           ns = (gh % 2 || gw % 2) ? F * 64 * ab : 0, na = (size_t)h->H1 * 256 * ab;
-    size_t nfu = nx + nx2 + nt + ns + na, need = g + (nre > nfu ? nre : nfu);
+    z->nx = F * 64 * ab, z->nx2 = F * 256 * ab, z->nt = F * 64 * ab;
+    z->ns = (gh % 2 || gw % 2) ? F * 64 * ab : 0;
+    z->na = (size_t)h->H1 * 256 * ab;
+    size_t nfu = z->nx + z->nx2 + z->nt + z->ns + z->na;
+    z->total = z->g + (nre > nfu ? nre : nfu);
+}
+
+size_t dm_chm_maps_size(const dm_chm *h, int gh, int gw)
+{
+    sizes z;
+    map_sizes(h, gh, gw, &z);
+    return z.total;
+}
+
+void dm_chm_maps_carve(const dm_chm *h, int gh, int gw, float *base, dm_chm_maps *mp)
+{
+    sizes z;
+    map_sizes(h, gh, gw, &z);
+    float *p = base;
+    for (int k = 0; k < 4; k++)
+        mp->G[k] = p, p += z.gn[k];
+    mp->P = p, mp->Rb = p + z.cmax_hw;
+    mp->X = p, mp->X2 = p + z.nx, mp->T = p + z.nx + z.nx2, mp->S = p + z.nx + z.nx2 + z.nt;
+    mp->A = p + z.nx + z.nx2 + z.nt + z.ns;
+}
+
+typedef dm_chm_maps maps;
+
+static int carve(dm_chm *h, int gh, int gw, maps *mp, dm_err *err)
+{
+    size_t need = dm_chm_maps_size(h, gh, gw);
     if (need > h->arena_n) {
         free(h->arena);
         h->arena_n = 0;
@@ -780,12 +787,7 @@ static int carve(dm_chm *h, int gh, int gw, const int *gsz_h, const int *gsz_w, 
             return dm_err_oom(err);
         h->arena_n = need;
     }
-    float *p = h->arena;
-    for (int k = 0; k < 4; k++)
-        mp->G[k] = p, p += gn[k];
-    mp->P = p, mp->Rb = p + (size_t)Cmax * hw;
-    mp->X = p, mp->X2 = p + nx, mp->T = p + nx + nx2, mp->S = p + nx + nx2 + nt;
-    mp->A = p + nx + nx2 + nt + ns;
+    dm_chm_maps_carve(h, gh, gw, h->arena, mp);
     return 0;
 }
 
@@ -794,17 +796,16 @@ int dm_chm_decode(dm_chm *h, const float *const taps[DM_CHM_TAPS], int gh, int g
 {
     if (gh < 1 || gw < 1 || gh > 8192 || gw > 8192)
         return dm_err_set(err, DM_EINVAL, "CHMv2 head: bad patch grid %d×%d", gw, gh);
+    if (h->dev)
+        return dm_chm_dev_run_taps(h, taps, gh, gw, 0, logits, height, err);
     int F = h->F, a = (gh + 1) / 2, b = (gw + 1) / 2, rc;
     dm_ops *ws = h->ws;
     /* per tap k the channel-conv output G_k: (4gh,4gw), (2gh,2gw), (gh,gw), (a,b) */
-    static const int up[3] = { 4, 2, 1 };
     int gsz_h[4], gsz_w[4];
-    for (int k = 0; k < 3; k++)
-        gsz_h[k] = up[k] * gh, gsz_w[k] = up[k] * gw;
-    gsz_h[3] = a, gsz_w[3] = b;
+    dm_chm_gsize(gh, gw, gsz_h, gsz_w);
     maps mp;
     memset(&mp, 0, sizeof mp);
-    if ((rc = carve(h, gh, gw, gsz_h, gsz_w, &mp, err)))
+    if ((rc = carve(h, gh, gw, &mp, err)))
         return rc;
     for (int k = 0; k < 4; k++)
         if ((rc = reassemble(h, k, taps[k], gh, gw, mp.P, mp.Rb, mp.G[k], err)))
@@ -903,10 +904,12 @@ int dm_chm_run(dm_chm *h, dm_backend *be, const float *img, int H, int W, float 
         dm_chm_center_pad(img, H, W, h->pad);
         x = h->pad;
     }
+    if (h->dev && dm_chm_dev_owns(h, be)) /* tokens stay on the device */
+        return dm_chm_dev_run(h, be, x, Hp, Wp, logits, height, err);
     float *outs[DM_CHM_TAPS];
     for (int k = 0; k < DM_CHM_TAPS; k++)
         outs[k] = h->tok + (size_t)k * N * D;
-    dm_vit_request req = { DM_CHM_TAPS, h->taps, outs, NULL, NULL };
+    dm_vit_request req = { DM_CHM_TAPS, h->taps, outs, NULL, NULL, 0 };
     if ((rc = dm_backend_forward(be, x, 1, Hp, Wp, &req, err)))
         return rc;
     return dm_chm_run_taps(h, outs, Hp / DM_PATCH, Wp / DM_PATCH, logits, height, err);
@@ -915,6 +918,9 @@ int dm_chm_run(dm_chm *h, dm_backend *be, const float *img, int H, int W, float 
 int dm_chm_run_taps(dm_chm *h, float *const taps[DM_CHM_TAPS], int gh, int gw, float *logits,
                     float *height, dm_err *err)
 {
+    if (h->dev)
+        return dm_chm_dev_run_taps(h, (const float *const *)taps, gh, gw, 1, logits, height,
+                                   err);
     int N = dm_model_tokens(h->m, gh * DM_PATCH, gw * DM_PATCH);
     for (int k = 0; k < DM_CHM_TAPS; k++) {
         norm_job nj = { h->m, taps[k], (int64_t)N };

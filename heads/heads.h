@@ -58,6 +58,19 @@ int dm_chm_threads(const dm_chm *h);
  * or DM_PREC_BF16 (bf16 products with fp32 accumulation; the reassembly's transposed
  * convolutions, projections, resizing and the bins stay fp32). Kept across dm_chm_set_threads. */
 int dm_chm_set_precision(dm_chm *h, int precision, dm_err *err);
+/* Runs the head on the device of backend be when be offers device operators (a CUDA backend,
+ * models/dops.h): the head's weights are copied there once (converted to bf16 on first use in
+ * bf16), and from then on every dm_chm_run_taps and dm_chm_run decodes on the device with the
+ * precision set by dm_chm_set_precision (at this call or later); dm_chm_run with this be keeps the
+ * taps' tokens on the device (the backbone writes them there). be must outlive the head's use.
+ * Returns DM_EUNSUPPORTED, changing nothing, for a backend without device operators (the CPU's,
+ * a plugin without them): the head then stays on the CPU. */
+int dm_chm_use_backend(dm_chm *h, dm_backend *be, dm_err *err);
+/* The same with a given operator table (tests run the device path on the host table,
+ * dm_dops_host); be may be NULL (then dm_chm_run copies the taps to the "device"). */
+struct dm_dops;
+int dm_chm_use_dops(dm_chm *h, const struct dm_dops *d, dm_backend *be, dm_err *err);
+int dm_chm_on_device(const dm_chm *h); /* 1 once dm_chm_use_* succeeded */
 
 /* The four blocks tapped (ascending), the number of output bins/logit channels (256 for CHMv2),
  * and a one-line description (source file, layout, widths) for logs. */

@@ -419,6 +419,9 @@ int dm_backend_forward(dm_backend *be, const float *images, int B, int H, int W,
         if (req->layers[i] < 0 || req->layers[i] >= be->m->cfg.depth)
             return dm_err_set(err, DM_EINVAL, "layer %d does not exist (the model has blocks "
                               "0..%d)", req->layers[i], be->m->cfg.depth - 1);
+    if (req && req->on_device && (be->ops == &dm_cpu_backend || B != 1))
+        return dm_err_set(err, DM_EINVAL, "internal: outputs on the device need a GPU backend "
+                          "and batch 1");
     if (be->nw > 1 && B > 1)
         return forward_workers(be, images, B, H, W, req, err);
     return be->ops->forward(be->state[0], images, B, H, W, req, err);
@@ -435,3 +438,11 @@ void dm_backend_close(dm_backend *be)
 }
 
 const char *dm_backend_name(const dm_backend *be) { return be->name; }
+
+int dm_backend_dops(dm_backend *be, dm_dops *out, dm_err *err)
+{
+    memset(out, 0, sizeof *out);
+    if (be->ops == &dm_cpu_backend || !be->pl.p || !be->pl.p->dops)
+        return dm_err_set(err, DM_EUNSUPPORTED, "backend %s has no device operators", be->name);
+    return be->pl.p->dops(be->state[0], out, err);
+}

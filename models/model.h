@@ -102,6 +102,8 @@ typedef struct dm_vit_request {
     float **layer_out;
     float *prenorm; /* after the last block, before the final norm */
     float *normed;  /* after the final norm (forward_features) */
+    int on_device;  /* 1: the buffers are the backend's device memory (dm_backend_dops' alloc),
+                     * batch 1, one GPU; the CPU backend refuses it */
 } dm_vit_request;
 
 /* --- backends ---------------------------------------------------------------------------- */
@@ -159,7 +161,8 @@ int dm_precision_resolve_on(const char *device, int requested, int *resolved, ch
                             size_t n, dm_err *err);
 /* The precision of the operators heads run on the CPU (models/ops.h) beside a backbone on
  * `device` in `precision`: the same, except bf16 beside a GPU where this CPU has no bf16
- * instructions: fp32 (the CHMv2 head is not on the GPU yet). */
+ * instructions: fp32 (for heads left on the CPU: a head moved to the GPU with
+ * dm_chm_use_backend takes the backbone's precision). */
 int dm_ops_precision_on(const char *device, int precision);
 /* The plugin's state as text for `dinomap info`-like reports: "CUDA backend: path (build),
  * N GPU(s): ..." or why there is none. Never fails. */
@@ -174,6 +177,10 @@ int dm_backend_forward(dm_backend *be, const float *images, int B, int H, int W,
                        const dm_vit_request *req, dm_err *err);
 void dm_backend_close(dm_backend *be);
 const char *dm_backend_name(const dm_backend *be);
+/* The device operators of the backend's (first) GPU (models/dops.h) for heads that run beside it;
+ * DM_EUNSUPPORTED for a backend without (the CPU's). */
+struct dm_dops;
+int dm_backend_dops(dm_backend *be, struct dm_dops *out, dm_err *err);
 
 /* OpenBLAS 0.3.21 (Debian 12) does not recognise some newer x86 CPUs and falls back to its
  * "Prescott" (SSE3) kernels, about 5× slower. If that happened, the CPU has AVX2+FMA, and the

@@ -346,6 +346,18 @@ int cmd_forward(int argc, char **argv)
     if ((rc = load_input(inpath, nm, chm != NULL, &in, &err)) ||
         (rc = dm_backend_open(dev, m, &bo, &be, &err)))
         goto fail;
+    if (chm && !strcmp(dm_device_class(dev), "cuda")) { /* the head beside the backbone */
+        dm_err e2 = { 0 };
+        int r2 = dm_chm_use_backend(chm, be, &e2);
+        if (!r2 && (rc = dm_chm_set_precision(chm, bo.precision, &err)))
+            goto fail;
+        if (r2 && r2 != DM_EUNSUPPORTED) {
+            rc = r2, err = e2;
+            goto fail;
+        }
+        if (r2)
+            dm_info("CHMv2 head on the CPU (%s)", e2.msg);
+    }
     int D = m->cfg.embed_dim, N = dm_model_tokens(m, in.H, in.W), R = m->cfg.n_storage;
     int hw = N - 1 - R;
     size_t tok = (size_t)in.B * N * D;
@@ -375,7 +387,7 @@ int cmd_forward(int argc, char **argv)
     dm_info("%s: %s (D=%d, %d blocks), %d×%d px × %d, %d tokens, %s, %d threads (OpenBLAS %s)",
             model, m->cfg.arch, D, m->cfg.depth, in.W, in.H, in.B, N, dm_backend_name(be), threads,
             openblas_get_corename());
-    dm_vit_request req = { nreq, layers, raw, prenorm, normed };
+    dm_vit_request req = { nreq, layers, raw, prenorm, normed, 0 };
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if ((rc = dm_backend_forward(be, in.img, in.B, in.H, in.W, &req, &err)))

@@ -39,7 +39,7 @@ int main(int argc, char **argv)
     float *tap[DM_CHM_TAPS];
     for (int k = 0; k < DM_CHM_TAPS; k++)
         tap[k] = malloc(sizeof(float) * N * D);
-    dm_vit_request req = { DM_CHM_TAPS, dm_chm_taps(h), tap, NULL, NULL };
+    dm_vit_request req = { DM_CHM_TAPS, dm_chm_taps(h), tap, NULL, NULL, 0 };
     double best_full = 1e30, best_bb = 1e30;
     dm_chm_run(h, be, img, T, T, NULL, height, &err); /* warm-up */
     for (int r = 0; r < reps; r++) {

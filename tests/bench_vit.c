@@ -360,7 +360,7 @@ static double child_rss(const char *path, int prec, int threads, int size)
             int N = dm_model_tokens(m, size, size);
             float *img = calloc((size_t)3 * size * size, 4);
             float *out = malloc(sizeof(float) * N * m->cfg.embed_dim);
-            dm_vit_request req = { 0, NULL, NULL, NULL, out };
+            dm_vit_request req = { 0, NULL, NULL, NULL, out, 0 };
             if (!dm_backend_forward(be, img, 1, size, size, &req, NULL)) {
                 struct rusage ru;
                 getrusage(RUSAGE_SELF, &ru);
@@ -408,7 +408,7 @@ static int measure(const char *path, int threads, int size, int nprec, int batch
     float *out = malloc(sizeof(float) * N * D * MAXB);
     for (int i = 0; i < 3 * H * W * MAXB; i++)
         img[i] = frand();
-    dm_vit_request req = { 0, NULL, NULL, NULL, out };
+    dm_vit_request req = { 0, NULL, NULL, NULL, out, 0 };
     printf("model %s (D=%d, %d blocks, %d heads, %s FFN %d), tile %d×%d (%d tokens), %d threads\n",
            m->cfg.arch, D, m->cfg.depth, m->cfg.num_heads, m->cfg.swiglu ? "SwiGLU" : "MLP",
            m->cfg.ffn_hidden, W, H, N, threads);

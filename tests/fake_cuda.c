@@ -6,15 +6,22 @@
  *   DM_FAKE_GPUS=N      GPUs it reports (default 2); "fail": the CUDA driver "fails"
  *   DM_FAKE_ABI=bad     reports another ABI number; DM_FAKE_LAYOUT=bad another layout
  *   DM_FAKE_FAIL_GPU=K  forward on GPU K fails
+ *   DM_FAKE_FAIL_AFTER=N  a forward fails once N images have run (any GPU): a device that
+ *                       breaks in the middle of a run
+ *   DM_FAKE_DELAY_MS=T  each forward takes T ms more (a slow device: the pipeline must give the
+ *                       same outputs)
+ *   DM_FAKE_BATCH_LOG=F each forward appends its batch size to file F, one per line
  * Built with -DFAKE_NO_ENTRY: the same without the entry symbol. */
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../models/cuda/plugin.h"
 
 static atomic_int images_on[DM_MAX_GPUS];
+static atomic_int images_all;
 
 /* for the tests (dlsym): images a GPU has run since load */
 int fake_cuda_images(int gpu) { return gpu >= 0 && gpu < DM_MAX_GPUS ? images_on[gpu] : -1; }
@@ -75,6 +82,25 @@ static int fake_forward(void *state, const float *images, int B, int H, int W,
         snprintf(msg, sizeof msg, "fake GPU %d: out of memory", f->gpu);
         return fail(err, DM_ENOMEM, msg);
     }
+    const char *fa = getenv("DM_FAKE_FAIL_AFTER");
+    if (fa && atomic_load(&images_all) + B > atoi(fa)) {
+        char msg[120];
+        snprintf(msg, sizeof msg, "fake GPU %d: the device failed after %d images", f->gpu,
+                 atomic_load(&images_all));
+        return fail(err, DM_EIO, msg);
+    }
+    const char *dl = getenv("DM_FAKE_DELAY_MS");
+    if (dl && atoi(dl) > 0) {
+        struct timespec ts = { atoi(dl) / 1000, (long)(atoi(dl) % 1000) * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+    const char *bl = getenv("DM_FAKE_BATCH_LOG");
+    FILE *lf = bl ? fopen(bl, "a") : NULL;
+    if (lf) {
+        fprintf(lf, "%d\n", B);
+        fclose(lf);
+    }
+    atomic_fetch_add(&images_all, B);
     int D = f->m->cfg.embed_dim, N = 1 + f->m->cfg.n_storage + (H / 16) * (W / 16);
     int px = 3 * H * W;
     for (int b = 0; b < B; b++) {

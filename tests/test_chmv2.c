@@ -714,7 +714,7 @@ TEST(chmv2_odd_grid_matches_reference)
     float *tk[4];
     for (int k = 0; k < 4; k++)
         tk[k] = malloc(sizeof(float) * N * D);
-    dm_vit_request req = { 4, dm_chm_taps(s.h), tk, NULL, NULL };
+    dm_vit_request req = { 4, dm_chm_taps(s.h), tk, NULL, NULL, 0 };
     int rc2 = dm_backend_forward(s.be, img, 1, H, W, &req, &err);
     double el = INFINITY, eh = INFINITY;
     if (!rc && !rc2) {

@@ -191,7 +191,7 @@ TEST(cuda_plugin_workers)
         img[i] = (float)(dm_hash32((uint32_t)i) % 1000) / 500.0f - 1.0f;
     int layers[2] = { 1, 3 };
     float *lo1[2] = { NULL, l1 }, *lo2[2] = { NULL, l2 };
-    dm_vit_request r1 = { 2, layers, lo1, NULL, o1 }, r2 = { 2, layers, lo2, NULL, o2 };
+    dm_vit_request r1 = { 2, layers, lo1, NULL, o1, 0 }, r2 = { 2, layers, lo2, NULL, o2, 0 };
     dm_backend *one = NULL, *two = NULL;
     int rc = dm_backend_open("cuda:1", m, NULL, &one, &err);
     int before0 = count(0), before1 = count(1);

@@ -87,7 +87,7 @@ static void check_library_prec(const char *name, int prec, double tol)
     float *raw[16];
     for (int k = 0; k < g.nl; k++)
         raw[k] = malloc(sizeof(float) * N * D);
-    dm_vit_request req = { g.nl, g.layers, raw, pre, normed };
+    dm_vit_request req = { g.nl, g.layers, raw, pre, normed, 0 };
     int rc = dm_backend_forward(be, in.f, 1, g.H, g.W, &req, &err);
     double worst = 0;
     char worst_name[64] = "";
@@ -174,7 +174,7 @@ TEST(golden_bf16_threads_same_bits)
         dm_backend_opts bo = { t ? 2 : 1, 2, DM_PREC_BF16 };
         dm_backend *be = NULL;
         out[t] = malloc(2 * n * sizeof(float));
-        dm_vit_request req = { 0, NULL, NULL, NULL, out[t] };
+        dm_vit_request req = { 0, NULL, NULL, NULL, out[t], 0 };
         if (!rc && !(rc = dm_backend_open("cpu", m, &bo, &be, &err)))
             rc = dm_backend_forward(be, two, t == 2 ? 2 : 1, g.H, g.W, &req, &err);
         dm_backend_close(be);
@@ -360,7 +360,7 @@ TEST(golden_batch_matches_single)
         two[px + i] = -in.f[i];
     int N = dm_model_tokens(m, g.H, g.W), D = m->cfg.embed_dim;
     float *ob = malloc(2 * (size_t)N * D * sizeof(float)), *o1 = malloc((size_t)N * D * 4);
-    dm_vit_request rb = { 0, NULL, NULL, NULL, ob }, r1 = { 0, NULL, NULL, NULL, o1 };
+    dm_vit_request rb = { 0, NULL, NULL, NULL, ob, 0 }, r1 = { 0, NULL, NULL, NULL, o1, 0 };
     int rc = dm_backend_forward(be, two, 2, g.H, g.W, &rb, &err);
     int rc1 = dm_backend_forward(be, two + px, 1, g.H, g.W, &r1, &err);
     double d = rc || rc1 ? INFINITY : dm_rel_err(ob + (size_t)N * D, o1, (size_t)N * D);

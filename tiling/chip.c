@@ -178,7 +178,7 @@ int dm_chip_embed(const dm_chip_opts *o, int dim, float *cls, float *mean, dm_er
         dm_err_prefix(err, "--image %s: the run was mapped in %s", o->chip, prec);
     if (!rc)
         rc = dm_backend_open("cpu", m, &bo, &be, err);
-    dm_vit_request req = { 0, NULL, NULL, NULL, normed };
+    dm_vit_request req = { 0, NULL, NULL, NULL, normed, 0 };
     if (!rc)
         rc = dm_backend_forward(be, img, 1, Sh, Sw, &req, err);
     if (!rc) {

@@ -269,7 +269,7 @@ static int stage_infer(void *ctx, dm_job **jobs, int n, dm_err *err)
     size_t px = 3 * (size_t)e->S * e->S, tok = (size_t)e->N * e->D;
     for (int i = 0; i < n; i++)
         memcpy(R->batch_img + i * px, ((dm_wjob *)jobs[i]->data)->img, px * sizeof(float));
-    dm_vit_request req = { e->nlayers, e->layers, R->layer_buf, NULL, R->normed };
+    dm_vit_request req = { e->nlayers, e->layers, R->layer_buf, NULL, R->normed, 0 };
     double t0 = now();
     if ((rc = dm_backend_forward(e->be, R->batch_img, n, e->S, e->S, &req, err)))
         return rc;

@@ -60,6 +60,16 @@ static int c_prepare(dm_eng *e, void **self, dm_err *err)
         rc = dm_chm_set_threads(c->head, o->threads, err);
     if (!rc)
         rc = dm_chm_set_precision(c->head, dm_ops_precision_on(e->device, e->precision), err);
+    if (!rc && !strcmp(dm_device_class(e->device), "cuda")) { /* the head beside the backbone */
+        dm_err e2 = { 0 };
+        int r2 = dm_chm_use_backend(c->head, e->be, &e2);
+        if (!r2)
+            rc = dm_chm_set_precision(c->head, e->precision, err);
+        else if (r2 != DM_EUNSUPPORTED)
+            rc = r2, *err = e2;
+        else
+            dm_info("CHMv2 head on the CPU (%s)", e2.msg);
+    }
     const int *taps = rc ? NULL : dm_chm_taps(c->head);
     for (int k = 0; !rc && k < DM_CHM_TAPS; k++)
         if ((c->slot[k] = dm_eng_want_layer(e, taps[k], err)) < 0)

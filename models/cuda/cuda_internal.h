@@ -73,11 +73,41 @@ void dm_cu_softmax_unnorm(const float *s, float *pf, __nv_bfloat16 *pb, float *r
 void dm_cu_scale_heads(float *o, __nv_bfloat16 *ob, const float *rs, int N, int nh, int hd, int D,
                        cudaStream_t st);
 
+/* --- attention.cu: softmax(scale·QKᵀ)·V of B images, every head, in one kernel with an online
+ * softmax (head dimensions 64 and 128): q, k, v from the bf16 qkv rows [B·N, 3D] (RoPE applied),
+ * the output rows [B·N, D] in fp32 (o) and/or bf16 (ob), either may be NULL */
+int dm_cu_attention_supported(int hd);
+int dm_cu_attention(const __nv_bfloat16 *qkv, float *o, __nv_bfloat16 *ob, int B, int N, int nh,
+                    int hd, float scale, cudaStream_t st, dm_err *err);
+
 /* --- mlp.cu: h = gelu(h + b) ; g = silu(g + bg) * (u + bu); bf16 copies when hb not NULL */
 void dm_cu_bias_gelu(float *h, __nv_bfloat16 *hb, const float *b, int64_t rows, int cols,
                      cudaStream_t st);
 void dm_cu_bias_swiglu(float *g, const float *u, __nv_bfloat16 *hb, const float *bg,
                        const float *bu, int64_t rows, int cols, cudaStream_t st);
+
+/* --- conv.cu: dm_conv_run on device memory, output rows [y0, y0+ny) (ny = 0: all) into s->out
+ * ([cout, ny, Wo]); w fp32 or (bf16) the weights in bf16; col: im2col scratch of col_elems
+ * elements (fp32 or bf16), at least cin·k·k·dm_cu_conv_ld(Wo) */
+int dm_cu_conv(dm_cu_gemm *g, cudaStream_t st, const dm_conv_spec *s, int y0, int ny,
+               const void *w, int bf16, void *col, size_t col_elems, dm_err *err);
+int64_t dm_cu_conv_ld(int64_t cols);
+
+/* --- convt.cu: dm_conv_transpose2d on device memory; T scratch of cout·k·k·H·W floats */
+int dm_cu_conv_t(dm_cu_gemm *g, cudaStream_t st, const float *in, int cin, int H, int W,
+                 const float *w, const float *bias, int cout, int k, float *out, float *T,
+                 dm_err *err);
+
+/* --- resize.cu: dm_resize_bilinear on device memory */
+void dm_cu_resize(const float *in, int C, int Hi, int Wi, float *out, int Ho, int Wo, int ac,
+                  cudaStream_t st);
+
+/* --- dpt.cu: x[r, :cols] = bias[r] (row stride ld); x += s; CHMv2 heights */
+void dm_cu_fill_rows(float *x, int rows, int64_t cols, int64_t ld, const float *bias,
+                     cudaStream_t st);
+void dm_cu_add(float *x, const float *s, int64_t n, cudaStream_t st);
+void dm_cu_heights(const float *z, int64_t ld, int64_t npix, int nbins, const float *bins,
+                   float *height, cudaStream_t st);
 
 /* --- block reductions (blocks of a multiple of 32 threads, at most 1024) */
 static __device__ __forceinline__ float dm_cu_warp_sum(float v)
@@ -126,5 +156,15 @@ static inline unsigned dm_cu_blocks(int64_t n, int threads)
 int dm_cu_vit_create(const dm_model *m, const dm_backend_opts *o, int gpu, void **state,
                      dm_err *err);
 extern const dm_backend_ops dm_cu_vit_ops;
+/* what the device operators share with the backend: its GPU, stream, GEMM context, and a slot
+ * for their own state (freed with the backend by dm_cu_dops_free) */
+int dm_cu_vit_gpu(void *state);
+cudaStream_t dm_cu_vit_stream(void *state);
+dm_cu_gemm *dm_cu_vit_gemm(void *state);
+void **dm_cu_vit_dops_slot(void *state);
+
+/* --- dops.cu: models/dops.h for a backend state */
+int dm_cu_dops(void *state, dm_dops *out, dm_err *err);
+void dm_cu_dops_free(void *dstate);
 
 #endif

@@ -7,7 +7,11 @@
  *   - LayerNorm of one row (two passes: mean, then the centred variance);
  *   - RoPE: the patch index of a token and the rotate-half pair, as dm_rope_apply;
  *   - softmax of one row, unnormalised with 1/Σ aside, as dm_softmax_rows_unnorm;
- *   - the patch matrix's source index (im2col), as dm_im2patch. */
+ *   - the patch matrix's source index (im2col), as dm_im2patch;
+ *   - the DPT head's operators (models/cpu/ops_cpu.c): a convolution's im2col source, the
+ *     bilinear source pair and weight along an axis (align_corners 0 and 1, as lin_table), the
+ *     bilinear value of a plane in the CPU's order, the transposed convolution's gather index,
+ *     and the CHMv2 height of a pixel from its bin logits (as heights_ld). */
 #ifndef DM_CUDA_MATH_H
 #define DM_CUDA_MATH_H
 
@@ -154,6 +158,141 @@ DM_HD int64_t dm_cm_patch_src(int H, int W, int p, int k)
     int w = W / 16, r = p / w, c = p % w;
     int ch = k >> 8, ky = (k >> 4) & 15, kx = k & 15;
     return (int64_t)ch * H * W + (int64_t)(16 * r + ky) * W + 16 * c + kx;
+}
+
+/* --- attention with an online softmax (attention.cu) ------------------------------------------
+ * Keys are taken in tiles; each query row keeps its running max m and sum l, and its output
+ * accumulator o. A tile's scores s (scaled) move them: m' = max(m, max s), alpha = e^(m − m'),
+ * p = e^(s − m') (rounded to bf16 for the product, as the two-product path rounds its
+ * numerators), l' = alpha·l + Σp (the unrounded p, as softmax.cu sums them), o' = alpha·o + p·V;
+ * at the end o/l. The same result as softmax then PV up to rounding. */
+
+/* e^(m_old − m_new), 0 before the first tile (m_old = −inf) */
+DM_HD float dm_cm_online_alpha(float m_old, float m_new)
+{
+    return m_old == -INFINITY ? 0.0f : dm_cm_expf(m_old - m_new);
+}
+
+/* One query row of one head, serially, in tiles of `tile` keys, as the kernel computes it:
+ * q [hd], K and V rows of stride ld; o [hd] out. Inputs are taken as they are (the kernel's are
+ * bf16 already). The reference tests/test_cuda_head.c compares with a plain softmax. */
+DM_HD void dm_cm_attention_row(const float *q, const float *K, const float *V, int64_t ld, int n,
+                               int hd, float scale, int tile, float *o)
+{
+    float m = -INFINITY, l = 0.0f;
+    for (int i = 0; i < hd; i++)
+        o[i] = 0.0f;
+    for (int j0 = 0; j0 < n; j0 += tile) {
+        int nt = n - j0 < tile ? n - j0 : tile;
+        float mx = -INFINITY;
+        for (int j = 0; j < nt; j++) {
+            float s = 0.0f;
+            for (int i = 0; i < hd; i++)
+                s = fmaf(q[i], K[(int64_t)(j0 + j) * ld + i], s);
+            s *= scale;
+            mx = s > mx ? s : mx;
+        }
+        float mn = m > mx ? m : mx, alpha = dm_cm_online_alpha(m, mn), sum = 0.0f;
+        for (int i = 0; i < hd; i++)
+            o[i] *= alpha;
+        for (int j = 0; j < nt; j++) {
+            float s = 0.0f;
+            for (int i = 0; i < hd; i++)
+                s = fmaf(q[i], K[(int64_t)(j0 + j) * ld + i], s);
+            float p = dm_cm_expf(s * scale - mn);
+            sum += p;
+            float pb = dm_cm_bf16_f32(dm_cm_f32_bf16(p));
+            for (int i = 0; i < hd; i++)
+                o[i] = fmaf(pb, V[(int64_t)(j0 + j) * ld + i], o[i]);
+        }
+        l = alpha * l + sum;
+        m = mn;
+    }
+    for (int i = 0; i < hd; i++)
+        o[i] /= l;
+}
+
+/* --- the DPT head's operators ---------------------------------------------------------------- */
+
+/* Output side of a convolution, as dm_conv_out_size (the plugin links none of the host's code) */
+DM_HD int dm_cm_conv_out(int n, int k, int stride, int pad) { return (n + 2 * pad - k) / stride + 1; }
+
+/* Row kk = (ci·k + ky)·k + kx of the im2col matrix at output pixel (y, x) of a convolution
+ * (kernel k, stride s, padding p) on a Hi×Wi input: its channel ci, and in *iy, *ix the input
+ * pixel; returns -1 where that pixel is padding (the column holds 0). */
+DM_HD int dm_cm_conv_src(int kk, int y, int x, int k, int s, int p, int Hi, int Wi, int *iy,
+                         int *ix)
+{
+    int ci = kk / (k * k), r = kk % (k * k), ky = r / k, kx = r % k;
+    *iy = y * s - p + ky;
+    *ix = x * s - p + kx;
+    return *iy < 0 || *iy >= Hi || *ix < 0 || *ix >= Wi ? -1 : ci;
+}
+
+/* Output index d of a bilinear resize along one axis (in → out): source pair i0, i1 and the
+ * weight of i1, as PyTorch's CPU upsample_bilinear2d in fp32 (ops_cpu.c's lin_table). */
+DM_HD void dm_cm_lin_src(int d, int in, int out, int ac, int *i0, int *i1, float *lam)
+{
+    float scale = ac ? (out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f)
+                     : (float)in / (float)out;
+    float src = ac ? scale * (float)d : scale * ((float)d + 0.5f) - 0.5f;
+    if (src < 0.0f)
+        src = 0.0f;
+    int i = (int)floorf(src);
+    if (i > in - 1)
+        i = in - 1;
+    float l = src - (float)i;
+    l = l < 0.0f ? 0.0f : l > 1.0f ? 1.0f : l;
+    *i0 = i;
+    *i1 = i < in - 1 ? i + 1 : i;
+    *lam = l;
+}
+
+/* The bilinear value at output (y, x) of a plane of Wi columns given both axes' pairs: along x
+ * inside, then along y (the order of the CPU's bilinear_row and of bilinear_h + bilinear_v) */
+DM_HD float dm_cm_bilinear(const float *plane, int Wi, int y0, int y1, float ly, int x0, int x1,
+                           float lx)
+{
+    const float *r0 = plane + (int64_t)y0 * Wi, *r1 = plane + (int64_t)y1 * Wi;
+    float wx0 = 1.0f - lx, wy0 = 1.0f - ly;
+    float h0 = wx0 * r0[x0] + lx * r0[x1];
+    float h1 = wx0 * r1[x0] + lx * r1[x1];
+    return wy0 * h0 + ly * h1;
+}
+
+/* The value at (y, x) of a plane H×W resized bilinearly to Ho×Wo */
+DM_HD float dm_cm_resize_at(const float *plane, int H, int W, int Ho, int Wo, int ac, int y,
+                            int x)
+{
+    int y0, y1, x0, x1;
+    float ly, lx;
+    dm_cm_lin_src(y, H, Ho, ac, &y0, &y1, &ly);
+    dm_cm_lin_src(x, W, Wo, ac, &x0, &x1, &lx);
+    return dm_cm_bilinear(plane, W, y0, y1, ly, x0, x1, lx);
+}
+
+/* ConvTranspose2d with kernel = stride = k, no padding, as a product T[(o·k+ky)·k+kx, y·W+x]
+ * (ops_cpu.c's convt_task) then a gather: output (o, Y, X) of the k·H × k·W map reads T at */
+DM_HD int64_t dm_cm_convt_src(int o, int Y, int X, int k, int H, int W)
+{
+    int y = Y / k, ky = Y % k, x = X / k, kx = X % k;
+    return ((int64_t)(o * k + ky) * k + kx) * ((int64_t)H * W) + (int64_t)y * W + x;
+}
+
+/* CHMv2 height of one pixel from its nbins logits z[b·ld] (spec §5.8; as heights_ld) */
+DM_HD float dm_cm_chm_height(const float *z, int64_t ld, int nbins, const float *bins)
+{
+    float den = 0.0f, num = 0.0f;
+    for (int k = 0; k < nbins; k++) {
+        float v = z[(int64_t)k * ld];
+        float y = (v > 0.0f ? v : 0.0f) + 1e-8f;
+        den += y;
+        num += y * bins[k];
+    }
+    float d = isfinite(den) ? den : 1.0f;
+    d = d > 1e-12f ? d : 1e-12f;
+    float v = num / d;
+    return (v > 1e-12f ? v : 1e-12f) * 8.0f;
 }
 
 #endif

@@ -2,16 +2,20 @@
  * fp32 output (tensor cores), or fp32 throughout (CUBLAS_COMPUTE_32F: no TF32). No epilogue: the
  * biases and activations are applied by this backend's own kernels, as the CPU path does (and
  * cuBLASLt's GELU is the tanh approximation, not DINOv3's erf form). The algorithm of each shape
- * is chosen once by cuBLASLt's heuristic and kept, so a shape always runs the same way. */
+ * is chosen once by cuBLASLt's heuristic and kept, so a shape always runs the same way. The
+ * operands' address alignment (up to 256 bytes) is part of the shape: cuBLASLt's heuristic
+ * otherwise assumes 256-byte aligned pointers, which a band of a map or a slice of qkv is not. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "cuda_internal.h"
+#include "dm_cuda_plan.h"
 
-enum { CACHE = 96, WORKSPACE = 32 << 20 };
+enum { CACHE = 96, WORKSPACE = (int)DM_CU_GEMM_WS }; /* the memory plan counts it */
 
 typedef struct plan {
     int used, ta, tb, m, n, k, batch, bf16;
+    uint32_t alA, alB, alC; /* byte alignment of the operands' addresses (≤ 256) */
     int64_t lda, ldb, ldc, sA, sB, sC;
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
@@ -119,6 +123,18 @@ static int plan_make(dm_cu_gemm *g, plan *p, dm_err *err)
         rc = dm_cu_check_blas(cublasLtMatmulPreferenceSetAttribute(pref,
                                   CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz, sizeof wsz),
                               "workspace preference", err);
+    const cublasLtMatmulPreferenceAttributes_t al[3] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES };
+    const uint32_t av[3] = { p->alA, p->alB, p->alC };
+    for (int i = 0; !rc && i < 3; i++)
+        rc = dm_cu_check_blas(cublasLtMatmulPreferenceSetAttribute(pref, al[i], &av[i],
+                                                                   sizeof av[i]),
+                              "alignment preference", err);
+    if (!rc) /* D is C */
+        rc = dm_cu_check_blas(cublasLtMatmulPreferenceSetAttribute(pref,
+                                  CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &av[2], sizeof av[2]),
+                              "alignment preference", err);
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     if (!rc)
@@ -135,6 +151,15 @@ static int plan_make(dm_cu_gemm *g, plan *p, dm_err *err)
     return rc;
 }
 
+static uint32_t align_of(const void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    uint32_t al = 256;
+    while (al > 1 && a % al)
+        al >>= 1;
+    return al;
+}
+
 int dm_cu_gemm_run(dm_cu_gemm *g, int transa, int transb, int m, int n, int k, float alpha,
                    const void *A, int64_t lda, int64_t sA, const void *B, int64_t ldb,
                    int64_t sB, float beta, float *C, int64_t ldc, int64_t sC, int batch,
@@ -145,13 +170,14 @@ int dm_cu_gemm_run(dm_cu_gemm *g, int transa, int transb, int m, int n, int k, f
     key.used = 1, key.ta = transa, key.tb = transb, key.m = m, key.n = n, key.k = k;
     key.batch = batch, key.bf16 = in_bf16, key.lda = lda, key.ldb = ldb, key.ldc = ldc;
     key.sA = batch > 1 ? sA : 0, key.sB = batch > 1 ? sB : 0, key.sC = batch > 1 ? sC : 0;
+    key.alA = align_of(A), key.alB = align_of(B), key.alC = align_of(C);
     plan *p = NULL;
     for (int i = 0; i < CACHE && !p; i++) {
         plan *q = &g->cache[i];
         if (q->used && q->ta == key.ta && q->tb == key.tb && q->m == m && q->n == n &&
             q->k == k && q->batch == key.batch && q->bf16 == key.bf16 && q->lda == lda &&
             q->ldb == ldb && q->ldc == ldc && q->sA == key.sA && q->sB == key.sB &&
-            q->sC == key.sC)
+            q->sC == key.sC && q->alA == key.alA && q->alB == key.alB && q->alC == key.alC)
             p = q;
     }
     if (!p) {

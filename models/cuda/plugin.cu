@@ -87,7 +87,7 @@ dm_cuda_plugin_entry(const dm_cuda_host *host)
     static const dm_cuda_plugin p = {
         DM_CUDA_ABI, dm_cuda_layout(), DINOMAP_VERSION,
         "CUDA " STR(__CUDACC_VER_MAJOR__) "." STR(__CUDACC_VER_MINOR__) ", cuBLASLt",
-        count, name, dm_cu_vit_create, &dm_cu_vit_ops,
+        count, name, dm_cu_vit_create, &dm_cu_vit_ops, dm_cu_dops,
     };
     if (!host || host->abi != DM_CUDA_ABI)
         return NULL;

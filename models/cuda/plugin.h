@@ -6,7 +6,7 @@
  * The plugin exports one function, DM_CUDA_ENTRY, taking what it needs from the host (logging,
  * reading weight tensors, the RoPE tables) and returning its table. The table carries the ABI
  * number and a fingerprint of every structure the two sides exchange (dm_model, dm_vit_block,
- * dm_tensor, dm_backend_opts, dm_vit_request, dm_err, these tables): a plugin built from other
+ * dm_tensor, dm_backend_opts, dm_vit_request, dm_err, dm_dops, dm_conv_spec, these tables): a plugin built from other
  * sources is refused, not run. */
 #ifndef DM_CUDA_PLUGIN_H
 #define DM_CUDA_PLUGIN_H
@@ -15,8 +15,9 @@
 #include <stdint.h>
 
 #include "../backend_internal.h"
+#include "../dops.h"
 
-#define DM_CUDA_ABI 1
+#define DM_CUDA_ABI 2
 #define DM_CUDA_ENTRY "dm_cuda_plugin_entry"
 #define DM_CUDA_LIB "libdinomap_cuda.so"
 
@@ -44,6 +45,8 @@ typedef struct dm_cuda_plugin {
     int (*create)(const dm_model *m, const dm_backend_opts *o, int gpu, void **state,
                   dm_err *err);
     const dm_backend_ops *ops;
+    /* the device operators of a backend state (models/dops.h), ctx set; NULL: none */
+    int (*dops)(void *state, dm_dops *out, dm_err *err);
 } dm_cuda_plugin;
 
 typedef const dm_cuda_plugin *(*dm_cuda_entry_fn)(const dm_cuda_host *host);
@@ -54,7 +57,8 @@ static inline uint64_t dm_cuda_layout(void)
     uint64_t s[] = { sizeof(dm_model), sizeof(dm_vit_block), sizeof(dm_vit_config),
                      sizeof(dm_tensor), sizeof(dm_mat), sizeof(dm_backend_opts),
                      sizeof(dm_vit_request), sizeof(dm_err), sizeof(dm_backend_ops),
-                     sizeof(dm_cuda_host), sizeof(dm_cuda_plugin) };
+                     sizeof(dm_cuda_host), sizeof(dm_cuda_plugin), sizeof(dm_dops),
+                     sizeof(dm_conv_spec) };
     uint64_t h = 1469598103934665603ull;
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
         h = (h ^ s[i]) * 1099511628211ull;

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "cuda_internal.h"
+#include "dm_cuda_plan.h"
 
 typedef __nv_bfloat16 bf16_t;
 
@@ -40,7 +41,14 @@ typedef struct cu {
     size_t cap_img, cap_t, cap_s, cap_ab, cap_patch;
     float *rcos, *rsin;
     int rh, rw;
+    void *dops; /* the device operators' state (dops.cu), made on first use */
+    int fused;  /* attention in one kernel (attention.cu) rather than two products */
 } cu;
+
+int dm_cu_vit_gpu(void *state) { return ((cu *)state)->gpu; }
+cudaStream_t dm_cu_vit_stream(void *state) { return ((cu *)state)->st; }
+dm_cu_gemm *dm_cu_vit_gemm(void *state) { return ((cu *)state)->g; }
+void **dm_cu_vit_dops_slot(void *state) { return &((cu *)state)->dops; }
 
 static size_t esz(const cu *c) { return c->bf16 ? 2 : 4; }
 
@@ -52,6 +60,7 @@ static void cu_destroy(void *state)
     cudaSetDevice(c->gpu);
     if (c->st)
         cudaStreamSynchronize(c->st);
+    dm_cu_dops_free(c->dops);
     void *bufs[] = { c->wpool, c->vpool, c->img, c->x, c->y, c->qkv, c->att, c->hid, c->up,
                      c->s, c->pf, c->rs, c->patches, c->ab, c->qkvb, c->pb, c->rcos, c->rsin };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -65,6 +74,14 @@ static void cu_destroy(void *state)
 }
 
 /* --- weights ------------------------------------------------------------------------------- */
+
+static dm_cu_shape plan_shape(const dm_model *m, int fused)
+{
+    const dm_vit_config *cfg = &m->cfg;
+    dm_cu_shape s = { cfg->embed_dim, cfg->depth, cfg->num_heads, cfg->ffn_hidden, cfg->swiglu,
+                      cfg->n_storage, fused };
+    return s;
+}
 
 typedef struct loader {
     float *host;  /* pinned staging, CHUNK floats */
@@ -127,18 +144,11 @@ static int upload(cu *c, dm_err *err)
     const dm_vit_config *cfg = &m->cfg;
     int L = cfg->depth, rc = 0;
     size_t D = (size_t)cfg->embed_dim, F = (size_t)cfg->ffn_hidden, R = (size_t)cfg->n_storage;
-    /* sizes first: one allocation each for matrices and vectors */
-    size_t mats = ((size_t)D * 768 * esz(c) + 255) & ~(size_t)255;
-    size_t per = ((3 * D * D * esz(c) + 255) & ~(size_t)255) +
-                 ((D * D * esz(c) + 255) & ~(size_t)255) +
-                 ((F * D * esz(c) + 255) & ~(size_t)255) * (cfg->swiglu ? 3 : 2);
-    mats += per * (size_t)L;
-    size_t vn = 0, r64 = 64;
-#define V(n) (vn += ((size_t)(n) + r64 - 1) / r64 * r64)
-    V(D), V(R * D + 1), V(D), V(D), V(D);
-    for (int i = 0; i < L; i++)
-        V(D), V(D), V(D), V(D), V(D), V(D), V(3 * D), V(D), V(F), V(F), V(D);
-#undef V
+    /* sizes first (the memory plan): one allocation each for matrices and vectors */
+    dm_cu_plan plan;
+    dm_cu_shape shape = plan_shape(m, c->fused);
+    dm_cu_plan_make(&shape, 1, 16, 16, c->bf16, &plan);
+    size_t mats = (size_t)plan.w_mats, vn = (size_t)plan.w_vecs / sizeof(float);
     c->wbytes = mats, c->vn = vn;
     CU_TRY(cudaMalloc(&c->wpool, mats), "cudaMalloc (weights)");
     CU_TRY(cudaMalloc(&c->vpool, vn * sizeof(float)), "cudaMalloc (weight vectors)");
@@ -214,6 +224,11 @@ int dm_cu_vit_create(const dm_model *m, const dm_backend_opts *o, int gpu, void 
     if (!c)
         return dm_cu_err(err, DM_ENOMEM, "out of memory");
     c->m = m, c->gpu = gpu, c->bf16 = o->precision == DM_PREC_BF16;
+    /* attention: one fused kernel in bf16 for head dimensions 64 and 128; the two products
+     * around softmax.cu otherwise, or when DINOMAP_CUDA_ATTENTION=gemm (the reference) */
+    const char *att = getenv("DINOMAP_CUDA_ATTENTION");
+    c->fused = c->bf16 && dm_cu_attention_supported(m->cfg.head_dim) &&
+               !(att && !strcmp(att, "gemm"));
     int rc = dm_cu_check(cudaSetDevice(c->gpu), "selecting the GPU", err);
     if (!rc)
         rc = dm_cu_check(cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking),
@@ -226,8 +241,9 @@ int dm_cu_vit_create(const dm_model *m, const dm_backend_opts *o, int gpu, void 
         cu_destroy(c);
         return rc;
     }
-    dm_cu_log(DM_LOG_INFO, "cuda:%d: %s weights on the GPU, %.1f MB", c->gpu,
-              c->bf16 ? "bf16" : "fp32", (double)c->wused / 1e6);
+    dm_cu_log(DM_LOG_INFO, "cuda:%d: %s weights on the GPU, %.1f MB; attention: %s", c->gpu,
+              c->bf16 ? "bf16" : "fp32", (double)c->wused / 1e6,
+              c->fused ? "fused kernel" : "two products around a softmax");
     *state = c;
     return 0;
 }
@@ -247,14 +263,19 @@ static int grow(void **p, size_t *cap, size_t bytes, const char *what, dm_err *e
     return 0;
 }
 
-static int ensure(cu *c, int B, int H, int W, dm_err *err)
+/* The buffers of a batch B of H×W images, sized by the memory plan (dm_cuda_plan.h); each grown
+ * only when the plan asks for more than it has. */
+static int ensure_plan(cu *c, int B, int H, int W, dm_err *err)
 {
     const dm_vit_config *cfg = &c->m->cfg;
-    int h = H / 16, w = W / 16, hw = h * w, N = 1 + cfg->n_storage + hw, nh = cfg->num_heads;
-    size_t T = (size_t)B * N, D = (size_t)cfg->embed_dim, F = (size_t)cfg->ffn_hidden;
-    size_t img = (size_t)B * 3 * H * W * sizeof(float);
-    int rc = grow((void **)&c->img, &c->cap_img, img, "cudaMalloc (images)", err);
-    if (!rc && T > c->cap_t) { /* the token buffers together */
+    int h = H / 16, w = W / 16, hw = h * w, rc;
+    dm_cu_plan p;
+    dm_cu_shape shape = plan_shape(c->m, c->fused);
+    dm_cu_plan_make(&shape, B, H, W, c->bf16, &p);
+    size_t T = (size_t)B * (1 + cfg->n_storage + hw);
+    if ((rc = grow((void **)&c->img, &c->cap_img, p.img, "cudaMalloc (images)", err)))
+        return rc;
+    if (T > c->cap_t) { /* the token buffers together */
         void **bufs[] = { (void **)&c->x, (void **)&c->y, (void **)&c->qkv, (void **)&c->att,
                           (void **)&c->hid, (void **)&c->up, (void **)&c->qkvb };
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -263,27 +284,24 @@ static int ensure(cu *c, int B, int H, int W, dm_err *err)
                 *bufs[i] = NULL;
             }
         c->cap_t = 0;
-        CU_TRY(cudaMalloc(&c->x, T * D * 4), "cudaMalloc (tokens)");
-        CU_TRY(cudaMalloc(&c->y, T * D * 4), "cudaMalloc (tokens)");
-        CU_TRY(cudaMalloc(&c->qkv, T * 3 * D * 4), "cudaMalloc (qkv)");
-        CU_TRY(cudaMalloc(&c->att, T * D * 4), "cudaMalloc (attention output)");
-        CU_TRY(cudaMalloc(&c->hid, T * F * 4), "cudaMalloc (MLP hidden)");
-        if (cfg->swiglu)
-            CU_TRY(cudaMalloc(&c->up, T * F * 4), "cudaMalloc (MLP up)");
-        if (c->bf16)
-            CU_TRY(cudaMalloc(&c->qkvb, T * 3 * D * 2), "cudaMalloc (qkv bf16)");
+        CU_TRY(cudaMalloc(&c->x, p.x), "cudaMalloc (tokens)");
+        CU_TRY(cudaMalloc(&c->y, p.y), "cudaMalloc (tokens)");
+        CU_TRY(cudaMalloc(&c->qkv, p.qkv), "cudaMalloc (qkv)");
+        CU_TRY(cudaMalloc(&c->att, p.att), "cudaMalloc (attention output)");
+        CU_TRY(cudaMalloc(&c->hid, p.hid), "cudaMalloc (MLP hidden)");
+        if (p.up)
+            CU_TRY(cudaMalloc(&c->up, p.up), "cudaMalloc (MLP up)");
+        if (p.qkvb)
+            CU_TRY(cudaMalloc(&c->qkvb, p.qkvb), "cudaMalloc (qkv bf16)");
         c->cap_t = T;
     }
-    size_t nab = T * (F > D ? F : D);
-    if (nab < (size_t)B * hw * 768)
-        nab = (size_t)B * hw * 768;
-    if (!rc && c->bf16)
-        rc = grow((void **)&c->ab, &c->cap_ab, nab * 2, "cudaMalloc (bf16 inputs)", err);
-    if (!rc && !c->bf16)
-        rc = grow((void **)&c->patches, &c->cap_patch, (size_t)B * hw * 768 * 4,
-                  "cudaMalloc (patches)", err);
-    size_t ns = (size_t)nh * N * N;
-    if (!rc && ns > c->cap_s) { /* one image's scores and numerators, all heads */
+    if (p.ab && (rc = grow((void **)&c->ab, &c->cap_ab, p.ab, "cudaMalloc (bf16 inputs)", err)))
+        return rc;
+    if (p.patches &&
+        (rc = grow((void **)&c->patches, &c->cap_patch, p.patches, "cudaMalloc (patches)", err)))
+        return rc;
+    size_t ns = (size_t)p.s / 4;
+    if (ns && ns > c->cap_s) { /* one image's scores and numerators, all heads */
         if (c->s)
             cudaFree(c->s);
         if (c->pf)
@@ -295,16 +313,16 @@ static int ensure(cu *c, int B, int H, int W, dm_err *err)
         c->s = c->pf = c->rs = NULL;
         c->pb = NULL;
         c->cap_s = 0;
-        CU_TRY(cudaMalloc(&c->s, ns * 4), "cudaMalloc (attention scores)");
-        if (c->bf16)
-            CU_TRY(cudaMalloc(&c->pb, ns * 2), "cudaMalloc (attention numerators)");
-        else
-            CU_TRY(cudaMalloc(&c->pf, ns * 4), "cudaMalloc (attention numerators)");
-        CU_TRY(cudaMalloc(&c->rs, (size_t)nh * N * 4), "cudaMalloc (softmax sums)");
+        CU_TRY(cudaMalloc(&c->s, p.s), "cudaMalloc (attention scores)");
+        if (p.pb)
+            CU_TRY(cudaMalloc(&c->pb, p.pb), "cudaMalloc (attention numerators)");
+        if (p.pf)
+            CU_TRY(cudaMalloc(&c->pf, p.pf), "cudaMalloc (attention numerators)");
+        CU_TRY(cudaMalloc(&c->rs, p.rs), "cudaMalloc (softmax sums)");
         c->cap_s = ns;
     }
-    if (!rc && (h != c->rh || w != c->rw)) { /* RoPE tables made on the host, as the CPU's */
-        size_t n = (size_t)hw * cfg->head_dim;
+    if (h != c->rh || w != c->rw) { /* RoPE tables made on the host, as the CPU's */
+        size_t n = (size_t)p.rope / 8;
         float *hc = (float *)malloc(n * 4), *hs = (float *)malloc(n * 4);
         if (!hc || !hs) {
             free(hc), free(hs);
@@ -331,6 +349,29 @@ static int ensure(cu *c, int B, int H, int W, dm_err *err)
     return rc;
 }
 
+static int ensure(cu *c, int B, int H, int W, dm_err *err)
+{
+    int rc = ensure_plan(c, B, H, W, err);
+    if (rc == DM_ENOMEM && err) { /* say what the batch needs */
+        dm_cu_plan p;
+        dm_cu_shape shape = plan_shape(c->m, c->fused);
+        dm_cu_plan_make(&shape, B, H, W, c->bf16, &p);
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        char add[400];
+        int k = snprintf(add, sizeof add, " (a batch of %d at %d×%d px needs %.2f GB: %.2f GB "
+                         "weights + %.2f GB activations; the GPU has %.2f GB): use a smaller "
+                         "--batch", B, W, H, (double)p.total / 1e9, (double)p.weights / 1e9,
+                         (double)p.activations / 1e9, (double)tot / 1e9);
+        size_t l = strlen(err->msg), n = k > 0 ? (size_t)k : 0;
+        if (l + n >= sizeof err->msg)
+            n = sizeof err->msg - 1 - l;
+        memcpy(err->msg + l, add, n);
+        err->msg[l + n] = 0;
+    }
+    return rc;
+}
+
 /* --- the forward pass ---------------------------------------------------------------------- */
 
 /* out[rows, outs] (ldc) = in[rows, K] · W[outs, K]ᵀ; in is the bf16 buffer in bf16 mode */
@@ -347,6 +388,8 @@ static int attention(cu *c, int B, int N, dm_err *err)
     int D = cfg->embed_dim, nh = cfg->num_heads, hd = cfg->head_dim, rc;
     float scale = 1.0f / sqrtf((float)hd);
     int64_t ld = 3 * (int64_t)D, nn = (int64_t)N * N;
+    if (c->fused) /* every image and head in one kernel */
+        return dm_cu_attention(c->qkvb, c->att, c->ab, B, N, nh, hd, scale, c->st, err);
     for (int b = 0; b < B; b++) {
         size_t e = c->bf16 ? 2 : 4;
         const char *q = c->bf16 ? (const char *)(c->qkvb + (size_t)b * N * 3 * D)
@@ -417,6 +460,9 @@ static int cu_forward(void *state, const float *images, int B, int H, int W,
     int D = cfg->embed_dim, rc;
     int64_t T = (int64_t)B * N;
     size_t tokbytes = (size_t)T * D * sizeof(float);
+    /* outputs in host memory, or (on_device: the head beside us) in this GPU's */
+    cudaMemcpyKind out_kind = req && req->on_device ? cudaMemcpyDeviceToDevice
+                                                    : cudaMemcpyDeviceToHost;
     CU_TRY(cudaSetDevice(c->gpu), "selecting the GPU");
     if ((rc = ensure(c, B, H, W, err)))
         return rc;
@@ -436,15 +482,15 @@ static int cu_forward(void *state, const float *images, int B, int H, int W,
             return rc;
         for (int k = 0; req && k < req->n_layers; k++)
             if (req->layers[k] == i && req->layer_out && req->layer_out[k])
-                CU_TRY(cudaMemcpyAsync(req->layer_out[k], c->x, tokbytes, cudaMemcpyDeviceToHost,
-                                       c->st), "copying a block's output from the GPU");
+                CU_TRY(cudaMemcpyAsync(req->layer_out[k], c->x, tokbytes, out_kind, c->st),
+                       "copying a block's output from the GPU");
     }
     if (req && req->prenorm)
-        CU_TRY(cudaMemcpyAsync(req->prenorm, c->x, tokbytes, cudaMemcpyDeviceToHost, c->st),
+        CU_TRY(cudaMemcpyAsync(req->prenorm, c->x, tokbytes, out_kind, c->st),
                "copying tokens from the GPU");
     if (req && req->normed) {
         dm_cu_layernorm(c->x, c->y, NULL, T, D, c->norm_w, c->norm_b, cfg->ln_eps, c->st);
-        CU_TRY(cudaMemcpyAsync(req->normed, c->y, tokbytes, cudaMemcpyDeviceToHost, c->st),
+        CU_TRY(cudaMemcpyAsync(req->normed, c->y, tokbytes, out_kind, c->st),
                "copying tokens from the GPU");
     }
     CU_TRY(cudaGetLastError(), "a kernel launch");

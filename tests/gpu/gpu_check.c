@@ -7,6 +7,15 @@
  *                                  the normed tokens [B, N, D] of IN ([B,3,H,W] or [3,H,W])
  *   bench WEIGHTS SIDE PREC SECONDS B1,B2,...
  *                                  tiles/s and TFLOP/s of random tiles SIDE×SIDE px per batch
+ *   golden CASE_DIR PREC           (a CHMv2 case) the head on the GPU beside its backbone:
+ *                                  logits and heights against the references
+ *   chm-forward MODEL HEAD|- IN.npy OUT.npy PREC
+ *                                  the heights [Ho, Wo] of IN [3,H,W] (HEAD "-": in MODEL)
+ *   chm-bench MODEL HEAD|- SIDE PREC SECONDS
+ *                                  tiles/s of backbone + head (dm_chm_run, tokens on the GPU)
+ *   pipeline WEIGHTS SIDE PREC SECONDS BATCH
+ *                                  tiles/s of the engine's pipeline (tiling/pipeline.c) with a
+ *                                  synthetic reader and writer against the model alone
  * PREC is bf16 or fp32. Exit status 0 when everything asked for passed. */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -40,6 +49,13 @@ int dm_precision_resolve(int requested, int *resolved, char *why, size_t n, dm_e
     *resolved = requested == DM_PREC_BF16 ? DM_PREC_BF16 : DM_PREC_FP32;
     return 0;
 }
+
+/* gpu_chm.c */
+int gpu_chm_golden(const char *dir, const char *precs, int prec);
+int gpu_chm_forward(const char *model, const char *head, const char *inp, const char *outp,
+                    int prec);
+int gpu_chm_bench(const char *model, const char *head, int side, int prec, double secs);
+int gpu_pipeline_bench(const char *weights, int side, int prec, double secs, int B);
 
 static void sink(void *ctx, int level, const char *msg)
 {
@@ -142,7 +158,7 @@ static int golden(const char *dir, const char *precs)
     float *raw[16];
     for (int k = 0; k < nl; k++)
         raw[k] = malloc(sizeof(float) * N * D);
-    dm_vit_request req = { nl, layers, raw, pre, normed };
+    dm_vit_request req = { nl, layers, raw, pre, normed, 0 };
     int rc = dm_backend_forward(be, in.f, 1, H, W, &req, &err);
     double worst = rc ? INFINITY : 0;
     char wname[64] = "forward failed";
@@ -207,7 +223,7 @@ static int forward(const char *weights, const char *inp, const char *outp, const
     double t1 = now();
     int N = dm_model_tokens(m, H, W), D = m->cfg.embed_dim;
     float *normed = malloc(sizeof(float) * B * N * D);
-    dm_vit_request req = { 0, NULL, NULL, NULL, normed };
+    dm_vit_request req = { 0, NULL, NULL, NULL, normed, 0 };
     int rc = dm_backend_forward(be, in.f, B, H, W, &req, &err);
     double t2 = now();
     if (!rc) {
@@ -256,7 +272,7 @@ static int bench(const char *weights, int side, const char *precs, double secs, 
         float *img = malloc(px * sizeof(float)), *out = malloc((size_t)B * N * D * sizeof(float));
         for (size_t i = 0; i < px; i++)
             img[i] = (float)((i * 2654435761u) >> 20 & 1023) / 512.0f - 1.0f;
-        dm_vit_request req = { 0, NULL, NULL, NULL, out };
+        dm_vit_request req = { 0, NULL, NULL, NULL, out, 0 };
         dm_err err = { 0 };
         rc = dm_backend_forward(be, img, B, side, side, &req, &err); /* warm-up */
         int iters = 0;
@@ -284,14 +300,35 @@ int main(int argc, char **argv)
 {
     dm_log_set_sink(sink, NULL);
     dm_log_set_level(DM_LOG_INFO);
-    if (argc == 4 && !strcmp(argv[1], "golden"))
+    if (argc == 4 && !strcmp(argv[1], "golden")) {
+        char p[1200];
+        snprintf(p, sizeof p, "%s/case.json", argv[2]);
+        FILE *f = fopen(p, "rb");
+        char buf[4096] = "";
+        size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+        if (f)
+            fclose(f);
+        buf[n] = 0;
+        if (strstr(buf, "\"chmv2\""))
+            return gpu_chm_golden(argv[2], argv[3], prec_of(argv[3]));
         return golden(argv[2], argv[3]);
+    }
+    if (argc == 7 && !strcmp(argv[1], "chm-forward"))
+        return gpu_chm_forward(argv[2], argv[3], argv[4], argv[5], prec_of(argv[6]));
+    if (argc == 7 && !strcmp(argv[1], "chm-bench"))
+        return gpu_chm_bench(argv[2], argv[3], atoi(argv[4]), prec_of(argv[5]), atof(argv[6]));
+    if (argc == 7 && !strcmp(argv[1], "pipeline"))
+        return gpu_pipeline_bench(argv[2], atoi(argv[3]), prec_of(argv[4]), atof(argv[5]),
+                                  atoi(argv[6]));
     if (argc == 6 && !strcmp(argv[1], "forward"))
         return forward(argv[2], argv[3], argv[4], argv[5]);
     if (argc == 7 && !strcmp(argv[1], "bench"))
         return bench(argv[2], atoi(argv[3]), argv[4], atof(argv[5]), argv[6]);
     fprintf(stderr, "usage: gpu_check golden CASE_DIR bf16|fp32\n"
                     "       gpu_check forward WEIGHTS IN.npy OUT.npy bf16|fp32\n"
-                    "       gpu_check bench WEIGHTS SIDE bf16|fp32 SECONDS B1,B2,...\n");
+                    "       gpu_check bench WEIGHTS SIDE bf16|fp32 SECONDS B1,B2,...\n"
+                    "       gpu_check chm-forward MODEL HEAD|- IN.npy OUT.npy bf16|fp32\n"
+                    "       gpu_check chm-bench MODEL HEAD|- SIDE bf16|fp32 SECONDS\n"
+                    "       gpu_check pipeline WEIGHTS SIDE bf16|fp32 SECONDS BATCH\n");
     return 2;
 }

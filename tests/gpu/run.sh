@@ -4,10 +4,15 @@
 # GDAL or OpenBLAS needed). Under 8 minutes. Full logs go to OUTDIR (default $OUT, else
 # ./gpu-out); a short table is printed last (also OUTDIR/summary.tsv).
 #   1. builds the CUDA plugin and the driver (tests/gpu/build.sh);
-#   2. parity: every backbone golden case on the GPU, bf16 (<= 2e-2) and fp32 (<= 1e-4);
-#      a full-size random ViT-L/16 at 512 px against PyTorch + transformers (torch_check.py);
+#   2. parity: every golden case on the GPU, bf16 (<= 2e-2) and fp32 (<= 1e-4): the backbone
+#      cases' every output (bf16 with the fused attention kernel and again with the two-product
+#      reference, DINOMAP_CUDA_ATTENTION=gemm), the CHMv2 cases' logits and heights with the head
+#      on the GPU; a full-size random ViT-L/16 at 512 px against PyTorch + transformers, fused
+#      and two-product attention against each other; a full-size random CHMv2 against
+#      transformers' CHMv2ForDepthEstimation when that transformers has it (else a TODO row);
 #   3. benchmarks: dinomap ViT-L/16 at batches 1, 8, 32 against PyTorch bf16 (SDPA, compiled
-#      when it builds in time), ViT-7B/16 tiles/s and peak GPU memory.
+#      when it builds in time), CHMv2 backbone + head tiles/s, the engine's pipeline with a
+#      synthetic reader and writer against the model alone, ViT-7B/16 tiles/s and peak memory.
 # SKIP_7B=1 leaves the 7B benchmark out. BUDGET=seconds (default 450) for the whole check.
 set -u
 cd "$(dirname "$0")/../.." || exit 2
@@ -45,17 +50,19 @@ if [ -x "$B/gpu_check" ] && [ -f "$B/libdinomap_cuda.so" ]; then
     echo "== golden cases on the GPU"
     for dir in tests/data/golden/*/; do
         case=$(basename "$dir")
-        if ! grep -q '"kind": *"backbone"' "$dir/case.json" 2>/dev/null; then
-            row "golden $case" "CHMv2 head: not on the GPU yet" "" "TODO"
-            continue
-        fi
-        for prec in bf16 fp32; do
-            line=$(timeout 120 "$B/gpu_check" golden "$PWD/${dir%/}" "$prec" 2>>"$OUTDIR/golden.log" | tee -a "$OUTDIR/golden.log" | grep '^golden' | tail -1)
+        # CHMv2 cases: backbone and head on the GPU (gpu_check reads the kind from case.json)
+        variants="bf16 fp32"
+        grep -q '"kind": *"backbone"' "$dir/case.json" 2>/dev/null && variants="bf16 bf16-gemm fp32"
+        for v in $variants; do
+            prec=${v%-gemm}
+            att=$([ "$v" = bf16-gemm ] && echo gemm || echo "")
+            label="golden $case $prec${att:+ (two-product attention)}"
+            line=$(DINOMAP_CUDA_ATTENTION=$att timeout 120 "$B/gpu_check" golden "$PWD/${dir%/}" "$prec" 2>>"$OUTDIR/golden.log" | tee -a "$OUTDIR/golden.log" | grep '^golden' | tail -1)
             [ -n "$line" ] || line="golden $case $prec worst=? (crashed or timed out) FAIL"
-            echo "$line"
-            worst=$(echo "$line" | sed -n 's/.*worst=\([^ ]*\) (\([^)]*\)).*/\1 (\2)/p')
+            echo "$line${att:+ [two-product attention]}"
+            worst=$(echo "$line" | sed -n 's/.*worst=\([^ ]*\) (\([^;)]*\).*/\1 (\2)/p')
             tol=$([ "$prec" = bf16 ] && echo "<= 2e-2" || echo "<= 1e-4")
-            row "golden $case $prec" "${worst:-?}" "$tol" "$(echo "$line" | awk '{print $NF}')"
+            row "$label" "${worst:-?}" "$tol" "$(echo "$line" | awk '{print $NF}')"
         done
     done
     echo "== PyTorch parity and benchmarks"

@@ -108,13 +108,15 @@ def load_pretrained(path, dtype, attn):
     return m.cuda().eval()
 
 
-def run(ctx, cmd, timeout, logname):
-    """A command with its output in a log; (returncode, output). Never raises."""
+def run(ctx, cmd, timeout, logname, env=None):
+    """A command with its output in a log; (returncode, output). Never raises. env: variables
+    added to this process's environment."""
     t = max(1, min(timeout, ctx.left() - 5))
-    log("$ " + " ".join(cmd) + f"   (timeout {t:.0f} s)")
+    log("$ " + " ".join(f"{k}={v}" for k, v in (env or {}).items()) + " ".join(cmd) +
+        f"   (timeout {t:.0f} s)")
     try:
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=t)
+                           timeout=t, env={**os.environ, **(env or {})})
         out, rc = p.stdout, p.returncode
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -180,27 +182,163 @@ def parity(ctx, path):
         ref = m(pixel_values=x.cuda()).last_hidden_state.float().cpu().numpy()
     del m
     torch.cuda.empty_cache()
-    for prec, tol in (("bf16", 2e-2), ("fp32", 1e-4)):
+    # bf16 with the fused attention kernel (the default), bf16 with the two-product reference
+    # attention, fp32 (always the two products)
+    outs = {}
+    for prec, tol, att in (("bf16", 2e-2, None), ("bf16", 2e-2, "gemm"), ("fp32", 1e-4, None)):
+        name = f"parity ViT-L/16 512px {prec}{' (two-product attention)' if att else ''}"
         if ctx.left() < 60:
-            ctx.row(f"parity ViT-L/16 512px {prec} vs PyTorch fp32", "skipped (time)", f"<= {tol}")
+            ctx.row(f"{name} vs PyTorch fp32", "skipped (time)", f"<= {tol}")
             continue
-        outp = os.path.join(ctx.work, f"vitl_out_{prec}.npy")
+        outp = os.path.join(ctx.work, f"vitl_out_{prec}{att or ''}.npy")
         rc, _ = run(ctx, [ctx.bin, "forward", path, os.path.join(ctx.work, "vitl_input.npy"),
-                          outp, prec], 180, "parity.log")
+                          outp, prec], 180, "parity.log",
+                    {"DINOMAP_CUDA_ATTENTION": att} if att else None)
         if rc != 0 or not os.path.exists(outp):
-            ctx.row(f"parity ViT-L/16 512px {prec} vs PyTorch fp32", f"dinomap failed ({rc})",
-                    f"<= {tol}", "FAIL")
+            ctx.row(f"{name} vs PyTorch fp32", f"dinomap failed ({rc})", f"<= {tol}", "FAIL")
             continue
         ours = np.load(outp)
         if ours.shape != ref.shape:
-            ctx.row(f"parity ViT-L/16 512px {prec} vs PyTorch fp32",
-                    f"shape {ours.shape} vs {ref.shape}", f"<= {tol}", "FAIL")
+            ctx.row(f"{name} vs PyTorch fp32", f"shape {ours.shape} vs {ref.shape}", f"<= {tol}",
+                    "FAIL")
             continue
+        outs[(prec, att)] = ours
         r = rel(ours, ref)
         detail = (f"all {r:.3g}; cls {rel(ours[:, :1], ref[:, :1]):.3g}; "
                   f"patches {rel(ours[:, 5:], ref[:, 5:]):.3g}")
-        ctx.row(f"parity ViT-L/16 512px {prec} vs PyTorch fp32", detail, f"<= {tol}",
-                "PASS" if r <= tol else "FAIL")
+        ctx.row(f"{name} vs PyTorch fp32", detail, f"<= {tol}", "PASS" if r <= tol else "FAIL")
+    if ("bf16", None) in outs and ("bf16", "gemm") in outs:
+        r = rel(outs[("bf16", None)], outs[("bf16", "gemm")])
+        ctx.row("fused attention vs two-product attention (bf16 tokens)", f"{r:.3g}", "<= 2e-2",
+                "PASS" if r <= 2e-2 else "FAIL")
+
+
+def chmv2_head_state(D, seed, C=(256, 512, 1024, 1024), F=256, H2=32, bins=256):
+    """A random CHMv2 DPT head for a backbone of width D, as Meta ships it (flat names)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def w(*shape):
+        return torch.randn(shape, generator=g) / int(np.prod(shape[1:])) ** 0.5
+
+    def b(n):
+        return 0.02 * torch.randn(n, generator=g)
+    sd = {}
+    for k in range(4):
+        sd[f"reassemble_blocks.readout_projects.{k}.0.weight"] = w(D, 2 * D)
+        sd[f"reassemble_blocks.readout_projects.{k}.0.bias"] = b(D)
+        sd[f"reassemble_blocks.projects.{k}.conv.weight"] = w(C[k], D, 1, 1)
+        sd[f"reassemble_blocks.projects.{k}.conv.bias"] = b(C[k])
+        sd[f"convs.{k}.conv.weight"] = w(F, C[k], 3, 3)
+    for k, ks in ((0, 4), (1, 2), (3, 3)):
+        sd[f"reassemble_blocks.resize_layers.{k}.weight"] = w(C[k], C[k], ks, ks)
+        sd[f"reassemble_blocks.resize_layers.{k}.bias"] = b(C[k])
+    for j in range(4):
+        sd[f"fusion_blocks.{j}.project.conv.weight"] = w(F, F, 1, 1)
+        sd[f"fusion_blocks.{j}.project.conv.bias"] = b(F)
+        for u in ((1, 2) if j > 0 else (2,)):
+            for c in (1, 2):
+                sd[f"fusion_blocks.{j}.res_conv_unit{u}.conv{c}.conv.weight"] = w(F, F, 3, 3)
+                sd[f"fusion_blocks.{j}.res_conv_unit{u}.conv{c}.conv.bias"] = b(F)
+    sd["conv_depth.head.0.weight"], sd["conv_depth.head.0.bias"] = w(F // 2, F, 3, 3), b(F // 2)
+    sd["conv_depth.head.2.weight"], sd["conv_depth.head.2.bias"] = w(H2, F // 2, 3, 3), b(H2)
+    sd["conv_depth.head.4.weight"], sd["conv_depth.head.4.bias"] = w(bins, H2, 1, 1), b(bins)
+    return sd
+
+
+def chmv2_bench(ctx, vitl):
+    """CHMv2 at 512 px: the random ViT-L/16 + a random full-size head, backbone + head per tile
+    (dm_chm_run: the taps stay on the GPU)."""
+    name, target = "CHMv2 (ViT-L/16 + DPT head) 512px, backbone+head", ">= 250 tiles/s"
+    if ctx.left() < 60:
+        ctx.row(name, "skipped (time)", target)
+        return
+    head = os.path.join(ctx.work, "chmv2_head.pth")
+    torch.save(chmv2_head_state(1024, 5), head)
+    rc, out = run(ctx, [ctx.bin, "chm-bench", vitl, head, "512", "bf16", "3"], 120, "bench.log")
+    m = re.search(r"chm-bench side=512 tiles/s=([\d.]+)", out)
+    if m:
+        v = float(m.group(1))
+        ctx.row(name, f"{v:.1f} tiles/s", target, "PASS" if v >= 250 else "BELOW")
+    else:
+        ctx.row(name, f"no result (exit {rc}; see bench.log)", target, "FAIL")
+
+
+def pipeline_bench(ctx, vitl):
+    """The engine's reader -> model -> writer pipeline with a synthetic reader and writer,
+    batch 8, against the model alone."""
+    name, target = "engine pipeline ViT-L/16 512px batch 8 (synthetic I/O)", ">= 0.9x model-only"
+    if ctx.left() < 40:
+        ctx.row(name, "skipped (time)", target)
+        return
+    rc, out = run(ctx, [ctx.bin, "pipeline", vitl, "512", "bf16", "3", "8"], 90, "bench.log")
+    m = re.search(r"model_only tiles/s=([\d.]+) pipeline tiles/s=([\d.]+) ratio=([\d.]+)", out)
+    if m:
+        r = float(m.group(3))
+        ctx.row(name, f"{m.group(2)} tiles/s vs model-only {m.group(1)} (ratio {r:.2f})", target,
+                "PASS" if r >= 0.9 else "BELOW")
+    else:
+        ctx.row(name, f"no result (exit {rc}; see bench.log)", target, "FAIL")
+
+
+def chmv2_parity(ctx):
+    """A full-size random CHMv2 at 512 px against transformers' CHMv2ForDepthEstimation (model
+    type "chmv2", the class the golden chmv2_tiny_hf config names), when this transformers has
+    it; its config is the golden tiny one grown to ViT-L/16 widths. TODO rows, not failures, when
+    the class is missing or its output is not comparable (the head's output of this class has not
+    been checked against dinomap's heights yet)."""
+    name = "parity CHMv2 512px vs transformers CHMv2ForDepthEstimation"
+    try:
+        from transformers import CHMv2Config, CHMv2ForDepthEstimation
+    except Exception as e:
+        ctx.row(name, f"TODO: transformers has no CHMv2 ({type(e).__name__})", "<= 2e-2", "TODO")
+        return
+    if ctx.left() < 120:
+        ctx.row(name, "skipped (time)", "<= 2e-2")
+        return
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "..", "data", "golden", "chmv2_tiny_hf", "config.json")) as f:
+            d = json.load(f)
+        d.pop("architectures", None)
+        bc = d["backbone_config"]
+        bc.update(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                  num_attention_heads=16, out_indices=[6, 12, 18, 24], image_size=512)
+        d.update(post_process_channels=[256, 512, 1024, 1024], fusion_hidden_size=256,
+                 head_hidden_size=128)
+        cfg = CHMv2Config(**d)
+        m = CHMv2ForDepthEstimation(cfg)
+        randomize(m, 9)
+        m.eval()
+        path = os.path.join(ctx.work, "chmv2_hf")
+        m.save_pretrained(path)
+        m = m.float().cuda()
+        g = torch.Generator(device="cpu").manual_seed(11)
+        x = torch.randn(1, 3, 512, 512, generator=g)
+        np.save(os.path.join(ctx.work, "chm_input.npy"), x[0].numpy())
+        with torch.no_grad():
+            ref = m(pixel_values=x.cuda()).predicted_depth.float().cpu().numpy().squeeze()
+        del m
+        torch.cuda.empty_cache()
+    except Exception as e:
+        log(f"CHMv2 with transformers: {type(e).__name__}: {e}")
+        ctx.row(name, f"TODO: could not build the model ({type(e).__name__}; see torch_check.log)",
+                "<= 2e-2", "TODO")
+        return
+    for prec, tol in (("bf16", 2e-2), ("fp32", 1e-4)):
+        outp = os.path.join(ctx.work, f"chm_out_{prec}.npy")
+        rc, _ = run(ctx, [ctx.bin, "chm-forward", path, "-", os.path.join(ctx.work,
+                          "chm_input.npy"), outp, prec], 120, "parity.log")
+        if rc != 0 or not os.path.exists(outp):
+            ctx.row(f"{name} {prec}", f"dinomap failed ({rc})", f"<= {tol}", "FAIL")
+            continue
+        ours = np.load(outp)
+        if ours.shape != ref.shape:
+            ctx.row(f"{name} {prec}", f"TODO: predicted_depth {ref.shape} vs heights "
+                    f"{ours.shape}", f"<= {tol}", "TODO")
+            continue
+        r = rel(ours, ref)
+        ctx.row(f"{name} {prec}", f"heights {r:.3g}", f"<= {tol}", "PASS" if r <= tol else "FAIL")
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def parse_bench(out):
@@ -301,6 +439,8 @@ def main():
         else:
             val, verdict = "no result (see bench.log)", "FAIL"
         ctx.row(f"ViT-L/16 512px batch {b}", val, ">= 1.2x PyTorch bf16; >= 600 tiles/s", verdict)
+    chmv2_bench(ctx, vitl)
+    pipeline_bench(ctx, vitl)
     shutil.rmtree(vitl, ignore_errors=True)
     # ViT-7B: random bf16 weights, full width, 40 blocks
     if args.skip_7b or ctx.left() < 200:
@@ -327,10 +467,7 @@ def main():
             ctx.row("ViT-7B/16 512px batch 8", f"no result (exit {rc}; see bench.log)",
                     ">= 45 tiles/s in <= 20 GB", "FAIL")
         shutil.rmtree(v7, ignore_errors=True)
-    ctx.row("CHMv2 head on the GPU", "not implemented yet (runs on the CPU)", ">= 250 tiles/s",
-            "TODO")
-    ctx.row("engine pipeline (pinned buffers, streams)", "not implemented yet",
-            ">= 0.9x model-only", "TODO")
+    chmv2_parity(ctx)
     log(f"flops per ViT-L/16 512px tile: {fl / 1e12:.3f} TFLOP")
 
 
