@@ -1,0 +1,63 @@
+/* tests/fuzz/fuzz_tileindex.c — libFuzzer target: a stranger's tiles.gpkg (a GeoPackage, i.e. an
+ * SQLite file, read through GDAL/OGR) as `dinomap status` reads it (dm_run_status: the index
+ * opened read-only, its config, chunks, counts, runs), as a resumed run reads its bookkeeping
+ * (input fingerprints, chunk runs, done chunks, the PCA sample), and as `dinomap search` reads its
+ * embeddings (dm_search_open: the search file built beside it). The run folder is emptied before
+ * each input so nothing of the previous one (journals, search files) is read. */
+#include "fuzz.h"
+#include "../../gis/gis.h"
+#include "../../tiling/tiling.h"
+
+#include <cpl_error.h>
+
+int dm_fuzz_tileindex(const uint8_t *data, size_t size)
+{
+    dm_fuzz_quiet();
+    CPLSetErrorHandler(CPLQuietErrorHandler);
+    char dir[1024], path[1100];
+    snprintf(dir, sizeof dir, "%s/run", dm_fuzz_dir());
+    dm_remove_tree(dir, NULL);
+    dm_fuzz_write("run/tiles.gpkg", data, size, path, sizeof path);
+    dm_err err = { 0 };
+    char *json = NULL;
+    int rc = dm_run_status(dir, &json, &err);
+    free(json);
+
+    dm_tileindex *ti = NULL;
+    if (dm_tileindex_open(path, NULL, 0, &ti, &err) == 0) {
+        dm_input_fp *fp = NULL;
+        int n = 0;
+        if (dm_tileindex_inputs(ti, &fp, &n, &err) == 0)
+            dm_input_fp_free(fp, n);
+        int64_t *runs = NULL;
+        if (dm_tileindex_chunk_runs(ti, &runs, &n, &err) == 0)
+            free(runs);
+        int *done = NULL;
+        if (dm_tileindex_done_chunks(ti, &done, &n, &err) == 0)
+            free(done);
+        int nr = 0;
+        char started[64], status[256];
+        dm_tileindex_last_run(ti, &nr, started, sizeof started, status, sizeof status, &err);
+        int sdim = dm_tileindex_dim(ti);
+        if (sdim > 0 && sdim <= 4096) {
+            float *v = malloc(sizeof *v * 8 * (size_t)sdim);
+            if (v)
+                dm_tileindex_samples(ti, 8, sdim, v, &n, &err);
+            free(v);
+        }
+        dm_tileindex_close(ti, NULL);
+    }
+
+    dm_sindex *s = NULL;
+    if (dm_search_open(path, DM_EMB_MEAN, &s, &err) == 0)
+        dm_sindex_close(s);
+    return rc;
+}
+
+#ifndef DM_FUZZ_NO_ENTRY
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    dm_fuzz_tileindex(data, size);
+    return 0;
+}
+#endif
