@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int parse_shape(const char *h, dm_npy *a)
@@ -23,12 +24,12 @@ static int parse_shape(const char *h, dm_npy *a)
             break;
         char *end;
         long long v = strtoll(p, &end, 10);
-        if (end == p || v < 0 || a->ndim == 8 || v > (1LL << 40))
+        /* checked before the product: 2^40 * 2^40 would overflow int64 */
+        if (end == p || v < 0 || a->ndim == 8 || v > (1LL << 40) ||
+            (v && a->numel > (1LL << 40) / v))
             return -1;
         a->shape[a->ndim++] = v;
         a->numel *= v;
-        if (a->numel > (1LL << 40))
-            return -1;
         p = end;
         while (*p == 'L')
             p++;
@@ -71,7 +72,8 @@ int dm_npy_read(const char *path, dm_npy *a, dm_err *err)
     const char *d = strstr(hdr, "'descr'");
     const char *q = d ? strchr(d + 7, '\'') : NULL;
     if (!q || parse_shape(hdr, a)) {
-        rc = dm_err_set(err, DM_EFORMAT, "%s: bad .npy header", path);
+        rc = dm_err_set(err, DM_EFORMAT, "%s: bad .npy header (no 'descr', or a 'shape' that is "
+                        "missing, negative or over 2^40 values)", path);
         goto out;
     }
     q++;
@@ -86,6 +88,16 @@ int dm_npy_read(const char *path, dm_npy *a, dm_err *err)
         goto out;
     }
     size_t n = (size_t)a->numel;
+    /* the header is a stranger's word: the data must be there before it sizes an allocation */
+    struct stat st;
+    long pos = ftell(f);
+    long long avail = pos >= 0 && fstat(fileno(f), &st) == 0 ? (long long)st.st_size - pos : -1;
+    if (avail < 0 || (uint64_t)avail < (uint64_t)n * isz) {
+        rc = dm_err_set(err, DM_EFORMAT, "%s: truncated: its header says %zu values (%llu bytes) "
+                        "but %lld bytes follow it", path, n, (unsigned long long)n * isz,
+                        avail < 0 ? 0 : avail);
+        goto out;
+    }
     void *buf = malloc(n * isz + 1);
     if (!buf) {
         rc = dm_err_oom(err);
