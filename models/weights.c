@@ -312,6 +312,10 @@ static char *read_text(const char *path, size_t max)
     FILE *f = fopen(path, "rb");
     if (!f)
         return NULL;
+    /* a buffer the size of the file (up to max), not of max: an index is a few KB */
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size < max)
+        max = (size_t)st.st_size;
     char *buf = malloc(max + 1);
     size_t n = buf ? fread(buf, 1, max, f) : 0;
     fclose(f);
