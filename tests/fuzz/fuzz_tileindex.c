@@ -3,28 +3,24 @@
  * opened read-only, its config, chunks, counts, runs), as a resumed run reads its bookkeeping
  * (input fingerprints, chunk runs, done chunks, the PCA sample), and as `dinomap search` reads its
  * embeddings (dm_search_open: the search file built beside it). The run folder is emptied before
- * each input so nothing of the previous one (journals, search files) is read. */
+ * each input so nothing of the previous one (journals, search files) is read.
+ * dm_run_status lives in tiling/ (finalize.c, with the engine): with DM_FUZZ_NO_STATUS only the
+ * gis/ reads are compiled (tests/test_fuzz_regress.c, whose binary cannot link the engine, runs
+ * `dinomap status` for that part). */
 #include "fuzz.h"
 #include "../../gis/gis.h"
-#include "../../tiling/tiling.h"
 
 #include <cpl_error.h>
 
-int dm_fuzz_tileindex(const uint8_t *data, size_t size)
+/* The reads of a resumed run and of `dinomap search`: 0 when the index opened. */
+int dm_fuzz_tileindex_reads(const char *path)
 {
     dm_fuzz_quiet();
     CPLSetErrorHandler(CPLQuietErrorHandler);
-    char dir[1024], path[1100];
-    snprintf(dir, sizeof dir, "%s/run", dm_fuzz_dir());
-    dm_remove_tree(dir, NULL);
-    dm_fuzz_write("run/tiles.gpkg", data, size, path, sizeof path);
     dm_err err = { 0 };
-    char *json = NULL;
-    int rc = dm_run_status(dir, &json, &err);
-    free(json);
-
     dm_tileindex *ti = NULL;
-    if (dm_tileindex_open(path, NULL, 0, &ti, &err) == 0) {
+    int rc = dm_tileindex_open(path, NULL, 0, &ti, &err);
+    if (!rc) {
         dm_input_fp *fp = NULL;
         int n = 0;
         if (dm_tileindex_inputs(ti, &fp, &n, &err) == 0)
@@ -47,12 +43,30 @@ int dm_fuzz_tileindex(const uint8_t *data, size_t size)
         }
         dm_tileindex_close(ti, NULL);
     }
-
     dm_sindex *s = NULL;
     if (dm_search_open(path, DM_EMB_MEAN, &s, &err) == 0)
         dm_sindex_close(s);
     return rc;
 }
+
+#ifndef DM_FUZZ_NO_STATUS
+#include "../../tiling/tiling.h"
+
+int dm_fuzz_tileindex(const uint8_t *data, size_t size)
+{
+    dm_fuzz_quiet();
+    char dir[1024], path[1100];
+    snprintf(dir, sizeof dir, "%s/run", dm_fuzz_dir());
+    dm_remove_tree(dir, NULL);
+    dm_fuzz_write("run/tiles.gpkg", data, size, path, sizeof path);
+    dm_err err = { 0 };
+    char *json = NULL;
+    int rc = dm_run_status(dir, &json, &err);
+    free(json);
+    dm_fuzz_tileindex_reads(path);
+    return rc;
+}
+#endif
 
 #ifndef DM_FUZZ_NO_ENTRY
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
