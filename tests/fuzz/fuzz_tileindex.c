@@ -12,7 +12,8 @@
 
 #include <cpl_error.h>
 
-/* The reads of a resumed run and of `dinomap search`: 0 when the index opened. */
+/* The reads of a resumed run and of `dinomap search`: 0 when the index opened and its search
+ * file was built, else the first error. */
 int dm_fuzz_tileindex_reads(const char *path)
 {
     dm_fuzz_quiet();
@@ -44,9 +45,9 @@ int dm_fuzz_tileindex_reads(const char *path)
         dm_tileindex_close(ti, NULL);
     }
     dm_sindex *s = NULL;
-    if (dm_search_open(path, DM_EMB_MEAN, &s, &err) == 0)
-        dm_sindex_close(s);
-    return rc;
+    int src = dm_search_open(path, DM_EMB_MEAN, &s, &err);
+    dm_sindex_close(s);
+    return rc ? rc : src;
 }
 
 #ifndef DM_FUZZ_NO_STATUS
