@@ -22,11 +22,14 @@ for t in "$@"; do
     [ "$t" = ini ] && set -- "$@" -close_fd_mask=2
     echo "== fuzz $t: $S s (log $log)"
     before=$(ls "$art" | wc -l)
-    ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    # the target's files (tests/fuzz/fuzz.h): removed here too, as a crash skips its own cleanup
+    tmp=$(mktemp -d "${TMPDIR:-$( [ -w /dev/shm ] && echo /dev/shm || echo /tmp)}/dm-fuzz-run.XXXXXX")
+    TMPDIR=$tmp ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
         "$B/fuzz_$t" -max_total_time="$S" -timeout="$TO" -rss_limit_mb="$RSS" -detect_leaks=1 \
         -print_final_stats=1 -artifact_prefix="$art/" "$@" "$corpus" "tests/fuzz/seeds/$t" \
         >"$log" 2>&1
     rc=$?
+    rm -rf "$tmp"
     last=$(grep -E '^#[0-9]+' "$log" | grep 'cov:' | tail -1)
     cov=$(echo "$last" | sed -n 's/.* cov: \([0-9]*\).*/\1/p')
     ft=$(echo "$last" | sed -n 's/.* ft: \([0-9]*\).*/\1/p')
