@@ -43,7 +43,8 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps deps-if-missing check-deps test test-plain test-asan bench bench-search clean demo
+.PHONY: all deps deps-if-missing check-deps test test-plain test-asan bench bench-search clean demo \
+        fuzz fuzz-build fuzz-check
 
 # check-deps runs first (it may install packages); the build then runs in a sub-make so that the
 # pkg-config flags are read after the install.
@@ -185,5 +186,45 @@ demo: all
 	@ls -l out/demo
 	@echo "demo: open out/demo/features_pca.tif and out/demo/tiles.gpkg in QGIS"
 
+# --- fuzzing -----------------------------------------------------------------------------------
+# libFuzzer targets (tests/fuzz/fuzz_*.c) for the loaders of files a stranger may hand us. Built
+# with clang into $(FUZZ_BUILD) (the library and the command line's objects compiled with
+# -fsanitize=fuzzer-no-link,address,undefined); `make fuzz` runs each for FUZZ_SECONDS, one at a
+# time, on tests/fuzz/seeds/<target>/ and prints execs/s, coverage and crashes
+# (tests/fuzz/run.sh). FUZZ_TARGETS picks some. Only these targets need clang.
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?= pth pickle safetensors safetensors_index seghead ini npy tileindex
+FUZZ_DEB_PKGS := clang libclang-rt-dev
+FUZZ_SAN     := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
+# the command line's objects (the INI parser), without main()
+FUZZ_CLI_OBJ = $(filter-out $(BUILD)/src/main.o,$(CLI_OBJ))
+
+.PRECIOUS: $(BUILD)/tests/fuzz/%.o
+$(BUILD)/fuzz_%: $(BUILD)/tests/fuzz/fuzz_%.o $(FUZZ_CLI_OBJ) $(BUILD)/libdinomap.a
+	$(CC) -fsanitize=fuzzer -o $@ $^ $(LDLIBS_ALL)
+
+fuzz-check:
+	@rt="libclang_rt.fuzzer-$$(uname -m).a"; \
+	if ! command -v $(FUZZ_CC) >/dev/null || ! [ -f "$$($(FUZZ_CC) -print-file-name=$$rt)" ]; then \
+	  echo "fuzz: needs $(FUZZ_CC) and libFuzzer's runtime ($$rt)"; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "fuzz: installing Debian packages: $(FUZZ_DEB_PKGS)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(FUZZ_DEB_PKGS) || exit 1; \
+	  else \
+	    echo "fuzz: install them with:"; \
+	    echo "  sudo apt-get install -y $(FUZZ_DEB_PKGS)"; exit 1; \
+	  fi; \
+	fi
+
+fuzz-build: check-deps fuzz-check
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) OPT="-O1 -fno-omit-frame-pointer" \
+	  SIMD= SAN="$(FUZZ_SAN)" CFLAGS="-Wno-unknown-warning-option -Wno-pass-failed" \
+	  $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
+
+fuzz: fuzz-build
+	@sh tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 clean:
-	rm -rf build build-asan dinomap build-test.log build-asan-test.log
+	rm -rf build build-asan build-fuzz dinomap build-test.log build-asan-test.log

@@ -22,7 +22,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
-/* Little-endian float32 blob into v [dim]; 0 when its length is not dim floats. */
+/* Little-endian float32 blob into v [dim]; 0 when its length is not dim floats or a value is not
+ * finite (a damaged or forged index: the search file's int8 copy cannot hold NaN or Inf). */
 static int blob_to(const GByte *b, int n, int dim, float *v)
 {
     if (!b || n != 4 * dim)
@@ -31,6 +32,8 @@ static int blob_to(const GByte *b, int n, int dim, float *v)
         uint32_t u = (uint32_t)b[4 * i] | (uint32_t)b[4 * i + 1] << 8 |
                      (uint32_t)b[4 * i + 2] << 16 | (uint32_t)b[4 * i + 3] << 24;
         memcpy(&v[i], &u, 4);
+        if (!isfinite(v[i]))
+            return 0;
     }
     return 1;
 }
@@ -125,8 +128,8 @@ static int stream(GDALDatasetH ds, const char *path, int emb, int dim, int64_t n
         int nb = 0;
         const GByte *b = OGR_F_GetFieldAsBinary(f, fi[7], &nb);
         if (!blob_to(b, nb, dim, v))
-            rc = dm_err_set(err, DM_EFORMAT, "%s: tile %lld: its %s embedding is not %d float32 "
-                            "values", path, (long long)id, dm_emb_name(emb), dim);
+            rc = dm_err_set(err, DM_EFORMAT, "%s: tile %lld: its %s embedding is not %d finite "
+                            "float32 values", path, (long long)id, dm_emb_name(emb), dim);
         else if (++k > n)
             rc = 1;
         else

@@ -106,8 +106,11 @@ static float quantize(const float *v, int dim, int8_t *q8, uint64_t *bits, int w
     for (int j = 0; j < dim; j++)
         m = fabsf(v[j]) > m ? fabsf(v[j]) : m;
     float scale = m > 0 ? m / 127.0f : 0.0f, inv = m > 0 ? 127.0f / m : 0.0f;
+    /* a subnormal m makes inv infinite, and 0 · inf is NaN (whose conversion to int8 is
+     * undefined): divide by m then, |v[j] / m| <= 1 */
+    int tiny = !isfinite(inv);
     for (int j = 0; j < dim; j++) {
-        float x = rintf(v[j] * inv);
+        float x = rintf(tiny ? v[j] / m * 127.0f : v[j] * inv);
         q8[j] = (int8_t)(x > 127 ? 127 : x < -127 ? -127 : x);
     }
     memset(bits, 0, (size_t)words * 8);

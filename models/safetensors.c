@@ -73,7 +73,7 @@ static int read_tensor(const cJSON *e, const unsigned char *data, uint64_t data_
                     "tensor %s has %d dimensions (at most %d supported)", name, nd, DM_MAX_DIMS);
     t.ndim = nd;
     /* Bytes the shape needs, saturated: a lying shape must not overflow into a plausible size. */
-    uint64_t need = dm_dtype_size(t.dtype);
+    uint64_t need = dm_dtype_size(t.dtype), nonzero = 1;
     const cJSON *x;
     int k = 0;
     cJSON_ArrayForEach(x, js)
@@ -82,6 +82,9 @@ static int read_tensor(const cJSON *e, const unsigned char *data, uint64_t data_
         if (!json_u64(x, &v))
             return ferr(err, DM_EFORMAT, path, "tensor %s has a shape entry that is not a "
                         "non-negative integer", name);
+        /* product of the non-zero sizes, saturated at 2^62 + 1 */
+        if (v)
+            nonzero = nonzero > ((uint64_t)1 << 62) / v ? ((uint64_t)1 << 62) + 1 : nonzero * v;
         t.shape[k++] = (int64_t)v;
         need = v && need > UINT64_MAX / v ? UINT64_MAX : need * v;
     }
@@ -103,7 +106,15 @@ static int read_tensor(const cJSON *e, const unsigned char *data, uint64_t data_
                     dm_shape_str(t.shape, nd, sb, sizeof sb), dm_dtype_name(t.dtype),
                     need == UINT64_MAX ? "more than " : "", (unsigned long long)need);
     }
-    /* need <= data_size here, so the running products below cannot overflow */
+    /* A size 0 makes the byte count 0 whatever the other sizes are, but the strides below and
+     * dm_tensor_numel still multiply them: [2^32, 2^32, 0] must not overflow int64. */
+    if (nonzero > (uint64_t)1 << 62) {
+        char sb[160];
+        return ferr(err, DM_EFORMAT, path,
+                    "tensor %s has an empty shape %s whose other sizes multiply past 2^62", name,
+                    dm_shape_str(t.shape, nd, sb, sizeof sb));
+    }
+    /* the product of the non-zero sizes is at most 2^62: the running products below fit */
     int64_t s = 1;
     for (int i = nd - 1; i >= 0; i--) {
         t.stride[i] = s;

@@ -217,16 +217,19 @@ int dm_tensor_check_bounds(const char *name, const int64_t *shape, const int64_t
         return dm_err_set(err, DM_EFORMAT, "tensor %s has %d dimensions (at most %d supported)",
                           name, ndim, DM_MAX_DIMS);
     uint64_t last = 0; /* largest element index reached */
-    uint64_t numel = 1;
+    uint64_t nonzero = 1; /* product of the non-zero sizes */
     int empty = 0, too_far = 0;
     for (int i = 0; i < ndim; i++) {
-        /* the numel bound keeps dm_tensor_numel's int64 product (same order) from overflowing */
+        /* Bounding the product of the non-zero sizes keeps every partial product of int64 sizes
+         * from overflowing, in any order and even when another size is 0 (dm_tensor_numel
+         * multiplies forwards, dm_tensor_is_contiguous backwards): [0, 2^40, 2^40] is refused. */
         if (shape[i] < 0 || shape[i] > (int64_t)1 << 40 || stride[i] < 0 ||
             stride[i] > (int64_t)1 << 40 ||
-            (shape[i] && numel > ((uint64_t)1 << 62) / (uint64_t)shape[i]))
+            (shape[i] && nonzero > ((uint64_t)1 << 62) / (uint64_t)shape[i]))
             return dm_err_set(err, DM_EFORMAT, "tensor %s has an invalid shape %s or stride", name,
                               dm_shape_str(shape, ndim, sb, sizeof sb));
-        numel *= (uint64_t)shape[i];
+        if (shape[i])
+            nonzero *= (uint64_t)shape[i];
         if (shape[i] == 0)
             empty = 1;
         else if (stride[i] && (uint64_t)(shape[i] - 1) > blob_size / (uint64_t)stride[i])
@@ -309,6 +312,10 @@ static char *read_text(const char *path, size_t max)
     FILE *f = fopen(path, "rb");
     if (!f)
         return NULL;
+    /* a buffer the size of the file (up to max), not of max: an index is a few KB */
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size < max)
+        max = (size_t)st.st_size;
     char *buf = malloc(max + 1);
     size_t n = buf ? fread(buf, 1, max, f) : 0;
     fclose(f);

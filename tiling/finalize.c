@@ -719,7 +719,8 @@ int dm_run_status(const char *outdir, char **json, dm_err *err)
         rc = dm_tileindex_counts(ti, cnt, err);
     if (!rc)
         rc = dm_tileindex_config_get(ti, "outputs", &outs, err);
-    cJSON *j = rc ? NULL : cJSON_CreateObject(), *cfg = c ? cJSON_Parse(c) : NULL;
+    /* cfg is parsed only for j, which takes it: a failed read above must not leak it */
+    cJSON *j = rc ? NULL : cJSON_CreateObject(), *cfg = j && c ? cJSON_Parse(c) : NULL;
     if (j) {
         cJSON_AddStringToObject(j, "outdir", outdir);
         if (cfg)

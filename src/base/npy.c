@@ -24,11 +24,9 @@ static int parse_shape(const char *h, dm_npy *a)
             break;
         char *end;
         long long v = strtoll(p, &end, 10);
-        if (end == p || v < 0 || a->ndim == 8 || v > (1LL << 40))
-            return -1;
-        /* checked before the product: a header may declare terabytes, and the product must not
-         * overflow on the way to being refused */
-        if (v && a->numel > (1LL << 40) / v)
+        /* checked before the product: 2^40 * 2^40 would overflow int64 */
+        if (end == p || v < 0 || a->ndim == 8 || v > (1LL << 40) ||
+            (v && a->numel > (1LL << 40) / v))
             return -1;
         a->shape[a->ndim++] = v;
         a->numel *= v;
@@ -74,7 +72,8 @@ int dm_npy_read(const char *path, dm_npy *a, dm_err *err)
     const char *d = strstr(hdr, "'descr'");
     const char *q = d ? strchr(d + 7, '\'') : NULL;
     if (!q || parse_shape(hdr, a)) {
-        rc = dm_err_set(err, DM_EFORMAT, "%s: bad .npy header", path);
+        rc = dm_err_set(err, DM_EFORMAT, "%s: bad .npy header (no 'descr', or a 'shape' that is "
+                        "missing, negative or over 2^40 values)", path);
         goto out;
     }
     q++;

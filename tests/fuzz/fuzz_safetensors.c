@@ -1,0 +1,26 @@
+/* tests/fuzz/fuzz_safetensors.c — libFuzzer target: a `.safetensors` file (u64 header length,
+ * JSON header, data) through models/safetensors.c from memory; each tensor is then touched as
+ * `dinomap info` would. */
+#include "fuzz.h"
+#include "../../models/weights_internal.h"
+
+int dm_fuzz_safetensors(const uint8_t *data, size_t size)
+{
+    dm_fuzz_quiet();
+    dm_tensor_list l = { 0 };
+    dm_err err = { 0 };
+    int rc = dm_safetensors_read(data, size, "fuzz.safetensors", &l, &err);
+    if (!rc)
+        for (size_t i = 0; i < l.n; i++)
+            dm_fuzz_touch_tensor(&l.v[i]);
+    dm_tensor_list_free(&l);
+    return rc;
+}
+
+#ifndef DM_FUZZ_NO_ENTRY
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    dm_fuzz_safetensors(data, size);
+    return 0;
+}
+#endif
