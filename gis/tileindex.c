@@ -71,14 +71,7 @@ static int dm_disk_nearly_full(const char *path)
     if (!strncmp(path, "/vsi", 4))
         return 0;
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == dir)
-        dir[1] = '\0';
-    else if (slash)
-        *slash = '\0';
-    else
-        snprintf(dir, sizeof dir, ".");
+    dm_parent_dir(path, dir, sizeof dir);
     struct statvfs sv;
     return statvfs(dir, &sv) == 0 && (unsigned long long)sv.f_bavail * sv.f_frsize < (4ull << 20);
 }

@@ -13,6 +13,8 @@ double dm_cmp_npy(const char *ours, const char *ref, char *why, int nwhy);
 /* Runs a shell command; returns its exit status (or -1). Output goes to dm_test_tmpdir()/out.txt
  * which *outbuf receives (static buffer). */
 int dm_run(const char *cmd, const char **outbuf);
+/* Writes text to path (replaced); 0 or -1. */
+int dm_write_text(const char *path, const char *text);
 /* dm_run of the command printf(fmt, ...) makes. */
 int dm_runf(const char **outbuf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* dm_run for one command (exec'd, so the measured process is the command itself): also its peak

@@ -29,14 +29,7 @@ static int make_input(const char *path, int w, int h, uint32_t seed)
     return dm_make_tif(path, w, h, 3, gt, 32631, -1, seed);
 }
 
-static int write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -1;
-    int bad = fputs(text, f) < 0;
-    return fclose(f) || bad ? -1 : 0;
-}
+#define write_file dm_write_text
 
 /* The joint run of the kill tests: features + chm of a 300×260 mosaic in 25 windows of 64 + 2·16
  * px, 9 chunks of 2×2 tiles. */

@@ -37,14 +37,7 @@ static double now(void)
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
-static int write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -1;
-    int bad = fputs(text, f) < 0;
-    return fclose(f) || bad ? -1 : 0;
-}
+#define write_file dm_write_text
 
 /* The engine tests' joint run: features + chm of a 300×260 mosaic in 25 windows of 64 + 2·16 px,
  * 9 chunks of 2×2 tiles (t/in.tif, t/joint.ini). */

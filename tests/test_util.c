@@ -105,6 +105,15 @@ int dm_run(const char *cmd, const char **outbuf)
     return WEXITSTATUS(st);
 }
 
+int dm_write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    int bad = fputs(text, f) < 0;
+    return fclose(f) || bad ? -1 : 0;
+}
+
 int dm_runf(const char **outbuf, const char *fmt, ...)
 {
     char cmd[8192];

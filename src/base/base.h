@@ -84,6 +84,8 @@ int dm_refuse_links(const char *dir, dm_err *err);
 /* fsync(2) of a file by name, and of the folder holding a path (after a rename into it): what a
  * commit that says "this file is in place" needs to survive a power cut. 0 or -1 with errno. */
 int dm_sync_file(const char *path);
+/* The folder holding path ("." for a bare name, "/" for a file at the root) into dir[n]. */
+void dm_parent_dir(const char *path, char *dir, size_t n);
 int dm_sync_parent(const char *path);
 
 /* An exclusive lock on a folder (flock(2) on FOLDER/.dinomap.lock, released when the process ends,

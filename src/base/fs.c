@@ -109,15 +109,20 @@ int dm_sync_file(const char *path)
     return rc;
 }
 
-int dm_sync_parent(const char *path)
+void dm_parent_dir(const char *path, char *dir, size_t n)
 {
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
+    snprintf(dir, n, "%s", path);
     char *s = strrchr(dir, '/');
     if (s)
         *(s == dir ? s + 1 : s) = '\0';
     else
-        snprintf(dir, sizeof dir, ".");
+        snprintf(dir, n, ".");
+}
+
+int dm_sync_parent(const char *path)
+{
+    char dir[4096];
+    dm_parent_dir(path, dir, sizeof dir);
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return -1;

@@ -22,12 +22,7 @@ int dm_no_space(const char *path, int e, const char *msg)
         return 0;
     /* the folder: the file may be gone, or never made */
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *s = strrchr(dir, '/');
-    if (s)
-        *(s == dir ? s + 1 : s) = '\0';
-    else
-        snprintf(dir, sizeof dir, ".");
+    dm_parent_dir(path, dir, sizeof dir);
     struct statvfs v;
     if (statvfs(dir, &v) != 0 || v.f_blocks == 0)
         return 0;

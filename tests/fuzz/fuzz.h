@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "../../models/weights.h"
+#include "../../models/weights_internal.h"
 #include "../../src/base/base.h"
 
 /* One folder per process ($TMPDIR, else /dev/shm, else /tmp), removed at exit. */
@@ -77,6 +78,24 @@ static inline void dm_fuzz_touch_tensor(const dm_tensor *t)
         dm_tensor_read_f32(t, 0, k, v, &err);
         dm_tensor_read_f32(t, n - k, k, v, &err);
     }
+}
+
+/* A weights reader (dm_pth_read, dm_safetensors_read) over data in memory, every tensor it
+ * returns touched; the reader's result. */
+typedef int (*dm_fuzz_reader)(const unsigned char *base, size_t size, const char *path,
+                              dm_tensor_list *out, dm_err *err);
+
+static inline int dm_fuzz_read_tensors(dm_fuzz_reader read, const uint8_t *data, size_t size,
+                                       const char *name)
+{
+    dm_tensor_list l = { 0 };
+    dm_err err = { 0 };
+    int rc = read(data, size, name, &l, &err);
+    if (!rc)
+        for (size_t i = 0; i < l.n; i++)
+            dm_fuzz_touch_tensor(&l.v[i]);
+    dm_tensor_list_free(&l);
+    return rc;
 }
 
 #endif

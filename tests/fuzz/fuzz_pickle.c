@@ -77,13 +77,7 @@ int dm_fuzz_pickle(const uint8_t *data, size_t size)
     pk_le32(e + 12, (uint32_t)(k - cd));
     pk_le32(e + 16, (uint32_t)cd);
     k += 22;
-    dm_tensor_list l = { 0 };
-    dm_err err = { 0 };
-    int rc = dm_pth_read(z, k, "fuzz.pth", &l, &err);
-    if (!rc)
-        for (size_t i = 0; i < l.n; i++)
-            dm_fuzz_touch_tensor(&l.v[i]);
-    dm_tensor_list_free(&l);
+    int rc = dm_fuzz_read_tensors(dm_pth_read, z, k, "fuzz.pth");
     free(z);
     return rc;
 }

@@ -7,14 +7,7 @@
 int dm_fuzz_pth(const uint8_t *data, size_t size)
 {
     dm_fuzz_quiet();
-    dm_tensor_list l = { 0 };
-    dm_err err = { 0 };
-    int rc = dm_pth_read(data, size, "fuzz.pth", &l, &err);
-    if (!rc)
-        for (size_t i = 0; i < l.n; i++)
-            dm_fuzz_touch_tensor(&l.v[i]);
-    dm_tensor_list_free(&l);
-    return rc;
+    return dm_fuzz_read_tensors(dm_pth_read, data, size, "fuzz.pth");
 }
 
 #ifndef DM_FUZZ_NO_ENTRY
