@@ -390,45 +390,6 @@ static int stage_write(void *ctx, dm_job *job, dm_err *err)
 
 /* --- set-up ---------------------------------------------------------------------------------- */
 
-/* The files of a run in OUTDIR (for --overwrite, and to refuse a folder holding outputs without
- * an index). */
-static const char *const run_files[] = { "tiles.gpkg", "tiles.gpkg-journal", "tiles.mean.search",
-                                         "tiles.cls.search", "run.json", "item.json", "chm.qml",
-                                         "similarity.qml", "seg.qml", "cluster.dmseg", NULL };
-static const char *const run_outputs[] = { "features", "features_pca", "chm", "seg",
-                                           "seg_probabilities", "similarity", NULL };
-
-static int holds_outputs(const char *dir)
-{
-    char p[4200];
-    for (int i = 0; run_outputs[i]; i++) {
-        snprintf(p, sizeof p, "%s/%s.tif", dir, run_outputs[i]);
-        if (dm_exists(p))
-            return 1;
-        snprintf(p, sizeof p, "%s/%s.vrt", dir, run_outputs[i]);
-        if (dm_exists(p))
-            return 1;
-    }
-    return 0;
-}
-
-static int remove_run(const char *dir, dm_err *err)
-{
-    char p[4200];
-    int rc = 0;
-    for (int i = 0; !rc && run_files[i]; i++) {
-        snprintf(p, sizeof p, "%s/%s", dir, run_files[i]);
-        if (unlink(p) != 0 && errno != ENOENT)
-            rc = dm_err_set(err, DM_EIO, "%s: cannot remove: %s", p, strerror(errno));
-    }
-    for (int i = 0; !rc && run_outputs[i]; i++)
-        rc = dm_out_remove(dir, run_outputs[i], err);
-    snprintf(p, sizeof p, "%s/chunks", dir);
-    if (!rc)
-        rc = dm_remove_tree(p, err);
-    return rc;
-}
-
 /* The footprint of a tile's core in the run's CRS. */
 static void footprint(const dm_eng *e, int r, int c, dm_tile_rec *t)
 {
@@ -501,125 +462,6 @@ int dm_run_check(const dm_run_opts *o, dm_err *err)
     return dm_out_format_check(&o->out, err);
 }
 
-/* Reads what a folder's index says (for a resumed run): its configuration and facts. */
-static int read_folder(const char *index, cJSON **cfg, cJSON **res, cJSON **shard, dm_err *err)
-{
-    *cfg = *res = *shard = NULL;
-    dm_tileindex *ti = NULL;
-    int rc = dm_tileindex_open(index, NULL, 0, &ti, err);
-    char *c = NULL, *r = NULL, *sh = NULL;
-    if (!rc)
-        rc = dm_tileindex_config_get(ti, "config", &c, err);
-    if (!rc)
-        rc = dm_tileindex_config_get(ti, "resolved", &r, err);
-    if (!rc)
-        rc = dm_tileindex_config_get(ti, "shard", &sh, err);
-    if (!rc && sh && !(*shard = cJSON_Parse(sh)))
-        rc = dm_err_set(err, DM_EFORMAT, "%s: its shard record is damaged; start afresh with "
-                        "--overwrite", index);
-    free(sh);
-    dm_tileindex_close(ti, NULL);
-    if (!rc && (!c || !r || !(*cfg = cJSON_Parse(c)) || !(*res = cJSON_Parse(r))))
-        rc = dm_err_set(err, DM_EFORMAT, "%s: holds no dinomap run configuration (an older "
-                        "version's index, or an interrupted first start?); start afresh with "
-                        "--overwrite", index);
-    free(c), free(r);
-    if (rc) {
-        cJSON_Delete(*cfg), cJSON_Delete(*res), cJSON_Delete(*shard);
-        *cfg = *res = *shard = NULL;
-    }
-    return rc;
-}
-
-/* "shard 2/3" or "the whole run", for messages. */
-static const char *shard_text(int index, int count, char *buf, size_t n)
-{
-    if (!count)
-        snprintf(buf, n, "the whole run");
-    else
-        snprintf(buf, n, "shard %d/%d", index + 1, count);
-    return buf;
-}
-
-/* A resumed folder's shard must be this invocation's: 0 or DM_EMISMATCH. */
-static int same_shard(const char *outdir, const cJSON *old, const dm_shard *now, dm_err *err)
-{
-    const cJSON *oi = cJSON_GetObjectItemCaseSensitive(old, "index"),
-                *on = cJSON_GetObjectItemCaseSensitive(old, "count");
-    int i = cJSON_IsNumber(oi) ? oi->valueint - 1 : 0, n = cJSON_IsNumber(on) ? on->valueint : 0;
-    if (i == now->index && n == now->count)
-        return 0;
-    char a[64], b[64];
-    shard_text(i, n, a, sizeof a);
-    shard_text(now->index, now->count, b, sizeof b);
-    return dm_err_set(err, DM_EMISMATCH, "%s holds %s; this invocation maps %s%s%s%s. Each shard "
-                      "needs its own folder%s", outdir, a, b, now->count ? " (" : "",
-                      now->count ? now->source : "", now->count ? ")" : "",
-                      n && !now->count ? "; build the run's outputs from its shards with dinomap "
-                      "merge OUTDIR SHARD_DIR..." : "");
-}
-
-/* A shard's chunks: those the folder's first invocation recorded, or (a fresh folder) this
- * shard's share of the split by work, with its record for the index (*json). */
-static int shard_plan(run *R, const cJSON *old, const dm_input_fp *fp, int nfp,
-                      const dm_tile_state *tst, uint8_t **own, char **json, int *nchunks,
-                      int64_t *ntiles, dm_err *err)
-{
-    dm_eng *e = &R->e;
-    const dm_shard *sh = &R->o->shard;
-    int nt = dm_grid_ntiles(&e->g), nch = dm_grid_nchunks(&e->g), rc = 0;
-    uint8_t *mine = calloc((size_t)nch, 1), *active = calloc((size_t)nt, 1);
-    int64_t *work = calloc((size_t)nch, sizeof *work);
-    int *owner = calloc((size_t)nch, sizeof *owner);
-    if (!mine || !active || !work || !owner) {
-        rc = dm_err_oom(err);
-        goto done;
-    }
-    for (int i = 0; i < nt; i++) /* tst is in processing order, by R->jr/jc */
-        active[(size_t)R->jr[i] * e->g.ncols + R->jc[i]] = tst[i] == DM_TILE_PENDING;
-    if ((rc = dm_shard_work(&e->g, fp, nfp, active, work, err)))
-        goto done;
-    const char *rec = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(old, "chunks"));
-    if (old) {
-        if (!rec || dm_ranges_parse(rec, mine, nch)) {
-            rc = dm_err_set(err, DM_EFORMAT, "%s: its shard record lists no valid chunks; start "
-                            "afresh with --overwrite", e->outdir);
-            goto done;
-        }
-    } else {
-        dm_shard_split(work, nch, sh->count, owner);
-        for (int k = 0; k < nch; k++)
-            mine[k] = owner[k] == sh->index && R->chunk_tiles[k] > 0;
-    }
-    *nchunks = 0, *ntiles = 0;
-    for (int k = 0; k < nch; k++)
-        if (mine[k])
-            (*nchunks)++, *ntiles += R->chunk_tiles[k];
-    if (!old) {
-        char *ranges = dm_ranges_str(mine, nch, NULL);
-        cJSON *j = cJSON_CreateObject();
-        if (j && ranges) {
-            cJSON_AddNumberToObject(j, "index", sh->index + 1);
-            cJSON_AddNumberToObject(j, "count", sh->count);
-            cJSON_AddStringToObject(j, "source", sh->source);
-            cJSON_AddStringToObject(j, "chunks", ranges);
-            cJSON_AddNumberToObject(j, "tiles", (double)*ntiles);
-            *json = cJSON_PrintUnformatted(j);
-        }
-        if (!*json)
-            rc = dm_err_oom(err);
-        cJSON_Delete(j);
-        free(ranges);
-    }
-done:
-    free(active), free(work), free(owner);
-    if (rc)
-        free(mine);
-    else
-        *own = mine;
-    return rc;
-}
-
 int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
 {
     dm_run_result dummy;
@@ -671,10 +513,10 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     if (o->overwrite) {
         /* the folder's run goes only once everything below checked out (step 3) */
     } else if (dm_exists(index)) {
-        if ((rc = read_folder(index, &old_cfg, &old_res, &old_shard, err)) ||
-            (rc = same_shard(o->outdir, old_shard, &o->shard, err)))
+        if ((rc = dm_folder_read(index, &old_cfg, &old_res, &old_shard, err)) ||
+            (rc = dm_shard_same(o->outdir, old_shard, &o->shard, err)))
             goto out;
-    } else if (holds_outputs(o->outdir)) {
+    } else if (dm_folder_holds_outputs(o->outdir)) {
         rc = dm_err_set(err, DM_EINVAL, "%s holds the outputs of a run but no tile index "
                         "(tiles.gpkg); choose another OUTDIR, or --overwrite", o->outdir);
         goto out;
@@ -843,7 +685,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
     int64_t shard_tiles = 0;
     int shard_chunks = 0;
     if (!rc && o->shard.count)
-        rc = shard_plan(&R, old_shard, fp, nfp, tst, &own, &shard_json, &shard_chunks,
+        rc = dm_shard_plan(&R.e, &o->shard, old_shard, fp, nfp, R.jr, R.jc, tst, R.chunk_tiles, &own, &shard_json, &shard_chunks,
                         &shard_tiles, err);
     if (!rc && fresh) {
         /* made whole under a temporary name, then renamed: a kill leaves no half index */
@@ -874,7 +716,7 @@ int dm_run(const dm_run_opts *o, dm_run_result *res, dm_err *err)
         }
         /* --overwrite: the folder's old run goes now, everything having checked out */
         if (!rc && o->overwrite)
-            rc = remove_run(o->outdir, err);
+            rc = dm_folder_remove_run(o->outdir, err);
         /* (a journal a killed run left beside the old index goes with it) */
         if (!rc)
             rc = dm_tileindex_place(part, index, err);
@@ -1094,7 +936,7 @@ out:
     free_run(&R);
     if (nothing_made || (rc && rc != DM_ELOCKED && fresh && !created_index)) {
         if (nothing_made)
-            remove_run(o->outdir, NULL);
+            dm_folder_remove_run(o->outdir, NULL);
         if (!lock_existed) {
             snprintf(p, sizeof p, "%s/%s", o->outdir, DM_LOCK_FILE);
             unlink(p);

@@ -193,6 +193,13 @@ char *dm_config_invocation(const dm_eng *e);
  * mosaic (made before this) keeps doing so. *W, *H and e->gt become the window's. */
 int dm_plan_aoi_crop(dm_eng *e, const dm_run_opts *o, const cJSON *old_res, int *W, int *H,
                      dm_err *err);
+/* folder.c: 1 when dir holds a run's outputs (features.tif, chm.vrt...); the removal of a run's
+ * files, outputs and chunks (--overwrite); the configuration, resolved facts and shard record
+ * (NULL when none) a folder's index holds (cJSON_Delete them). */
+int dm_folder_holds_outputs(const char *dir);
+int dm_folder_remove_run(const char *dir, dm_err *err);
+int dm_folder_read(const char *index, cJSON **cfg, cJSON **res, cJSON **shard, dm_err *err);
+
 /* plan.c: the rectangles (mosaic px) of every input file that is new, gone, or of another size
  * or time since the folder's run (nfiles: how many files; first: one of them, for messages); the
  * inputs' order as JSON and whether it changed; the weights' SHA-256 (shard by shard). */
@@ -213,6 +220,15 @@ unsigned dm_products_needed(unsigned p);
 int dm_shard_work(const dm_grid *g, const dm_input_fp *fp, int nfp, const uint8_t *active,
                   int64_t *work, dm_err *err);
 void dm_shard_split(const int64_t *work, int nch, int count, int *owner);
+/* A resumed folder's shard must be this invocation's: 0 or DM_EMISMATCH naming both. */
+int dm_shard_same(const char *outdir, const cJSON *old, const dm_shard *now, dm_err *err);
+/* A shard's chunks (*own, [nchunks]): those the folder's first invocation recorded (old), or (a
+ * fresh folder) this shard's share of the split by work, with its record for the index (*json).
+ * tst: the tiles' states in processing order (jr, jc); chunk_tiles: each chunk's tiles to run. */
+int dm_shard_plan(const dm_eng *e, const dm_shard *sh, const cJSON *old, const dm_input_fp *fp,
+                  int nfp, const int *jr, const int *jc, const dm_tile_state *tst,
+                  const int *chunk_tiles, uint8_t **own, char **json, int *nchunks,
+                  int64_t *ntiles, dm_err *err);
 char *dm_ranges_str(const uint8_t *in, int n, int *count);
 int dm_ranges_parse(const char *s, uint8_t *out, int n);
 

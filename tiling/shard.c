@@ -249,3 +249,91 @@ int dm_shard_work(const dm_grid *g, const dm_input_fp *fp, int nfp, const uint8_
     free(cov);
     return 0;
 }
+
+/* "shard 2/3" or "the whole run", for messages. */
+static const char *shard_text(int index, int count, char *buf, size_t n)
+{
+    if (!count)
+        snprintf(buf, n, "the whole run");
+    else
+        snprintf(buf, n, "shard %d/%d", index + 1, count);
+    return buf;
+}
+
+/* A resumed folder's shard must be this invocation's: 0 or DM_EMISMATCH. */
+int dm_shard_same(const char *outdir, const cJSON *old, const dm_shard *now, dm_err *err)
+{
+    const cJSON *oi = cJSON_GetObjectItemCaseSensitive(old, "index"),
+                *on = cJSON_GetObjectItemCaseSensitive(old, "count");
+    int i = cJSON_IsNumber(oi) ? oi->valueint - 1 : 0, n = cJSON_IsNumber(on) ? on->valueint : 0;
+    if (i == now->index && n == now->count)
+        return 0;
+    char a[64], b[64];
+    shard_text(i, n, a, sizeof a);
+    shard_text(now->index, now->count, b, sizeof b);
+    return dm_err_set(err, DM_EMISMATCH, "%s holds %s; this invocation maps %s%s%s%s. Each shard "
+                      "needs its own folder%s", outdir, a, b, now->count ? " (" : "",
+                      now->count ? now->source : "", now->count ? ")" : "",
+                      n && !now->count ? "; build the run's outputs from its shards with dinomap "
+                      "merge OUTDIR SHARD_DIR..." : "");
+}
+
+/* A shard's chunks: those the folder's first invocation recorded, or (a fresh folder) this
+ * shard's share of the split by work, with its record for the index (*json). */
+int dm_shard_plan(const dm_eng *e, const dm_shard *sh, const cJSON *old, const dm_input_fp *fp,
+                  int nfp, const int *jr, const int *jc, const dm_tile_state *tst,
+                  const int *chunk_tiles, uint8_t **own, char **json, int *nchunks,
+                  int64_t *ntiles, dm_err *err)
+{
+    int nt = dm_grid_ntiles(&e->g), nch = dm_grid_nchunks(&e->g), rc = 0;
+    uint8_t *mine = calloc((size_t)nch, 1), *active = calloc((size_t)nt, 1);
+    int64_t *work = calloc((size_t)nch, sizeof *work);
+    int *owner = calloc((size_t)nch, sizeof *owner);
+    if (!mine || !active || !work || !owner) {
+        rc = dm_err_oom(err);
+        goto done;
+    }
+    for (int i = 0; i < nt; i++) /* tst is in processing order, by jr/jc */
+        active[(size_t)jr[i] * e->g.ncols + jc[i]] = tst[i] == DM_TILE_PENDING;
+    if ((rc = dm_shard_work(&e->g, fp, nfp, active, work, err)))
+        goto done;
+    const char *rec = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(old, "chunks"));
+    if (old) {
+        if (!rec || dm_ranges_parse(rec, mine, nch)) {
+            rc = dm_err_set(err, DM_EFORMAT, "%s: its shard record lists no valid chunks; start "
+                            "afresh with --overwrite", e->outdir);
+            goto done;
+        }
+    } else {
+        dm_shard_split(work, nch, sh->count, owner);
+        for (int k = 0; k < nch; k++)
+            mine[k] = owner[k] == sh->index && chunk_tiles[k] > 0;
+    }
+    *nchunks = 0, *ntiles = 0;
+    for (int k = 0; k < nch; k++)
+        if (mine[k])
+            (*nchunks)++, *ntiles += chunk_tiles[k];
+    if (!old) {
+        char *ranges = dm_ranges_str(mine, nch, NULL);
+        cJSON *j = cJSON_CreateObject();
+        if (j && ranges) {
+            cJSON_AddNumberToObject(j, "index", sh->index + 1);
+            cJSON_AddNumberToObject(j, "count", sh->count);
+            cJSON_AddStringToObject(j, "source", sh->source);
+            cJSON_AddStringToObject(j, "chunks", ranges);
+            cJSON_AddNumberToObject(j, "tiles", (double)*ntiles);
+            *json = cJSON_PrintUnformatted(j);
+        }
+        if (!*json)
+            rc = dm_err_oom(err);
+        cJSON_Delete(j);
+        free(ranges);
+    }
+done:
+    free(active), free(work), free(owner);
+    if (rc)
+        free(mine);
+    else
+        *own = mine;
+    return rc;
+}
