@@ -73,9 +73,20 @@ int dm_tileindex_take_chunks(dm_tileindex *ti, const char *src, const int *chunk
                         "KEY)", err);
     if (!rc)
         rc = dm_ti_exec(ti, "DELETE FROM merge_chunks", err);
-    for (int i = 0; !rc && i < n; i++)
-        rc = dm_ti_exec_bound(ti, "INSERT INTO merge_chunks (chunk) VALUES (?1)", NULL, chunks[i],
-                              err);
+    /* the chunk ids as one JSON array, bound: one statement, whatever their number */
+    char *ids = malloc((size_t)n * 12 + 3);
+    if (!rc && !ids)
+        rc = dm_err_oom(err);
+    if (!rc) {
+        size_t o = 0;
+        ids[o++] = '[';
+        for (int i = 0; i < n; i++)
+            o += (size_t)sprintf(ids + o, "%s%d", i ? "," : "", chunks[i]);
+        snprintf(ids + o, 2, "]");
+        rc = dm_ti_exec_bound(ti, "INSERT INTO merge_chunks (chunk) SELECT value FROM "
+                              "json_each(?1)", ids, 0, err);
+    }
+    free(ids);
     static const char *const steps[] = {
         "UPDATE tiles SET state = t.state, valid_fraction = t.valid_fraction, updated = t.updated "
         "FROM shard.tiles AS t WHERE t.tile_id = tiles.tile_id AND tiles.chunk IN (SELECT chunk "
