@@ -1,53 +1,14 @@
 /* models/vit_math.c — see vit_math.h. Loops are written so the compiler vectorises them
  * (-fopenmp-simd); exp and erf are polynomial forms that vectorise, accurate to ~1e-7. */
 #include "vit_math.h"
+#include "kernel_math.h"
 
 #include <math.h>
 #include <string.h>
 
-static inline __attribute__((always_inline)) float exp_inl(float x)
-{
-    /* Cephes-style: x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-7 polynomial, then 2^n. */
-    x = x < -87.0f ? -87.0f : x; /* ternaries, not fminf/fmaxf: those are calls unless NaN-free */
-    x = x > 88.0f ? 88.0f : x;
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
-    float r = fmaf(n, -0.693359375f, x);
-    r = fmaf(n, 2.12194440e-4f, r);
-    float p = 1.9875691500e-4f;
-    p = fmaf(p, r, 1.3981999507e-3f);
-    p = fmaf(p, r, 8.3334519073e-3f);
-    p = fmaf(p, r, 4.1665795894e-2f);
-    p = fmaf(p, r, 1.6666665459e-1f);
-    p = fmaf(p, r, 5.0000001201e-1f);
-    p = fmaf(p, r * r, r) + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, 4);
-    return p * scale;
-}
-
-static inline __attribute__((always_inline)) float erf_inl(float a)
-{
-    /* Minimax polynomials (a widely used single-precision erff design, ~2 ulp): x·P(x²) near 0,
-     * 1 - exp(Q(|x|)) beyond. Both branches are computed and one selected, so loops vectorise. */
-    float t = fabsf(a), s = a * a;
-    float r = fmaf(-1.72853470e-5f, t, 3.83197126e-4f);
-    float u = fmaf(-3.88396438e-3f, t, 2.42546219e-2f);
-    r = fmaf(r, s, u);
-    r = fmaf(r, t, -1.06777877e-1f);
-    r = fmaf(r, t, -6.34846687e-1f);
-    r = fmaf(r, t, -1.28717512e-1f);
-    r = fmaf(r, t, -t);
-    float big = copysignf(1.0f - exp_inl(r), a);
-    float p = -5.96761703e-4f;
-    p = fmaf(p, s, 4.99119423e-3f);
-    p = fmaf(p, s, -2.67681349e-2f);
-    p = fmaf(p, s, 1.12819925e-1f);
-    p = fmaf(p, s, -3.76125336e-1f);
-    p = fmaf(p, s, 1.28379166e-1f);
-    float small = fmaf(p, a, a);
-    return t > 0.927734375f ? big : small;
-}
+/* exp and erf are kernel_math.h's, the CUDA kernels' own: one arithmetic for both backends */
+#define exp_inl dm_cm_expf
+#define erf_inl dm_cm_erff
 
 float dm_expf(float x) { return exp_inl(x); }
 float dm_erff(float x) { return erf_inl(x); }

@@ -1,5 +1,5 @@
 /* tests/test_cuda_head.c — the CHMv2 head's GPU path, without a GPU:
- *   - the per-element index arithmetic of the CUDA kernels (models/cuda/dm_cuda_math.h: im2col
+ *   - the per-element index arithmetic of the CUDA kernels (models/kernel_math.h: im2col
  *     sources with stride, padding, ×2 upsampling and ReLU; bilinear sources in both
  *     conventions; the transposed convolution's gather; the heights of the bins), compiled as C
  *     and checked against the CPU operators (models/cpu/ops_cpu.c) and the head (heads/chmv2.c);
@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "../heads/heads.h"
-#include "../models/cuda/dm_cuda_math.h"
+#include "../models/kernel_math.h"
 #include "../models/dops.h"
 #include "../models/model.h"
 #include "../models/ops.h"

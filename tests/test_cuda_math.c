@@ -1,5 +1,5 @@
 /* tests/test_cuda_math.c — the CUDA kernels' per-element numerics and index arithmetic
- * (models/cuda/dm_cuda_math.h, compiled here as C) against the CPU path's own functions: bf16
+ * (models/kernel_math.h, compiled here as C) against the CPU path's own functions: bf16
  * rounding bit for bit against bf16.h on every class of float, exp/erf/GELU/SiLU against
  * vit_math.c, a LayerNorm row, RoPE pairs and the patch-matrix indices against vit_math.c, a
  * softmax row against dm_softmax_rows_unnorm. */
@@ -8,24 +8,13 @@
 #include <string.h>
 
 #include "../models/cpu/bf16.h"
-#include "../models/cuda/dm_cuda_math.h"
+#include "../models/kernel_math.h"
 #include "../models/vit_math.h"
 #include "golden.h"
 #include "test.h"
 
-static uint32_t bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-static float from_bits(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+#define bits dm_cm_bits
+#define from_bits dm_cm_float
 
 TEST(cuda_math_bf16_rounding)
 {

@@ -9,15 +9,10 @@
 #include <stdint.h>
 
 #include "../../src/base/base.h"
+#include "../kernel_math.h"
 
 /* Round to nearest even, as PyTorch's and oneDNN's float → bfloat16 (NaN stays NaN). */
-static inline uint16_t dm_f32_bf16(float f)
-{
-    union { float f; uint32_t u; } v = { f };
-    if ((v.u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((v.u >> 16) | 0x40u);
-    return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
-}
+static inline uint16_t dm_f32_bf16(float f) { return dm_cm_f32_bf16(f); }
 /* out[i] = bf16(in[i]) for i < n */
 void dm_bf16_from_f32(const float *in, uint16_t *out, int64_t n);
 

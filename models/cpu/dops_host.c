@@ -7,7 +7,7 @@
 #include "../dops.h"
 #include "../model.h"
 #include "../vit_math.h"
-#include "../cuda/dm_cuda_math.h"
+#include "../kernel_math.h"
 
 static int h_alloc(void *ctx, size_t bytes, void **p, dm_err *err)
 {

@@ -13,6 +13,7 @@
 
 #include "../../src/base/base.h"
 #include "../model.h"
+#include "../kernel_math.h"
 #include "../ops.h"
 #include "bf16.h"
 
@@ -239,21 +240,8 @@ static inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
  * computes them in fp32 (area_pixel_compute_source_index + guard_index_and_lambda). */
 static void lin_table(int in, int out, int ac, int *i0, int *i1, float *lam)
 {
-    float scale = ac ? (out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f)
-                     : (float)in / (float)out;
-    for (int d = 0; d < out; d++) {
-        float src = ac ? scale * (float)d : scale * ((float)d + 0.5f) - 0.5f;
-        if (src < 0.0f)
-            src = 0.0f;
-        int i = (int)floorf(src);
-        if (i > in - 1)
-            i = in - 1;
-        float l = src - (float)i;
-        l = l < 0.0f ? 0.0f : l > 1.0f ? 1.0f : l;
-        i0[d] = i;
-        i1[d] = i < in - 1 ? i + 1 : i;
-        lam[d] = l;
-    }
+    for (int d = 0; d < out; d++) /* the CUDA resize's own arithmetic (kernel_math.h) */
+        dm_cm_lin_src(d, in, out, ac, &i0[d], &i1[d], &lam[d]);
 }
 
 /* The tables of a resize Hi×Wi → Ho×Wo, in one allocation. */

@@ -4,13 +4,13 @@
  * N×N score matrices nor the two batched products of the reference path (vit_cuda.cu) are
  * needed. Per block: 64 queries of one head of one image, 4 warps of 16 query rows; per key
  * tile: S = Q·Kᵀ·scale (WMMA) → running max and sum per row, P = e^(S−m) in bf16
- * (dm_cuda_math.h's online softmax) → O = alpha·O + P·V (WMMA, O in shared memory) → at the end
+ * (kernel_math.h's online softmax) → O = alpha·O + P·V (WMMA, O in shared memory) → at the end
  * O/l written as fp32 and/or bf16 rows [t, h·hd + i] like the reference. The two-product path
  * stays the reference (DINOMAP_CUDA_ATTENTION=gemm), and the GPU check compares the two. */
 #include <mma.h>
 
 #include "cuda_internal.h"
-#include "dm_cuda_math.h"
+#include "../kernel_math.h"
 
 using namespace nvcuda;
 

@@ -7,7 +7,7 @@
  *      then out[cout, band] += W[cout, K] · col (fp32 accumulation, beta = 1);
  *   3. ReLU on the result when asked. */
 #include "cuda_internal.h"
-#include "dm_cuda_math.h"
+#include "../kernel_math.h"
 
 enum { THREADS = 256 };
 

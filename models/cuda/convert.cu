@@ -1,7 +1,7 @@
-/* models/cuda/convert.cu — fp32 → bf16 (round to nearest even, dm_cuda_math.h), for the weights
+/* models/cuda/convert.cu — fp32 → bf16 (round to nearest even, kernel_math.h), for the weights
  * once at load and for activations rows before a product. */
 #include "cuda_internal.h"
-#include "dm_cuda_math.h"
+#include "../kernel_math.h"
 
 static __device__ __forceinline__ __nv_bfloat16 bf(float f)
 {

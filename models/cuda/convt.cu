@@ -3,7 +3,7 @@
  * Σ_i w[i, (o,ky,kx)] · in[i, y·W+x] (fp32, cuBLASLt), then each output pixel gathers its one
  * value of T (dm_cm_convt_src) and adds the bias. */
 #include "cuda_internal.h"
-#include "dm_cuda_math.h"
+#include "../kernel_math.h"
 
 enum { THREADS = 256 };
 

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "cuda_internal.h"
-#include "dm_cuda_math.h"
+#include "../kernel_math.h"
 
 enum { MAX_WC = 128 };
 static const size_t COL_CAP = (size_t)32 << 20; /* im2col elements per band (≤ 128 MB fp32) */

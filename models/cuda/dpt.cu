@@ -2,7 +2,7 @@
  * per-row bias (before a product accumulates onto it), x += s, and the CHMv2 heights of pixels
  * from their bin logits (dm_cm_chm_height, as the CPU's heights_ld). */
 #include "cuda_internal.h"
-#include "dm_cuda_math.h"
+#include "../kernel_math.h"
 
 enum { THREADS = 256 };
 

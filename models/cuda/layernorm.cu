@@ -1,9 +1,9 @@
 /* models/cuda/layernorm.cu — LayerNorm of token rows in fp32 (one block per row, two passes:
  * mean, then the centred variance), alone or after the residual step of a block
  * (x += gamma ⊙ (y + bias)), writing the normalised rows in fp32 and/or bf16 (the next product's
- * input). Per element as dm_cuda_math.h. */
+ * input). Per element as kernel_math.h. */
 #include "cuda_internal.h"
-#include "dm_cuda_math.h"
+#include "../kernel_math.h"
 
 enum { THREADS = 256 };
 

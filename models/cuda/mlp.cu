@@ -1,7 +1,7 @@
 /* models/cuda/mlp.cu — the MLP's activations after the first product: bias + GELU (exact erf
  * form) or bias + SwiGLU (silu(gate) · up), with a bf16 copy for the second product. */
 #include "cuda_internal.h"
-#include "dm_cuda_math.h"
+#include "../kernel_math.h"
 
 static __global__ void k_bias_gelu(float *h, __nv_bfloat16 *hb, const float *b, int64_t rows,
                                    int cols)

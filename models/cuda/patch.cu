@@ -2,7 +2,7 @@
  * (im2col, dm_cm_patch_src) before its product, and the token rows after it (class token,
  * register tokens, patches + bias). */
 #include "cuda_internal.h"
-#include "dm_cuda_math.h"
+#include "../kernel_math.h"
 
 static __global__ void k_im2patch(const float *img, int B, int H, int W, float *pf,
                                   __nv_bfloat16 *pb)

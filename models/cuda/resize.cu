@@ -2,7 +2,7 @@
  * dm_resize_bilinear, both align_corners conventions): each output pixel from its source pairs
  * and weights as the CPU computes them (dm_cm_resize_at). */
 #include "cuda_internal.h"
-#include "dm_cuda_math.h"
+#include "../kernel_math.h"
 
 enum { THREADS = 256 };
 

@@ -3,7 +3,7 @@
  * with the fp32 tables made on the host (dm_rope_tables); a bf16 copy for the products. One
  * block per token row. */
 #include "cuda_internal.h"
-#include "dm_cuda_math.h"
+#include "../kernel_math.h"
 
 static __global__ void k_qkv_rope(float *qkv, __nv_bfloat16 *qb, const float *bias,
                                   const float *cosv, const float *sinv, int64_t T, int N, int hw,

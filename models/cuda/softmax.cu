@@ -2,7 +2,7 @@
  * exp(s - rowmax) (fp32 max and sum; dm_cm_expf) stored for the PV product in bf16 or fp32 with
  * 1/Σ aside, and after PV each output row of each head scaled by its 1/Σ. One block per row. */
 #include "cuda_internal.h"
-#include "dm_cuda_math.h"
+#include "../kernel_math.h"
 
 static __global__ void k_softmax_unnorm(const float *s, float *pf, __nv_bfloat16 *pb, float *rs,
                                         int64_t rows, int cols)

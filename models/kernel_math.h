@@ -1,9 +1,9 @@
-/* models/cuda/dm_cuda_math.h — the numerics and index arithmetic of the CUDA kernels, as
- * functions that compile both as C11 (the CPU tests run them against models/vit_math.c and
- * models/cpu/bf16.h: tests/test_cuda_math.c) and as CUDA C __host__ __device__ code (the kernels
- * call them). What a kernel computes per element lives here; the kernels only add the threads.
- *   - fp32 → bf16 round to nearest even, NaN kept quiet: bit for bit dm_f32_bf16 (bf16.h);
- *   - exp, erf as the same polynomials as vit_math.c (GELU(erf), SiLU, softmax numerators);
+/* models/kernel_math.h — the per-element numerics and index arithmetic of the backends' kernels,
+ * as functions that compile both as C11 (the CPU backend calls the shared ones; the tests run the
+ * rest against the CPU code: tests/test_cuda_math.c, tests/test_cuda_head.c) and as CUDA C
+ * __host__ __device__ code (the CUDA kernels call them, adding only the threads).
+ *   - fp32 → bf16 round to nearest even, NaN kept quiet (the CPU's dm_f32_bf16 is this one);
+ *   - exp, erf: the polynomials vit_math.c computes with (GELU(erf), SiLU, softmax numerators);
  *   - LayerNorm of one row (two passes: mean, then the centred variance);
  *   - RoPE: the patch index of a token and the rotate-half pair, as dm_rope_apply;
  *   - softmax of one row, unnormalised with 1/Σ aside, as dm_softmax_rows_unnorm;
@@ -12,8 +12,8 @@
  *     bilinear source pair and weight along an axis (align_corners 0 and 1, as lin_table), the
  *     bilinear value of a plane in the CPU's order, the transposed convolution's gather index,
  *     and the CHMv2 height of a pixel from its bin logits (as heights_ld). */
-#ifndef DM_CUDA_MATH_H
-#define DM_CUDA_MATH_H
+#ifndef DM_KERNEL_MATH_H
+#define DM_KERNEL_MATH_H
 
 #include <math.h>
 #include <stdint.h>
@@ -21,8 +21,8 @@
 
 #ifdef __CUDACC__
 #define DM_HD static __host__ __device__ __forceinline__
-#else
-#define DM_HD static inline
+#else /* always inlined: the CPU's loops over them must vectorise */
+#define DM_HD static inline __attribute__((always_inline))
 #endif
 
 DM_HD uint32_t dm_cm_bits(float f)
@@ -50,7 +50,8 @@ DM_HD uint16_t dm_cm_f32_bf16(float f)
 
 DM_HD float dm_cm_bf16_f32(uint16_t h) { return dm_cm_float((uint32_t)h << 16); }
 
-/* exp as vit_math.c's exp_inl (Cephes-style, degree-7 polynomial; within a few ulp of expf) */
+/* exp, Cephes-style: x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-7 polynomial, then 2^n (within
+ * a few ulp of expf). Ternaries, not fminf/fmaxf: those are calls unless NaN-free. */
 DM_HD float dm_cm_expf(float x)
 {
     x = x < -87.0f ? -87.0f : x;
@@ -68,7 +69,8 @@ DM_HD float dm_cm_expf(float x)
     return p * dm_cm_float((uint32_t)(((int32_t)n + 127) << 23));
 }
 
-/* erf as vit_math.c's erf_inl */
+/* erf: minimax polynomials (a widely used single-precision erff design, ~2 ulp): x·P(x²) near 0,
+ * 1 - exp(Q(|x|)) beyond; both branches computed and one selected, so loops vectorise. */
 DM_HD float dm_cm_erff(float a)
 {
     float t = fabsf(a), s = a * a;
