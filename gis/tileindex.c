@@ -27,7 +27,6 @@
 #include "tileindex_internal.h"
 
 #include <gdal.h>
-#include <sys/statvfs.h>
 #include <ogr_api.h>
 #include <ogr_srs_api.h>
 #include <cpl_conv.h>
@@ -64,17 +63,6 @@ const char *dm_gdal_msg(void)
     return m && *m ? m : "no details from GDAL";
 }
 #define gdal_msg dm_gdal_msg
-
-/* 1 when the local folder holding path has less than 4 MiB free (/vsi paths: 0). */
-static int dm_disk_nearly_full(const char *path)
-{
-    if (!strncmp(path, "/vsi", 4))
-        return 0;
-    char dir[4096];
-    dm_parent_dir(path, dir, sizeof dir);
-    struct statvfs sv;
-    return statvfs(dir, &sv) == 0 && (unsigned long long)sv.f_bavail * sv.f_frsize < (4ull << 20);
-}
 
 int dm_ti_fail(const dm_tileindex *ti, int code, const char *what, dm_err *err)
 {
@@ -433,12 +421,14 @@ int dm_tileindex_create(const char *path, const char *crs_wkt, const char *run_j
     }
     if (rc) {
         free_index(ti);
+        /* SQLite's own words for a full disk are often lost in GDAL's (a missing table...): the
+         * disk is asked while the half-made index still takes its space */
+        int full = rc == DM_EIO && strncmp(path, "/vsi", 4) && dm_no_space(path, 0, err->msg);
         if (created)
             VSIUnlink(path); /* a half-made index would block the rerun */
-        /* SQLite's own words for a full disk are often lost in GDAL's (a missing table...) */
-        if (rc == DM_EIO && dm_disk_nearly_full(path))
+        if (full)
             rc = dm_err_set(err, DM_EIO, "tile index %s: cannot be created: No space left on "
-                            "device (less than 4 MiB free)", path);
+                            "device", path);
     }
     CPLPopErrorHandler();
     if (rc == 0)
