@@ -101,6 +101,31 @@ static int ended(pid_t pid, int *code)
     return 1;
 }
 
+/* A run in the background (spawn), started and waited for until its folder od has its index in
+ * place (or it ended): what another command meets while it works. bg_finish: 1 when it was still
+ * at work until then; its exit status in *st. */
+typedef struct bg_run {
+    pid_t pid;
+    int code;
+} bg_run;
+
+static void bg_start(bg_run *b, const char *t, const char *cmd, const char *log, const char *od)
+{
+    char idx[1200];
+    snprintf(idx, sizeof idx, "%s/tiles.gpkg", od);
+    b->pid = spawn(t, cmd, log);
+    b->code = -2;
+    while (access(idx, F_OK) != 0 && !ended(b->pid, &b->code))
+        usleep(2000);
+}
+
+static int bg_finish(bg_run *b, int *st)
+{
+    int running = !ended(b->pid, &b->code);
+    *st = b->code != -2 ? b->code : wait_code(b->pid);
+    return running;
+}
+
 static void slurp(const char *path, char *buf, size_t n)
 {
     FILE *f = fopen(path, "r");
@@ -550,21 +575,17 @@ TEST(faults_two_runs_on_one_folder)
     snprintf(a, sizeof a, "%s run joint.ini -o %s --progress none --threads 1", dm_bin(), od);
     int tried = 0;
     for (int attempt = 0; attempt < 3 && !tried; attempt++) {
-        char la[1200], idx[1200], cmd[4200];
+        char la[1200], cmd[4200];
         snprintf(la, sizeof la, "%s/busy.log", t);
-        snprintf(idx, sizeof idx, "%s/tiles.gpkg", od);
-        pid_t pa = spawn(t, a, la);
-        int code = -2;
-        while (access(idx, F_OK) != 0 && !ended(pa, &code))
-            usleep(2000);
+        bg_run bg;
+        bg_start(&bg, t, a, la, od);
         snprintf(cmd, sizeof cmd, "%s finalize %s --progress none", dm_bin(), od);
         int sf = dm_run(cmd, &out);
         char fo[4096];
         snprintf(fo, sizeof fo, "%s", out);
         snprintf(cmd, sizeof cmd, "%s status %s", dm_bin(), od);
         int ss = dm_run(cmd, &out);
-        int running = !ended(pa, &code); /* still at work after both */
-        sa = code != -2 ? code : wait_code(pa);
+        int running = bg_finish(&bg, &sa); /* still at work after both */
         CHECKF(sa == 0, "the run: exit %d", sa);
         if (!running)
             continue; /* the run ended first: nothing was tested, try again */
@@ -586,17 +607,13 @@ TEST(faults_two_runs_on_one_folder)
              dm_bin(), s1);
     tried = 0;
     for (int attempt = 0; attempt < 3 && !tried; attempt++) {
-        char la[1200], idx[1200], cmd[4200];
+        char la[1200], cmd[4200];
         snprintf(la, sizeof la, "%s/s1.log", t);
-        snprintf(idx, sizeof idx, "%s/tiles.gpkg", s1);
-        pid_t pa = spawn(t, a, la);
-        int code = -2;
-        while (access(idx, F_OK) != 0 && !ended(pa, &code))
-            usleep(2000);
+        bg_run bg;
+        bg_start(&bg, t, a, la, s1);
         snprintf(cmd, sizeof cmd, "%s merge %s %s %s --progress none", dm_bin(), m, s1, s2);
         int sm = dm_run(cmd, &out);
-        int running = !ended(pa, &code);
-        sa = code != -2 ? code : wait_code(pa);
+        int running = bg_finish(&bg, &sa);
         CHECKF(sa == 0, "shard 1/2: exit %d", sa);
         if (!running)
             continue;

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../src/base/base.h"
 #include "golden.h"
 #include "test.h"
 
@@ -29,8 +30,6 @@ static int spit(const char *path, const void *p, size_t n)
     int bad = fwrite(p, 1, n, f) != n;
     return fclose(f) || bad ? -1 : 0;
 }
-
-static int exists(const char *p) { return access(p, F_OK) == 0; }
 
 /* A file outside the run that a planted link points to, and whether it is still as written. */
 static const char bait[] = "not dinomap's: must stay as it is\n";
@@ -111,7 +110,7 @@ TEST(security_outdir_itself_a_link_is_the_users_choice)
     CHECKF(runf(&out, "cd %s && %s features -m %s in.tif -o out " GEOM, t, dm_bin(), vit()) == 0,
            "%s", out);
     snprintf(l, sizeof l, "%s/features.tif", real);
-    CHECK(exists(l));
+    CHECK(dm_exists(l));
 }
 
 TEST(security_shard_names_stay_in_the_weights_folder)
@@ -166,11 +165,11 @@ TEST(security_config_values_with_shell_metacharacters_run_nothing)
     CHECKF(runf(&out, "cd %s && %s run m.ini --progress none", t, dm_bin()) == 0, "%s", out);
     char o[1200];
     snprintf(o, sizeof o, "%s/o; touch pwned7 $(touch pwned8)/features.tif", t);
-    CHECK(exists(o));
+    CHECK(dm_exists(o));
     for (int k = 1; k <= 8; k++) {
         char w[1100];
         snprintf(w, sizeof w, "%s/pwned%d", t, k);
-        CHECKF(!exists(w), "pwned%d was created: a value reached a shell", k);
+        CHECKF(!dm_exists(w), "pwned%d was created: a value reached a shell", k);
     }
 }
 
@@ -282,7 +281,7 @@ TEST(security_vrt_inline_python_does_not_run)
     int st = runf(&out, "cd %s && env -u GDAL_VRT_ENABLE_PYTHON %s features -m %s py.vrt -o o "
                   "--bands 1,1,1 " GEOM, t, dm_bin(), vit());
     CHECKF(st == 1 && strstr(out, "py.vrt"), "exit %d: %s", st, out);
-    CHECKF(!exists(w), "the VRT's Python ran");
+    CHECKF(!dm_exists(w), "the VRT's Python ran");
     snprintf(p, sizeof p, "%s/o", t);
     CHECK(dm_dir_empty_or_missing(p));
 }
